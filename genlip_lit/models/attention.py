@@ -1,0 +1,174 @@
+"""Gated multi-head attention with prefix-LM masking, a KV cache, and interchangeable kernels.
+
+    python -m pytest tests/test_attention.py -q
+
+Gated attention (paper, against attention sinks): G = sigmoid(X W_g + b_g), out = o_proj(G * Attn(X)), one gate
+value per head channel. As in the official code, the query projection is Linear(d, 2d) split into q and gate.
+
+Kernels (`impl`):
+- "sdpa": exact prefix-LM with fused kernels: the bidirectional prefix (registers + patches) runs one unmasked
+  SDPA call; text queries run a second call over all keys with a lower-right causal mask. Neither needs a dense
+  mask, so flash / memory-efficient kernels stay available on GPU.
+- "mask": one SDPA call with a dense boolean mask (the reference arrangement; also the packed-sequence path).
+- "manual": explicit softmax that also returns the attention weights (for the attention-sink monitor).
+All three compute the same function; tests check they agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.attention.bias import causal_lower_right
+
+from genlip_lit.models.rope import apply_rotary
+
+
+@dataclass
+class AttnLayout:
+    """Where each query and key sits: enough to build the prefix-LM or causal mask without materialising it.
+
+    Queries are the tokens at absolute positions [q_start, q_start + n_q); keys are positions [0, n_k).
+    The first `num_prefix` positions form the bidirectional prefix (0 in fully causal mode).
+    """
+
+    num_prefix: int
+    q_start: int = 0
+
+    def dense_mask(self, n_q: int, n_k: int, device: torch.device | None = None) -> Tensor:
+        """[n_q, n_k] bool, True where the query may attend the key."""
+        q = torch.arange(self.q_start, self.q_start + n_q, device=device)[:, None]
+        k = torch.arange(n_k, device=device)[None, :]
+        in_prefix_k = k < self.num_prefix
+        q_is_text = q >= self.num_prefix
+        # prefix queries see the whole prefix; text queries see the prefix and earlier-or-same text.
+        return in_prefix_k | (q_is_text & (k <= q))
+
+
+def prefix_lm_mask(num_prefix: int, seq_len: int, device: torch.device | None = None) -> Tensor:
+    """[N, N] bool prefix-LM mask: prefix tokens see the prefix; later tokens see the prefix and causally the rest."""
+    return AttnLayout(num_prefix).dense_mask(seq_len, seq_len, device)
+
+
+class KVCache:
+    """Preallocated keys/values for every layer, filled left to right during generation."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        batch_size: int,
+        num_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        shape = (batch_size, num_heads, max_len, head_dim)
+        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.length = 0  # tokens already stored (the same for every layer once a forward pass finishes)
+        self.max_len = max_len
+        # Filled by the model on the first (prefill) call: needed to place later text tokens.
+        self.num_prefix = 0
+        self.text_start = 0
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store new keys/values at [length, length + n) and return all keys/values so far."""
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise RuntimeError(f"KV cache overflow: {end} tokens > max_len {self.max_len}")
+        self.k[layer][:, :, self.length : end] = k
+        self.v[layer][:, :, self.length : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep only the batch rows in `index` (drops finished sequences)."""
+        self.k = [k.index_select(0, index) for k in self.k]
+        self.v = [v.index_select(0, index) for v in self.v]
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, layout: AttnLayout, impl: str) -> tuple[Tensor, Tensor | None]:
+    """Masked attention of q [B,H,Nq,D] over k/v [B,H,Nk,D] under `layout`. Returns (out, weights or None)."""
+    n_q, n_k = q.shape[2], k.shape[2]
+    if impl == "manual":
+        scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+        scores = scores.masked_fill(~layout.dense_mask(n_q, n_k, q.device), float("-inf"))
+        weights = scores.softmax(dim=-1)
+        return (weights @ v.float()).to(q.dtype), weights
+    if impl == "mask":
+        mask = layout.dense_mask(n_q, n_k, q.device)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), None
+    if impl != "sdpa":
+        raise ValueError(f"unknown attention impl {impl!r} (sdpa, mask, manual)")
+    return _attend_split(q, k, v, layout), None
+
+
+def _attend_split(q: Tensor, k: Tensor, v: Tensor, layout: AttnLayout) -> Tensor:
+    """Prefix-LM without a dense mask: unmasked prefix block + lower-right causal text block."""
+    n_q, n_k = q.shape[2], k.shape[2]
+    # Queries of this call that fall inside the bidirectional prefix.
+    n_prefix_q = max(0, min(n_q, layout.num_prefix - layout.q_start))
+    outs = []
+    if n_prefix_q:
+        p = layout.num_prefix
+        outs.append(F.scaled_dot_product_attention(q[:, :, :n_prefix_q], k[:, :, :p], v[:, :, :p]))
+    n_text_q = n_q - n_prefix_q
+    if n_text_q:
+        q_text = q[:, :, n_prefix_q:]
+        if n_text_q == 1:
+            # A single new token at the end sees every key: no mask at all (the decode step).
+            outs.append(F.scaled_dot_product_attention(q_text, k, v))
+        elif n_text_q == n_k:
+            outs.append(F.scaled_dot_product_attention(q_text, k, v, is_causal=True))
+        else:
+            outs.append(F.scaled_dot_product_attention(q_text, k, v, attn_mask=causal_lower_right(n_text_q, n_k)))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+
+class GatedAttention(nn.Module):
+    """Multi-head self-attention with rotary positions and an optional per-channel sigmoid output gate."""
+
+    def __init__(self, width: int, num_heads: int, head_dim: int, gated: bool = True, qkv_bias: bool = True) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim, self.gated = num_heads, head_dim, gated
+        inner = num_heads * head_dim
+        # With the gate, one projection yields [q ; gate logits] as in the official implementation.
+        self.q_proj = nn.Linear(width, inner * (2 if gated else 1), bias=qkv_bias)
+        self.k_proj = nn.Linear(width, inner, bias=qkv_bias)
+        self.v_proj = nn.Linear(width, inner, bias=qkv_bias)
+        self.o_proj = nn.Linear(inner, width)
+        self.impl = "sdpa"
+
+    def _heads(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def forward(
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor] | None,
+        layout: AttnLayout,
+        cache: KVCache | None = None,
+        layer_idx: int = 0,
+        return_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        b, n, _ = x.shape
+        q_and_gate = self.q_proj(x)
+        if self.gated:
+            q, gate_logits = q_and_gate.chunk(2, dim=-1)
+        else:
+            q, gate_logits = q_and_gate, None
+        q, k, v = self._heads(q), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+        if rope is not None:
+            cos, sin = rope
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer_idx, k, v)
+        impl = "manual" if return_weights else self.impl
+        out, weights = attend(q, k, v, layout, impl)
+        out = out.transpose(1, 2).reshape(b, n, -1)
+        if gate_logits is not None:
+            out = torch.sigmoid(gate_logits) * out
+        return self.o_proj(out), weights

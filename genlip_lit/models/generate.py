@@ -1,0 +1,106 @@
+"""Caption generation with a KV cache, and log-likelihood scoring of given captions.
+
+    python -m pytest tests/test_generate.py -q
+
+Generation prefills [patches ; BOS + prompt] once, then decodes one token per step attending to the cache.
+`use_cache=False` recomputes the whole sequence every step: the reference the cached path must equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from genlip_lit.models.attention import KVCache
+from genlip_lit.models.transformer import GenLIP
+
+
+@dataclass
+class GenerationOutput:
+    tokens: Tensor  # [B, T] generated ids; positions after a sequence's EOS hold eos_id
+    lengths: Tensor  # [B] tokens generated up to and including EOS (or T if it never ended)
+    logits: Tensor | None = None  # [B, T, V] logits that produced each token, when requested
+
+
+def sample_next(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> Tensor:
+    """Greedy when temperature <= 0, else temperature + nucleus (top-p) sampling. logits: [B, V]."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (always at least the top token).
+        drop = sorted_p.cumsum(-1) - sorted_p >= top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(
+    model: GenLIP,
+    pixel_values: Tensor,
+    prompt_ids: Tensor | list[int],
+    max_new_tokens: int,
+    eos_id: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    use_cache: bool = True,
+    return_logits: bool = False,
+    generator: torch.Generator | None = None,
+) -> GenerationOutput:
+    """Generate up to max_new_tokens per image after `prompt_ids` (BOS + prompt, shared by the batch)."""
+    b = pixel_values.shape[0]
+    device = pixel_values.device
+    prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=device)
+    if prompt.dim() == 1:
+        prompt = prompt.expand(b, -1)
+    cache = None
+    if use_cache:
+        num_patches = (pixel_values.shape[2] // model.cfg.patch_size) * (pixel_values.shape[3] // model.cfg.patch_size)
+        total = model.cfg.num_registers + num_patches + prompt.shape[1] + max_new_tokens
+        dtype = next(model.parameters()).dtype
+        cache = KVCache(len(model.blocks), b, model.cfg.num_heads, total, model.cfg.head_dim, dtype, device)
+
+    tokens = torch.full((b, max_new_tokens), eos_id, dtype=torch.long, device=device)
+    lengths = torch.full((b,), max_new_tokens, dtype=torch.long, device=device)
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    all_logits = [] if return_logits else None
+    text = prompt
+    step_input = prompt
+    for step in range(max_new_tokens):
+        if use_cache:
+            out = model.forward_features(pixel_values if step == 0 else None, step_input, cache)
+        else:
+            out = model.forward_features(pixel_values, text)
+        logits = model.lm_head(out.hidden[:, -1]).float()
+        nxt = sample_next(logits, temperature, top_p, generator)
+        nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+        tokens[:, step] = nxt
+        if all_logits is not None:
+            all_logits.append(logits)
+        newly_done = (~done) & (nxt == eos_id)
+        lengths[newly_done] = step + 1
+        done |= newly_done
+        if bool(done.all()):
+            tokens = tokens[:, : step + 1]
+            break
+        step_input = nxt[:, None]
+        text = torch.cat([text, step_input], dim=1)
+    logits_out = torch.stack(all_logits, dim=1) if all_logits is not None else None
+    return GenerationOutput(tokens, lengths, logits_out)
+
+
+@torch.no_grad()
+def score(model: GenLIP, pixel_values: Tensor, input_ids: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-sample summed log-likelihood of the target tokens (loss_mask True) and their count.
+
+    Used for zero-shot classification by caption likelihood: higher is a better match.
+    """
+    logits = model.text_logits(pixel_values, input_ids)[:, :-1].float()
+    targets = input_ids[:, 1:]
+    mask = loss_mask[:, 1:]
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    return (logp * mask).sum(-1), mask.sum(-1)

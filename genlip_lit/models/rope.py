@@ -1,0 +1,105 @@
+"""Multimodal rotary positions (M-RoPE): a (t, h, w) position triple per token.
+
+    python -m pytest tests/test_rope.py -q
+
+Image patch at grid row r, column c has position (0, r, c); text token j has s + j on all three axes with
+s = max(grid_h, grid_w) (the largest vision position + 1), so on text M-RoPE is exactly 1-D RoPE.
+The head_dim/2 frequency channels are assigned to the t, h, w axes by `mrope_section`, either interleaved
+(the official GenLIP / Qwen3-VL layout) or in contiguous blocks (the Qwen2-VL layout).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+AXIS_T, AXIS_H, AXIS_W = 0, 1, 2
+
+
+def rope_inv_freq(head_dim: int, theta: float = 10000.0) -> Tensor:
+    """inv_freq_i = theta^(-2i/head_dim) for i < head_dim/2 (float32)."""
+    return theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim).float()
+
+
+def mrope_axis_map(head_dim: int, section: tuple[int, int, int], layout: str = "interleaved") -> Tensor:
+    """Which axis (0=t, 1=h, 2=w) drives each of the head_dim/2 frequency channels."""
+    half = head_dim // 2
+    s_t, s_h, s_w = section
+    idx = torch.arange(half)
+    axis = torch.full((half,), AXIS_T, dtype=torch.long)
+    if layout == "interleaved":
+        axis[(idx % 3 == 1) & (idx < 3 * s_h)] = AXIS_H
+        axis[(idx % 3 == 2) & (idx < 3 * s_w)] = AXIS_W
+    elif layout == "contiguous":
+        axis[s_t : s_t + s_h] = AXIS_H
+        axis[s_t + s_h :] = AXIS_W
+    else:
+        raise ValueError(f"unknown M-RoPE layout {layout!r}")
+    return axis
+
+
+def image_position_ids(grid_h: int, grid_w: int, device: torch.device | None = None) -> Tensor:
+    """[3, grid_h*grid_w] positions (0, r, c) in raster order."""
+    rows = torch.arange(grid_h, device=device).repeat_interleave(grid_w)
+    cols = torch.arange(grid_w, device=device).repeat(grid_h)
+    return torch.stack([torch.zeros_like(rows), rows, cols])
+
+
+def text_position_ids(start: int, length: int, device: torch.device | None = None) -> Tensor:
+    """[3, length] positions start + j on all three axes."""
+    return torch.arange(start, start + length, device=device).expand(3, length).clone()
+
+
+def text_start(grid_h: int, grid_w: int) -> int:
+    """First text position: one past the largest vision position id."""
+    return max(grid_h, grid_w)
+
+
+def genlip_position_ids(
+    grid_h: int, grid_w: int, text_len: int, num_registers: int = 0, device: torch.device | None = None
+) -> Tensor:
+    """[3, R + M + L] positions for [registers ; patches ; text]. Registers sit at (0, 0, 0)."""
+    parts = [
+        torch.zeros(3, num_registers, dtype=torch.long, device=device),
+        image_position_ids(grid_h, grid_w, device),
+        text_position_ids(text_start(grid_h, grid_w), text_len, device),
+    ]
+    return torch.cat(parts, dim=1)
+
+
+class MRoPE(nn.Module):
+    """Turns position triples into cos/sin tables of shape [..., N, head_dim]."""
+
+    def __init__(
+        self,
+        head_dim: int,
+        section: tuple[int, int, int],
+        theta: float = 10000.0,
+        layout: str = "interleaved",
+    ) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+        self.register_buffer("inv_freq", rope_inv_freq(head_dim, theta), persistent=False)
+        self.register_buffer("axis", mrope_axis_map(head_dim, section, layout), persistent=False)
+
+    def forward(self, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """position_ids: [3, N] or [3, B, N] -> (cos, sin), each [N, D] or [B, N, D], float32."""
+        pos = position_ids.float()
+        # Pick, for every frequency channel, the position along that channel's axis: [..., N, D/2].
+        per_channel = pos[self.axis].movedim(0, -1)  # [D/2, ..., N] -> [..., N, D/2]
+        freqs = per_channel * self.inv_freq
+        emb = torch.cat([freqs, freqs], dim=-1)
+        return emb.cos(), emb.sin()
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x: [B, H, N, D]; cos/sin: [N, D] or [B, N, D]. Computed in float32, returned in x's dtype."""
+    if cos.dim() == 3:
+        cos, sin = cos[:, None], sin[:, None]
+    xf = x.float()
+    return (xf * cos + rotate_half(xf) * sin).to(x.dtype)

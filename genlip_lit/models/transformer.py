@@ -1,0 +1,225 @@
+"""GenLIP: one transformer over [registers ; image patches ; text tokens] with a next-token loss on text.
+
+    python -c "from genlip_lit.models import GenLIP, GenLIPConfig; print(GenLIP(GenLIPConfig.from_name('tiny')))"
+
+Image tokens attend bidirectionally among themselves; text tokens attend to all image tokens and causally to
+earlier text (prefix-LM). Without text the network is a plain ViT encoder: `encode_image` returns the final-norm
+patch features an MLLM consumes. No [CLS] token and no absolute position embedding unless the ablation asks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, LayerScale, Mlp, SwiGLU, trunc_normal_
+from torch import Tensor, nn
+
+from genlip_lit.models.attention import AttnLayout, GatedAttention, KVCache
+from genlip_lit.models.config import GenLIPConfig
+from genlip_lit.models.rope import MRoPE, genlip_position_ids, text_position_ids, text_start
+
+
+class Block(nn.Module):
+    """Pre-norm block: gated attention and an FFN, each with LayerScale and drop path."""
+
+    def __init__(self, cfg: GenLIPConfig, drop_path: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        self.attn = GatedAttention(cfg.width, cfg.num_heads, cfg.head_dim, cfg.gated_attn, cfg.qkv_bias)
+        self.ls1 = LayerScale(cfg.width, cfg.layer_scale_init) if cfg.layer_scale_init else nn.Identity()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+        if cfg.ffn_type == "swiglu":
+            self.mlp = SwiGLU(cfg.width, cfg.ffn_hidden)
+        else:
+            self.mlp = Mlp(cfg.width, cfg.ffn_hidden, act_layer=nn.GELU)
+        self.ls2 = LayerScale(cfg.width, cfg.layer_scale_init) if cfg.layer_scale_init else nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor] | None,
+        layout: AttnLayout,
+        cache: KVCache | None = None,
+        layer_idx: int = 0,
+        return_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        attn_out, weights = self.attn(self.norm1(x), rope, layout, cache, layer_idx, return_weights)
+        x = x + self.drop_path1(self.ls1(attn_out))
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return x, weights
+
+
+@dataclass
+class LossOutput:
+    loss: Tensor  # mean next-token cross-entropy over target tokens
+    num_tokens: Tensor  # number of target tokens
+    num_correct: Tensor  # argmax predictions equal to the target
+
+
+@dataclass
+class FeaturesOutput:
+    hidden: Tensor  # [B, N, width] after the final norm, N = R + M + L
+    num_prefix: int  # R + M: registers and patches
+    grid: tuple[int, int] | None
+    attentions: list[Tensor] | None = None  # per layer [B, H, N, N] when requested
+
+
+class GenLIP(nn.Module):
+    """The GenLIP transformer (plain torch)."""
+
+    def __init__(self, cfg: GenLIPConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.width
+        self.patch_embed = nn.Conv2d(cfg.in_chans, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.tok_embed = nn.Embedding(cfg.vocab_size, d)
+        self.registers = nn.Parameter(torch.zeros(cfg.num_registers, d)) if cfg.num_registers else None
+        if cfg.pos_embed == "mrope":
+            self.rope = MRoPE(cfg.head_dim, cfg.mrope_section, cfg.rope_theta, cfg.mrope_layout)
+        else:
+            self.rope = None
+            self.pos_image = nn.Parameter(torch.zeros(cfg.max_grid, cfg.max_grid, d))
+            self.pos_text = nn.Parameter(torch.zeros(cfg.max_text_len, d))
+        rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
+        self.blocks = nn.ModuleList([Block(cfg, r) for r in rates])
+        self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
+        self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)  # untied from tok_embed, as in the paper
+        self.apply(self._init_weights)
+        for p in (self.registers, getattr(self, "pos_image", None), getattr(self, "pos_text", None)):
+            if p is not None:
+                trunc_normal_(p, std=0.02)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            trunc_normal_(m.weight, std=0.02)
+
+    def set_attn_impl(self, impl: str) -> None:
+        """Switch every block between "sdpa" (fused, default), "mask" and "manual"."""
+        for blk in self.blocks:
+            blk.attn.impl = impl
+
+    # ---------------------------------------------------------------- embeddings
+    def embed_image(self, pixel_values: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """[B, 3, H, W] -> patch tokens [B, M, d] in raster order, and the grid (gh, gw)."""
+        x = self.patch_embed(pixel_values)
+        grid = (x.shape[2], x.shape[3])
+        x = x.flatten(2).transpose(1, 2)
+        if self.rope is None:
+            gh, gw = grid
+            if max(gh, gw) > self.cfg.max_grid:
+                raise ValueError(f"patch grid {grid} exceeds max_grid {self.cfg.max_grid} of learned positions")
+            x = x + self.pos_image[:gh, :gw].reshape(gh * gw, -1)
+        return x, grid
+
+    def embed_text(self, input_ids: Tensor, offset: int = 0) -> Tensor:
+        x = self.tok_embed(input_ids)
+        if self.rope is None:
+            end = offset + input_ids.shape[1]
+            if end > self.cfg.max_text_len:
+                raise ValueError(f"text of {end} tokens exceeds max_text_len {self.cfg.max_text_len}")
+            x = x + self.pos_text[offset:end]
+        return x
+
+    # ---------------------------------------------------------------- trunk
+    def forward_features(
+        self,
+        pixel_values: Tensor | None,
+        input_ids: Tensor | None = None,
+        cache: KVCache | None = None,
+        return_attentions: bool = False,
+    ) -> FeaturesOutput:
+        """Run the trunk. Without a cache (or an empty one) pixels are required; a filled cache continues text."""
+        cfg = self.cfg
+        continuing = cache is not None and cache.length > 0
+        parts, grid = [], None
+        if continuing:
+            if pixel_values is not None:
+                raise ValueError("pixel_values must be None when continuing from a filled KV cache")
+            num_prefix, start = cache.num_prefix, cache.text_start
+            text_offset = cache.length - num_prefix
+        else:
+            if pixel_values is None:
+                raise ValueError("pixel_values are required for the first forward pass")
+            img, grid = self.embed_image(pixel_values)
+            if self.registers is not None:
+                parts.append(self.registers.expand(img.shape[0], -1, -1))
+            parts.append(img)
+            num_prefix, start, text_offset = cfg.num_registers + img.shape[1], text_start(*grid), 0
+            if cache is not None:
+                cache.num_prefix, cache.text_start = num_prefix, start
+        n_text = 0 if input_ids is None else input_ids.shape[1]
+        if n_text:
+            parts.append(self.embed_text(input_ids, text_offset))
+        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+        rope = None
+        if self.rope is not None:
+            if continuing:
+                pos = text_position_ids(start + text_offset, n_text, x.device)
+            else:
+                pos = genlip_position_ids(*grid, n_text, cfg.num_registers, x.device)
+            rope = self.rope(pos)
+        q_start = cache.length if cache is not None else 0
+        layout = AttnLayout(num_prefix if cfg.attn_mode == "prefix" else 0, q_start)
+
+        attentions = [] if return_attentions else None
+        for i, blk in enumerate(self.blocks):
+            x, w = blk(x, rope, layout, cache, i, return_attentions)
+            if attentions is not None:
+                attentions.append(w)
+        if cache is not None:
+            cache.length += x.shape[1]
+        return FeaturesOutput(self.norm(x), num_prefix, grid, attentions)
+
+    def encode_image(self, pixel_values: Tensor) -> Tensor:
+        """Patch features [B, M, d] (final norm output, registers dropped): the vision-encoder output."""
+        out = self.forward_features(pixel_values)
+        return out.hidden[:, self.cfg.num_registers :]
+
+    def text_logits(self, pixel_values: Tensor, input_ids: Tensor) -> Tensor:
+        """Logits [B, L, V] at every text position (position j predicts token j + 1)."""
+        out = self.forward_features(pixel_values, input_ids)
+        return self.lm_head(out.hidden[:, out.num_prefix :])
+
+    def forward(self, pixel_values: Tensor, input_ids: Tensor) -> Tensor:
+        return self.text_logits(pixel_values, input_ids)
+
+    # ---------------------------------------------------------------- loss
+    def loss(self, pixel_values: Tensor, input_ids: Tensor, loss_mask: Tensor) -> LossOutput:
+        """Next-token cross-entropy on the tokens where loss_mask is True (caption + EOS).
+
+        Only the text positions that predict a target go through the LM head, so image tokens, prompt
+        tokens and padding cost no vocabulary-sized logits.
+        """
+        out = self.forward_features(pixel_values, input_ids)
+        hidden = out.hidden[:, out.num_prefix : -1]  # position j predicts token j + 1
+        targets_mask = loss_mask[:, 1:]
+        logits = self.lm_head(hidden[targets_mask])
+        targets = input_ids[:, 1:][targets_mask]
+        loss = F.cross_entropy(logits.float(), targets)
+        num_correct = (logits.argmax(-1) == targets).sum()
+        return LossOutput(loss, targets.new_tensor(targets.numel()), num_correct)
+
+    def num_params(self, include_text: bool = True, include_gate: bool = True) -> int:
+        """Parameter count; without text = the vision encoder (no token embedding, no LM head)."""
+        total = 0
+        for name, p in self.named_parameters():
+            if not include_text and (name.startswith("tok_embed") or name.startswith("lm_head") or name == "pos_text"):
+                continue
+            if not include_gate and name.endswith("attn.q_proj.weight") and self.cfg.gated_attn:
+                total += p.numel() // 2
+                continue
+            if not include_gate and name.endswith("attn.q_proj.bias") and self.cfg.gated_attn:
+                total += p.numel() // 2
+                continue
+            total += p.numel()
+        return total

@@ -1,0 +1,104 @@
+"""GenLIP transformer behaviour: prefix-LM information flow, loss on caption tokens only, encoder output."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from genlip_lit.models import GenLIP, GenLIPConfig
+
+
+def _model(**overrides):
+    torch.manual_seed(0)
+    cfg = GenLIPConfig.from_name("tiny", vocab_size=50, depth=2, width=64, num_heads=4, ffn_hidden=96, **overrides)
+    return GenLIP(cfg).eval()
+
+
+def _inputs(b=2, size=32, text=6):
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(b, 3, size, size, generator=g), torch.randint(4, 50, (b, text), generator=g)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"gated_attn": False}, {"num_registers": 2}, {"pos_embed": "learned"}])
+def test_image_outputs_ignore_text(overrides):
+    model = _model(**overrides)
+    px, ids = _inputs()
+    other = ids.clone()
+    other[:, 2:] = (other[:, 2:] + 7) % 50
+    a = model.forward_features(px, ids)
+    b = model.forward_features(px, other)
+    p = a.num_prefix
+    assert torch.equal(a.hidden[:, :p], b.hidden[:, :p])
+    torch.testing.assert_close(a.hidden[:, :p][:, model.cfg.num_registers :], model.encode_image(px))
+
+
+def test_text_is_causal_but_sees_every_patch():
+    model = _model()
+    px, ids = _inputs()
+    base = model.text_logits(px, ids)
+    j = 2
+    later = ids.clone()
+    later[:, j + 1 :] = (later[:, j + 1 :] + 5) % 50
+    changed = model.text_logits(px, later)
+    torch.testing.assert_close(changed[:, : j + 1], base[:, : j + 1], atol=0, rtol=0)
+    assert not torch.allclose(changed[:, j + 1 :], base[:, j + 1 :])
+    # Changing any single patch (first, middle, last) changes every text position's output.
+    p = model.cfg.patch_size
+    for r, c in [(0, 0), (1, 2), (3, 3)]:
+        px2 = px.clone()
+        px2[:, :, r * p : (r + 1) * p, c * p : (c + 1) * p] += 1.0
+        diff = (model.text_logits(px2, ids) - base).abs().amax(dim=-1)
+        assert (diff > 1e-6).all(), (r, c)
+
+
+def test_fully_causal_ablation_makes_patches_causal():
+    model = _model(attn_mode="causal")
+    px, ids = _inputs()
+    out = model.forward_features(px, ids).hidden
+    px2 = px.clone()
+    px2[:, :, -8:, -8:] += 1.0  # last patch only
+    out2 = model.forward_features(px2, ids).hidden
+    m = (px.shape[-1] // 8) ** 2
+    torch.testing.assert_close(out2[:, : m - 1], out[:, : m - 1], atol=0, rtol=0)
+    assert not torch.allclose(out2[:, m - 1 :], out[:, m - 1 :])
+
+
+@pytest.mark.parametrize("impl", ["mask", "manual"])
+def test_attention_kernels_give_the_same_model(impl):
+    model = _model(num_registers=1)
+    px, ids = _inputs()
+    ref = model.text_logits(px, ids)
+    model.set_attn_impl(impl)
+    torch.testing.assert_close(model.text_logits(px, ids), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_loss_counts_only_caption_targets():
+    model = _model()
+    px, ids = _inputs(text=8)
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    mask[:, 3:7] = True  # BOS at 0, prompt at 1-2, caption+EOS at 3-6, pad at 7
+    mask[1, 6] = False  # a shorter second caption
+    out = model.loss(px, ids, mask)
+    logits = model.text_logits(px, ids)
+    ref = F.cross_entropy(logits[:, :-1][mask[:, 1:]], ids[:, 1:][mask[:, 1:]])
+    torch.testing.assert_close(out.loss, ref)
+    assert out.num_tokens.item() == int(mask.sum())
+    # Prompt/pad targets may hold anything: changing only tokens that are never targets nor earlier inputs
+    # of a target (the trailing pad) leaves the loss unchanged.
+    ids2 = ids.clone()
+    ids2[:, 7] = 0
+    torch.testing.assert_close(model.loss(px, ids2, mask).loss, out.loss)
+
+
+def test_gradients_reach_patch_embedding_and_gate():
+    model = _model().train()
+    px, ids = _inputs()
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    model.loss(px, ids, mask).loss.backward()
+    assert model.patch_embed.weight.grad.abs().sum() > 0
+    assert model.blocks[0].attn.q_proj.weight.grad[64:].abs().sum() > 0  # gate half of the projection
+
+
+def test_encode_image_shape_and_native_grid():
+    model = _model(num_registers=4)
+    feats = model.encode_image(torch.randn(1, 3, 24, 40))
+    assert feats.shape == (1, 3 * 5, 64)
