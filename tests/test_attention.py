@@ -28,7 +28,7 @@ def test_kernels_agree(num_prefix, q_start, n_q, n_k):
     q, k, v = torch.randn(2, 3, n_q, 8), torch.randn(2, 3, n_k, 8), torch.randn(2, 3, n_k, 8)
     layout = AttnLayout(num_prefix, q_start)
     ref = _reference_attention(q, k, v, layout.dense_mask(n_q, n_k))
-    for impl in ("sdpa", "mask", "manual"):
+    for impl in ("auto", "sdpa", "mask", "manual"):
         out, w = attend(q, k, v, layout, impl)
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
         if impl == "manual":
@@ -50,15 +50,13 @@ def test_gate_matches_formula():
 
     # G = sigmoid(X W_g + b_g), one value per head channel; out = o_proj(G * Attn(X)).
     inner = 16
-    w_q, w_g = attn.q_proj.weight[:inner], attn.q_proj.weight[inner:]
-    b_q, b_g = attn.q_proj.bias[:inner], attn.q_proj.bias[inner:]
-    gate = torch.sigmoid(x @ w_g.T + b_g)
+    gate = torch.sigmoid(x @ attn.gate_proj.weight.T + attn.gate_proj.bias)
     from genlip_lit.models.rope import apply_rotary
 
     def heads(t):
         return t.view(2, 7, 2, 8).transpose(1, 2)
 
-    q = apply_rotary(heads(x @ w_q.T + b_q), *rope)
+    q = apply_rotary(heads(attn.q_proj(x)), *rope)
     k = apply_rotary(heads(attn.k_proj(x)), *rope)
     v = heads(attn.v_proj(x))
     a = _reference_attention(q, k, v, layout.dense_mask(7, 7)).transpose(1, 2).reshape(2, 7, inner)
@@ -73,11 +71,9 @@ def test_gate_off_equals_plain_attention():
     plain = GatedAttention(width=16, num_heads=2, head_dim=8, gated=False)
     gated = GatedAttention(width=16, num_heads=2, head_dim=8, gated=True)
     with torch.no_grad():
-        gated.q_proj.weight[:16].copy_(plain.q_proj.weight)
-        gated.q_proj.bias[:16].copy_(plain.q_proj.bias)
-        gated.q_proj.weight[16:].zero_()
-        gated.q_proj.bias[16:].fill_(100.0)
-        for name in ("k_proj", "v_proj", "o_proj"):
+        gated.gate_proj.weight.zero_()
+        gated.gate_proj.bias.fill_(100.0)
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
             getattr(gated, name).load_state_dict(getattr(plain, name).state_dict())
     x = torch.randn(2, 7, 16)
     layout = AttnLayout(num_prefix=4)
@@ -86,7 +82,7 @@ def test_gate_off_equals_plain_attention():
     assert torch.equal(out_plain, out_gated)
     # and a real gate changes the output
     with torch.no_grad():
-        gated.q_proj.bias[16:].fill_(0.0)
+        gated.gate_proj.bias.fill_(0.0)
     assert not torch.allclose(gated(x, _rope(), layout)[0], out_plain)
 
 

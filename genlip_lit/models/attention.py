@@ -3,7 +3,8 @@
     python -m pytest tests/test_attention.py -q
 
 Gated attention (paper, against attention sinks): G = sigmoid(X W_g + b_g), out = o_proj(G * Attn(X)), one gate
-value per head channel. As in the official code, the query projection is Linear(d, 2d) split into q and gate.
+value per head channel. The official code computes [q ; gate] with one Linear(d, 2d); we keep W_g as its own
+`gate_proj` (the same function) so the optimizer can exempt the gate from weight decay.
 
 Kernels (`impl`):
 - "sdpa": exact prefix-LM with fused kernels: the bidirectional prefix (registers + patches) runs one unmasked
@@ -11,7 +12,9 @@ Kernels (`impl`):
   mask, so flash / memory-efficient kernels stay available on GPU.
 - "mask": one SDPA call with a dense boolean mask (the reference arrangement; also the packed-sequence path).
 - "manual": explicit softmax that also returns the attention weights (for the attention-sink monitor).
-All three compute the same function; tests check they agree.
+- "auto" (default): "sdpa" on CUDA; "mask" on CPU, where PyTorch's CPU SDPA kernels run the dense-mask call
+  faster than the two-call split at small sizes (measured in the tiny preset's training step).
+All compute the same function; tests check they agree.
 """
 
 from __future__ import annotations
@@ -92,6 +95,8 @@ class KVCache:
 def attend(q: Tensor, k: Tensor, v: Tensor, layout: AttnLayout, impl: str) -> tuple[Tensor, Tensor | None]:
     """Masked attention of q [B,H,Nq,D] over k/v [B,H,Nk,D] under `layout`. Returns (out, weights or None)."""
     n_q, n_k = q.shape[2], k.shape[2]
+    if impl == "auto":
+        impl = "sdpa" if q.is_cuda else "mask"
     if impl == "manual":
         scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
         scores = scores.masked_fill(~layout.dense_mask(n_q, n_k, q.device), float("-inf"))
@@ -101,7 +106,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, layout: AttnLayout, impl: str) -> tu
         mask = layout.dense_mask(n_q, n_k, q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), None
     if impl != "sdpa":
-        raise ValueError(f"unknown attention impl {impl!r} (sdpa, mask, manual)")
+        raise ValueError(f"unknown attention impl {impl!r} (auto, sdpa, mask, manual)")
     return _attend_split(q, k, v, layout), None
 
 
@@ -134,12 +139,12 @@ class GatedAttention(nn.Module):
         super().__init__()
         self.num_heads, self.head_dim, self.gated = num_heads, head_dim, gated
         inner = num_heads * head_dim
-        # With the gate, one projection yields [q ; gate logits] as in the official implementation.
-        self.q_proj = nn.Linear(width, inner * (2 if gated else 1), bias=qkv_bias)
+        self.q_proj = nn.Linear(width, inner, bias=qkv_bias)
+        self.gate_proj = nn.Linear(width, inner) if gated else None
         self.k_proj = nn.Linear(width, inner, bias=qkv_bias)
         self.v_proj = nn.Linear(width, inner, bias=qkv_bias)
         self.o_proj = nn.Linear(inner, width)
-        self.impl = "sdpa"
+        self.impl = "auto"
 
     def _heads(self, x: Tensor) -> Tensor:
         b, n, _ = x.shape
@@ -155,12 +160,7 @@ class GatedAttention(nn.Module):
         return_weights: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         b, n, _ = x.shape
-        q_and_gate = self.q_proj(x)
-        if self.gated:
-            q, gate_logits = q_and_gate.chunk(2, dim=-1)
-        else:
-            q, gate_logits = q_and_gate, None
-        q, k, v = self._heads(q), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+        q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
         if rope is not None:
             cos, sin = rope
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
@@ -169,6 +169,6 @@ class GatedAttention(nn.Module):
         impl = "manual" if return_weights else self.impl
         out, weights = attend(q, k, v, layout, impl)
         out = out.transpose(1, 2).reshape(b, n, -1)
-        if gate_logits is not None:
-            out = torch.sigmoid(gate_logits) * out
+        if self.gate_proj is not None:
+            out = torch.sigmoid(self.gate_proj(x)) * out
         return self.o_proj(out), weights

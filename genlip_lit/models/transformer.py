@@ -103,7 +103,7 @@ class GenLIP(nn.Module):
             trunc_normal_(m.weight, std=0.02)
 
     def set_attn_impl(self, impl: str) -> None:
-        """Switch every block between "sdpa" (fused, default), "mask" and "manual"."""
+        """Switch every block's kernel: "auto" (default), "sdpa" (fused split), "mask" or "manual"."""
         for blk in self.blocks:
             blk.attn.impl = impl
 
@@ -211,15 +211,9 @@ class GenLIP(nn.Module):
 
     def num_params(self, include_text: bool = True, include_gate: bool = True) -> int:
         """Parameter count; without text = the vision encoder (no token embedding, no LM head)."""
-        total = 0
-        for name, p in self.named_parameters():
-            if not include_text and (name.startswith("tok_embed") or name.startswith("lm_head") or name == "pos_text"):
-                continue
-            if not include_gate and name.endswith("attn.q_proj.weight") and self.cfg.gated_attn:
-                total += p.numel() // 2
-                continue
-            if not include_gate and name.endswith("attn.q_proj.bias") and self.cfg.gated_attn:
-                total += p.numel() // 2
-                continue
-            total += p.numel()
-        return total
+        text = ("tok_embed.", "lm_head.", "pos_text")
+        return sum(
+            p.numel()
+            for name, p in self.named_parameters()
+            if (include_text or not name.startswith(text)) and (include_gate or ".gate_proj." not in name)
+        )

@@ -1,0 +1,323 @@
+"""`GenLIPDataModule`: litdata shards -> `Batch`es of normalized images and prefix-LM caption tokens.
+
+    data: {class_path: genlip_lit.data.datamodule.GenLIPDataModule, init_args: {synthetic: {num_train: 20000}}}
+
+Data either sits in `data_dir` (`train/` and `val/`, as written by `genlip optimize`) or, with `synthetic`,
+is generated once into a cache keyed by its parameters. The text format (tokenizer, prompt, max length) is
+the model's: the datamodule borrows `trainer.lightning_module.caption_encoder` unless given one.
+Samples whose image fails to decode are dropped from their batch and counted in `Batch.num_skipped`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import lightning as L
+import litdata  # LITDATA_DISABLE_VERSION_CHECK is set in genlip_lit/__init__.py
+import numpy as np
+import torch
+
+from genlip_lit.data.batch import Batch
+from genlip_lit.data.optimize import optimize_synthetic
+from genlip_lit.data.synthetic import SceneConfig
+from genlip_lit.data.tokenizer import CaptionEncoder
+from genlip_lit.data.transforms import FixedResTransform, decode_image
+from genlip_lit.errors import GenLIPUserError
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC_DEFAULTS: dict[str, Any] = {"num_train": 20_000, "num_val": 500, "seed": 0}
+_SCENE_KEYS = tuple(f.name for f in dataclasses.fields(SceneConfig))
+_CACHE_FORMAT = 1  # bump when the stored sample layout changes, so old caches are not reused
+
+
+def default_cache_root() -> str:
+    """`$GENLIP_CACHE`, else `~/.cache/genlip_lit`."""
+    return os.path.expanduser(os.environ.get("GENLIP_CACHE") or os.path.join("~", ".cache", "genlip_lit"))
+
+
+def synthetic_params(synthetic: dict[str, Any]) -> dict[str, Any]:
+    """Complete a `synthetic` dict with defaults; unknown keys are a user error."""
+    unknown = sorted(set(synthetic) - set(SYNTHETIC_DEFAULTS) - set(_SCENE_KEYS))
+    if unknown:
+        allowed = sorted(SYNTHETIC_DEFAULTS) + list(_SCENE_KEYS)
+        raise GenLIPUserError(f"unknown key(s) {unknown} in data.synthetic; allowed: {allowed}")
+    params = {**SYNTHETIC_DEFAULTS, **dataclasses.asdict(SceneConfig()), **synthetic}
+    for key, low in (("num_train", 1), ("num_val", 1), ("seed", 0)):
+        if not isinstance(params[key], int) or params[key] < low:
+            raise GenLIPUserError(f"data.synthetic.{key} must be an integer >= {low}, got {params[key]!r}")
+    try:
+        SceneConfig(**{k: params[k] for k in _SCENE_KEYS})
+    except (TypeError, ValueError) as exc:
+        raise GenLIPUserError(f"invalid data.synthetic: {exc}") from exc
+    return params
+
+
+def shutdown_workers(loader: torch.utils.data.DataLoader) -> None:
+    """Stop a loader's (persistent) worker processes now; use it when iterating loaders outside a Trainer.
+
+    litdata's iterator holds its loader, so a dropped loader is freed by the cyclic garbage collector, which runs
+    the worker queues' finalizers before the iterator's own shutdown: the goodbye message never reaches the
+    workers and each one is killed only after torch's 5 s join timeout. (Lightning shuts loaders down itself.)
+    """
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    if hasattr(loader, "_iterator"):
+        loader._iterator = None
+
+
+def _is_split_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "index.json"))
+
+
+class GenLIPStreamingDataset(litdata.StreamingDataset):
+    """A litdata shard dir whose samples come out decoded, resized, normalized and tokenized.
+
+    Each item is a dict for `BatchCollator`, or None when its image bytes do not decode (a warning is logged
+    once per worker, naming the sample index).
+    """
+
+    def __init__(
+        self, input_dir: str, transform: FixedResTransform, caption_encoder: CaptionEncoder, **kwargs: Any
+    ) -> None:
+        super().__init__(input_dir=input_dir, **kwargs)
+        # not `self.transform`: StreamingDataset applies an attribute of that name to raw items itself
+        self.image_transform = transform
+        self.caption_encoder = caption_encoder
+        self.source_dir = input_dir
+        self._warned = False
+
+    def __getitem__(self, index: Any) -> Any:
+        raw = super().__getitem__(index)
+        if isinstance(raw, list):  # slice access
+            return [self._process(r, index) for r in raw]
+        return self._process(raw, index)
+
+    def _process(self, raw: dict[str, Any], index: Any) -> dict[str, Any] | None:
+        for key in ("image", "caption"):
+            if key not in raw:
+                raise GenLIPUserError(
+                    f"samples in {self.source_dir!r} have no {key!r} field (found {sorted(raw)}): "
+                    "write the shards with `genlip optimize`"
+                )
+        try:
+            image = decode_image(raw["image"])
+        except ValueError as exc:
+            if not self._warned:
+                self._warned = True
+                i = getattr(index, "index", index)
+                log.warning(
+                    "skipping sample %s of %s: %s (further bad samples in this worker are skipped silently; "
+                    "Batch.num_skipped counts them)",
+                    i,
+                    self.source_dir,
+                    exc,
+                )
+            return None
+        ids, mask = self.caption_encoder.encode(str(raw["caption"]))
+        return {
+            "pixel_values": self.image_transform(image),
+            "input_ids": ids,
+            "loss_mask": mask,
+            "caption": str(raw["caption"]),
+            "label": int(raw.get("label", -1)),
+            "patch_shape": raw.get("patch_shape"),
+            "patch_color": raw.get("patch_color"),
+        }
+
+
+class BatchCollator:
+    """Processed samples -> `Batch`; drops None (undecodable) samples and counts them."""
+
+    def __init__(self, caption_encoder: CaptionEncoder, image_size: int) -> None:
+        self.caption_encoder = caption_encoder
+        self.image_size = image_size
+
+    @staticmethod
+    def _maps(items: list[dict[str, Any]], key: str) -> torch.Tensor | None:
+        values = [x.get(key) for x in items]
+        if not values or any(v is None for v in values):
+            return None
+        return torch.from_numpy(np.stack([np.asarray(v) for v in values])).long()
+
+    def __call__(self, items: list[dict[str, Any] | None]) -> Batch:
+        kept = [x for x in items if x is not None]
+        s = self.image_size
+        pixels = torch.stack([x["pixel_values"] for x in kept]) if kept else torch.zeros(0, 3, s, s)
+        input_ids, loss_mask, text_mask = self.caption_encoder.collate_text(
+            [(x["input_ids"], x["loss_mask"]) for x in kept]
+        )
+        return Batch(
+            pixel_values=pixels,
+            input_ids=input_ids,
+            loss_mask=loss_mask,
+            text_mask=text_mask,
+            labels=torch.tensor([x["label"] for x in kept], dtype=torch.long),
+            patch_shape=self._maps(kept, "patch_shape"),
+            patch_color=self._maps(kept, "patch_color"),
+            captions=[x["caption"] for x in kept],
+            num_skipped=len(items) - len(kept),
+        )
+
+
+class GenLIPDataModule(L.LightningDataModule):
+    """Stage-1 (fixed resolution) image-caption data from litdata shards.
+
+    Batches may be empty (`len(batch) == 0`) when every sample in them failed to decode; modules skip those.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        synthetic: dict | None = None,
+        cache_dir: str | None = None,
+        image_size: int = 224,
+        mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        batch_size: int = 32,
+        val_batch_size: int | None = None,
+        num_workers: int = 2,
+        shuffle: bool = True,
+        seed: int = 0,
+        caption_encoder: CaptionEncoder | None = None,
+    ) -> None:
+        super().__init__()
+        # image_size/mean/std land in checkpoints; `genlip caption` rebuilds the eval transform from them
+        self.save_hyperparameters(ignore=["caption_encoder"])
+        if data_dir is None and synthetic is None:
+            raise GenLIPUserError("GenLIPDataModule needs data.data_dir (litdata shards) or data.synthetic")
+        if data_dir is not None and synthetic is not None:
+            raise GenLIPUserError("set only one of data.data_dir and data.synthetic")
+        self.synthetic = synthetic_params(dict(synthetic)) if synthetic is not None else None
+        self.cache_dir = cache_dir
+        self.image_size = image_size
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.num_workers = num_workers
+        self.shuffle = shuffle
+        self.seed = seed
+        self.caption_encoder = caption_encoder
+        self.data_dir = self._resolve_data_dir(data_dir)
+        self.train_dataset: GenLIPStreamingDataset | None = None
+        self.val_dataset: GenLIPStreamingDataset | None = None
+
+    # -- where the data lives --------------------------------------------------------------------
+    def _resolve_data_dir(self, data_dir: str | None) -> str:
+        if data_dir is not None:
+            return os.path.abspath(os.path.expanduser(data_dir))
+        assert self.synthetic is not None
+        key = json.dumps({"format": _CACHE_FORMAT, **self.synthetic}, sort_keys=True)
+        digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+        root = os.path.expanduser(self.cache_dir) if self.cache_dir else default_cache_root()
+        return os.path.join(os.path.abspath(root), "synthetic", digest)
+
+    def _complete(self) -> bool:
+        return all(_is_split_dir(os.path.join(self.data_dir, s)) for s in ("train", "val"))
+
+    def _check_data_dir(self) -> None:
+        if self._complete():
+            return
+        if self.synthetic is not None:
+            raise GenLIPUserError(
+                f"synthetic data cache {self.data_dir!r} is missing or incomplete: prepare_data() generates it "
+                "(run through a Trainer, or call datamodule.prepare_data())"
+            )
+        what = (
+            "does not exist" if not os.path.isdir(self.data_dir) else "has no train/ and val/ litdata shards"
+        )
+        raise GenLIPUserError(
+            f"data_dir {self.data_dir!r} {what}; create it with "
+            f"`genlip optimize --source synthetic --output {self.data_dir} --num-samples N`"
+        )
+
+    def prepare_data(self) -> None:
+        """Generate the synthetic cache if missing (into a temp dir, then renamed: never half a dataset)."""
+        if self.synthetic is None or self._complete():
+            self._check_data_dir()
+            return
+        p = self.synthetic
+        parent = os.path.dirname(self.data_dir)
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(self.data_dir)}-", dir=parent)
+        try:
+            scene = SceneConfig(**{k: p[k] for k in _SCENE_KEYS})
+            log.info(
+                "generating synthetic data (%d train, %d val) into %s",
+                p["num_train"],
+                p["num_val"],
+                self.data_dir,
+            )
+            optimize_synthetic(tmp, p["num_train"], p["num_val"], seed=p["seed"], scene=scene, overwrite=True)
+            if os.path.isdir(self.data_dir):  # leftover without shards (made by hand or an old format)
+                shutil.rmtree(self.data_dir)
+            try:
+                os.replace(tmp, self.data_dir)
+            except OSError:
+                if not self._complete():  # else a concurrent process finished first: keep its copy
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # -- datasets and loaders ----------------------------------------------------------------------
+    def _encoder(self) -> CaptionEncoder:
+        if self.caption_encoder is not None:
+            return self.caption_encoder
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        encoder = getattr(module, "caption_encoder", None)
+        if encoder is None:
+            raise GenLIPUserError(
+                "GenLIPDataModule needs a CaptionEncoder: pass caption_encoder=..., or attach it to a Trainer "
+                "whose LightningModule has a `caption_encoder` attribute"
+            )
+        return encoder
+
+    def _dataset(self, split: str, train: bool) -> GenLIPStreamingDataset:
+        transform = FixedResTransform(self.image_size, self.mean, self.std, train=train)
+        return GenLIPStreamingDataset(
+            os.path.join(self.data_dir, split),
+            transform=transform,
+            caption_encoder=self._encoder(),
+            shuffle=self.shuffle if train else False,
+            seed=self.seed,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        self._check_data_dir()
+        if stage in (None, "fit") and self.train_dataset is None:
+            self.train_dataset = self._dataset("train", train=True)
+        if self.val_dataset is None:
+            self.val_dataset = self._dataset("val", train=False)
+
+    def _loader(self, dataset: GenLIPStreamingDataset | None, batch_size: int) -> litdata.StreamingDataLoader:
+        if dataset is None:
+            raise GenLIPUserError("GenLIPDataModule.setup() must run before asking for dataloaders")
+        return litdata.StreamingDataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=self.num_workers,
+            collate_fn=BatchCollator(dataset.caption_encoder, self.image_size),
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> litdata.StreamingDataLoader:
+        # stateful: Lightning's fit loop saves/restores its state_dict in checkpoints (mid-epoch resume)
+        return self._loader(self.train_dataset, self.batch_size)
+
+    def val_dataloader(self) -> litdata.StreamingDataLoader:
+        return self._loader(self.val_dataset, self.val_batch_size)
+
+    def test_dataloader(self) -> litdata.StreamingDataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> litdata.StreamingDataLoader:
+        return self.val_dataloader()

@@ -1,0 +1,304 @@
+"""Look at a scene: ``python -c "from genlip_lit.data.synthetic import generate_scene as g; s = g(0, 0); print(s.caption); s.image.resize((256, 256)).show()"``
+
+Procedural captioned scenes: the project's embedded, offline default dataset.
+
+Each scene is a plain gray background with 1-3 colored shapes and, optionally, a short rendered
+word (a tiny OCR task). Everything is a pure function of ``(seed, index, config)`` so a dataset of
+any length needs no storage, and the captions follow a rigid grammar so that a tiny transformer can
+learn to produce them on a laptop CPU within minutes:
+
+    "a large red circle at the top left, a small blue square in the center and a small green star
+    at the bottom. the word cat is written in white."
+
+Besides the caption, each scene carries an image-level class (shape of the largest object) and
+per-patch shape/color label maps, used by linear-probe and dense-probe evaluations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "star", "cross")
+# Saturated hues that stay distinct from each other and from any gray background.
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 50),
+    "blue": (30, 80, 230),
+    "yellow": (240, 220, 20),
+    "purple": (150, 50, 200),
+    "orange": (250, 130, 20),
+}
+SIZES: tuple[str, ...] = ("small", "large")
+# 3x3 grid of regions, row-major; an object's phrase is the region holding its box center.
+POSITIONS: tuple[str, ...] = (
+    "at the top left", "at the top", "at the top right",
+    "on the left", "in the center", "on the right",
+    "at the bottom left", "at the bottom", "at the bottom right",
+)  # fmt: skip
+# Short concrete words for the OCR part; none collides with another caption word.
+WORDS: tuple[str, ...] = (
+    "cat", "dog", "sun", "map", "cup", "hat", "box", "car", "bus", "pen",
+    "key", "owl", "fox", "bee", "egg", "kite", "moon", "fish", "bird", "tree",
+)  # fmt: skip
+TEXT_COLORS: dict[str, int] = {"black": 0, "white": 255}
+
+# Object side length as a fraction of the image side (64 px -> small 14-19 px, large 24-31 px).
+_SIZE_FRACTIONS: dict[str, tuple[float, float]] = {"small": (0.22, 0.30), "large": (0.38, 0.48)}
+_COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
+
+
+@dataclass(frozen=True)
+class SceneConfig:
+    """Knobs of the generator; the defaults are the project's standard 64 px dataset."""
+
+    image_size: int = 64
+    patch_size: int = 8  # only used for the per-patch label maps
+    min_objects: int = 1
+    max_objects: int = 3
+    word_prob: float = 0.0  # probability that a short rendered word (OCR) appears in the scene
+    noise: int = 8  # amplitude of the gray background noise (+-), never applied to objects
+    max_overlap: float = 0.15  # accepted box overlap (fraction of the smaller box) before retrying
+    patch_min_fraction: float = 0.25  # an object must cover this much of a patch to label it
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
+        if not 1 <= self.min_objects <= self.max_objects <= len(POSITIONS):
+            raise ValueError(
+                f"need 1 <= min_objects <= max_objects <= 9, got {self.min_objects}, {self.max_objects}"
+            )
+        if not 0.0 <= self.word_prob <= 1.0:
+            raise ValueError(f"word_prob must be in [0, 1], got {self.word_prob}")
+        if not 0 <= self.noise <= 25:
+            raise ValueError(f"noise must be in [0, 25], got {self.noise}")
+
+
+@dataclass
+class SceneObject:
+    """One drawn shape; ``box`` is ``(x0, y0, x1, y1)`` in pixels, x1/y1 exclusive."""
+
+    shape: str
+    color: str
+    size: str
+    position: str
+    box: tuple[int, int, int, int]
+
+
+@dataclass
+class Scene:
+    """A generated image with its caption and labels (objects are listed largest first)."""
+
+    image: Image.Image
+    caption: str
+    label: int
+    patch_shape: np.ndarray
+    patch_color: np.ndarray
+    objects: list[SceneObject]
+    word: str | None
+
+
+def class_names() -> list[str]:
+    """Names of the image-level classes (``Scene.label`` indexes this list)."""
+    return list(SHAPES)
+
+
+def caption_vocabulary() -> list[str]:
+    """Every word a caption can contain (punctuation "." and "," aside), in a stable order."""
+    words = ["a", "and", "the", "word", "is", "written", "in"]
+    words += list(SIZES) + list(COLORS) + list(SHAPES) + list(TEXT_COLORS)
+    words += [w for phrase in POSITIONS for w in phrase.split()] + list(WORDS)
+    return list(dict.fromkeys(words))
+
+
+def _shape_mask(shape: str, side: int) -> np.ndarray:
+    """Binary (side x side) mask of a shape filling its box; binary so object pixels keep exact colors."""
+    mask = Image.new("L", (side, side), 0)
+    draw = ImageDraw.Draw(mask)
+    e = side - 1  # last pixel coordinate
+    h = e / 2
+    if shape == "circle":
+        draw.ellipse((0, 0, e, e), fill=1)
+    elif shape == "square":
+        draw.rectangle((0, 0, e, e), fill=1)
+    elif shape == "triangle":
+        draw.polygon([(h, 0), (e, e), (0, e)], fill=1)
+    elif shape == "diamond":
+        draw.polygon([(h, 0), (e, h), (h, e), (0, h)], fill=1)
+    elif shape == "star":
+        # Fat 5-point star (inner/outer radius 0.5) so even small stars read as stars, not specks;
+        # shifted down so its vertical extent (1 + cos 36deg) * r is centered in the box.
+        r = side / 2
+        cy = r + r * (1 - np.cos(np.pi / 5)) / 2
+        angles = -np.pi / 2 + np.arange(10) * np.pi / 5
+        radii = np.where(np.arange(10) % 2 == 0, r, 0.5 * r)
+        draw.polygon(list(zip(h + radii * np.cos(angles), cy - 0.5 + radii * np.sin(angles))), fill=1)
+    elif shape == "cross":
+        t = side / 3
+        draw.rectangle((0, round(t), e, round(e - t)), fill=1)
+        draw.rectangle((round(t), 0, round(e - t), e), fill=1)
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+    return np.asarray(mask, dtype=bool)
+
+
+@lru_cache(maxsize=256)
+def _cached_mask(shape: str, side: int) -> np.ndarray:
+    return _shape_mask(shape, side)
+
+
+@lru_cache(maxsize=256)
+def _glyphs(word: str, font_size: int) -> np.ndarray:
+    """Antialiased coverage (0..1, tightly cropped) of ``word``; cached since the word list is tiny."""
+    # Pillow >= 10.1 bundles a scalable default font, so no font file or network is needed.
+    font = ImageFont.load_default(size=font_size)
+    left, top, right, bottom = font.getbbox(word)
+    canvas = Image.new("L", (right - left, bottom - top), 0)
+    ImageDraw.Draw(canvas).text((-left, -top), word, fill=255, font=font)
+    return np.asarray(canvas, dtype=np.float32)[..., None] / 255.0
+
+
+@lru_cache(maxsize=16)
+def _patch_index(size: int, patch: int) -> np.ndarray:
+    """Row-major patch number of every pixel."""
+    cells = np.arange(size) // patch
+    return cells[:, None] * (size // patch) + cells[None, :]
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """Box intersection as a fraction of the smaller box."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    return w * h / min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+
+
+def _corner_range(region: int, side: int, size: int) -> tuple[int, int]:
+    """Inclusive range of box starts along one axis whose box center lies in third ``region``."""
+    lo = max(0, int(np.ceil(region * size / 3 - side / 2)))
+    hi = min(size - side, int(np.ceil((region + 1) * size / 3 - side / 2)) - 1)
+    return lo, hi
+
+
+def _place(
+    rng: np.random.Generator,
+    side: int,
+    placed: list[tuple[int, int, int, int]],
+    free: list[int],
+    cfg: SceneConfig,
+) -> tuple[int, tuple[int, int, int, int]]:
+    """Pick a still-free region and a box in it, preferring little overlap with earlier boxes."""
+    best: tuple[float, int, tuple[int, int, int, int]] | None = None
+    # Visit free regions in random order so positions stay uniform when nothing is in the way.
+    for region in rng.permutation(free):
+        row, col = divmod(int(region), 3)
+        xr, yr = _corner_range(col, side, cfg.image_size), _corner_range(row, side, cfg.image_size)
+        for _ in range(2):
+            x0, y0 = int(rng.integers(xr[0], xr[1] + 1)), int(rng.integers(yr[0], yr[1] + 1))
+            box = (x0, y0, x0 + side, y0 + side)
+            score = max((_overlap(box, p) for p in placed), default=0.0)
+            if best is None or score < best[0]:
+                best = (score, int(region), box)
+            if score <= cfg.max_overlap:
+                return best[1], best[2]
+    assert best is not None
+    return best[1], best[2]
+
+
+def _join(phrases: list[str]) -> str:
+    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def _draw_word(
+    rng: np.random.Generator, pixels: np.ndarray, ids: np.ndarray, light_bg: bool, cfg: SceneConfig
+) -> tuple[str, str]:
+    """Render a random word in black/white where it hides the fewest object pixels."""
+    word = WORDS[int(rng.integers(len(WORDS)))]
+    color = "black" if light_bg else "white"
+    size = cfg.image_size
+    # Crop only matters for tiny images where the word would not fit at all.
+    alpha = _glyphs(word, max(8, round(size * 0.25)))[:size, :size]
+    th, tw = alpha.shape[:2]
+    # Integral image of the object canvas: each candidate box's occlusion costs O(1).
+    occ = np.zeros((size + 1, size + 1), dtype=np.int32)
+    occ[1:, 1:] = (ids > 0).cumsum(0).cumsum(1)
+    xs = rng.integers(0, size - tw + 1, 12)
+    ys = rng.integers(0, size - th + 1, 12)
+    cost = occ[ys + th, xs + tw] - occ[ys, xs + tw] - occ[ys + th, xs] + occ[ys, xs]
+    best = int(np.argmin(cost))  # first minimum: candidates are already in random order
+    x0, y0 = int(xs[best]), int(ys[best])
+    region = pixels[y0 : y0 + th, x0 : x0 + tw]
+    # Alpha-blend (keeps the antialiased glyphs legible); covered pixels no longer show an object.
+    region[:] = (region * (1 - alpha) + TEXT_COLORS[color] * alpha + 0.5).astype(np.uint8)
+    ids[y0 : y0 + th, x0 : x0 + tw][alpha[..., 0] > 0.5] = 0
+    return word, color
+
+
+def generate_scene(seed: int, index: int, config: SceneConfig = SceneConfig()) -> Scene:
+    """Generate scene ``index`` of the dataset ``seed``; deterministic and independent of global RNG."""
+    cfg, size = config, config.image_size
+    rng = np.random.default_rng([seed, index])
+
+    # Plain gray background (dark or light at random) with mild gray noise.
+    light_bg = bool(rng.random() < 0.5)
+    level = int(rng.integers(165, 216) if light_bg else rng.integers(25, 76))
+    noise = rng.integers(-cfg.noise, cfg.noise + 1, (size, size, 1), dtype=np.int16)
+    # No clipping needed: level +- noise stays inside 0..255 (noise <= 25 is validated).
+    pixels = np.repeat((level + noise).astype(np.uint8), 3, axis=2)
+
+    # Sample objects, then order them largest first: size class, then drawn pixel area.
+    n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
+    specs = []
+    for _ in range(n):
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+        color = _COLOR_NAMES[int(rng.integers(len(COLORS)))]
+        size_name = SIZES[int(rng.integers(len(SIZES)))]
+        lo, hi = _SIZE_FRACTIONS[size_name]
+        side = int(rng.integers(round(lo * size), round(hi * size) + 1))
+        mask = _cached_mask(shape, side)
+        specs.append((SIZES.index(size_name), int(mask.sum()), shape, color, size_name, side, mask))
+    specs.sort(key=lambda s: (s[0], s[1]), reverse=True)  # stable: ties keep sampling order
+
+    # Place and paint largest first, so smaller objects land on top and stay whole. The id
+    # canvas records which object each pixel finally shows, for the label maps.
+    ids = np.zeros((size, size), dtype=np.uint8)
+    objects: list[SceneObject] = []
+    free = list(range(len(POSITIONS)))
+    for k, (_, _, shape, color, size_name, side, mask) in enumerate(specs):
+        region, box = _place(rng, side, [o.box for o in objects], free, cfg)
+        free.remove(region)
+        x0, y0, x1, y1 = box
+        pixels[y0:y1, x0:x1][mask] = COLORS[color]
+        ids[y0:y1, x0:x1][mask] = k + 1
+        objects.append(SceneObject(shape, color, size_name, POSITIONS[region], box))
+
+    caption = _join([f"a {o.size} {o.color} {o.shape} {o.position}" for o in objects]) + "."
+    word = None
+    if rng.random() < cfg.word_prob:  # drawn last: enabling words leaves the object layout unchanged
+        word, text_color = _draw_word(rng, pixels, ids, light_bg, cfg)
+        caption += f" the word {word} is written in {text_color}."
+
+    # Per patch: the object showing the most pixels, if it covers enough of the patch.
+    g, p = size // cfg.patch_size, cfg.patch_size
+    # One bincount over (patch, object id) pairs: far cheaper than per-object comparisons.
+    counts = np.bincount((_patch_index(size, p) * (n + 1) + ids).ravel(), minlength=g * g * (n + 1))
+    counts = counts.reshape(g, g, n + 1)[..., 1:]
+    owner = np.where(counts.max(2) >= cfg.patch_min_fraction * p * p, counts.argmax(2) + 1, 0)
+    shape_lut = np.array([0] + [SHAPES.index(o.shape) + 1 for o in objects], dtype=np.uint8)
+    color_lut = np.array([0] + [_COLOR_NAMES.index(o.color) + 1 for o in objects], dtype=np.uint8)
+
+    return Scene(
+        image=Image.fromarray(pixels),
+        caption=caption,
+        label=SHAPES.index(objects[0].shape),
+        patch_shape=shape_lut[owner],
+        patch_color=color_lut[owner],
+        objects=objects,
+        word=word,
+    )

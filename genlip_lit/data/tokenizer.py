@@ -1,0 +1,375 @@
+"""Tokenizer plug-ins and the caption text format (BOS, prompt, caption, EOS).
+
+Pick one from YAML, e.g. ``tokenizer: {class_path: genlip_lit.data.tokenizer.OpenCLIPTokenizer,
+init_args: {compact_corpus: synthetic}}``. Everything runs offline: open_clip ships its BPE merges file,
+and `HFTokenizer` reads a local `tokenizer.json`.
+
+Compact mode keeps only the base tokens that occur in a corpus, renumbered densely, so a tiny CPU model does
+not pay for a 49k- or 152k-row LM head. The kept base ids travel in `state_dict()`, so a checkpoint stays
+decodable after the corpus file is gone.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from genlip_lit.errors import GenLIPUserError
+
+UNK_TEXT = "<unk>"
+# Compact ids: these four first, then the kept base tokens in base-id order.
+_COMPACT_PAD, _COMPACT_BOS, _COMPACT_EOS, _COMPACT_UNK = 0, 1, 2, 3
+_NUM_COMPACT_SPECIALS = 4
+
+
+class Tokenizer(abc.ABC):
+    """Text <-> token ids. `encode` adds no BOS/EOS; `decode` drops BOS/EOS/pad ids."""
+
+    vocab_size: int
+    bos_id: int
+    eos_id: int
+    pad_id: int
+
+    @abc.abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, without BOS/EOS."""
+
+    @abc.abstractmethod
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of `ids`, skipping BOS/EOS/pad (generation output can be passed as is)."""
+
+    def init_args(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this tokenizer (stored in checkpoints beside `state_dict`)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Small JSON-able state that makes a checkpoint self-contained."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+        if state:
+            raise GenLIPUserError(f"{type(self).__name__} keeps no state, got keys {sorted(state)}")
+
+
+class _CompactableTokenizer(Tokenizer):
+    """Shared compact-vocabulary logic over a base tokenizer given by four primitives.
+
+    Subclasses implement `_base_encode`, `_base_decode`, `_base_vocab_size` and `_base_specials`
+    (bos, eos, pad base ids). The compact vocabulary is built lazily on first use, so constructing a
+    tokenizer is cheap and a checkpoint's `load_state_dict` can supply it instead of the corpus.
+    """
+
+    def __init__(self, compact_corpus: str | None) -> None:
+        self.compact_corpus = compact_corpus
+        self.num_unknown = 0  # compact mode: base tokens outside the kept set, mapped to unk
+        self._kept: list[int] | None = None  # kept base ids (compact mode), sorted
+        self._to_compact: dict[int, int] = {}
+
+    def init_args(self) -> dict[str, Any]:
+        return {"compact_corpus": self.compact_corpus}
+
+    # -- base tokenizer primitives ---------------------------------------------------------------
+    @abc.abstractmethod
+    def _base_encode(self, text: str) -> list[int]: ...
+
+    @abc.abstractmethod
+    def _base_decode(self, ids: list[int]) -> str: ...
+
+    @property
+    @abc.abstractmethod
+    def _base_vocab_size(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def _base_specials(self) -> tuple[int, int, int]: ...
+
+    # -- compact vocabulary ----------------------------------------------------------------------
+    @property
+    def is_compact(self) -> bool:
+        return self.compact_corpus is not None or self._kept is not None
+
+    def _corpus_texts(self) -> list[str]:
+        """Texts whose tokens the compact vocabulary keeps."""
+        corpus = self.compact_corpus
+        assert corpus is not None
+        if corpus == "synthetic":
+            from genlip_lit.data.synthetic import caption_vocabulary
+
+            # Byte-level BPEs (Qwen, GPT-2) spell a word differently at sentence start, after a space and
+            # before punctuation; encoding each word in those contexts covers every spelling a caption uses.
+            texts = []
+            for word in caption_vocabulary():
+                texts += [word, f"{word}.", f"{word},", f"a {word}", f"a {word}.", f"a {word},"]
+            return texts
+        if not os.path.isfile(corpus):
+            raise GenLIPUserError(
+                f"compact_corpus {corpus!r} is neither 'synthetic' nor an existing text file (one caption per line)"
+            )
+        with open(corpus, encoding="utf-8") as fh:
+            return [line.strip() for line in fh if line.strip()]
+
+    def _ensure_compact(self) -> None:
+        if self._kept is None and self.compact_corpus is not None:
+            specials = set(self._base_specials)
+            kept = {i for text in self._corpus_texts() for i in self._base_encode(text)} - specials
+            self._set_kept(sorted(kept))
+
+    def _set_kept(self, kept: list[int]) -> None:
+        self._kept = [int(i) for i in kept]
+        self._to_compact = {b: _NUM_COMPACT_SPECIALS + k for k, b in enumerate(self._kept)}
+
+    # -- public API ------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:  # type: ignore[override]
+        self._ensure_compact()
+        if self._kept is not None:
+            return _NUM_COMPACT_SPECIALS + len(self._kept)
+        return self._base_vocab_size
+
+    @property
+    def bos_id(self) -> int:  # type: ignore[override]
+        return _COMPACT_BOS if self.is_compact else self._base_specials[0]
+
+    @property
+    def eos_id(self) -> int:  # type: ignore[override]
+        return _COMPACT_EOS if self.is_compact else self._base_specials[1]
+
+    @property
+    def pad_id(self) -> int:  # type: ignore[override]
+        return _COMPACT_PAD if self.is_compact else self._base_specials[2]
+
+    @property
+    def unk_id(self) -> int | None:
+        """Id that stands for base tokens outside the compact vocabulary (None in full mode)."""
+        return _COMPACT_UNK if self.is_compact else None
+
+    def encode(self, text: str) -> list[int]:
+        ids = self._base_encode(text)
+        self._ensure_compact()
+        if self._kept is None:
+            return ids
+        out = [self._to_compact.get(i, _COMPACT_UNK) for i in ids]
+        self.num_unknown += sum(1 for i in out if i == _COMPACT_UNK)
+        return out
+
+    def decode(self, ids: Sequence[int]) -> str:
+        ids = [int(i) for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids)]
+        self._ensure_compact()
+        if self._kept is None:
+            skip = set(self._base_specials)
+            n = self._base_vocab_size
+            # ids past the tokenizer (a model's padded LM head) cannot be spelled: drop them
+            return self._base_decode([i for i in ids if i not in skip and 0 <= i < n])
+        # Decode runs of known tokens; each unknown (or out-of-range) id becomes a visible <unk>.
+        pieces: list[str] = []
+        run: list[int] = []
+        for i in ids:
+            if i in (_COMPACT_PAD, _COMPACT_BOS, _COMPACT_EOS):
+                continue
+            k = i - _NUM_COMPACT_SPECIALS
+            if 0 <= k < len(self._kept):
+                run.append(self._kept[k])
+                continue
+            if run:
+                pieces.append(self._base_decode(run))
+                run = []
+            pieces.append(UNK_TEXT)
+        if run:
+            pieces.append(self._base_decode(run))
+        return " ".join(p.strip() for p in pieces if p.strip())
+
+    def state_dict(self) -> dict[str, Any]:
+        self._ensure_compact()
+        return {
+            "type": type(self).__name__,
+            "base_vocab_size": self._base_vocab_size,
+            "compact_base_ids": None if self._kept is None else list(self._kept),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        kind = state.get("type", type(self).__name__)
+        if kind != type(self).__name__:
+            raise GenLIPUserError(
+                f"tokenizer state is for {kind}, but this tokenizer is {type(self).__name__}"
+            )
+        base = state.get("base_vocab_size", self._base_vocab_size)
+        if base != self._base_vocab_size:
+            raise GenLIPUserError(
+                f"tokenizer state expects a base vocabulary of {base} tokens, this tokenizer has "
+                f"{self._base_vocab_size}: load the tokenizer the checkpoint was trained with"
+            )
+        kept = state.get("compact_base_ids")
+        if kept is None:
+            self._kept, self._to_compact, self.compact_corpus = None, {}, None
+        else:
+            self._set_kept(kept)
+
+
+class OpenCLIPTokenizer(_CompactableTokenizer):
+    """open_clip's bundled CLIP BPE (49,408 tokens), lowercase, offline.
+
+    Full mode: BOS = `<start_of_text>`, EOS = `<end_of_text>`, and pad = EOS (open_clip pads with id 0,
+    which is the real token "!"; padding with EOS keeps decode lossless, and `text_mask` marks padding anyway).
+    """
+
+    def __init__(self, compact_corpus: str | None = None) -> None:
+        super().__init__(compact_corpus)
+        from open_clip.tokenizer import SimpleTokenizer
+
+        self._tok = SimpleTokenizer()
+
+    def _base_encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text))
+
+    def _base_decode(self, ids: list[int]) -> str:
+        # SimpleTokenizer ends every word with "</w>" -> a space, also before punctuation and "'s".
+        text = self._tok.decode(ids)
+        text = re.sub(r"\s+([.,!?;:])", r"\1", text)
+        text = re.sub(r"\s+'(s|t|re|ve|m|ll|d)\b", r"'\1", text)
+        return re.sub(r"\s+", " ", text).strip()
+
+    @property
+    def _base_vocab_size(self) -> int:
+        return len(self._tok.encoder)
+
+    @property
+    def _base_specials(self) -> tuple[int, int, int]:
+        return self._tok.sot_token_id, self._tok.eot_token_id, self._tok.eot_token_id
+
+
+_EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "<end_of_text>", "[SEP]")
+_BOS_CANDIDATES = ("<s>", "<bos>", "<|begin_of_text|>", "<start_of_text>", "<|startoftext|>", "[CLS]")
+_PAD_CANDIDATES = ("<pad>", "<|pad|>", "[PAD]", "<|endoftext|>")
+
+
+class HFTokenizer(_CompactableTokenizer):
+    """Any Hugging Face `tokenizers` JSON file (e.g. Qwen3's tokenizer.json, as in the paper).
+
+    Specials not given are looked up by common names; without a BOS token the EOS is reused as BOS (Qwen
+    style), without a pad token the EOS pads.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        bos_token: str | None = None,
+        eos_token: str | None = None,
+        pad_token: str | None = None,
+        compact_corpus: str | None = None,
+    ) -> None:
+        super().__init__(compact_corpus)
+        try:
+            import tokenizers
+        except ImportError as exc:
+            raise GenLIPUserError(
+                "HFTokenizer needs the `tokenizers` package: pip install genlip_lit[hf]"
+            ) from exc
+        if not os.path.isfile(path):
+            raise GenLIPUserError(f"tokenizer file {path!r} does not exist (expected a tokenizers JSON file)")
+        try:
+            self._tok = tokenizers.Tokenizer.from_file(path)
+        except Exception as exc:  # the Rust side raises plain Exception subclasses for bad JSON
+            raise GenLIPUserError(f"cannot load tokenizer file {path!r}: {exc}") from exc
+        self.path = path
+        self._special_names = {"bos_token": bos_token, "eos_token": eos_token, "pad_token": pad_token}
+        vocab = self._tok.get_vocab(with_added_tokens=True)
+        eos = self._special(vocab, eos_token, _EOS_CANDIDATES, "eos_token")
+        if eos is None:
+            raise GenLIPUserError(
+                f"tokenizer {path!r} has none of the usual end-of-text tokens {list(_EOS_CANDIDATES)}: "
+                "pass eos_token explicitly"
+            )
+        bos = self._special(vocab, bos_token, _BOS_CANDIDATES, "bos_token")
+        pad = self._special(vocab, pad_token, _PAD_CANDIDATES, "pad_token")
+        self._specials = (eos if bos is None else bos, eos, eos if pad is None else pad)
+        self._vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+
+    def init_args(self) -> dict[str, Any]:
+        return {"path": self.path, **self._special_names, **super().init_args()}
+
+    def _special(
+        self, vocab: dict[str, int], given: str | None, candidates: Sequence[str], key: str
+    ) -> int | None:
+        if given is not None:
+            if given not in vocab:
+                raise GenLIPUserError(f"{key} {given!r} is not in the vocabulary of tokenizer {self.path!r}")
+            return vocab[given]
+        return next((vocab[c] for c in candidates if c in vocab), None)
+
+    def _base_encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=False).ids)
+
+    def _base_decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=True)
+
+    @property
+    def _base_vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def _base_specials(self) -> tuple[int, int, int]:
+        return self._specials
+
+
+class CaptionEncoder:
+    """The text format of one sample: `[BOS] + prompt + caption + [EOS]`, loss on caption and EOS only.
+
+    It belongs to the model (the datamodule borrows it), because generation must start from the same
+    `prompt_ids()` the model was trained on.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, prompt: str | None = None, max_len: int = 64) -> None:
+        self.tokenizer = tokenizer
+        self.prompt = prompt
+        self.max_len = int(max_len)
+        self.num_truncated = 0  # captions cut to fit max_len (counted per process)
+        self._prompt: list[int] | None = None
+
+    def _prompt_tokens(self) -> list[int]:
+        if self._prompt is None:
+            prompt = self.tokenizer.encode(self.prompt) if self.prompt else []
+            # at least one caption token must fit between the prompt and EOS
+            if 1 + len(prompt) + 2 > self.max_len:
+                raise GenLIPUserError(
+                    f"max_len={self.max_len} leaves no room for a caption after BOS and the {len(prompt)}-token "
+                    f"prompt {self.prompt!r}: raise max_len"
+                )
+            self._prompt = prompt
+        return self._prompt
+
+    def prompt_ids(self) -> list[int]:
+        """`[BOS] + prompt`: what training sequences start with and generation starts from."""
+        return [self.tokenizer.bos_id, *self._prompt_tokens()]
+
+    def encode(self, caption: str) -> tuple[list[int], list[bool]]:
+        """Ids and loss mask of one sample; a caption that does not fit is cut, keeping the EOS."""
+        head = self.prompt_ids()
+        caption_ids = self.tokenizer.encode(caption)
+        room = self.max_len - len(head) - 1
+        if len(caption_ids) > room:
+            caption_ids = caption_ids[:room]
+            self.num_truncated += 1
+        ids = head + caption_ids + [self.tokenizer.eos_id]
+        mask = [False] * len(head) + [True] * (len(caption_ids) + 1)
+        return ids, mask
+
+    def collate_text(
+        self, items: Sequence[tuple[Sequence[int], Sequence[bool]]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Right-pad encoded samples to the longest: (input_ids long, loss_mask bool, text_mask bool), [B, L]."""
+        length = max((len(ids) for ids, _ in items), default=0)
+        input_ids = torch.full((len(items), length), self.tokenizer.pad_id, dtype=torch.long)
+        loss_mask = torch.zeros((len(items), length), dtype=torch.bool)
+        text_mask = torch.zeros((len(items), length), dtype=torch.bool)
+        for row, (ids, mask) in enumerate(items):
+            n = len(ids)
+            input_ids[row, :n] = torch.as_tensor(list(ids), dtype=torch.long)
+            loss_mask[row, :n] = torch.as_tensor(list(mask), dtype=torch.bool)
+            text_mask[row, :n] = True
+        return input_ids, loss_mask, text_mask

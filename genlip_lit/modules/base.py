@@ -1,0 +1,106 @@
+"""What every model module shares: AdamW + warmup/cosine schedule, and the encoder contract callbacks use.
+
+    python -m pytest tests/test_base.py -q
+
+The encoder contract (`encode_patches`, `encode_pooled`, and for generative models `generate_captions`,
+`score_captions`) is the only way callbacks and evaluation commands reach a model, so they work the same for
+GenLIP and for the contrastive baselines.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from genlip_lit.errors import GenLIPUserError
+
+# Parameter names (substrings) that never get weight decay, besides every 1-D tensor (norms, biases, LayerScale).
+NO_DECAY_KEYS = ("tok_embed", "pos_image", "pos_text", "registers", "gate_proj", "patch_embed.bias")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Split parameters into decayed (matrices) and non-decayed (norms, biases, embeddings, gates, registers)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or any(key in name for key in NO_DECAY_KEYS):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """LR multiplier: linear warmup from ~0 to 1, then cosine decay to `min_ratio` at `total_steps`."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_steps = max(total_steps - warmup_steps, 1)
+    progress = min(max(step - warmup_steps, 0) / decay_steps, 1.0)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class EncoderModule(L.LightningModule):
+    """Base LightningModule: optimizer/schedule from hyper-parameters, plus the encoder contract."""
+
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        min_lr: float = 1e-6,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_ratio: float = 0.007,
+        warmup_steps: int | None = None,
+    ) -> None:
+        super().__init__()
+        if min_lr > lr:
+            raise GenLIPUserError(f"min_lr ({min_lr}) must not exceed lr ({lr})")
+        if not 0.0 <= warmup_ratio < 1.0:
+            raise GenLIPUserError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
+        self.lr, self.min_lr, self.weight_decay, self.betas = lr, min_lr, weight_decay, tuple(betas)
+        self.warmup_ratio, self.warmup_steps = warmup_ratio, warmup_steps
+
+    # ------------------------------------------------------------------ optimisation
+    def optimized_model(self) -> nn.Module:
+        """The network whose parameters the optimizer updates (subclasses return their model)."""
+        return self
+
+    def configure_optimizers(self):
+        fused = self.device.type == "cuda"
+        opt = torch.optim.AdamW(
+            param_groups(self.optimized_model(), self.weight_decay), lr=self.lr, betas=self.betas, fused=fused
+        )
+        total = self.trainer.estimated_stepping_batches
+        if math.isinf(total) or total <= 0:
+            raise GenLIPUserError("set trainer.max_steps or trainer.max_epochs: the cosine schedule needs a length")
+        total = int(total)
+        warmup = self.warmup_steps if self.warmup_steps is not None else round(self.warmup_ratio * total)
+        min_ratio = self.min_lr / self.lr
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup, min_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ encoder contract
+    def encode_patches(self, pixel_values: Tensor) -> Tensor:
+        """Frozen-encoder patch features [B, M, D]."""
+        raise NotImplementedError
+
+    def encode_pooled(self, pixel_values: Tensor) -> Tensor:
+        """One vector per image [B, D]; default: mean of the patch features (GenLIP has no [CLS])."""
+        return self.encode_patches(pixel_values).mean(dim=1)
+
+    @property
+    def is_generative(self) -> bool:
+        """True when the module can caption images and score captions."""
+        return False
+
+    def generate_captions(self, pixel_values: Tensor, max_new_tokens: int | None = None, **kwargs) -> list[str]:
+        raise NotImplementedError(f"{type(self).__name__} does not generate text")
+
+    def score_captions(self, pixel_values: Tensor, captions: list[str]) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not score text")

@@ -1,0 +1,185 @@
+"""GenLIPModule: the GenLIP transformer trained with next-token loss on captions.
+
+    genlip fit --config experiments/quickstart.yaml
+
+The module owns the text format (tokenizer, prompt, maximum length): the vocabulary sizes the LM head, and the
+same format must be used to train, to caption and to score. The data module takes it from here in `setup()`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, SumMetric
+
+from genlip_lit.data.batch import Batch
+from genlip_lit.data.tokenizer import CaptionEncoder, OpenCLIPTokenizer, Tokenizer
+from genlip_lit.models import GenLIP, GenLIPConfig, generate, score
+from genlip_lit.modules.base import EncoderModule
+
+
+class GenLIPModule(EncoderModule):
+    """Trains a GenLIP transformer; exposes it as a vision encoder and captioner through the encoder contract.
+
+    Args:
+        arch: preset name of `GenLIPConfig` (tiny, s16, b16, l16, so16, g16).
+        arch_overrides: fields of `GenLIPConfig` to change, e.g. {"depth": 6, "gated_attn": false}.
+        tokenizer: text tokenizer plug-in; default open_clip's bundled BPE (49,408 tokens).
+        prompt: loss-free instruction between the image and the caption (the paper uses
+            "Describe the image in detail."); None for none.
+        max_text_len: BOS + prompt + caption + EOS are truncated to this many tokens.
+        caption_max_new_tokens: default generation budget for `generate_captions`.
+        lr, min_lr, weight_decay, betas, warmup_ratio, warmup_steps: AdamW and warmup + cosine schedule.
+    """
+
+    def __init__(
+        self,
+        arch: str = "tiny",
+        arch_overrides: dict[str, Any] | None = None,
+        tokenizer: Tokenizer | None = None,
+        prompt: str | None = None,
+        max_text_len: int = 64,
+        caption_max_new_tokens: int = 64,
+        lr: float = 1e-3,
+        min_lr: float = 1e-6,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_ratio: float = 0.007,
+        warmup_steps: int | None = None,
+    ) -> None:
+        super().__init__(lr, min_lr, weight_decay, betas, warmup_ratio, warmup_steps)
+        self.save_hyperparameters(ignore=["tokenizer"])
+        self.tokenizer = tokenizer if tokenizer is not None else OpenCLIPTokenizer()
+        self.caption_encoder = CaptionEncoder(self.tokenizer, prompt, max_text_len)
+        self.config = GenLIPConfig.from_name(arch, **{**(arch_overrides or {}), "vocab_size": self.tokenizer.vocab_size})
+        self.model = GenLIP(self.config)
+        self.caption_max_new_tokens = caption_max_new_tokens
+        self.val_loss = MeanMetric()
+        self.val_correct = SumMetric()
+        self.val_tokens = SumMetric()
+        self.skipped_samples = 0
+        self._step_start: float | None = None
+
+    def optimized_model(self) -> nn.Module:
+        return self.model
+
+    # ------------------------------------------------------------------ training
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        self._step_start = time.perf_counter()
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
+        self.skipped_samples += batch.num_skipped
+        if len(batch) == 0:  # every image of this batch failed to decode: nothing to learn from
+            return None
+        out = self.model.loss(batch.pixel_values, batch.input_ids, batch.loss_mask)
+        n = len(batch)
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=n)
+        self.log("train/token_acc", out.num_correct / out.num_tokens.clamp(min=1), batch_size=n)
+        self.log("train/ppl", torch.exp(out.loss.detach().clamp(max=20)), batch_size=n)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
+        self.log("data/skipped_samples", float(self.skipped_samples), batch_size=n)
+        return out.loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        if self._step_start is None:
+            return
+        seconds = time.perf_counter() - self._step_start
+        grid = (batch.pixel_values.shape[2] // self.config.patch_size) * (
+            batch.pixel_values.shape[3] // self.config.patch_size
+        )
+        tokens = len(batch) * (self.config.num_registers + grid) + int(batch.text_mask.sum())
+        self.log("train/tokens_per_s", tokens / max(seconds, 1e-9), batch_size=len(batch))
+        self.log("train/samples_per_s", len(batch) / max(seconds, 1e-9), batch_size=len(batch))
+
+    # ------------------------------------------------------------------ validation / test
+    def _eval_step(self, batch: Batch, stage: str) -> Tensor | None:
+        if len(batch) == 0:
+            return None
+        out = self.model.loss(batch.pixel_values, batch.input_ids, batch.loss_mask)
+        self.val_loss.update(out.loss, weight=out.num_tokens)
+        self.val_correct.update(out.num_correct)
+        self.val_tokens.update(out.num_tokens)
+        return out.loss
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        loss = self.val_loss.compute()
+        self.log(f"{stage}/loss", loss, prog_bar=True)
+        self.log(f"{stage}/token_acc", self.val_correct.compute() / self.val_tokens.compute().clamp(min=1))
+        self.log(f"{stage}/ppl", torch.exp(loss.clamp(max=20)))
+        for metric in (self.val_loss, self.val_correct, self.val_tokens):
+            metric.reset()
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, str]]:
+        captions = self.generate_captions(batch.pixel_values)
+        return [{"caption": c, "reference": r} for c, r in zip(captions, batch.captions or [""] * len(captions))]
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Class, init args and state (e.g. a compact vocabulary) make the checkpoint self-contained:
+        # genlip_lit.modules.loading rebuilds the module from the file alone.
+        tok = self.tokenizer
+        checkpoint["genlip_module_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint["genlip_tokenizer"] = {
+            "class_path": f"{type(tok).__module__}.{type(tok).__qualname__}",
+            "init_args": tok.init_args(),
+            "state": tok.state_dict(),
+        }
+        checkpoint["genlip_skipped_samples"] = self.skipped_samples
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "genlip_tokenizer" in checkpoint:
+            self.tokenizer.load_state_dict(checkpoint["genlip_tokenizer"]["state"])
+        self.skipped_samples = checkpoint.get("genlip_skipped_samples", 0)
+
+    # ------------------------------------------------------------------ encoder contract
+    @property
+    def is_generative(self) -> bool:
+        return True
+
+    def encode_patches(self, pixel_values: Tensor) -> Tensor:
+        return self.model.encode_image(pixel_values)
+
+    @torch.no_grad()
+    def generate_captions(
+        self,
+        pixel_values: Tensor,
+        max_new_tokens: int | None = None,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+    ) -> list[str]:
+        """Greedy (temperature 0) or sampled captions, decoded to text."""
+        out = generate(
+            self.model,
+            pixel_values,
+            self.caption_encoder.prompt_ids(),
+            max_new_tokens or self.caption_max_new_tokens,
+            eos_id=self.tokenizer.eos_id,
+            temperature=temperature,
+            top_p=top_p,
+        )
+        # decode() drops special tokens, so the trailing EOS (and the EOS padding after it) vanish.
+        return [self.tokenizer.decode(t[:n].tolist()) for t, n in zip(out.tokens, out.lengths.tolist())]
+
+    @torch.no_grad()
+    def score_captions(self, pixel_values: Tensor, captions: list[str]) -> Tensor:
+        """Summed log-likelihood of each caption given its image (higher = better match)."""
+        encoded = [self.caption_encoder.encode(c) for c in captions]
+        ids, loss_mask, _ = self.caption_encoder.collate_text(encoded)
+        total, _ = score(self.model, pixel_values, ids.to(self.device), loss_mask.to(self.device))
+        return total
+

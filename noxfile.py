@@ -1,0 +1,17 @@
+"""Developer sessions: `nox -s tests`, `nox -s lint`."""
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    session.install("-e", ".[dev]")
+    session.run("python", "-m", "pytest", "-q", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "genlip_lit", "tests", "benchmarks", "noxfile.py")

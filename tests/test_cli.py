@@ -1,0 +1,131 @@
+"""`genlip` in-process: fit a few steps, resume, caption, and one clear line for each kind of bad input."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+import torch
+from helpers import RECORDS, tiny_fit_args
+from PIL import Image
+
+from genlip_lit.cli import main
+from genlip_lit.data.synthetic import SceneConfig, generate_scene
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch):
+    monkeypatch.chdir(REPO)
+
+
+def _last_ckpt(tmp_path) -> str:
+    (path,) = glob.glob(f"{tmp_path}/runs/quickstart/version_*/checkpoints/last.ckpt")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One 4-step quickstart-shaped run shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("fit")
+    os.chdir(REPO)
+    RECORDS.clear()
+    assert main(tiny_fit_args(tmp, max_steps=4, extra=["--trainer.callbacks+=helpers.Recorder"])) == 0
+    return tmp, list(RECORDS)
+
+
+@pytest.mark.slow
+def test_fit_runs_and_checkpoints(trained):
+    tmp, records = trained
+    ckpt = torch.load(_last_ckpt(tmp), map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 4
+    assert ckpt["genlip_module_class"] == "genlip_lit.modules.genlip.GenLIPModule"
+    assert ckpt["datamodule_hyper_parameters"]["image_size"] == 32
+    steps = [r["step"] for r in records if r["event"] == "step"]
+    assert steps == [1, 2, 3, 4]
+    # config saved with the run
+    assert glob.glob(f"{tmp}/runs/quickstart/version_*/config.yaml")
+
+
+@pytest.mark.slow
+def test_resume_continues_same_step_and_lr(trained, tmp_path):
+    tmp, first = trained
+    # The periodic checkpoint at step 2 and the schedule state saved with it.
+    (ckpt,) = glob.glob(f"{tmp}/runs/quickstart/version_*/checkpoints/step*2*.ckpt")
+    lr_after_step2 = next(r["lr"] for r in first if r["event"] == "step" and r["step"] == 2)
+    RECORDS.clear()
+    extra = ["--trainer.callbacks+=helpers.Recorder", f"--ckpt_path={ckpt}", f"--data.init_args.cache_dir={tmp}/cache"]
+    args = tiny_fit_args(tmp_path, max_steps=4, extra=extra)  # same data, fresh log dir
+    assert main(args) == 0
+    start = next(r for r in RECORDS if r["event"] == "start")
+    assert start["step"] == 2
+    assert start["lr"] == pytest.approx(lr_after_step2, rel=1e-9)
+    resumed = [(r["step"], r["lr"]) for r in RECORDS if r["event"] == "step"]
+    original = [(r["step"], r["lr"]) for r in first if r["event"] == "step" and r["step"] > 2]
+    assert [s for s, _ in resumed] == [s for s, _ in original] == [3, 4]
+    assert [lr for _, lr in resumed] == pytest.approx([lr for _, lr in original], rel=1e-9)
+
+
+@pytest.mark.slow
+def test_caption_prints_one_line_per_image(trained, tmp_path, capsys):
+    tmp, _ = trained
+    paths = []
+    for i in range(2):
+        p = tmp_path / f"scene{i}.png"
+        generate_scene(123, i, SceneConfig(image_size=32)).image.save(p)
+        paths.append(str(p))
+    capsys.readouterr()
+    assert main(["caption", "--ckpt", _last_ckpt(tmp), *paths, "--max-new-tokens", "5"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == paths
+
+
+def _error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_unknown_config_key_is_named(tmp_path, capsys):
+    err = _error(capsys, tiny_fit_args(tmp_path, extra=["--model.init_args.lerning_rate=0.1"]))
+    assert "lerning_rate" in err
+
+
+def test_unknown_yaml_key_is_named(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer:\n  max_stepz: 3\n")
+    err = _error(capsys, [*tiny_fit_args(tmp_path), "--config", str(bad)])
+    assert "max_stepz" in err
+
+
+def test_wrong_class_path_is_named(tmp_path, capsys):
+    err = _error(capsys, tiny_fit_args(tmp_path, extra=["--model=genlip_lit.modules.NoSuchModule"]))
+    assert "NoSuchModule" in err
+
+
+def test_missing_data_dir_is_named(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    argv = tiny_fit_args(tmp_path, extra=["--data.init_args.synthetic=null", f"--data.init_args.data_dir={missing}"])
+    err = _error(capsys, argv)
+    assert str(missing) in err and "genlip optimize" in err
+
+
+def test_caption_rejects_non_image(tmp_path, capsys):
+    fake = tmp_path / "photo.png"
+    fake.write_text("this is not a png")
+    err = _error(capsys, ["caption", "--ckpt", str(tmp_path / "x.ckpt"), str(fake)])
+    assert str(fake) in err and "not a readable image" in err
+    err = _error(capsys, ["caption", "--ckpt", str(tmp_path / "x.ckpt"), str(tmp_path / "none.png")])
+    assert "not found" in err
+
+
+def test_caption_rejects_missing_checkpoint(tmp_path, capsys):
+    img = tmp_path / "ok.png"
+    Image.new("RGB", (32, 32)).save(img)
+    err = _error(capsys, ["caption", "--ckpt", str(tmp_path / "missing.ckpt"), str(img)])
+    assert "checkpoint not found" in err

@@ -1,0 +1,243 @@
+"""GenLIPDataModule: shards -> Batch, skipping corrupt images, synthetic cache, determinism, resume."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections import Counter
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+
+from genlip_lit.data import datamodule as dm_mod
+from genlip_lit.data.batch import Batch
+from genlip_lit.data.datamodule import BatchCollator, GenLIPDataModule, shutdown_workers
+from genlip_lit.data.optimize import optimize_synthetic, synthetic_sample, write_shards
+from genlip_lit.data.synthetic import SceneConfig
+from genlip_lit.data.tokenizer import CaptionEncoder, OpenCLIPTokenizer
+from genlip_lit.errors import GenLIPUserError
+
+SCENE = SceneConfig(image_size=32, patch_size=8)
+PROMPT = "describe the image."
+
+
+@pytest.fixture(scope="module")
+def encoder() -> CaptionEncoder:
+    return CaptionEncoder(OpenCLIPTokenizer(compact_corpus="synthetic"), prompt=PROMPT, max_len=64)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("dm") / "shapes")
+    optimize_synthetic(out, num_train=64, num_val=16, seed=0, scene=SCENE)
+    return out
+
+
+def _dm(data_dir: str, encoder: CaptionEncoder, **kw) -> GenLIPDataModule:
+    kw = {"image_size": 32, "batch_size": 8, "num_workers": 0, **kw}
+    dm = GenLIPDataModule(data_dir=data_dir, caption_encoder=encoder, **kw)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def _captions(loader) -> list[str]:
+    return [c for batch in loader for c in batch.captions]
+
+
+def test_batches(data_dir, encoder) -> None:
+    dm = _dm(data_dir, encoder, mean=(0.4, 0.5, 0.6), shuffle=False)
+    tok = encoder.tokenizer
+    n_head = len(encoder.prompt_ids())
+    batches = list(dm.train_dataloader())
+    assert sum(len(b) for b in batches) == 64 and len(batches) == 8
+    b = batches[0]
+    assert isinstance(b, Batch) and len(b) == 8 and b.num_skipped == 0
+    assert b.pixel_values.shape == (8, 3, 32, 32) and b.pixel_values.dtype == torch.float32
+    assert b.pixel_values.min() >= (0 - 0.6) / 0.5 - 1e-6 and b.pixel_values.max() <= (1 - 0.4) / 0.5 + 1e-6
+    assert b.input_ids.dtype == torch.long and b.loss_mask.dtype == b.text_mask.dtype == torch.bool
+    assert b.labels.shape == (8,) and b.labels.dtype == torch.long
+    assert b.patch_shape.shape == b.patch_color.shape == (8, 4, 4) and b.patch_shape.dtype == torch.long
+    for row in range(8):
+        n = int(b.text_mask[row].sum())
+        assert b.text_mask[row, :n].all() and not b.text_mask[row, n:].any()
+        ids = b.input_ids[row]
+        assert ids[:n_head].tolist() == encoder.prompt_ids() and ids[n - 1] == tok.eos_id
+        assert (ids[n:] == tok.pad_id).all()
+        # loss on caption + EOS only: never BOS, prompt or pad
+        expected = torch.zeros_like(b.loss_mask[row])
+        expected[n_head:n] = True
+        assert torch.equal(b.loss_mask[row], expected)
+        assert tok.decode(ids[b.loss_mask[row]].tolist()) == b.captions[row]
+    # unshuffled order is the stored (generation) order
+    from genlip_lit.data.synthetic import generate_scene
+
+    assert b.captions[:2] == [generate_scene(0, i, SCENE).caption for i in range(2)]
+    assert b.labels[:2].tolist() == [generate_scene(0, i, SCENE).label for i in range(2)]
+    val = list(dm.val_dataloader())
+    assert sum(len(v) for v in val) == 16
+    assert _captions(dm.test_dataloader()) == _captions(dm.predict_dataloader()) == _captions(val)
+
+
+def test_eval_pixels_are_deterministic(data_dir, encoder) -> None:
+    dm = _dm(data_dir, encoder)
+    a = next(iter(dm.val_dataloader())).pixel_values
+    b = next(iter(dm.val_dataloader())).pixel_values
+    assert torch.equal(a, b)
+
+
+def _corrupt_sample(index: int, bad: int) -> dict:
+    sample = synthetic_sample(index, 5, SceneConfig(image_size=16, patch_size=8))
+    if index == bad:
+        sample["image"] = b"\x89PNG garbage, not an image"
+    return sample
+
+
+def test_corrupt_image_is_skipped_and_counted(tmp_path, encoder, caplog) -> None:
+    root = tmp_path / "bad"
+    for split in ("train", "val"):
+        write_shards(functools.partial(_corrupt_sample, bad=3), 10, str(root / split))
+    dm = _dm(str(root), encoder, image_size=16, batch_size=4, shuffle=False)
+    with caplog.at_level(logging.WARNING, logger=dm_mod.__name__):
+        batches = list(dm.train_dataloader())
+    assert [b.num_skipped for b in batches] == [1, 0, 0]  # sample 3 sits in the first batch
+    assert [len(b) for b in batches] == [3, 4, 2]
+    assert sum(len(b) + b.num_skipped for b in batches) == 10
+    assert batches[0].pixel_values.shape[0] == batches[0].input_ids.shape[0] == len(batches[0].captions) == 3
+    warnings = [r for r in caplog.records if "skipping sample 3" in r.getMessage()]
+    assert len(warnings) == 1 and str(root / "train") in warnings[0].getMessage()
+    # a batch in which nothing decodes is empty but well formed
+    empty = BatchCollator(encoder, 16)([None, None])
+    assert len(empty) == 0 and empty.num_skipped == 2 and empty.pixel_values.shape == (0, 3, 16, 16)
+
+
+def test_missing_data_dir_names_path(tmp_path, encoder) -> None:
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(GenLIPUserError, match="genlip optimize --source synthetic") as info:
+        GenLIPDataModule(data_dir=missing, caption_encoder=encoder).prepare_data()
+    assert missing in str(info.value)
+    os.makedirs(missing)
+    with pytest.raises(GenLIPUserError, match="no train/ and val/"):
+        GenLIPDataModule(data_dir=missing, caption_encoder=encoder).setup("fit")
+    with pytest.raises(GenLIPUserError, match="data_dir"):
+        GenLIPDataModule()
+
+
+def test_synthetic_cache(tmp_path, encoder, monkeypatch) -> None:
+    params = {"num_train": 8, "num_val": 4, "image_size": 16, "patch_size": 8, "max_objects": 2}
+    dm = GenLIPDataModule(
+        synthetic=params,
+        cache_dir=str(tmp_path),
+        image_size=16,
+        caption_encoder=encoder,
+        num_workers=0,
+        batch_size=4,
+    )
+    assert dm.data_dir.startswith(str(tmp_path / "synthetic"))
+    dm.prepare_data()
+    dm.setup("fit")
+    assert sum(len(b) for b in dm.train_dataloader()) == 8
+    assert sorted(os.listdir(tmp_path / "synthetic")) == [os.path.basename(dm.data_dir)]  # no temp dirs left
+
+    def fail(*args, **kwargs):
+        raise AssertionError("regenerated an existing cache")
+
+    monkeypatch.setattr(dm_mod, "optimize_synthetic", fail)
+    again = GenLIPDataModule(synthetic=dict(params), cache_dir=str(tmp_path), caption_encoder=encoder)
+    assert again.data_dir == dm.data_dir
+    again.prepare_data()  # reuses the cache
+    other = GenLIPDataModule(
+        synthetic={**params, "seed": 1}, cache_dir=str(tmp_path), caption_encoder=encoder
+    )
+    assert other.data_dir != dm.data_dir
+    monkeypatch.setenv("GENLIP_CACHE", str(tmp_path / "env"))
+    assert GenLIPDataModule(synthetic=params).data_dir.startswith(str(tmp_path / "env"))
+    with pytest.raises(GenLIPUserError, match="num_samples"):
+        GenLIPDataModule(synthetic={"num_samples": 3})
+    with pytest.raises(GenLIPUserError, match="patch_size"):
+        GenLIPDataModule(synthetic={"image_size": 20})
+
+
+def test_shuffle_is_deterministic_by_seed(data_dir, encoder) -> None:
+    first = _captions(_dm(data_dir, encoder, seed=1).train_dataloader())
+    assert first == _captions(_dm(data_dir, encoder, seed=1).train_dataloader())
+    other = _captions(_dm(data_dir, encoder, seed=2).train_dataloader())
+    stored = _captions(_dm(data_dir, encoder, shuffle=False).train_dataloader())
+    assert first != other and first != stored
+    assert Counter(first) == Counter(other) == Counter(stored)
+
+
+def test_one_worker_matches_in_process(data_dir, encoder) -> None:
+    in_process = _captions(_dm(data_dir, encoder, shuffle=False).val_dataloader())
+    loader = _dm(data_dir, encoder, shuffle=False, num_workers=1).val_dataloader()
+    assert loader.persistent_workers
+    assert _captions(loader) == in_process
+    assert _captions(loader) == in_process  # second epoch on the same (persistent) worker
+    start = time.perf_counter()
+    shutdown_workers(loader)
+    assert (
+        time.perf_counter() - start < 2.0
+    )  # without it, gc would hang 5 s per worker (see shutdown_workers)
+
+
+def test_encoder_from_trainer_and_hparams(data_dir, encoder) -> None:
+    dm = GenLIPDataModule(data_dir=data_dir, image_size=32, std=(0.2, 0.3, 0.4))
+    assert dm.hparams["image_size"] == 32 and tuple(dm.hparams["std"]) == (0.2, 0.3, 0.4)
+    assert "caption_encoder" not in dm.hparams
+    with pytest.raises(GenLIPUserError, match="caption_encoder"):
+        dm.setup("fit")
+    dm.trainer = SimpleNamespace(lightning_module=SimpleNamespace(caption_encoder=encoder))
+    dm.setup("fit")
+    assert dm.train_dataset.caption_encoder is encoder
+
+
+def test_loader_state_resumes_mid_epoch(data_dir, encoder) -> None:
+    loader = _dm(data_dir, encoder, seed=4).train_dataloader()
+    full = [b.captions for b in loader]
+    loader = _dm(data_dir, encoder, seed=4).train_dataloader()
+    it = iter(loader)
+    seen = [next(it).captions for _ in range(3)]
+    state = loader.state_dict()
+    resumed = _dm(data_dir, encoder, seed=4).train_dataloader()
+    resumed.load_state_dict(state)
+    assert seen + [b.captions for b in resumed] == full
+
+
+class _TinyModule(L.LightningModule):
+    """Just enough of a model: owns the caption encoder, consumes Batch."""
+
+    def __init__(self, encoder: CaptionEncoder) -> None:
+        super().__init__()
+        self.caption_encoder = encoder
+        self.w = torch.nn.Parameter(torch.zeros(3))
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        assert isinstance(batch, Batch)
+        return (self.w[None] * batch.pixel_values.mean((2, 3))).sum() + batch.loss_mask.float().mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_trainer_checkpoint_holds_loader_state_and_hparams(data_dir, encoder, tmp_path) -> None:
+    dm = GenLIPDataModule(data_dir=data_dir, image_size=32, batch_size=8, num_workers=0)
+    trainer = L.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(_TinyModule(encoder), datamodule=dm)
+    path = str(tmp_path / "last.ckpt")
+    trainer.save_checkpoint(path)
+    ckpt = torch.load(path, weights_only=False)
+    assert ckpt["datamodule_hyper_parameters"]["image_size"] == 32
+    loader_states = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert loader_states[0]["num_samples_yielded"] == 24

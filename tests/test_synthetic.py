@@ -1,0 +1,197 @@
+"""Behaviour of the procedural scene generator (the project's default dataset)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from genlip_lit.data.synthetic import (
+    COLORS,
+    SHAPES,
+    SIZES,
+    Scene,
+    SceneConfig,
+    caption_vocabulary,
+    class_names,
+    generate_scene,
+)
+
+POSITIONS = [
+    "at the top left", "at the top", "at the top right",
+    "on the left", "in the center", "on the right",
+    "at the bottom left", "at the bottom", "at the bottom right",
+]  # fmt: skip
+DEFAULT = SceneConfig()
+SINGLE = SceneConfig(min_objects=1, max_objects=1)
+
+
+def _scenes(n: int, config: SceneConfig = DEFAULT, seed: int = 0) -> list[Scene]:
+    return [generate_scene(seed, i, config) for i in range(n)]
+
+
+def _object_phrases(caption: str) -> list[str]:
+    """Split the object part of a caption (before any OCR sentence) into per-object phrases."""
+    objects = caption.split(".")[0]
+    return re.split(r", | and ", objects)
+
+
+def test_public_constants() -> None:
+    assert len(SHAPES) >= 5 and all(s.isalpha() and s.islower() for s in SHAPES)
+    assert len(COLORS) >= 6 and SIZES == ("small", "large")
+    assert class_names() == list(SHAPES)
+    # Colors must be pairwise far apart in RGB so they stay distinguishable to a tiny model.
+    rgb = np.array(list(COLORS.values()), dtype=float)
+    dist = np.linalg.norm(rgb[:, None] - rgb[None], axis=-1) + np.eye(len(rgb)) * 1e9
+    assert dist.min() > 60
+
+
+def test_deterministic_per_seed_and_index() -> None:
+    cfg = SceneConfig(word_prob=0.5)
+    a, b = generate_scene(3, 7, cfg), generate_scene(3, 7, cfg)
+    assert a.image.tobytes() == b.image.tobytes() and a.caption == b.caption
+    assert np.array_equal(a.patch_shape, b.patch_shape) and np.array_equal(a.patch_color, b.patch_color)
+    assert generate_scene(3, 8, cfg).image.tobytes() != a.image.tobytes()
+    assert generate_scene(4, 7, cfg).image.tobytes() != a.image.tobytes()
+    # Global RNG state must not leak in.
+    np.random.seed(123)
+    assert generate_scene(3, 7, cfg).image.tobytes() == a.image.tobytes()
+
+
+def test_image_and_label_map_shapes() -> None:
+    s = generate_scene(0, 0)
+    assert s.image.mode == "RGB" and s.image.size == (64, 64)
+    assert s.patch_shape.shape == s.patch_color.shape == (8, 8)
+    assert s.patch_shape.dtype == s.patch_color.dtype == np.uint8
+    big = generate_scene(0, 0, SceneConfig(image_size=96, patch_size=16))
+    assert big.image.size == (96, 96) and big.patch_shape.shape == (6, 6)
+
+
+def test_captions_use_only_vocabulary_words() -> None:
+    vocab = set(caption_vocabulary())
+    assert len(vocab) == len(caption_vocabulary())
+    for s in _scenes(300, SceneConfig(word_prob=0.5)):
+        assert s.caption.endswith(".") and s.caption == s.caption.lower()
+        words = re.sub(r"[.,]", " ", s.caption).split()
+        assert set(words) <= vocab, s.caption
+
+
+def test_caption_names_objects_largest_first() -> None:
+    for s in _scenes(300):
+        phrases = _object_phrases(s.caption)
+        assert phrases == [f"a {o.size} {o.color} {o.shape} {o.position}" for o in s.objects]
+        ranks = [SIZES.index(o.size) for o in s.objects]
+        assert ranks == sorted(ranks, reverse=True)  # every large object before every small one
+
+
+def test_position_phrase_matches_box_center() -> None:
+    for s in _scenes(200):
+        for o in s.objects:
+            x0, y0, x1, y1 = o.box
+            assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64
+            col, row = int((x0 + x1) / 2 * 3 / 64), int((y0 + y1) / 2 * 3 / 64)
+            assert o.position == POSITIONS[3 * row + col]
+
+
+def test_object_sizes_are_legible() -> None:
+    for s in _scenes(200):
+        for o in s.objects:
+            side = o.box[2] - o.box[0]
+            assert side == o.box[3] - o.box[1]
+            assert (14 <= side <= 20) if o.size == "small" else (24 <= side <= 31)
+
+
+def test_label_is_shape_of_largest_object() -> None:
+    for s in _scenes(200):
+        assert s.label == SHAPES.index(s.objects[0].shape)
+        if any(o.size == "large" for o in s.objects):
+            assert s.objects[0].size == "large"
+
+
+def test_patch_maps_follow_visible_objects() -> None:
+    colors = list(COLORS)
+    for s in _scenes(200):
+        g = s.patch_shape.shape[0]
+        for r in range(g):
+            for c in range(g):
+                cell = (c * 8, r * 8, c * 8 + 8, r * 8 + 8)
+                touching = [o for o in s.objects if _intersects(o.box, cell)]
+                labels = {(SHAPES.index(o.shape) + 1, colors.index(o.color) + 1) for o in touching}
+                got = (int(s.patch_shape[r, c]), int(s.patch_color[r, c]))
+                if got == (0, 0):
+                    continue
+                assert 0 not in got and got in labels  # an object's own patch carries its labels
+        covered = np.zeros((g, g), dtype=bool)
+        for o in s.objects:
+            x0, y0, x1, y1 = o.box
+            covered[y0 // 8 : (y1 - 1) // 8 + 1, x0 // 8 : (x1 - 1) // 8 + 1] = True
+        assert not s.patch_shape[~covered].any() and not s.patch_color[~covered].any()  # background is 0
+        assert s.patch_shape.any()
+
+
+def _intersects(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def test_single_object_center_patch_and_pixel() -> None:
+    colors = list(COLORS)
+    seen_shapes = set()
+    for s in _scenes(200, SINGLE):
+        (o,) = s.objects
+        seen_shapes.add(o.shape)
+        cx, cy = (o.box[0] + o.box[2]) // 2, (o.box[1] + o.box[3]) // 2
+        assert tuple(s.image.getpixel((cx, cy))) == COLORS[o.color]
+        assert s.patch_shape[cy // 8, cx // 8] == SHAPES.index(o.shape) + 1
+        assert s.patch_color[cy // 8, cx // 8] == colors.index(o.color) + 1
+        # With one object every labelled patch is that object's.
+        assert set(np.unique(s.patch_shape)) <= {0, SHAPES.index(o.shape) + 1}
+    assert seen_shapes == set(SHAPES)
+
+
+def test_background_differs_from_objects() -> None:
+    # Corner pixels of an object's box are background for a circle: must be gray, not the object color.
+    for s in _scenes(100, SINGLE):
+        (o,) = s.objects
+        if o.shape == "circle":
+            r, g, b = s.image.getpixel((o.box[0], o.box[1]))
+            assert r == g == b and (r, g, b) != COLORS[o.color]  # plain gray
+
+
+@pytest.mark.parametrize("prob", [0.0, 1.0])
+def test_word_probability(prob: float) -> None:
+    for s in _scenes(100, SceneConfig(word_prob=prob)):
+        if prob == 1.0:
+            assert s.word is not None and s.word in caption_vocabulary()
+            assert re.search(rf"\. the word {s.word} is written in (black|white)\.$", s.caption)
+        else:
+            assert s.word is None and "the word" not in s.caption
+
+
+def test_word_is_drawn_without_moving_objects() -> None:
+    for i in range(30):
+        plain, worded = generate_scene(1, i, SceneConfig()), generate_scene(1, i, SceneConfig(word_prob=1.0))
+        assert plain.objects == worded.objects  # the OCR word is sampled after the layout
+        assert worded.caption.startswith(plain.caption)
+        assert plain.image.tobytes() != worded.image.tobytes()
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(1, 1), (2, 2), (1, 3), (3, 5)])
+def test_object_count_bounds(lo: int, hi: int) -> None:
+    counts = {len(s.objects) for s in _scenes(120, SceneConfig(min_objects=lo, max_objects=hi))}
+    assert counts == set(range(lo, hi + 1))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"min_objects": 0},
+        {"min_objects": 3, "max_objects": 2},
+        {"max_objects": 10},
+        {"patch_size": 7},
+        {"word_prob": 1.5},
+    ],
+)
+def test_invalid_config_rejected(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        SceneConfig(**kwargs)

@@ -1,0 +1,75 @@
+"""Image decoding and the fixed-resolution transform."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from PIL import Image
+
+from genlip_lit.data.transforms import FixedResTransform, decode_image
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_decode_roundtrip_and_errors() -> None:
+    img = Image.new("RGB", (5, 4), (10, 20, 30))
+    out = decode_image(_png(img))
+    assert out.size == (5, 4) and out.getpixel((0, 0)) == (10, 20, 30)
+    assert decode_image(memoryview(_png(img))).size == (5, 4)  # litdata hands bytes back as memoryview
+    with pytest.raises(ValueError, match="cannot decode image"):
+        decode_image(b"definitely not an image")
+    with pytest.raises(ValueError, match="cannot decode image"):
+        decode_image(_png(img)[:40])  # truncated PNG: fails on load(), not on open()
+    with pytest.raises(ValueError, match="empty"):
+        decode_image(b"")
+
+
+def test_constant_image_normalization() -> None:
+    img = Image.new("RGB", (40, 30), (255, 0, 51))
+    t = FixedResTransform(image_size=16, mean=(0.5, 0.5, 0.2), std=(0.5, 0.25, 0.1))
+    x = t(img)
+    assert x.shape == (3, 16, 16) and x.dtype == torch.float32
+    expected = torch.tensor([(1.0 - 0.5) / 0.5, (0.0 - 0.5) / 0.25, (0.2 - 0.2) / 0.1])
+    assert torch.allclose(x.mean(dim=(1, 2)), expected, atol=1e-5)
+    assert torch.allclose(x, expected.view(3, 1, 1).expand_as(x), atol=1e-5)
+
+
+def test_shapes_modes_and_passthrough() -> None:
+    t = FixedResTransform(image_size=12)
+    assert t(Image.new("L", (30, 20), 128)).shape == (3, 12, 12)  # grayscale -> RGB
+    assert t(Image.new("RGBA", (7, 9))).shape == (3, 12, 12)  # upscaling works too
+    # an image already at size S is only converted: pixel values survive exactly
+    img = Image.frombytes("RGB", (12, 12), bytes(range(256)) * 1 + bytes(range(176)))
+    x = t(img)
+    ref = torch.tensor(list(img.getdata()), dtype=torch.float32).view(12, 12, 3).permute(2, 0, 1) / 255
+    assert torch.allclose(x, (ref - 0.5) / 0.5, atol=1e-6)
+
+
+def test_eval_is_deterministic_and_centered_train_crops_vary() -> None:
+    # left half black, right half white: the crop position is visible in the mean
+    img = Image.new("RGB", (64, 16), (0, 0, 0))
+    img.paste((255, 255, 255), (32, 0, 64, 16))
+    ev = FixedResTransform(image_size=16)
+    a, b = ev(img), ev(img)
+    assert torch.equal(a, b)
+    assert torch.allclose(a.mean(), torch.tensor(0.0), atol=1e-6)  # centered: half black, half white
+    tr = FixedResTransform(image_size=16, train=True)
+    torch.manual_seed(0)
+    means = {round(tr(img).mean().item(), 4) for _ in range(20)}
+    assert len(means) > 3
+    torch.manual_seed(0)
+    again = {round(tr(img).mean().item(), 4) for _ in range(20)}
+    assert means == again  # train crops follow torch's seed
+
+
+def test_invalid_arguments() -> None:
+    with pytest.raises(ValueError):
+        FixedResTransform(image_size=0)
+    with pytest.raises(ValueError):
+        FixedResTransform(mean=(0.5, 0.5))
