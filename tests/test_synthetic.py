@@ -195,3 +195,20 @@ def test_object_count_bounds(lo: int, hi: int) -> None:
 def test_invalid_config_rejected(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         SceneConfig(**kwargs)
+
+
+def test_grid_align_puts_boxes_on_the_patch_grid() -> None:
+    aligned = SceneConfig(grid_align=True)
+    free = SceneConfig(grid_align=False)
+
+    def fraction_on_grid(cfg: SceneConfig) -> float:
+        boxes = [o.box for i in range(300) for o in generate_scene(11, i, cfg).objects]
+        return sum(b[0] % cfg.patch_size == 0 and b[1] % cfg.patch_size == 0 for b in boxes) / len(boxes)
+
+    assert fraction_on_grid(aligned) > 0.95
+    assert fraction_on_grid(free) < 0.2
+    # The position phrase stays true: each box center lies in the named third of the image.
+    for i in range(100):
+        for o in generate_scene(11, i, aligned).objects:
+            col = min(2, int(3 * (o.box[0] + o.box[2]) / 2 / aligned.image_size))
+            assert ("left" in o.position) == (col == 0) and ("right" in o.position) == (col == 2)

@@ -256,7 +256,11 @@ class GenLIPDataModule(L.LightningDataModule):
                 p["num_val"],
                 self.data_dir,
             )
-            optimize_synthetic(tmp, p["num_train"], p["num_val"], seed=p["seed"], scene=scene, overwrite=True)
+            # Generation is CPU-bound PNG drawing/encoding: use up to two processes (the laptop/CI size).
+            workers = max(1, min(2, os.cpu_count() or 1))
+            optimize_synthetic(
+                tmp, p["num_train"], p["num_val"], seed=p["seed"], scene=scene, overwrite=True, num_workers=workers
+            )
             if os.path.isdir(self.data_dir):  # leftover without shards (made by hand or an old format)
                 shutil.rmtree(self.data_dir)
             try:
