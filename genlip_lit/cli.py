@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 import warnings
 from collections.abc import Callable
@@ -63,15 +64,17 @@ def _quiet_known_noise() -> None:
     warnings.filterwarnings("ignore", message=r".*IterableDataset. has .__len__. defined.*")
 
 
-def _commands() -> dict[str, Callable[[list[str]], int]]:
-    # Imported lazily so `genlip fit` does not pay for them and vice versa.
-    from genlip_lit.data.optimize import main as optimize_main
-    from genlip_lit.eval.captions import caption_eval_main, caption_main
+# Project commands -> "module:function", imported only when called so `genlip fit` does not pay for them.
+EXTRA_COMMANDS = {
+    "optimize": "genlip_lit.data.optimize:main",
+    "caption": "genlip_lit.eval.captions:caption_main",
+    "caption-eval": "genlip_lit.eval.captions:caption_eval_main",
+}
 
-    return {"optimize": optimize_main, "caption": caption_main, "caption-eval": caption_eval_main}
 
-
-EXTRA_COMMANDS = ("optimize", "caption", "caption-eval")
+def _command(name: str) -> Callable[[list[str]], int]:
+    module, _, function = EXTRA_COMMANDS[name].partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_known_noise()
     try:
         if argv and argv[0] in EXTRA_COMMANDS:
-            return _commands()[argv[0]](argv[1:]) or 0
+            return _command(argv[0])(argv[1:]) or 0
         if argv and argv[0] in ("-h", "--help"):
             print(f"extra commands: {', '.join(EXTRA_COMMANDS)} (each has --help)\n")
         # LightningCLI reads sys.argv itself when args is None (and warns if given both).

@@ -95,7 +95,7 @@ class GenLIPModule(EncoderModule):
         self.log("train/samples_per_s", len(batch) / max(seconds, 1e-9), batch_size=len(batch))
 
     # ------------------------------------------------------------------ validation / test
-    def _eval_step(self, batch: Batch, stage: str) -> Tensor | None:
+    def _eval_step(self, batch: Batch) -> Tensor | None:
         if len(batch) == 0:
             return None
         out = self.model.loss(batch.pixel_values, batch.input_ids, batch.loss_mask)
@@ -113,13 +113,13 @@ class GenLIPModule(EncoderModule):
             metric.reset()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        return self._eval_step(batch, "val")
+        return self._eval_step(batch)
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
 
     def test_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        return self._eval_step(batch, "test")
+        return self._eval_step(batch)
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
