@@ -117,11 +117,11 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path, encoder, caplog) -> None
 
 def test_missing_data_dir_names_path(tmp_path, encoder) -> None:
     missing = str(tmp_path / "nowhere")
-    with pytest.raises(GenLIPUserError, match="genlip optimize --source synthetic") as info:
+    with pytest.raises(GenLIPUserError, match="genlip optimize --input SRC") as info:
         GenLIPDataModule(data_dir=missing, caption_encoder=encoder).prepare_data()
     assert missing in str(info.value)
     os.makedirs(missing)
-    with pytest.raises(GenLIPUserError, match="no train/ and val/"):
+    with pytest.raises(GenLIPUserError, match="has no train/ litdata shards"):
         GenLIPDataModule(data_dir=missing, caption_encoder=encoder).setup("fit")
     with pytest.raises(GenLIPUserError, match="data_dir"):
         GenLIPDataModule()

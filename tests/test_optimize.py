@@ -33,7 +33,8 @@ def test_shards_hold_the_generated_scenes(shards) -> None:
     assert (len(train), len(val)) == (40, 10)
     for i in (0, 17, 39):
         sample, ref = train[i], generate_scene(3, i, SCENE)
-        assert set(sample) == {"image", "caption", "label", "patch_shape", "patch_color"}
+        assert set(sample) == {"image", "caption", "key", "label", "patch_shape", "patch_color"}
+        assert sample["key"] == f"3/{i}"
         assert sample["caption"] == ref.caption and sample["label"] == ref.label
         assert sample["patch_shape"].dtype == np.uint8 and sample["patch_shape"].shape == (4, 4)
         assert np.array_equal(sample["patch_color"], ref.patch_color)

@@ -30,7 +30,9 @@ class Batch:
     patch_shape: torch.Tensor | None = None  # [B, gh, gw] long per-patch labels (0 = background)
     patch_color: torch.Tensor | None = None  # [B, gh, gw] long per-patch labels (0 = background)
     captions: list[str] = field(default_factory=list)  # reference captions (raw text)
+    keys: list[str] = field(default_factory=list)  # sample keys from the shards (empty if the shards have none)
     num_skipped: int = 0  # samples dropped from this batch because they failed to decode
+    num_truncated: int = 0  # captions in this batch cut to the model's max_text_len
     position_ids: torch.Tensor | None = None  # reserved: packed stage-2 M-RoPE ids [3, B, N]
     segment_ids: torch.Tensor | None = None  # reserved: packed stage-2 sample ids
 

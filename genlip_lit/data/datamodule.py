@@ -1,11 +1,20 @@
 """`GenLIPDataModule`: litdata shards -> `Batch`es of normalized images and prefix-LM caption tokens.
 
     data: {class_path: genlip_lit.data.datamodule.GenLIPDataModule, init_args: {synthetic: {num_train: 20000}}}
+    data: {init_args: {data_dir: [data/recap, s3://bucket/cc12m], weights: [0.7, 0.3], cache_dir: /scratch}}
 
-Data either sits in `data_dir` (`train/` and `val/`, as written by `genlip optimize`) or, with `synthetic`,
-is generated once into a cache keyed by its parameters. The text format (tokenizer, prompt, max length) is
-the model's: the datamodule borrows `trainer.lightning_module.caption_encoder` unless given one.
-Samples whose image fails to decode are dropped from their batch and counted in `Batch.num_skipped`.
+Data sits in one or more `data_dir`s (`train/` and optionally `val/`, as written by `genlip optimize`; local
+paths or remote URLs such as `s3://...`, streamed through a local cache) or, with `synthetic`, is generated
+once into a cache keyed by its parameters. Several dirs form a mixture (litdata `CombinedStreamingDataset`):
+with `weights`, samples are drawn by weight and the epoch ends when the first dataset runs out; without, every
+dataset is read to its end. The text format (tokenizer, prompt, max length) is the model's: the datamodule
+borrows `trainer.lightning_module.caption_encoder` unless given one.
+
+Samples whose image fails to decode are dropped from their batch and counted in `Batch.num_skipped`; captions
+cut to the model's length are counted in `Batch.num_truncated`. The train loader is a litdata
+`StreamingDataLoader`, whose position Lightning stores in checkpoints: resuming continues mid-epoch exactly.
+Under DDP, litdata gives every rank its own part of each epoch; by default (`drop_last` unset) the remainder
+that would leave ranks with unequal step counts is dropped (the count is logged), `drop_last: false` keeps it.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ log = logging.getLogger(__name__)
 
 SYNTHETIC_DEFAULTS: dict[str, Any] = {"num_train": 20_000, "num_val": 500, "seed": 0}
 _SCENE_KEYS = tuple(f.name for f in dataclasses.fields(SceneConfig))
-_CACHE_FORMAT = 1  # bump when the stored sample layout changes, so old caches are not reused
+_CACHE_FORMAT = 2  # bump when the stored sample layout changes, so old caches are not reused
 
 
 def default_cache_root() -> str:
@@ -74,8 +83,25 @@ def shutdown_workers(loader: torch.utils.data.DataLoader) -> None:
         loader._iterator = None
 
 
+def is_remote(path: str) -> bool:
+    """A URL litdata streams from (s3://, gs://, azure://, hf://, local:...), not a plain local path."""
+    return "://" in path or path.startswith("local:")
+
+
 def _is_split_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "index.json"))
+
+
+def _index_count(split_dir: str | None) -> int | None:
+    """Samples listed in a local litdata index, or None when there is no readable index."""
+    if not split_dir or not os.path.isfile(os.path.join(split_dir, "index.json")):
+        return None
+    with open(os.path.join(split_dir, "index.json"), encoding="utf-8") as fh:
+        return sum(int(c["chunk_size"]) for c in json.load(fh)["chunks"])
+
+
+def _join(base: str, split: str) -> str:
+    return f"{base.rstrip('/')}/{split}" if is_remote(base) else os.path.join(base, split)
 
 
 class GenLIPStreamingDataset(litdata.StreamingDataset):
@@ -108,12 +134,15 @@ class GenLIPStreamingDataset(litdata.StreamingDataset):
                     f"samples in {self.source_dir!r} have no {key!r} field (found {sorted(raw)}): "
                     "write the shards with `genlip optimize`"
                 )
+        key = raw.get("key")
         try:
             image = decode_image(raw["image"])
         except ValueError as exc:
             if not self._warned:
                 self._warned = True
                 i = getattr(index, "index", index)
+                if key is not None:
+                    i = f"{i} (key {key})"
                 log.warning(
                     "skipping sample %s of %s: %s (further bad samples in this worker are skipped silently; "
                     "Batch.num_skipped counts them)",
@@ -122,11 +151,14 @@ class GenLIPStreamingDataset(litdata.StreamingDataset):
                     exc,
                 )
             return None
+        truncated_before = self.caption_encoder.num_truncated
         ids, mask = self.caption_encoder.encode(str(raw["caption"]))
         return {
             "pixel_values": self.image_transform(image),
             "input_ids": ids,
             "loss_mask": mask,
+            "truncated": self.caption_encoder.num_truncated > truncated_before,
+            "key": None if key is None else str(key),
             "caption": str(raw["caption"]),
             "label": int(raw.get("label", -1)),
             "patch_shape": raw.get("patch_shape"),
@@ -164,7 +196,9 @@ class BatchCollator:
             patch_shape=self._maps(kept, "patch_shape"),
             patch_color=self._maps(kept, "patch_color"),
             captions=[x["caption"] for x in kept],
+            keys=[x["key"] for x in kept] if all(x.get("key") is not None for x in kept) else [],
             num_skipped=len(items) - len(kept),
+            num_truncated=sum(bool(x.get("truncated")) for x in kept),
         )
 
 
@@ -176,7 +210,8 @@ class GenLIPDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        data_dir: str | None = None,
+        data_dir: str | list[str] | None = None,
+        weights: list[float] | None = None,
         synthetic: dict | None = None,
         cache_dir: str | None = None,
         image_size: int = 224,
@@ -187,6 +222,8 @@ class GenLIPDataModule(L.LightningDataModule):
         num_workers: int = 2,
         shuffle: bool = True,
         seed: int = 0,
+        drop_last: bool | None = None,
+        max_cache_size: str = "100GB",
         caption_encoder: CaptionEncoder | None = None,
     ) -> None:
         super().__init__()
@@ -197,6 +234,15 @@ class GenLIPDataModule(L.LightningDataModule):
         if data_dir is not None and synthetic is not None:
             raise GenLIPUserError("set only one of data.data_dir and data.synthetic")
         self.synthetic = synthetic_params(dict(synthetic)) if synthetic is not None else None
+        dirs = [data_dir] if isinstance(data_dir, str) else list(data_dir or [])
+        if data_dir is not None and not dirs:
+            raise GenLIPUserError("data.data_dir is an empty list")
+        if weights is not None:
+            if len(weights) != len(dirs):
+                raise GenLIPUserError(f"data.weights has {len(weights)} values for {len(dirs)} data_dir entries")
+            if any(not w > 0 for w in weights):
+                raise GenLIPUserError(f"data.weights must all be positive, got {weights}")
+        self.weights = [float(w) / sum(weights) for w in weights] if weights is not None else None
         self.cache_dir = cache_dir
         self.image_size = image_size
         self.mean, self.std = tuple(mean), tuple(std)
@@ -205,15 +251,21 @@ class GenLIPDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.shuffle = shuffle
         self.seed = seed
+        self.drop_last = drop_last
+        self.max_cache_size = max_cache_size
         self.caption_encoder = caption_encoder
-        self.data_dir = self._resolve_data_dir(data_dir)
-        self.train_dataset: GenLIPStreamingDataset | None = None
-        self.val_dataset: GenLIPStreamingDataset | None = None
+        self.data_dirs = [self._resolve_local(d) for d in dirs] if dirs else [self._synthetic_dir()]
+        self.data_dir = self.data_dirs[0]  # the synthetic cache, or the first (often only) dataset
+        self.train_dataset: Any = None
+        self.val_dataset: Any = None
+        self._val_missing: list[str] = []
 
     # -- where the data lives --------------------------------------------------------------------
-    def _resolve_data_dir(self, data_dir: str | None) -> str:
-        if data_dir is not None:
-            return os.path.abspath(os.path.expanduser(data_dir))
+    @staticmethod
+    def _resolve_local(data_dir: str) -> str:
+        return data_dir if is_remote(data_dir) else os.path.abspath(os.path.expanduser(data_dir))
+
+    def _synthetic_dir(self) -> str:
         assert self.synthetic is not None
         key = json.dumps({"format": _CACHE_FORMAT, **self.synthetic}, sort_keys=True)
         digest = hashlib.sha1(key.encode()).hexdigest()[:12]
@@ -224,20 +276,22 @@ class GenLIPDataModule(L.LightningDataModule):
         return all(_is_split_dir(os.path.join(self.data_dir, s)) for s in ("train", "val"))
 
     def _check_data_dir(self) -> None:
-        if self._complete():
-            return
+        """Local dirs must hold train shards (val is optional); remote ones are checked by litdata on open."""
         if self.synthetic is not None:
+            if not self._complete():
+                raise GenLIPUserError(
+                    f"synthetic data cache {self.data_dir!r} is missing or incomplete: prepare_data() generates "
+                    "it (run through a Trainer, or call datamodule.prepare_data())"
+                )
+            return
+        for d in self.data_dirs:
+            if is_remote(d) or _is_split_dir(os.path.join(d, "train")):
+                continue
+            what = "does not exist" if not os.path.isdir(d) else "has no train/ litdata shards"
             raise GenLIPUserError(
-                f"synthetic data cache {self.data_dir!r} is missing or incomplete: prepare_data() generates it "
-                "(run through a Trainer, or call datamodule.prepare_data())"
+                f"data_dir {d!r} {what}; create it with `genlip optimize --input SRC --output {d}` "
+                f"(or `--source synthetic --num-samples N` for the embedded data)"
             )
-        what = (
-            "does not exist" if not os.path.isdir(self.data_dir) else "has no train/ and val/ litdata shards"
-        )
-        raise GenLIPUserError(
-            f"data_dir {self.data_dir!r} {what}; create it with "
-            f"`genlip optimize --source synthetic --output {self.data_dir} --num-samples N`"
-        )
 
     def prepare_data(self) -> None:
         """Generate the synthetic cache if missing (into a temp dir, then renamed: never half a dataset)."""
@@ -284,31 +338,78 @@ class GenLIPDataModule(L.LightningDataModule):
             )
         return encoder
 
-    def _dataset(self, split: str, train: bool) -> GenLIPStreamingDataset:
+    def _input_dir(self, base: str, split: str) -> Any:
+        """A local split path, or for a remote one a litdata `Dir` whose chunks are cached under `cache_dir`."""
+        path = _join(base, split)
+        if not is_remote(base) or self.cache_dir is None:
+            return path
+        from litdata.streaming.resolver import Dir
+
+        digest = hashlib.sha1(path.encode()).hexdigest()[:12]
+        return Dir(path=os.path.join(os.path.expanduser(self.cache_dir), "streams", digest), url=path)
+
+    def _dataset(self, base: str, split: str, train: bool) -> GenLIPStreamingDataset:
         transform = FixedResTransform(self.image_size, self.mean, self.std, train=train)
         return GenLIPStreamingDataset(
-            os.path.join(self.data_dir, split),
+            self._input_dir(base, split),
             transform=transform,
             caption_encoder=self._encoder(),
             shuffle=self.shuffle if train else False,
             seed=self.seed,
+            drop_last=self.drop_last if train else False,  # evaluation sees every sample
+            max_cache_size=self.max_cache_size,
         )
+
+    def _has_val(self, base: str) -> bool:
+        return is_remote(base) or _is_split_dir(os.path.join(base, "val"))
 
     def setup(self, stage: str | None = None) -> None:
         self._check_data_dir()
         if stage in (None, "fit") and self.train_dataset is None:
-            self.train_dataset = self._dataset("train", train=True)
+            parts = [self._dataset(d, "train", train=True) for d in self.data_dirs]
+            if len(parts) == 1:
+                self.train_dataset = parts[0]
+            else:  # weighted: draw by weight until one runs out; unweighted: read all of every dataset
+                self.train_dataset = litdata.CombinedStreamingDataset(
+                    parts, seed=self.seed, weights=self.weights, iterate_over_all=self.weights is None
+                )
+            self._log_ddp_remainder(parts)
         if self.val_dataset is None:
-            self.val_dataset = self._dataset("val", train=False)
+            with_val = [d for d in self.data_dirs if self._has_val(d)]
+            self._val_missing = [d for d in self.data_dirs if d not in with_val]
+            if self._val_missing:
+                log.warning("no val/ split in %s: validation uses the other datasets only", self._val_missing)
+            parts = [self._dataset(d, "val", train=False) for d in with_val]
+            if len(parts) == 1:
+                self.val_dataset = parts[0]
+            elif parts:
+                self.val_dataset = litdata.CombinedStreamingDataset(parts, seed=self.seed, iterate_over_all=True)
 
-    def _loader(self, dataset: GenLIPStreamingDataset | None, batch_size: int) -> litdata.StreamingDataLoader:
+    def _log_ddp_remainder(self, parts: list[GenLIPStreamingDataset]) -> None:
+        """Name what `drop_last` costs under DDP, so no sample goes missing unannounced."""
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        if world == 1 or not parts[0].drop_last:
+            return
+        for d, part in zip(self.data_dirs, parts):
+            total = _index_count(getattr(getattr(part, "input_dir", None), "path", None))
+            if total is None:
+                continue
+            per_rank = part.get_len(self.num_workers or 1, self.batch_size)  # what the loader will use too
+            if total > world * per_rank:
+                log.warning(
+                    "DDP with drop_last: %d of %d samples of %s are left out each epoch so all %d ranks run the "
+                    "same number of steps (set data.drop_last: false to keep them)",
+                    total - world * per_rank, total, d, world,
+                )
+
+    def _loader(self, dataset: Any, batch_size: int) -> litdata.StreamingDataLoader:
         if dataset is None:
             raise GenLIPUserError("GenLIPDataModule.setup() must run before asking for dataloaders")
         return litdata.StreamingDataLoader(
             dataset,
             batch_size=batch_size,
             num_workers=self.num_workers,
-            collate_fn=BatchCollator(dataset.caption_encoder, self.image_size),
+            collate_fn=BatchCollator(self._encoder(), self.image_size),
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
@@ -317,11 +418,13 @@ class GenLIPDataModule(L.LightningDataModule):
         # stateful: Lightning's fit loop saves/restores its state_dict in checkpoints (mid-epoch resume)
         return self._loader(self.train_dataset, self.batch_size)
 
-    def val_dataloader(self) -> litdata.StreamingDataLoader:
+    def val_dataloader(self) -> Any:
+        if self.val_dataset is None and self._val_missing:
+            return []  # no val split anywhere: Lightning skips validation
         return self._loader(self.val_dataset, self.val_batch_size)
 
-    def test_dataloader(self) -> litdata.StreamingDataLoader:
+    def test_dataloader(self) -> Any:
         return self.val_dataloader()
 
-    def predict_dataloader(self) -> litdata.StreamingDataLoader:
+    def predict_dataloader(self) -> Any:
         return self.val_dataloader()

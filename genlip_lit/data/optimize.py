@@ -1,10 +1,12 @@
 """`genlip optimize`: turn a caption source into litdata shards (`train/`, `val/`) plus `genlip_meta.json`.
 
+    genlip optimize --input shards/{00000..00099}.tar --output data/cc3m --max-side 512
     genlip optimize --source synthetic --output data/shapes --num-samples 20000
 
-Each sample is ``{"image": PNG bytes, "caption": str, "label": int, "patch_shape": uint8 [g, g],
-"patch_color": uint8 [g, g]}``. Images stay encoded so a corrupt one fails (and is skipped) at read time.
-New sources register in `SOURCES`: a function from parsed CLI arguments to the summary dict.
+Real corpora (webdataset tars, image folders, parquet, JSONL/CSV manifests) go through `corpus.py`; each stored
+sample is ``{"image": bytes, "caption": str, "key": str, "label": int}``. The embedded synthetic data adds
+``"patch_shape"`` and ``"patch_color"`` (uint8 [g, g] per-patch labels). Images stay encoded so a corrupt one
+still fails (and is skipped) at read time. Built-in generators register in `SOURCES`.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from genlip_lit.data.corpus import META_FILE, SPLITS, IngestOptions, optimize_corpus, summary_line
+from genlip_lit.data.ingest import DEFAULT_MAX_PIXELS, ImagePolicy
+from genlip_lit.data.sources import FORMATS, open_source
 from genlip_lit.data.synthetic import SceneConfig, class_names, generate_scene
 from genlip_lit.errors import GenLIPUserError
 
-META_FILE = "genlip_meta.json"
-SPLITS = ("train", "val")
 VAL_SEED_OFFSET = 1_000_003  # val scenes come from another seed stream, so they are held out
 DEFAULT_CHUNK_BYTES = "64MB"
 
@@ -49,6 +52,7 @@ def synthetic_sample(index: int, seed: int, scene: SceneConfig) -> dict[str, Any
     return {
         "image": encode_png(s.image),
         "caption": s.caption,
+        "key": f"{seed}/{index}",
         "label": int(s.label),
         "patch_shape": np.ascontiguousarray(s.patch_shape, dtype=np.uint8),
         "patch_color": np.ascontiguousarray(s.patch_color, dtype=np.uint8),
@@ -141,7 +145,7 @@ def optimize_synthetic(
     meta = {
         "source": "synthetic",
         "format_version": 1,
-        "fields": ["image", "caption", "label", "patch_shape", "patch_color"],
+        "fields": ["image", "caption", "key", "label", "patch_shape", "patch_color"],
         "scene": dataclasses.asdict(scene),
         "seed": seed,
         "val_seed": val_seed,
@@ -179,7 +183,7 @@ def _run_synthetic(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-# source name -> writer; real corpora (img2dataset tars, parquet, folders) will add entries here
+# built-in generator name -> writer (real corpora come in through --input)
 SOURCES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"synthetic": _run_synthetic}
 
 
@@ -190,23 +194,96 @@ def default_val_samples(num_train: int) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="genlip optimize", description="Write a caption source as litdata shards."
+        prog="genlip optimize",
+        description="Write an image-caption corpus (or the embedded synthetic data) as litdata shards.",
+        epilog="Examples:\n"
+        "  genlip optimize --input shards/{00000..00099}.tar --output data/cc --max-side 512\n"
+        "  genlip optimize --input recap/*.parquet --caption-field re_caption org_caption --output data/recap\n"
+        "  genlip optimize --source synthetic --output data/shapes --num-samples 20000",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--source", default="synthetic", help="data source (default: synthetic)")
     p.add_argument("--output", required=True, help="output directory (gets train/, val/, genlip_meta.json)")
-    p.add_argument("--num-samples", type=int, required=True, help="number of train samples")
-    p.add_argument(
-        "--val-samples", type=int, default=None, help="number of val samples (default: 2%%, min 200)"
+    p.add_argument("--num-workers", type=int, default=None, help="worker processes (default: all cores; 1 for synthetic)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace what genlip optimize wrote in --output")
+    mode.add_argument("--append", action="store_true", help="add --input to the finished dataset in --output")
+    mode.add_argument("--resume", action="store_true", help="finish an interrupted run (same command otherwise)")
+
+    real = p.add_argument_group("real corpora")
+    real.add_argument("--input", nargs="+", metavar="SRC", help="files, folders, globs or {000..099} ranges")
+    real.add_argument("--format", default="auto", choices=["auto", *FORMATS], help="input layout (default: auto)")
+    real.add_argument(
+        "--caption-field", nargs="+", metavar="NAME",
+        help="caption column(s)/key(s), first non-empty wins (webdataset/folder: 'txt' = the .txt sidecar, "
+        "other names = keys of the .json sidecar; default: txt, or the first of caption/text/txt)",
     )
-    p.add_argument("--seed", type=int, default=0, help="dataset seed (val uses a disjoint stream)")
-    p.add_argument("--image-size", type=int, default=64, help="synthetic: image side in pixels")
-    p.add_argument("--patch-size", type=int, default=8, help="synthetic: patch side of the label maps")
-    p.add_argument("--min-objects", type=int, default=1, help="synthetic: fewest objects per scene")
-    p.add_argument("--max-objects", type=int, default=3, help="synthetic: most objects per scene")
-    p.add_argument("--word-prob", type=float, default=0.0, help="synthetic: probability of a rendered word")
-    p.add_argument("--num-workers", type=int, default=1, help="writer processes")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --output")
+    real.add_argument("--label-field", default=None, help="integer class label column/key (webdataset: .cls default)")
+    real.add_argument("--image-field", default=None, help="image column (parquet) or path column (manifest)")
+    real.add_argument("--classes", default=None, help="text file of class names, one per line, for string labels")
+    real.add_argument("--max-side", type=int, default=None, help="shrink so the longer side is at most PX")
+    real.add_argument("--min-side", type=int, default=16, help="skip images with a shorter side below PX (16)")
+    real.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="skip larger images (bombs)")
+    real.add_argument("--image-format", default="jpeg", choices=["jpeg", "png", "webp"], help="re-encoding format")
+    real.add_argument("--quality", type=int, default=95, help="jpeg/webp quality (95)")
+    real.add_argument("--val-fraction", type=float, default=0.01, help="share of images held out as val (0.01)")
+    real.add_argument("--chunk-bytes", default=DEFAULT_CHUNK_BYTES, help="litdata chunk size (64MB)")
+
+    syn = p.add_argument_group("embedded synthetic data")
+    syn.add_argument("--source", default=None, help="generate a built-in dataset: synthetic (the default without --input)")
+    syn.add_argument("--num-samples", type=int, default=None, help="synthetic: number of train samples")
+    syn.add_argument(
+        "--val-samples", type=int, default=None, help="synthetic: number of val samples (default: 2%%, min 200)"
+    )
+    syn.add_argument("--seed", type=int, default=0, help="synthetic: dataset seed (val uses a disjoint stream)")
+    syn.add_argument("--image-size", type=int, default=64, help="synthetic: image side in pixels")
+    syn.add_argument("--patch-size", type=int, default=8, help="synthetic: patch side of the label maps")
+    syn.add_argument("--min-objects", type=int, default=1, help="synthetic: fewest objects per scene")
+    syn.add_argument("--max-objects", type=int, default=3, help="synthetic: most objects per scene")
+    syn.add_argument("--word-prob", type=float, default=0.0, help="synthetic: probability of a rendered word")
     return p
+
+
+def _read_classes(path: str | None) -> tuple[str, ...] | None:
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            names = tuple(line.strip() for line in fh if line.strip())
+    except OSError as exc:
+        raise GenLIPUserError(f"--classes {path!r}: {exc}") from exc
+    if len(set(names)) != len(names):
+        raise GenLIPUserError(f"--classes {path!r} lists a class name twice")
+    return names
+
+
+def run_corpus(args: argparse.Namespace) -> dict[str, Any]:
+    """`genlip optimize --input ...`: returns the report (also written to `--output`)."""
+    try:
+        policy = ImagePolicy(
+            max_side=args.max_side,
+            min_side=args.min_side,
+            max_pixels=args.max_pixels,
+            image_format=args.image_format,
+            quality=args.quality,
+        )
+    except ValueError as exc:
+        raise GenLIPUserError(f"invalid image options: {exc}") from exc
+    options = IngestOptions(
+        policy=policy,
+        val_fraction=args.val_fraction,
+        class_names=_read_classes(args.classes),
+        chunk_bytes=str(args.chunk_bytes),
+    )
+    source = open_source(
+        args.input,
+        args.format,
+        caption_fields=args.caption_field,
+        label_field=args.label_field,
+        image_field=args.image_field,
+    )
+    mode = "overwrite" if args.overwrite else "append" if args.append else "resume" if args.resume else "new"
+    workers = args.num_workers if args.num_workers is not None else (os.cpu_count() or 1)
+    return optimize_corpus(source, args.output, options, num_workers=workers, mode=mode, progress=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,12 +292,27 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["optimize"]:
         argv = argv[1:]
     args = build_parser().parse_args(argv)
+    out = os.path.abspath(os.path.expanduser(args.output))
+    if args.input and args.source:
+        raise GenLIPUserError("give either --input (a corpus) or --source synthetic, not both")
+    if args.input:
+        report = run_corpus(args)
+        print(summary_line(report, out))
+        return 0
+    if args.source is None and args.num_samples is None:
+        raise GenLIPUserError("nothing to read: pass --input SRC [SRC ...] (or --num-samples N for synthetic data)")
+    args.source = args.source or "synthetic"
     if args.source not in SOURCES:
-        raise GenLIPUserError(f"--source {args.source!r}: only 'synthetic' is supported so far")
-    if args.num_samples < 1:
-        raise GenLIPUserError(f"--num-samples must be at least 1, got {args.num_samples}")
+        raise GenLIPUserError(
+            f"--source {args.source!r}: only 'synthetic' is built in; real corpora come in through --input"
+        )
+    if args.append or args.resume:
+        raise GenLIPUserError("--append and --resume apply to --input corpora; synthetic data regenerates quickly")
+    if args.num_samples is None or args.num_samples < 1:
+        raise GenLIPUserError(f"--source synthetic needs --num-samples of at least 1, got {args.num_samples}")
+    if args.num_workers is None:
+        args.num_workers = 1
     meta = SOURCES[args.source](args)
-    out = os.path.abspath(args.output)
     print(
         f"wrote {meta['num_train']} train + {meta['num_val']} val samples ({args.source}) to "
         f"{os.path.join(out, 'train')} and {os.path.join(out, 'val')} in {meta['seconds']:.1f} s"

@@ -61,6 +61,7 @@ class GenLIPModule(EncoderModule):
         self.val_correct = SumMetric()
         self.val_tokens = SumMetric()
         self.skipped_samples = 0
+        self.truncated_captions = 0
         self._step_start: float | None = None
 
     def optimized_model(self) -> nn.Module:
@@ -72,6 +73,7 @@ class GenLIPModule(EncoderModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         self.skipped_samples += batch.num_skipped
+        self.truncated_captions += batch.num_truncated
         if len(batch) == 0:  # every image of this batch failed to decode: nothing to learn from
             return None
         out = self.model.loss(batch.pixel_values, batch.input_ids, batch.loss_mask)
@@ -81,6 +83,7 @@ class GenLIPModule(EncoderModule):
         self.log("train/ppl", torch.exp(out.loss.detach().clamp(max=20)), batch_size=n)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
         self.log("data/skipped_samples", float(self.skipped_samples), batch_size=n)
+        self.log("data/truncated_captions", float(self.truncated_captions), batch_size=n)
         return out.loss
 
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
@@ -140,11 +143,13 @@ class GenLIPModule(EncoderModule):
             "state": tok.state_dict(),
         }
         checkpoint["genlip_skipped_samples"] = self.skipped_samples
+        checkpoint["genlip_truncated_captions"] = self.truncated_captions
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "genlip_tokenizer" in checkpoint:
             self.tokenizer.load_state_dict(checkpoint["genlip_tokenizer"]["state"])
         self.skipped_samples = checkpoint.get("genlip_skipped_samples", 0)
+        self.truncated_captions = checkpoint.get("genlip_truncated_captions", 0)
 
     # ------------------------------------------------------------------ encoder contract
     @property

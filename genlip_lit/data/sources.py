@@ -1,0 +1,583 @@
+"""Readers for the corpus layouts `genlip optimize` ingests. They read; they never judge (see `ingest.py`).
+
+    webdataset  img2dataset's tar output: members `KEY.jpg|png|webp` + `KEY.txt` + `KEY.json` (+ `KEY.cls`)
+    folder      img2dataset's files output, or any tree of images with a sidecar `STEM.txt` (and `STEM.json`)
+    parquet     files with an image column (raw bytes, or a {bytes, path} struct as datasets libraries export)
+                and one or more caption columns
+    manifest    a JSONL or CSV/TSV file of image path (relative to the manifest) + caption (+ label)
+
+Work is cut into `Unit`s (one tar shard, one parquet row group, a slice of a file list or manifest): the unit is
+what a worker processes, what an interrupted run resumes from, and what fixes the order of the output.
+Structural problems (no such input, no caption column, nothing readable) raise `GenLIPUserError` from
+`Source.units()`, before any work; problems of single samples travel on as `Record`s for `ingest` to count.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import json
+import os
+import re
+import tarfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from genlip_lit.errors import GenLIPUserError
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+FORMATS = ("webdataset", "folder", "parquet", "manifest")
+MANIFEST_EXTENSIONS = (".jsonl", ".csv", ".tsv")
+TEXT_SIDECAR = "txt"  # caption field name meaning "the KEY.txt sidecar" (webdataset and folder layouts)
+FILES_PER_UNIT = 1000  # folder and manifest slices: small enough to resume cheaply, big enough to amortise
+PEEK_SAMPLES = 20  # how many leading samples the structural check looks at
+
+DEFAULT_IMAGE_COLUMNS = ("image", "jpg", "png", "webp", "img", "image_bytes")
+DEFAULT_CAPTION_COLUMNS = ("caption", "text", "txt")
+DEFAULT_PATH_COLUMNS = ("image", "image_path", "path", "file", "filepath", "filename", "img")
+DEFAULT_LABEL_COLUMNS = ("label", "cls")  # used when present and --label-field is not given
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One sample as read. `image` is None when the source names no image or it could not be read (`error`)."""
+
+    key: str
+    image: bytes | None
+    caption: Any  # str, bytes or None (None: none of the caption fields is present)
+    label: Any = None
+    error: str | None = None
+    source_bytes: int = 0  # bytes read for this sample (image + text), for the report
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """A resumable piece of work; `describe()` identifies it across runs."""
+
+    path: str
+    start: int = 0
+    stop: int | None = None
+    first: str = ""  # first file of a slice, so a changed file list is noticed on resume
+
+    def describe(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """`shards/{00000..00012}.tar` -> 13 paths (zero padding kept); other text passes through."""
+    match = re.search(r"\{(\d+)\.\.(\d+)\}", pattern)
+    if match is None:
+        return [pattern]
+    lo, hi = match.group(1), match.group(2)
+    width = len(lo) if lo.startswith("0") else 0
+    out: list[str] = []
+    for i in range(int(lo), int(hi) + 1):
+        out.extend(expand_braces(pattern[: match.start()] + str(i).zfill(width) + pattern[match.end() :]))
+    return out
+
+
+def resolve_inputs(inputs: Sequence[str]) -> list[str]:
+    """Expand braces and globs; every input must exist (a missing one is an error, not a silent skip)."""
+    out: list[str] = []
+    for raw in inputs:
+        for pattern in expand_braces(os.path.expanduser(raw)):
+            if any(ch in pattern for ch in "*?["):
+                matches = sorted(glob.glob(pattern))
+                if not matches:
+                    raise GenLIPUserError(f"--input {raw!r}: the pattern {pattern!r} matches nothing")
+                out.extend(matches)
+            elif not os.path.exists(pattern):
+                raise GenLIPUserError(f"--input {raw!r}: {pattern!r} does not exist")
+            else:
+                out.append(pattern)
+    return [os.path.abspath(p) for p in out]
+
+
+def _ext(path: str) -> str:
+    return os.path.splitext(path)[1].lower().lstrip(".")
+
+
+def _walk(root: str) -> list[str]:
+    """Every file under `root`, sorted, hidden files and folders left out."""
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(os.path.join(dirpath, f) for f in filenames if not f.startswith("."))
+    return sorted(found)
+
+
+def detect_format(paths: Sequence[str]) -> str:
+    """The layout of resolved inputs; all inputs must share one."""
+    kinds = set()
+    for path in paths:
+        files = _walk(path) if os.path.isdir(path) else [path]
+        exts = {_ext(f) for f in files}
+        if "tar" in exts:
+            kinds.add("webdataset")
+        elif "parquet" in exts:
+            kinds.add("parquet")
+        elif exts & {e.lstrip(".") for e in MANIFEST_EXTENSIONS}:
+            kinds.add("manifest")
+        elif exts & set(IMAGE_EXTENSIONS):
+            kinds.add("folder")
+        else:
+            raise GenLIPUserError(
+                f"cannot tell the layout of {path!r}: no .tar, .parquet, .jsonl/.csv/.tsv or image files in it; "
+                "pass --format"
+            )
+    if len(kinds) > 1:
+        raise GenLIPUserError(f"the inputs mix layouts {sorted(kinds)}: run `genlip optimize` once per layout")
+    return kinds.pop()
+
+
+def _files_with(paths: Sequence[str], extensions: Sequence[str], what: str) -> list[str]:
+    files: list[str] = []
+    for path in paths:
+        candidates = _walk(path) if os.path.isdir(path) else [path]
+        files.extend(f for f in candidates if _ext(f) in extensions)
+    if not files:
+        raise GenLIPUserError(f"no {what} files ({', '.join('.' + e for e in extensions)}) in {list(paths)}")
+    return files
+
+
+def _read_file(path: str) -> tuple[bytes | None, str | None]:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(), None
+    except OSError as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def _json_or_none(data: bytes | None) -> dict[str, Any] | None:
+    if data is None:
+        return None
+    try:
+        value = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class Source(ABC):
+    """A corpus in one layout. Subclasses set `format` and implement `units()` and `read()`."""
+
+    format: str = ""
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        caption_fields: Sequence[str] | None = None,
+        label_field: str | None = None,
+        image_field: str | None = None,
+    ) -> None:
+        self.paths = list(paths)
+        self.caption_fields = list(caption_fields) if caption_fields else None
+        self.label_field = label_field
+        self.image_field = image_field
+
+    @abstractmethod
+    def units(self) -> list[Unit]:
+        """All work, in output order; raises `GenLIPUserError` on a structural problem."""
+
+    @abstractmethod
+    def read(self, unit: Unit) -> Iterator[Record]:
+        """The records of one unit, in order."""
+
+    def _require_captions(self, records: list[Record], where: str) -> None:
+        """Structural check on the leading records: a caption field that no sample has is a setup error."""
+        if records and all(r.caption is None for r in records):
+            fields = self.caption_fields or [TEXT_SIDECAR]
+            raise GenLIPUserError(
+                f"none of the first {len(records)} samples of {where} has a caption in {fields}: "
+                "check --caption-field (for webdataset/folder, 'txt' is the .txt sidecar, other names are keys of "
+                "the .json sidecar)"
+            )
+
+
+class _SidecarCaptions:
+    """Caption and label lookup for layouts with per-sample sidecar files (`.txt`, `.json`, `.cls`)."""
+
+    caption_fields: list[str] | None
+    label_field: str | None
+
+    def _caption(self, parts: dict[str, bytes]) -> Any:
+        meta: dict[str, Any] | None = None
+        for field in self.caption_fields or [TEXT_SIDECAR]:
+            if field == TEXT_SIDECAR:
+                if TEXT_SIDECAR in parts:
+                    return parts[TEXT_SIDECAR]
+                continue
+            if meta is None:
+                meta = _json_or_none(parts.get("json")) or {}
+            value = meta.get(field)
+            if value is not None and not (isinstance(value, str) and not value.strip()):
+                return value  # a fallback list moves on past empty values too
+        return None
+
+    def _label(self, parts: dict[str, bytes]) -> Any:
+        field = self.label_field
+        if field is None:
+            return parts.get("cls")  # webdataset's convention for class ids
+        if field == "cls":
+            return parts.get("cls")
+        return (_json_or_none(parts.get("json")) or {}).get(field)
+
+
+class WebDatasetSource(_SidecarCaptions, Source):
+    """img2dataset / webdataset tar shards: consecutive members sharing a key form one sample."""
+
+    format = "webdataset"
+
+    def units(self) -> list[Unit]:
+        shards = _files_with(self.paths, ("tar",), "tar")
+        peek: list[Record] = []
+        for record in self.read(Unit(shards[0])):
+            peek.append(record)
+            if len(peek) >= PEEK_SAMPLES:
+                break
+        if not peek:
+            raise GenLIPUserError(f"the first shard {shards[0]!r} holds no samples (or is not a readable tar file)")
+        self._require_captions(peek, f"{shards[0]!r}")
+        return [Unit(s) for s in shards]
+
+    @staticmethod
+    def _split(name: str) -> tuple[str, str]:
+        """webdataset's rule: the key is the path up to the first dot of the base name."""
+        directory, base = os.path.split(name)
+        stem, _, ext = base.partition(".")
+        return os.path.join(directory, stem), ext.lower()
+
+    def _record(self, shard: str, key: str, parts: dict[str, bytes]) -> Record:
+        image_ext = next((e for e in IMAGE_EXTENSIONS if e in parts), None)
+        if self.image_field is not None:
+            image_ext = self.image_field if self.image_field in parts else None
+        size = sum(len(v) for v in parts.values())
+        return Record(
+            key=f"{os.path.basename(shard)}/{key}",
+            image=parts.get(image_ext) if image_ext else None,
+            caption=self._caption(parts),
+            label=self._label(parts),
+            error=None if image_ext else f"no image member among {sorted(parts)}",
+            source_bytes=size,
+        )
+
+    def read(self, unit: Unit) -> Iterator[Record]:
+        key: str | None = None
+        parts: dict[str, bytes] = {}
+        try:
+            with tarfile.open(unit.path, mode="r|*") as tar:  # streaming mode: one pass, no seeking
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    member_key, ext = self._split(member.name)
+                    if key is not None and member_key != key:
+                        yield self._record(unit.path, key, parts)
+                        parts = {}
+                    key = member_key
+                    fh = tar.extractfile(member)
+                    parts[ext] = fh.read() if fh is not None else b""
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            # a truncated shard: keep what was read, then report the shard as unreadable from here on
+            raise ShardReadError(unit.path, exc) from exc
+        if key is not None:
+            yield self._record(unit.path, key, parts)
+
+
+class ShardReadError(Exception):
+    """A container (tar shard, parquet file, manifest) stopped being readable part-way through."""
+
+    def __init__(self, path: str, exc: BaseException) -> None:
+        super().__init__(f"{path}: {type(exc).__name__}: {exc}")
+        self.path = path
+
+
+class FolderSource(_SidecarCaptions, Source):
+    """Image files with sidecars of the same stem (`dir/0001.jpg`, `dir/0001.txt`, `dir/0001.json`)."""
+
+    format = "folder"
+
+    def _images(self) -> list[str]:
+        return _files_with(self.paths, IMAGE_EXTENSIONS, "image")
+
+    def units(self) -> list[Unit]:
+        images = self._images()
+        self._files = images
+        units = [
+            Unit(self.paths[0] if len(self.paths) == 1 else "", i, min(i + FILES_PER_UNIT, len(images)), images[i])
+            for i in range(0, len(images), FILES_PER_UNIT)
+        ]
+        peek = list(self._read_files(images[:PEEK_SAMPLES]))
+        self._require_captions(peek, f"{self.paths}")
+        return units
+
+    def _read_files(self, files: Sequence[str]) -> Iterator[Record]:
+        common = os.path.commonpath(self.paths) if len(self.paths) > 1 else self.paths[0]
+        root = common if os.path.isdir(common) else os.path.dirname(common)
+        for path in files:
+            stem = os.path.splitext(path)[0]
+            parts: dict[str, bytes] = {}
+            image, error = _read_file(path)
+            for ext in (TEXT_SIDECAR, "json", "cls"):
+                if os.path.exists(f"{stem}.{ext}"):
+                    data, _ = _read_file(f"{stem}.{ext}")
+                    if data is not None:
+                        parts[ext] = data
+            key = os.path.relpath(stem, root)
+            yield Record(
+                key=key,
+                image=image,
+                caption=self._caption(parts),
+                label=self._label(parts),
+                error=error,
+                source_bytes=len(image or b"") + sum(len(v) for v in parts.values()),
+            )
+
+    def read(self, unit: Unit) -> Iterator[Record]:
+        files = getattr(self, "_files", None) or self._images()
+        self._files = files
+        if unit.stop is None or unit.stop > len(files) or files[unit.start] != unit.first:
+            raise GenLIPUserError("the image file list changed since the units were planned: start over")
+        yield from self._read_files(files[unit.start : unit.stop])
+
+
+def _pick(columns: Sequence[str], wanted: Sequence[str] | None, defaults: Sequence[str], what: str, flag: str,
+          where: str) -> list[str]:
+    """Choose columns: the requested ones (all must exist) or the first present default."""
+    if wanted:
+        missing = [c for c in wanted if c not in columns]
+        if missing:
+            raise GenLIPUserError(f"{where} has no {what} column {missing} (columns: {list(columns)}); check {flag}")
+        return list(wanted)
+    for name in defaults:
+        if name in columns:
+            return [name]
+    raise GenLIPUserError(
+        f"{where} has none of the usual {what} columns {list(defaults)} (columns: {list(columns)}): pass {flag}"
+    )
+
+
+def _label_column(columns: Sequence[str], wanted: str | None, where: str) -> str | None:
+    if wanted:
+        return _pick(columns, [wanted], (), "label", "--label-field", where)[0]
+    return next((c for c in DEFAULT_LABEL_COLUMNS if c in columns), None)
+
+
+def _first_caption(row: dict[str, Any], fields: Sequence[str]) -> Any:
+    """The first non-empty caption among `fields` (a fallback order, e.g. re_caption then org_caption)."""
+    for field in fields:
+        value = row.get(field)
+        if value is None:
+            continue
+        if isinstance(value, str) and not value.strip():
+            continue
+        return value
+    # all empty: hand the first one on so the skip reason says "empty" rather than "missing"
+    return next((row.get(f) for f in fields if row.get(f) is not None), None)
+
+
+class ParquetSource(Source):
+    """Parquet files, one unit per row group."""
+
+    format = "parquet"
+
+    def _columns(self, path: str) -> tuple[str, list[str], str | None]:
+        import pyarrow.parquet as pq
+
+        try:
+            schema = pq.read_schema(path)
+        except Exception as exc:
+            raise GenLIPUserError(f"cannot read parquet file {path!r}: {type(exc).__name__}: {exc}") from exc
+        names = list(schema.names)
+        if self.image_field:
+            image = _pick(names, [self.image_field], (), "image", "--image-field", path)[0]
+        else:
+            image_defaults = [n for n in DEFAULT_IMAGE_COLUMNS if n in names]
+            binary = [f.name for f in schema if _is_image_type(f.type)]
+            choice = image_defaults[:1] or binary[:1]
+            if not choice:
+                raise GenLIPUserError(
+                    f"{path!r} has no image column (binary, or a struct with 'bytes'); columns: {names}; "
+                    "pass --image-field"
+                )
+            image = choice[0]
+        captions = _pick(names, self.caption_fields, DEFAULT_CAPTION_COLUMNS, "caption", "--caption-field", path)
+        return image, captions, _label_column(names, self.label_field, path)
+
+    def units(self) -> list[Unit]:
+        import pyarrow.parquet as pq
+
+        files = _files_with(self.paths, ("parquet",), "parquet")
+        units: list[Unit] = []
+        for path in files:  # every file's schema is checked before any work starts
+            self._columns(path)
+            num_groups = pq.ParquetFile(path).num_row_groups
+            units.extend(Unit(path, g, g + 1) for g in range(num_groups))
+        return units
+
+    def read(self, unit: Unit) -> Iterator[Record]:
+        import pyarrow.parquet as pq
+
+        image_col, caption_cols, label_col = self._columns(unit.path)
+        columns = [image_col, *caption_cols] + ([label_col] if label_col else [])
+        has_key = "key" in pq.read_schema(unit.path).names
+        columns += ["key"] if has_key and "key" not in columns else []
+        try:
+            pf = pq.ParquetFile(unit.path)
+            offset = sum(pf.metadata.row_group(g).num_rows for g in range(unit.start))
+            rows = pf.read_row_group(unit.start, columns=columns).to_pylist()
+        except Exception as exc:
+            raise ShardReadError(unit.path, exc) from exc
+        stem = os.path.splitext(os.path.basename(unit.path))[0]
+        for i, row in enumerate(rows):
+            value = row.get(image_col)
+            image, error = value, None
+            if isinstance(value, dict):  # datasets' Image feature: {"bytes": ..., "path": ...}
+                image = value.get("bytes")
+                if image is None and value.get("path"):
+                    path = value["path"]
+                    if not os.path.isabs(path):
+                        path = os.path.join(os.path.dirname(unit.path), path)
+                    image, error = _read_file(path)
+            if image is None and error is None:
+                error = f"column {image_col!r} is empty"
+            caption = _first_caption(row, caption_cols)
+            key = str(row["key"]) if has_key and row.get("key") is not None else f"{stem}/{offset + i}"
+            yield Record(
+                key=key,
+                image=bytes(image) if image is not None else None,
+                caption=caption,
+                label=row.get(label_col) if label_col else None,
+                error=error,
+                source_bytes=len(image or b"") + len(str(caption or "")),
+            )
+
+
+def _is_image_type(arrow_type: Any) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type):
+        return True
+    return pa.types.is_struct(arrow_type) and any(arrow_type.field(i).name == "bytes"
+                                                   for i in range(arrow_type.num_fields))
+
+
+class ManifestSource(Source):
+    """JSONL or CSV/TSV rows of image path + caption (+ label); relative paths are relative to the manifest."""
+
+    format = "manifest"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rows: dict[str, list[dict[str, Any]]] = {}
+
+    def _load(self, path: str) -> list[dict[str, Any]]:
+        if path in self._rows:
+            return self._rows[path]
+        rows: list[dict[str, Any]] = []
+        try:
+            if path.lower().endswith(".jsonl"):
+                with open(path, encoding="utf-8") as fh:
+                    for line_no, line in enumerate(fh, start=1):
+                        if not line.strip():
+                            continue
+                        try:
+                            row = json.loads(line)
+                        except ValueError:
+                            row = {"__error__": f"line {line_no} is not valid JSON"}
+                        if not isinstance(row, dict):
+                            row = {"__error__": f"line {line_no} is not a JSON object"}
+                        row.setdefault("__line__", line_no)
+                        rows.append(row)
+            else:
+                with open(path, encoding="utf-8", newline="") as fh:
+                    dialect = "excel-tab" if path.lower().endswith(".tsv") else "excel"
+                    reader = csv.DictReader(fh, dialect=dialect)
+                    for line_no, row in enumerate(reader, start=2):
+                        rows.append({**row, "__line__": line_no})
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise GenLIPUserError(f"cannot read manifest {path!r}: {type(exc).__name__}: {exc}") from exc
+        self._rows[path] = rows
+        return rows
+
+    def _fields(self, path: str, rows: list[dict[str, Any]]) -> tuple[str, list[str], str | None]:
+        columns: list[str] = []
+        for row in rows[:PEEK_SAMPLES]:  # JSONL rows may differ; the leading ones show the structure
+            columns.extend(k for k in row if k not in columns and not k.startswith("__"))
+        image = _pick(columns, [self.image_field] if self.image_field else None, DEFAULT_PATH_COLUMNS, "image path",
+                      "--image-field", path)[0]
+        captions = _pick(columns, self.caption_fields, DEFAULT_CAPTION_COLUMNS, "caption", "--caption-field", path)
+        return image, captions, _label_column(columns, self.label_field, path)
+
+    def units(self) -> list[Unit]:
+        files = _files_with(self.paths, [e.lstrip(".") for e in MANIFEST_EXTENSIONS], "manifest")
+        units: list[Unit] = []
+        for path in files:
+            rows = self._load(path)
+            if not rows:
+                raise GenLIPUserError(f"manifest {path!r} has no rows")
+            self._fields(path, rows)
+            units.extend(Unit(path, i, min(i + FILES_PER_UNIT, len(rows))) for i in range(0, len(rows), FILES_PER_UNIT))
+        return units
+
+    def read(self, unit: Unit) -> Iterator[Record]:
+        rows = self._load(unit.path)
+        image_field, caption_fields, label_field = self._fields(unit.path, rows)
+        base = os.path.dirname(unit.path)
+        stem = os.path.splitext(os.path.basename(unit.path))[0]
+        for row in rows[unit.start : unit.stop]:
+            key = f"{stem}/{row['__line__']}"
+            ref = row.get(image_field)
+            image, error = None, row.get("__error__")
+            if error is None and (ref is None or not str(ref).strip()):
+                error = f"no {image_field!r} value"
+            elif error is None:
+                path = os.path.expanduser(str(ref))
+                image, error = _read_file(path if os.path.isabs(path) else os.path.join(base, path))
+            caption = _first_caption(row, caption_fields)
+            yield Record(
+                key=key,
+                image=image,
+                caption=caption,
+                label=row.get(label_field) if label_field else None,
+                error=error,
+                source_bytes=len(image or b"") + len(str(caption or "")),
+            )
+
+
+SOURCE_CLASSES: dict[str, type[Source]] = {
+    "webdataset": WebDatasetSource,
+    "folder": FolderSource,
+    "parquet": ParquetSource,
+    "manifest": ManifestSource,
+}
+
+
+def open_source(
+    inputs: Sequence[str],
+    fmt: str = "auto",
+    caption_fields: Sequence[str] | None = None,
+    label_field: str | None = None,
+    image_field: str | None = None,
+) -> Source:
+    """Resolve `inputs` and build the reader for their layout (`fmt="auto"` detects it)."""
+    paths = resolve_inputs(inputs)
+    if fmt == "auto":
+        fmt = detect_format(paths)
+    if fmt not in SOURCE_CLASSES:
+        raise GenLIPUserError(f"--format {fmt!r}: choose one of auto, {', '.join(FORMATS)}")
+    return SOURCE_CLASSES[fmt](paths, caption_fields=caption_fields, label_field=label_field, image_field=image_field)
+
+
+__all__ = [
+    "FORMATS",
+    "Record",
+    "ShardReadError",
+    "Source",
+    "Unit",
+    "detect_format",
+    "expand_braces",
+    "open_source",
+    "resolve_inputs",
+]
