@@ -256,20 +256,28 @@ def _pil_limit_off() -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = before
 
 
-def _plan_for(source: Source, units: list[Unit], options: IngestOptions, first_id: int) -> dict[str, Any]:
+def _run_for(source: Source, units: list[Unit], first_id: int) -> dict[str, Any]:
+    """One ingestion run in the plan: what was read, and its units under their ids."""
     return {
         "format": source.format,
         "inputs": source.paths,
         "caption_fields": source.caption_fields,
         "label_field": source.label_field,
         "image_field": source.image_field,
-        "options": options.to_dict(),
         "units": {str(first_id + i): u.describe() for i, u in enumerate(units)},
     }
 
 
+def plan_units(plan: dict[str, Any]) -> dict[int, Unit]:
+    return {int(k): Unit(**v) for run in plan["runs"] for k, v in run["units"].items()}
+
+
+def plan_inputs(plan: dict[str, Any]) -> list[str]:
+    return [p for run in plan["runs"] for p in run["inputs"]]
+
+
 def _prepare(out_dir: str, source: Source, units: list[Unit], options: IngestOptions, mode: str) -> dict[str, Any]:
-    """Create or reopen the output; returns the plan (all units, old and new) to run."""
+    """Create or reopen the output; returns the plan: the shared options and every run (`--append` adds one)."""
     work_dir = os.path.join(out_dir, WORK_DIR)
     plan_path = os.path.join(work_dir, PLAN_FILE)
     has_plan = os.path.exists(plan_path)
@@ -289,42 +297,43 @@ def _prepare(out_dir: str, source: Source, units: list[Unit], options: IngestOpt
             elif os.path.exists(path):
                 os.remove(path)
         nonempty = False
-    new_plan = _plan_for(source, units, options, 0)
     if not nonempty:
+        if mode in ("resume", "append"):
+            raise GenLIPUserError(f"--{mode}: {out_dir!r} holds no earlier run")
         os.makedirs(work_dir, exist_ok=True)
-        _write_json(plan_path, new_plan)
-        return new_plan
+        plan = {"options": options.to_dict(), "runs": [_run_for(source, units, 0)]}
+        _write_json(plan_path, plan)
+        return plan
     if not has_plan:
         raise GenLIPUserError(
             f"output directory {out_dir!r} is not empty and was not written by `genlip optimize --input`: "
             "choose another path or pass --overwrite"
         )
     plan = _read_json(plan_path)
-    same_setup = all(plan[k] == new_plan[k] for k in ("format", "caption_fields", "label_field", "image_field",
-                                                         "options"))
+    if plan["options"] != options.to_dict():
+        raise GenLIPUserError(
+            f"the image/split options differ from those {out_dir!r} was written with ({plan['options']}): "
+            "use the same options, or --overwrite"
+        )
+    last = plan["runs"][-1]
     if mode == "resume":
         if complete:
             raise GenLIPUserError(f"{out_dir!r} is already complete: nothing to resume (use --append to add inputs)")
-        if not same_setup or plan["units"] != new_plan["units"]:
+        first_id = min(int(k) for k in last["units"]) if last["units"] else 0
+        if _run_for(source, units, first_id) != last:
             raise GenLIPUserError(
-                f"--resume: the inputs or options differ from the interrupted run in {out_dir!r} "
-                f"(it read {plan['inputs']} as {plan['format']}); rerun that command with --resume, or --overwrite"
+                f"--resume: the inputs or fields differ from the interrupted run in {out_dir!r} "
+                f"(it read {last['inputs']} as {last['format']}); rerun that command with --resume, or --overwrite"
             )
         return plan
     if mode == "append":
         if not complete:
             raise GenLIPUserError(f"--append: {out_dir!r} is an unfinished run; finish it with --resume first")
-        if not same_setup:
-            raise GenLIPUserError(
-                f"--append: layout, fields or options differ from the existing dataset in {out_dir!r} "
-                f"({plan['format']}, captions {plan['caption_fields']}, options {plan['options']})"
-            )
-        again = sorted(set(plan["inputs"]) & set(source.paths))
+        again = sorted(set(plan_inputs(plan)) & set(source.paths))
         if again:
             raise GenLIPUserError(f"--append: {again} already went into {out_dir!r}")
-        first_id = 1 + max(int(k) for k in plan["units"]) if plan["units"] else 0
-        plan["units"].update(_plan_for(source, units, options, first_id)["units"])
-        plan["inputs"] = plan["inputs"] + source.paths
+        first_id = 1 + max(plan_units(plan), default=-1)
+        plan["runs"].append(_run_for(source, units, first_id))
         _write_json(plan_path, plan)
         os.remove(os.path.join(out_dir, META_FILE))  # incomplete again until the new units are merged
         return plan
@@ -333,8 +342,8 @@ def _prepare(out_dir: str, source: Source, units: list[Unit], options: IngestOpt
             f"{out_dir!r} already holds a dataset: pass --append to add these inputs, or --overwrite to replace it"
         )
     raise GenLIPUserError(
-        f"{out_dir!r} holds an interrupted run ({len(_done_units(out_dir))} of {len(plan['units'])} units done): "
-        "pass --resume to finish it, or --overwrite to start over"
+        f"{out_dir!r} holds an interrupted run ({len(_done_units(out_dir))} of {len(plan_units(plan))} units "
+        "done): pass --resume to finish it, or --overwrite to start over"
     )
 
 
@@ -360,7 +369,7 @@ def optimize_corpus(
     output_dir = os.path.abspath(os.path.expanduser(output_dir))
     units = source.units()  # structural checks happen here, before anything is written
     plan = _prepare(output_dir, source, units, options, mode)
-    planned = {int(k): Unit(**v) for k, v in plan["units"].items()}
+    planned = plan_units(plan)
     done = _done_units(output_dir)
     todo = [(uid, unit) for uid, unit in sorted(planned.items()) if uid not in done]
     start = time.perf_counter()
@@ -390,14 +399,14 @@ def optimize_corpus(
     report = _report(plan, done, fresh, counts, seconds, num_resumed=len(planned) - len(todo))
     _write_json(os.path.join(output_dir, REPORT_FILE), report)
     meta = {
-        "source": plan["format"],
+        "source": "+".join(dict.fromkeys(run["format"] for run in plan["runs"])),
         "format_version": 1,
         "fields": FIELDS,
         "num_train": counts["train"],
         "num_val": counts["val"],
         "class_names": plan["options"]["class_names"],
-        "inputs": plan["inputs"],
-        "caption_fields": plan["caption_fields"],
+        "inputs": plan_inputs(plan),
+        "runs": [{k: v for k, v in run.items() if k != "units"} for run in plan["runs"]],
         "options": plan["options"],
     }
     _write_json(os.path.join(output_dir, META_FILE), meta)  # written last: its presence marks a complete dataset
@@ -431,8 +440,8 @@ def _report(
             examples[reason].extend(keys[: max(0, room)])
     run_images = sum(sum(r["kept"].values()) + sum(r["skipped"].values()) for r in fresh.values())
     return {
-        "format": plan["format"],
-        "inputs": plan["inputs"],
+        "format": "+".join(dict.fromkeys(run["format"] for run in plan["runs"])),
+        "inputs": plan_inputs(plan),
         "kept": counts,
         "kept_total": sum(counts.values()),
         "skipped": dict(sorted(skipped.items())),
@@ -440,7 +449,7 @@ def _report(
         "skip_examples": examples,
         "bytes_in": sum(r["bytes_in"] for r in done.values()),
         "bytes_out": sum(r["bytes_out"] for r in done.values()),
-        "units": len(plan["units"]),
+        "units": len(plan_units(plan)),
         "units_from_earlier_runs": num_resumed,
         "seconds": round(seconds, 3),
         "images_this_run": run_images,
