@@ -18,9 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from genlip_lit.callbacks.checkpoint import ResumableCheckpoint
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.modules.base import EncoderModule
 
@@ -30,7 +31,8 @@ class GenLIPCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Always present and configurable as `checkpoint.*` in YAML; `last.ckpt` is what `genlip caption` reads.
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # ResumableCheckpoint also saves the step where max_steps stops, so a resume loses no work.
+        parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "{step}"})
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:

@@ -241,3 +241,48 @@ def test_trainer_checkpoint_holds_loader_state_and_hparams(data_dir, encoder, tm
     assert ckpt["datamodule_hyper_parameters"]["image_size"] == 32
     loader_states = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     assert loader_states[0]["num_samples_yielded"] == 24
+
+
+class _KeyRecorder(_TinyModule):
+    """Remembers the key of every sample it trains on, in order."""
+
+    def __init__(self, encoder: CaptionEncoder) -> None:
+        super().__init__(encoder)
+        self.seen: list[str] = []
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        self.seen.extend(batch.keys)
+        return super().training_step(batch, batch_idx)
+
+
+def _fit(data_dir, encoder, max_steps, num_workers, ckpt_dir=None, ckpt_path=None) -> _KeyRecorder:
+    from genlip_lit.callbacks.checkpoint import ResumableCheckpoint
+
+    callbacks = [] if ckpt_dir is None else [ResumableCheckpoint(dirpath=ckpt_dir, every_n_train_steps=4, save_last=True)]
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=ckpt_dir is not None,
+        callbacks=callbacks,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    module = _KeyRecorder(encoder)
+    dm = GenLIPDataModule(data_dir=data_dir, image_size=32, batch_size=8, num_workers=num_workers, seed=7)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    return module
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_trainer_resume_continues_the_epoch_exactly(data_dir, encoder, tmp_path, num_workers) -> None:
+    # 64 samples, batch 8: 8 steps an epoch; stop at step 5 (a max_steps stop, not on the checkpoint interval),
+    # resume to step 14, crossing into the reshuffled second epoch
+    full = _fit(data_dir, encoder, 14, num_workers).seen
+    assert len(full) == 14 * 8 and sorted(full[:64]) == sorted(f"0/{i}" for i in range(64))
+    first = _fit(data_dir, encoder, 5, num_workers, ckpt_dir=tmp_path)
+    assert os.path.exists(tmp_path / "last.ckpt")
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 5
+    rest = _fit(data_dir, encoder, 14, num_workers, ckpt_path=str(tmp_path / "last.ckpt")).seen
+    assert first.seen + rest == full

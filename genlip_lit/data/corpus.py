@@ -176,7 +176,7 @@ def _process_unit(source: Source, unit: Unit, unit_id: int, out_dir: str, option
         stats.bytes_in += record.source_bytes
         try:
             if record.image is None:
-                raise Skip("missing_image", record.error or "")
+                raise Skip(record.error_reason, record.error or "")
             caption = clean_caption(record.caption)  # cheap checks before the image is decoded
             label = clean_label(record.label, class_ids)
             image, _, _ = clean_image(record.image, options.policy)

@@ -202,6 +202,32 @@ class BatchCollator:
         )
 
 
+class ResumableStreamingDataLoader(litdata.StreamingDataLoader):
+    """`StreamingDataLoader` whose resumed epoch ends when the trainer moves on to the next epoch.
+
+    After `load_state_dict`, litdata replays from the saved position and clears its `restore` flag only when that
+    iteration runs into StopIteration. Lightning stops an epoch by batch count (it knows the remaining length), so
+    the flag survives and the NEXT epoch replays the resumed remainder again instead of reshuffling. Here a new
+    `__iter__` after the restored one has yielded batches clears the flag: the resumed run then sees the same
+    samples, in the same order, as a run that never stopped.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._yielded_since_restore = 0
+
+    def load_state_dict(self, obj: dict[str, Any]) -> None:
+        super().load_state_dict(obj)
+        self._yielded_since_restore = 0
+
+    def __iter__(self) -> Any:
+        if getattr(self, "restore", False) and self._yielded_since_restore > 0:
+            self.restore = False  # the resumed epoch was consumed; start the next one afresh
+        for batch in super().__iter__():
+            self._yielded_since_restore += 1
+            yield batch
+
+
 class GenLIPDataModule(L.LightningDataModule):
     """Stage-1 (fixed resolution) image-caption data from litdata shards.
 
@@ -405,7 +431,7 @@ class GenLIPDataModule(L.LightningDataModule):
     def _loader(self, dataset: Any, batch_size: int) -> litdata.StreamingDataLoader:
         if dataset is None:
             raise GenLIPUserError("GenLIPDataModule.setup() must run before asking for dataloaders")
-        return litdata.StreamingDataLoader(
+        return ResumableStreamingDataLoader(
             dataset,
             batch_size=batch_size,
             num_workers=self.num_workers,

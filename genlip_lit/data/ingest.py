@@ -12,6 +12,7 @@ Every way a sample can be bad maps to one `Skip` reason, so the optimize report 
     empty_caption     a caption that is empty or only whitespace
     caption_not_utf8  caption bytes that are not valid UTF-8
     bad_label         a label that is neither an integer nor a known class name
+    bad_row           a manifest row that does not parse (invalid JSON, more CSV fields than the header)
     unreadable_shard  a tar shard, parquet row group or manifest that fails part-way (counted once per
                       container; the samples it still held are unknown)
 
@@ -42,6 +43,7 @@ SKIP_REASONS = (
     "empty_caption",
     "caption_not_utf8",
     "bad_label",
+    "bad_row",
     "unreadable_shard",
 )
 PASSTHROUGH_FORMATS = {"JPEG", "PNG", "WEBP"}
@@ -157,7 +159,8 @@ def clean_image(data: bytes, policy: ImagePolicy) -> tuple[bytes, int, int]:
         raise
     except Exception as exc:  # truncated data, bad chunks, decoder errors
         raise Skip("corrupt_image", f"{type(exc).__name__}: {exc}") from exc
-    unchanged = rgb is img and img.size == (tw, th) and orientation == 1 and source_format in PASSTHROUGH_FORMATS
+    # compare the original size, not img.size: a JPEG draft decode can already have the target size
+    unchanged = rgb is img and (w, h) == (tw, th) and orientation == 1 and source_format in PASSTHROUGH_FORMATS
     if unchanged:
         return bytes(data), w, h
     if rgb.size != (tw, th):
@@ -199,10 +202,10 @@ def clean_caption(value: Any) -> str:
 
 def clean_label(value: Any, class_ids: dict[str, int] | None) -> int:
     """Raw label -> class id (-1 when absent); raises `Skip` for a label that cannot be mapped."""
+    if isinstance(value, (bytes, bytearray)):  # decoded first, so an empty .cls sidecar counts as absent too
+        value = bytes(value).decode("utf-8", errors="replace")
     if value is None or (isinstance(value, str) and not value.strip()):
         return -1
-    if isinstance(value, (bytes, bytearray)):
-        value = bytes(value).decode("utf-8", errors="replace")
     if isinstance(value, bool):
         raise Skip("bad_label", f"boolean label {value!r}")
     if isinstance(value, (int, np.integer)):

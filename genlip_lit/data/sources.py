@@ -14,6 +14,7 @@ Structural problems (no such input, no caption column, nothing readable) raise `
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import glob
@@ -50,6 +51,7 @@ class Record:
     label: Any = None
     error: str | None = None
     source_bytes: int = 0  # bytes read for this sample (image + text), for the report
+    error_reason: str = "missing_image"  # the skip reason when `image` is None ("bad_row": unparsable row)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,17 +206,22 @@ class _SidecarCaptions:
 
     def _caption(self, parts: dict[str, bytes]) -> Any:
         meta: dict[str, Any] | None = None
+        empty: list[Any] = []
         for field in self.caption_fields or [TEXT_SIDECAR]:
             if field == TEXT_SIDECAR:
-                if TEXT_SIDECAR in parts:
-                    return parts[TEXT_SIDECAR]
+                value = parts.get(TEXT_SIDECAR)
+            else:
+                if meta is None:
+                    meta = _json_or_none(parts.get("json")) or {}
+                value = meta.get(field)
+            if value is None:
                 continue
-            if meta is None:
-                meta = _json_or_none(parts.get("json")) or {}
-            value = meta.get(field)
-            if value is not None and not (isinstance(value, str) and not value.strip()):
-                return value  # a fallback list moves on past empty values too
-        return None
+            if isinstance(value, (str, bytes)) and not value.strip():
+                empty.append(value)  # a fallback list moves on past empty values (an empty .txt too)
+                continue
+            return value
+        # all empty: hand the first one on so the skip reason says "empty" rather than "missing"
+        return empty[0] if empty else None
 
     def _label(self, parts: dict[str, bytes]) -> Any:
         field = self.label_field
@@ -233,10 +240,11 @@ class WebDatasetSource(_SidecarCaptions, Source):
     def units(self) -> list[Unit]:
         shards = _files_with(self.paths, ("tar",), "tar")
         peek: list[Record] = []
-        for record in self.read(Unit(shards[0])):
-            peek.append(record)
-            if len(peek) >= PEEK_SAMPLES:
-                break
+        with contextlib.suppress(ShardReadError):  # a damaged first shard is counted later, not fatal here
+            for record in self.read(Unit(shards[0])):
+                peek.append(record)
+                if len(peek) >= PEEK_SAMPLES:
+                    break
         if not peek:
             raise GenLIPUserError(f"the first shard {shards[0]!r} holds no samples (or is not a readable tar file)")
         self._require_captions(peek, f"{shards[0]!r}")
@@ -283,6 +291,22 @@ class WebDatasetSource(_SidecarCaptions, Source):
             raise ShardReadError(unit.path, exc) from exc
         if key is not None:
             yield self._record(unit.path, key, parts)
+        if not _ends_like_a_tar(unit.path):
+            # cut at a member boundary, tarfile just sees a shorter archive: the missing end marker tells
+            raise ShardReadError(unit.path, EOFError("no end-of-archive marker: the file is truncated"))
+
+
+def _ends_like_a_tar(path: str) -> bool:
+    """Complete tar files end with (at least) two 512-byte blocks of zeros."""
+    try:
+        size = os.path.getsize(path)
+        if size < 1024 or size % 512:
+            return False
+        with open(path, "rb") as fh:
+            fh.seek(size - 1024)
+            return fh.read(1024) == bytes(1024)
+    except OSError:
+        return False
 
 
 class ShardReadError(Exception):
@@ -478,7 +502,7 @@ class ManifestSource(Source):
         rows: list[dict[str, Any]] = []
         try:
             if path.lower().endswith(".jsonl"):
-                with open(path, encoding="utf-8") as fh:
+                with open(path, encoding="utf-8-sig") as fh:  # -sig: tolerate a byte-order mark
                     for line_no, line in enumerate(fh, start=1):
                         if not line.strip():
                             continue
@@ -491,10 +515,14 @@ class ManifestSource(Source):
                         row.setdefault("__line__", line_no)
                         rows.append(row)
             else:
-                with open(path, encoding="utf-8", newline="") as fh:
+                with open(path, encoding="utf-8-sig", newline="") as fh:  # spreadsheets often write a BOM
                     dialect = "excel-tab" if path.lower().endswith(".tsv") else "excel"
-                    reader = csv.DictReader(fh, dialect=dialect)
+                    # fields beyond the header go under a "__" key, which is never taken for a column
+                    reader = csv.DictReader(fh, dialect=dialect, restkey="__extra__")
                     for line_no, row in enumerate(reader, start=2):
+                        extra = row.pop("__extra__", None)
+                        if extra:  # the caption (or path) was probably cut at an unquoted delimiter
+                            row = {"__error__": f"line {line_no} has {len(extra)} field(s) more than the header"}
                         rows.append({**row, "__line__": line_no})
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise GenLIPUserError(f"cannot read manifest {path!r}: {type(exc).__name__}: {exc}") from exc
@@ -530,6 +558,7 @@ class ManifestSource(Source):
             key = f"{stem}/{row['__line__']}"
             ref = row.get(image_field)
             image, error = None, row.get("__error__")
+            reason = "bad_row" if error else "missing_image"
             if error is None and (ref is None or not str(ref).strip()):
                 error = f"no {image_field!r} value"
             elif error is None:
@@ -542,6 +571,7 @@ class ManifestSource(Source):
                 caption=caption,
                 label=row.get(label_field) if label_field else None,
                 error=error,
+                error_reason=reason,
                 source_bytes=len(image or b"") + len(str(caption or "")),
             )
 
