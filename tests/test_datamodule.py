@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import time
@@ -286,3 +287,114 @@ def test_trainer_resume_continues_the_epoch_exactly(data_dir, encoder, tmp_path,
     assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 5
     rest = _fit(data_dir, encoder, 14, num_workers, ckpt_path=str(tmp_path / "last.ckpt")).seen
     assert first.seen + rest == full
+
+
+def _ddp_keys(data_dir: str, out, num_workers: int, drop_last: str) -> tuple[list[list[list[str]]], str]:
+    """Keys each of 2 gloo ranks saw per epoch (launched like a user would, through torch.distributed.run)."""
+    import subprocess
+    import sys
+
+    out.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(os.path.dirname(__file__), "ddp_data_worker.py"), "--data-dir", data_dir, "--out", str(out),
+           "--num-workers", str(num_workers), "--drop-last", drop_last]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.load(open(out / f"rank{r}.json"))["epochs"] for r in (0, 1)]
+    return ranks, done.stderr
+
+
+def test_ddp_ranks_share_each_epoch_exactly_once(data_dir, tmp_path) -> None:
+    ranks, _ = _ddp_keys(data_dir, tmp_path / "even", num_workers=2, drop_last="default")
+    everything = sorted(f"0/{i}" for i in range(64))
+    for epoch in (0, 1):
+        seen = ranks[0][epoch] + ranks[1][epoch]
+        assert sorted(seen) == everything  # union is the dataset, nothing twice
+        assert len(ranks[0][epoch]) == len(ranks[1][epoch]) == 32  # same number of steps on both ranks
+    assert ranks[0][0] != ranks[0][1]  # reshuffled between epochs
+
+
+def test_ddp_uneven_dataset_keeps_or_announces_the_remainder(tmp_path) -> None:
+    uneven = str(tmp_path / "uneven")
+    optimize_synthetic(uneven, num_train=60, num_val=4, seed=0, scene=SCENE)
+    everything = sorted(f"0/{i}" for i in range(60))
+    ranks, _ = _ddp_keys(uneven, tmp_path / "keep", num_workers=0, drop_last="false")
+    for epoch in (0, 1):
+        assert sorted(ranks[0][epoch] + ranks[1][epoch]) == everything
+    ranks, log = _ddp_keys(uneven, tmp_path / "drop", num_workers=0, drop_last="default")
+    seen = ranks[0][0] + ranks[1][0]
+    assert len(seen) == len(set(seen)) and set(seen) <= set(everything)
+    assert len(ranks[0][0]) == len(ranks[1][0])
+    assert f"{60 - len(seen)} of 60 samples" in log  # the dropped remainder is announced, not silent
+
+
+@pytest.fixture(scope="module")
+def second_dir(tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("dm2") / "more")
+    optimize_synthetic(out, num_train=32, num_val=8, seed=5, scene=SCENE)
+    return out
+
+
+def _keys(loader) -> list[str]:
+    return [k for batch in loader for k in batch.keys]
+
+
+def test_mixture_without_weights_reads_every_dataset_once(data_dir, second_dir, encoder) -> None:
+    dm = GenLIPDataModule(data_dir=[data_dir, second_dir], image_size=32, batch_size=8, num_workers=0,
+                          caption_encoder=encoder)
+    dm.setup("fit")
+    seen = _keys(dm.train_dataloader())
+    assert sorted(seen) == sorted([f"0/{i}" for i in range(64)] + [f"5/{i}" for i in range(32)])
+    val = _keys(dm.val_dataloader())  # validation covers both val splits, in full
+    assert sorted(val) == sorted([f"1000003/{i}" for i in range(16)] + [f"1000008/{i}" for i in range(8)])
+
+
+def test_mixture_weights_set_the_sampling_ratio(data_dir, second_dir, encoder) -> None:
+    def share_of_second(weights) -> float:
+        dm = GenLIPDataModule(data_dir=[data_dir, second_dir], weights=weights, image_size=32, batch_size=8,
+                              num_workers=0, caption_encoder=encoder, seed=1)
+        dm.setup("fit")
+        seen = _keys(dm.train_dataloader())
+        assert len(seen) == len(set(seen))  # weighted draws never repeat a sample within the epoch
+        return sum(k.startswith("5/") for k in seen) / len(seen)
+
+    assert share_of_second([9, 1]) < 0.25 < share_of_second([1, 1]) < 0.75 < share_of_second([1, 9])
+    with pytest.raises(GenLIPUserError, match="2 data_dir"):
+        GenLIPDataModule(data_dir=[data_dir, second_dir], weights=[1.0])
+    with pytest.raises(GenLIPUserError, match="positive"):
+        GenLIPDataModule(data_dir=[data_dir, second_dir], weights=[1.0, 0.0])
+
+
+def test_dataset_without_val_split_trains_without_validation(data_dir, tmp_path, encoder, caplog) -> None:
+    import shutil
+
+    only_train = tmp_path / "only_train"
+    shutil.copytree(os.path.join(data_dir, "train"), only_train / "train")
+    dm = GenLIPDataModule(data_dir=str(only_train), image_size=32, batch_size=8, num_workers=0,
+                          caption_encoder=encoder)
+    with caplog.at_level(logging.WARNING, logger=dm_mod.__name__):
+        dm.setup("fit")
+    assert dm.val_dataloader() == [] and "no val/ split" in caplog.text
+    assert len(_keys(dm.train_dataloader())) == 64
+
+
+def test_remote_dir_streams_through_the_cache(data_dir, tmp_path, encoder) -> None:
+    # litdata's "local:" scheme takes the remote code path (download chunks into a cache) without a network
+    cache = tmp_path / "cache"
+    dm = GenLIPDataModule(data_dir=f"local:{data_dir}", cache_dir=str(cache), image_size=32, batch_size=8,
+                          num_workers=0, shuffle=False, caption_encoder=encoder)
+    dm.setup("fit")
+    assert _keys(dm.train_dataloader()) == [f"0/{i}" for i in range(64)]
+    cached = [f for _, _, files in os.walk(cache / "streams") for f in files if f.endswith(".bin")]
+    assert cached  # chunks were fetched into data.cache_dir, not read in place
+
+
+def test_long_captions_are_cut_and_counted(data_dir) -> None:
+    short = CaptionEncoder(OpenCLIPTokenizer(compact_corpus="synthetic"), max_len=8)
+    dm = _dm(data_dir, short, shuffle=False)
+    batches = list(dm.train_dataloader())
+    full = CaptionEncoder(OpenCLIPTokenizer(compact_corpus="synthetic"), max_len=512)
+    expected = sum(len(full.encode(c)[0]) > 8 for b in batches for c in b.captions)
+    assert expected > 0 and sum(b.num_truncated for b in batches) == expected
+    assert all(b.input_ids.shape[1] <= 8 for b in batches)
