@@ -129,3 +129,32 @@ def test_caption_rejects_missing_checkpoint(tmp_path, capsys):
     Image.new("RGB", (32, 32)).save(img)
     err = _error(capsys, ["caption", "--ckpt", str(tmp_path / "missing.ckpt"), str(img)])
     assert "checkpoint not found" in err
+
+
+def test_stage1_corpus_config_runs_on_an_optimized_corpus(tmp_path):
+    """The cluster config, shrunk to CPU: optimize a demo corpus, then fit on it with a resumable stop."""
+    from genlip_lit.data.demo_corpus import write_demo_corpus
+
+    demo = write_demo_corpus(str(tmp_path / "demo"), num_images=48, layouts=("webdataset",))
+    assert main(["optimize", "--input", demo["webdataset"], "--output", str(tmp_path / "shards"),
+                 "--max-side", "64", "--val-fraction", "0.2", "--num-workers", "1"]) == 0
+    argv = [
+        "fit", "--config", "experiments/stage1_corpus.yaml",
+        "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto",
+        "--trainer.precision=32-true", "--trainer.max_steps=3", "--trainer.val_check_interval=3",
+        "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
+        f"--trainer.logger.init_args.save_dir={tmp_path}/runs", "--checkpoint.every_n_train_steps=2",
+        "--model.init_args.arch=tiny", "--model.init_args.arch_overrides={depth: 1, width: 32, ffn_hidden: 64}",
+        f"--data.init_args.data_dir={tmp_path}/shards", "--data.init_args.image_size=32",
+        "--data.init_args.batch_size=4", "--data.init_args.val_batch_size=4", "--data.init_args.num_workers=0",
+    ]
+    assert main(argv) == 0
+    (last,) = glob.glob(f"{tmp_path}/runs/stage1_b16/version_*/checkpoints/last.ckpt")
+    assert torch.load(last, weights_only=False)["global_step"] == 3  # the max_steps stop is saved too
+
+
+@pytest.mark.parametrize("config", sorted(glob.glob(os.path.join(REPO, "experiments", "*.yaml"))))
+def test_every_experiment_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", config, "--print_config"])
+    assert info.value.code == 0 and "model:" in capsys.readouterr().out
