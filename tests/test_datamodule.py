@@ -58,8 +58,15 @@ def test_batches(data_dir, encoder) -> None:
     assert sum(len(b) for b in batches) == 64 and len(batches) == 8
     b = batches[0]
     assert isinstance(b, Batch) and len(b) == 8 and b.num_skipped == 0
-    assert b.pixel_values.shape == (8, 3, 32, 32) and b.pixel_values.dtype == torch.float32
-    assert b.pixel_values.min() >= (0 - 0.6) / 0.5 - 1e-6 and b.pixel_values.max() <= (1 - 0.4) / 0.5 + 1e-6
+    # loaders ship uint8; normalized() (the datamodule's on_after_batch_transfer) gives (x/255 - mean) / std
+    assert b.pixel_values.shape == (8, 3, 32, 32) and b.pixel_values.dtype == torch.uint8
+    assert (b.pixel_mean, b.pixel_std) == ((0.4, 0.5, 0.6), (0.5, 0.5, 0.5))
+    normed = b.normalized()
+    x = normed.pixel_values
+    assert x.dtype == torch.float32 and normed.normalized() is normed
+    mean = torch.tensor([0.4, 0.5, 0.6]).view(3, 1, 1)
+    assert torch.allclose(x, (b.pixel_values.float() / 255 - mean) / 0.5, atol=1e-6)
+    assert dm.on_after_batch_transfer(b, 0).pixel_values.dtype == torch.float32
     assert b.input_ids.dtype == torch.long and b.loss_mask.dtype == b.text_mask.dtype == torch.bool
     assert b.labels.shape == (8,) and b.labels.dtype == torch.long
     assert b.patch_shape.shape == b.patch_color.shape == (8, 4, 4) and b.patch_shape.dtype == torch.long

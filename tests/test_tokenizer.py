@@ -177,3 +177,21 @@ def test_collate_text_pads_right(compact: OpenCLIPTokenizer) -> None:
     assert (input_ids[0, n0:] == compact.pad_id).all()
     assert text_mask.sum(1).tolist() == [n0, n1]
     assert not loss_mask[0, n0:].any() and loss_mask[0, :n0].tolist() == items[0][1]
+
+
+def test_plain_ascii_fast_path_matches_open_clip() -> None:
+    """Plain ASCII skips open_clip's ftfy/html cleaning; the ids must be exactly what open_clip gives."""
+    import random
+
+    from genlip_lit.data.demo_corpus import demo_samples
+
+    tok = OpenCLIPTokenizer()
+    rng = random.Random(0)
+    printable = [chr(c) for c in range(32, 127)] + ["\t", "\n", "\r"]
+    texts = [s.caption for s in demo_samples(40)] + [
+        "Hello,   World!! it's 3:45pm -- \"quoted\" (paren) [x] {y} ~`^|\\ 'll 'd <start_of_text>",
+        "A\tB\nC\r D", "", "   ", "100% OK; a/b=c+d*e?", "UPPER lower MiXeD 123 4567",
+        "caf\u00e9 d\u00e9j\u00e0 vu", "fish &amp; chips &lt;b&gt;", "escape \x1b[31mred", "nul\x00byte",
+    ] + ["".join(rng.choice(printable) for _ in range(rng.randint(1, 60))) for _ in range(300)]
+    for text in texts:
+        assert tok._base_encode(text) == list(tok._tok.encode(text)), repr(text)

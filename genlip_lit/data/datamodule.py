@@ -32,6 +32,7 @@ import lightning as L
 import litdata  # LITDATA_DISABLE_VERSION_CHECK is set in genlip_lit/__init__.py
 import numpy as np
 import torch
+from torch.utils.data import default_collate
 
 from genlip_lit.data.batch import Batch
 from genlip_lit.data.optimize import optimize_synthetic
@@ -154,7 +155,7 @@ class GenLIPStreamingDataset(litdata.StreamingDataset):
         truncated_before = self.caption_encoder.num_truncated
         ids, mask = self.caption_encoder.encode(str(raw["caption"]))
         return {
-            "pixel_values": self.image_transform(image),
+            "pixel_values": self.image_transform.to_uint8(image),  # normalized after the device transfer
             "input_ids": ids,
             "loss_mask": mask,
             "truncated": self.caption_encoder.num_truncated > truncated_before,
@@ -167,11 +168,23 @@ class GenLIPStreamingDataset(litdata.StreamingDataset):
 
 
 class BatchCollator:
-    """Processed samples -> `Batch`; drops None (undecodable) samples and counts them."""
+    """Processed samples -> `Batch` of uint8 pixels; drops None (undecodable) samples and counts them.
 
-    def __init__(self, caption_encoder: CaptionEncoder, image_size: int) -> None:
+    Pixels stay uint8 until `Batch.normalized()` (the datamodule calls it after the transfer to the device): a
+    float32 batch is 4x the bytes to stack, to pass through shared memory and to copy to the GPU, which cost
+    this loader about 40% of its throughput (benchmarks/bench_data.py).
+    """
+
+    def __init__(
+        self,
+        caption_encoder: CaptionEncoder,
+        image_size: int,
+        mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+    ) -> None:
         self.caption_encoder = caption_encoder
         self.image_size = image_size
+        self.mean, self.std = tuple(mean), tuple(std)
 
     @staticmethod
     def _maps(items: list[dict[str, Any]], key: str) -> torch.Tensor | None:
@@ -183,7 +196,8 @@ class BatchCollator:
     def __call__(self, items: list[dict[str, Any] | None]) -> Batch:
         kept = [x for x in items if x is not None]
         s = self.image_size
-        pixels = torch.stack([x["pixel_values"] for x in kept]) if kept else torch.zeros(0, 3, s, s)
+        # default_collate stacks straight into shared memory inside a loader worker (no extra copy to send it)
+        pixels = default_collate([x["pixel_values"] for x in kept]) if kept else torch.zeros(0, 3, s, s, dtype=torch.uint8)
         input_ids, loss_mask, text_mask = self.caption_encoder.collate_text(
             [(x["input_ids"], x["loss_mask"]) for x in kept]
         )
@@ -199,6 +213,8 @@ class BatchCollator:
             keys=[x["key"] for x in kept] if all(x.get("key") is not None for x in kept) else [],
             num_skipped=len(items) - len(kept),
             num_truncated=sum(bool(x.get("truncated")) for x in kept),
+            pixel_mean=self.mean,
+            pixel_std=self.std,
         )
 
 
@@ -435,10 +451,14 @@ class GenLIPDataModule(L.LightningDataModule):
             dataset,
             batch_size=batch_size,
             num_workers=self.num_workers,
-            collate_fn=BatchCollator(self._encoder(), self.image_size),
+            collate_fn=BatchCollator(self._encoder(), self.image_size, self.mean, self.std),
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Normalize uint8 pixels on the device they now sit on (cheap on a GPU, 4x less to transfer)."""
+        return batch.normalized() if isinstance(batch, Batch) else batch
 
     def train_dataloader(self) -> litdata.StreamingDataLoader:
         # stateful: Lightning's fit loop saves/restores its state_dict in checkpoints (mid-epoch resume)

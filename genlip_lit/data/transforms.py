@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from genlip_lit.data.batch import normalize_pixels
+
 
 def decode_image(data: bytes) -> Image.Image:
     """Decode encoded image bytes (PNG, JPEG, ...) into a fully loaded PIL image.
@@ -60,8 +62,6 @@ class FixedResTransform:
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.train = bool(train)
-        self._mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
-        self._std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
 
     def __repr__(self) -> str:
         return (
@@ -92,10 +92,14 @@ class FixedResTransform:
             left, top = (w - s) // 2, (h - s) // 2
         return img.crop((left, top, left + s, top + s))
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
+    def to_uint8(self, img: Image.Image) -> torch.Tensor:
+        """Resized and cropped, not yet normalized: uint8 [3, S, S] (what loaders ship; see Batch.normalized)."""
         if img.mode != "RGB":
             img = img.convert("RGB")
         img = self._crop(self._resize(img))
         array = np.asarray(img, dtype=np.uint8)  # [S, S, 3]
-        pixels = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
-        return (pixels - self._mean) / self._std
+        return torch.from_numpy(array.transpose(2, 0, 1).copy())  # contiguous CHW
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        """Resized, cropped and normalized: float32 [3, S, S]."""
+        return normalize_pixels(self.to_uint8(img), self.mean, self.std)

@@ -72,6 +72,7 @@ class GenLIPModule(EncoderModule):
         self._step_start = time.perf_counter()
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
+        batch = batch.normalized()  # a no-op after GenLIPDataModule.on_after_batch_transfer
         self.skipped_samples += batch.num_skipped
         self.truncated_captions += batch.num_truncated
         if len(batch) == 0:  # every image of this batch failed to decode: nothing to learn from
@@ -101,6 +102,7 @@ class GenLIPModule(EncoderModule):
     def _eval_step(self, batch: Batch) -> Tensor | None:
         if len(batch) == 0:
             return None
+        batch = batch.normalized()
         out = self.model.loss(batch.pixel_values, batch.input_ids, batch.loss_mask)
         self.val_loss.update(out.loss, weight=out.num_tokens)
         self.val_correct.update(out.num_correct)
@@ -128,7 +130,7 @@ class GenLIPModule(EncoderModule):
         self._eval_epoch_end("test")
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, str]]:
-        captions = self.generate_captions(batch.pixel_values)
+        captions = self.generate_captions(batch.normalized().pixel_values)
         return [{"caption": c, "reference": r} for c, r in zip(captions, batch.captions or [""] * len(captions))]
 
     # ------------------------------------------------------------------ checkpoints
