@@ -19,6 +19,7 @@ that would leave ranks with unequal step counts is dropped (the count is logged)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -26,6 +27,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
@@ -91,6 +93,23 @@ def is_remote(path: str) -> bool:
 
 def _is_split_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "index.json"))
+
+
+@contextlib.contextmanager
+def _without_drop_last_warning() -> Iterator[None]:
+    """Mute litdata's DDP warning about `drop_last=False` (right for training, noise for evaluation sets)."""
+
+    class _Filter(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "drop_last" not in record.getMessage()
+
+    target = logging.getLogger("litdata.streaming.dataset")
+    mute = _Filter()
+    target.addFilter(mute)
+    try:
+        yield
+    finally:
+        target.removeFilter(mute)
 
 
 def _index_count(split_dir: str | None) -> int | None:
@@ -421,7 +440,8 @@ class GenLIPDataModule(L.LightningDataModule):
             self._val_missing = [d for d in self.data_dirs if d not in with_val]
             if self._val_missing:
                 log.warning("no val/ split in %s: validation uses the other datasets only", self._val_missing)
-            parts = [self._dataset(d, "val", train=False) for d in with_val]
+            with _without_drop_last_warning():  # evaluation keeps every sample; no collective per step there
+                parts = [self._dataset(d, "val", train=False) for d in with_val]
             if len(parts) == 1:
                 self.val_dataset = parts[0]
             elif parts:
