@@ -47,3 +47,27 @@ def test_bad_schedule_settings_are_user_errors():
 
     with pytest.raises(GenLIPUserError, match="min_lr"):
         _module(lr=1e-4, min_lr=1e-3)
+
+
+def test_contract_readout_attention_and_text_matching():
+    from genlip_lit.models.generate import score
+
+    m = _module().eval()
+    px = torch.randn(2, 3, 32, 32)
+    words = ["red", "circle", "square"]
+    scores = m.patch_word_scores(px, words)
+    ids = torch.tensor(m.word_token_ids(words))
+    assert scores.shape == (2, 16, 3)
+    assert torch.allclose(scores, m.model.lm_head(m.encode_patches(px))[..., ids], atol=1e-5)
+    # attention maps: one per layer over [register + 16 patches + text], rows are distributions
+    ids_text = torch.tensor([m.caption_encoder.encode("a red circle")[0]] * 2)
+    maps, num_prefix = m.attention_maps(px, ids_text)
+    assert len(maps) == 2 and num_prefix == 17
+    assert maps[0].shape == (2, 4, 17 + ids_text.shape[1], 17 + ids_text.shape[1])
+    assert torch.allclose(maps[0].sum(-1), torch.ones(()), atol=1e-5)
+    # text matching = likelihood of the text's tokens, EOS excluded (a template is a caption's start)
+    got = m.text_match_scores(px, ["a red circle", "a blue square at"])
+    ids0, mask0 = m.caption_encoder.encode("a red circle")
+    mask0 = torch.tensor([mask0[:-1] + [False]] * 2)
+    want, count = score(m.model, px, torch.tensor([ids0] * 2), mask0)
+    assert got.shape == (2, 2) and torch.allclose(got[:, 0], want, atol=1e-5) and int(count[0]) == 3

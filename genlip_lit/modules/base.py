@@ -104,3 +104,23 @@ class EncoderModule(L.LightningModule):
 
     def score_captions(self, pixel_values: Tensor, captions: list[str]) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not score text")
+
+    def text_match_scores(self, pixel_values: Tensor, texts: list[str]) -> Tensor:
+        """How well each text fits each image, [B, T] (higher = better), for zero-shot classification.
+
+        Generative models: log-likelihood of the text as a caption prefix; contrastive: embedding similarity.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not match texts")
+
+    def patch_word_scores(self, pixel_values: Tensor, words: list[str]) -> Tensor:
+        """How strongly each patch says each word, [B, M, W] (higher = more): the patch-semantics readout.
+
+        Generative models read their LM head on the patch features; contrastive ones compare projected patch
+        features with the text embeddings of the words.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no patch readout")
+
+    def attention_maps(self, pixel_values: Tensor, input_ids: Tensor | None = None) -> tuple[list[Tensor], int]:
+        """Per-layer attention weights [B, H, N, N] over the sequence (image tokens first, then any text) and
+        the number of image tokens (registers included), for the attention-sink monitor."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose attention maps")

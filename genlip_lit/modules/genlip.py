@@ -17,6 +17,7 @@ from torchmetrics import MeanMetric, SumMetric
 
 from genlip_lit.data.batch import Batch
 from genlip_lit.data.tokenizer import CaptionEncoder, OpenCLIPTokenizer, Tokenizer
+from genlip_lit.errors import GenLIPUserError
 from genlip_lit.models import GenLIP, GenLIPConfig, generate, score
 from genlip_lit.modules.base import EncoderModule
 
@@ -181,6 +182,45 @@ class GenLIPModule(EncoderModule):
         )
         # decode() drops special tokens, so the trailing EOS (and the EOS padding after it) vanish.
         return [self.tokenizer.decode(t[:n].tolist()) for t, n in zip(out.tokens, out.lengths.tolist())]
+
+    @torch.no_grad()
+    def text_match_scores(self, pixel_values: Tensor, texts: list[str]) -> Tensor:
+        """Summed log-likelihood of each text as the start of a caption (no EOS: templates are fragments)."""
+        encoded = []
+        for text in texts:
+            ids, mask = self.caption_encoder.encode(text)
+            encoded.append((ids, mask[:-1] + [False]))  # the last target is EOS: leave it out
+        ids, loss_mask, _ = self.caption_encoder.collate_text(encoded)
+        b, t = pixel_values.shape[0], len(texts)
+        scores = torch.empty(b, t, device=pixel_values.device)
+        for j in range(t):  # one forward per text over the whole image batch
+            row_ids = ids[j : j + 1].expand(b, -1).to(pixel_values.device)
+            row_mask = loss_mask[j : j + 1].expand(b, -1).to(pixel_values.device)
+            total, _ = score(self.model, pixel_values, row_ids, row_mask)
+            scores[:, j] = total
+        return scores
+
+    def word_token_ids(self, words: list[str]) -> list[int]:
+        """The first token of each word (its readout id); words are encoded as they appear inside a caption."""
+        ids = []
+        for word in words:
+            pieces = self.tokenizer.encode(word)
+            if not pieces:
+                raise GenLIPUserError(f"the word {word!r} encodes to no token with this tokenizer")
+            ids.append(pieces[0])
+        return ids
+
+    @torch.no_grad()
+    def patch_word_scores(self, pixel_values: Tensor, words: list[str]) -> Tensor:
+        """LM-head logits of each word's first token at each patch feature, [B, M, W]."""
+        patches = self.model.encode_image(pixel_values)
+        weight = self.model.lm_head.weight[torch.tensor(self.word_token_ids(words), device=patches.device)]
+        return patches @ weight.T
+
+    @torch.no_grad()
+    def attention_maps(self, pixel_values: Tensor, input_ids: Tensor | None = None) -> tuple[list[Tensor], int]:
+        out = self.model.forward_features(pixel_values, input_ids, return_attentions=True)
+        return list(out.attentions or []), out.num_prefix
 
     @torch.no_grad()
     def score_captions(self, pixel_values: Tensor, captions: list[str]) -> Tensor:

@@ -1,0 +1,81 @@
+"""Small charts and image grids drawn with PIL (no plotting library needed), as RGB uint8 arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+
+
+def line_plot(
+    series: dict[str, list[float]],
+    title: str = "",
+    x_label: str = "",
+    y_range: tuple[float, float] | None = None,
+    size: tuple[int, int] = (480, 300),
+) -> np.ndarray:
+    """One line per series over x = 0..n-1, with a legend; NaN points are left out."""
+    w, h = size
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    left, right, top, bottom = 44, w - 12, 24, h - 34
+    values = [v for vs in series.values() for v in vs if v == v]
+    lo, hi = y_range if y_range is not None else (min(values, default=0.0), max(values, default=1.0))
+    if hi <= lo:
+        hi = lo + 1.0
+    n = max((len(v) for v in series.values()), default=1)
+    draw.rectangle((left, top, right, bottom), outline=(0, 0, 0))
+    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
+        y = bottom - frac * (bottom - top)
+        draw.line((left - 3, y, left, y), fill=(0, 0, 0))
+        draw.text((2, y - 5), f"{lo + frac * (hi - lo):.2f}", fill=(0, 0, 0), font=font)
+    for i in range(n):
+        x = left + (i + 0.5) * (right - left) / n
+        draw.text((x - 3, bottom + 4), str(i), fill=(0, 0, 0), font=font)
+
+    def point(i: int, v: float) -> tuple[float, float]:
+        x = left + (i + 0.5) * (right - left) / n
+        return x, bottom - (min(max(v, lo), hi) - lo) / (hi - lo) * (bottom - top)
+
+    for k, (name, vs) in enumerate(series.items()):
+        color = PALETTE[k % len(PALETTE)]
+        pts = [point(i, v) for i, v in enumerate(vs) if v == v]
+        if len(pts) > 1:
+            draw.line(pts, fill=color, width=2)
+        for x, y in pts:
+            draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=color)
+        draw.text((left + 6 + 150 * (k % 3), top + 4 + 12 * (k // 3)), name, fill=color, font=font)
+    draw.text((left, 6), title, fill=(0, 0, 0), font=font)
+    draw.text(((left + right) // 2 - 10, h - 14), x_label, fill=(0, 0, 0), font=font)
+    return np.asarray(img)
+
+
+def label_patches(image: np.ndarray, words: list[list[str]], patch_size: int, scale: int = 4) -> np.ndarray:
+    """Upscale an RGB image and write one word on each patch (`words[row][col]`), for readout grids."""
+    h, w = image.shape[:2]
+    big = Image.fromarray(image).resize((w * scale, h * scale), resample=Image.Resampling.NEAREST)
+    draw = ImageDraw.Draw(big)
+    font = ImageFont.load_default()
+    p = patch_size * scale
+    for r, row in enumerate(words):
+        for c, word in enumerate(row):
+            x, y = c * p, r * p
+            draw.rectangle((x, y, x + p - 1, y + p - 1), outline=(90, 90, 90))
+            draw.text((x + 2, y + 2), word[: max(1, p // 6)], fill=(255, 255, 255), font=font, stroke_width=1,
+                      stroke_fill=(0, 0, 0))
+    return np.asarray(big)
+
+
+def image_grid(images: list[np.ndarray], columns: int = 4, pad: int = 4) -> np.ndarray:
+    """Tile same-sized RGB images into one."""
+    if not images:
+        return np.zeros((1, 1, 3), dtype=np.uint8)
+    h, w = images[0].shape[:2]
+    rows = -(-len(images) // columns)
+    grid = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for i, im in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = im
+    return grid

@@ -1,0 +1,54 @@
+"""Patch readout: accuracy against the embedded label maps, and its chance levels."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from genlip_lit.data.synthetic import SceneConfig, caption_vocabulary, generate_scene
+from genlip_lit.eval.readout import COLOR_NAMES, readout, uniform_chance
+
+WORDS = caption_vocabulary()
+SCENE = SceneConfig(image_size=32, patch_size=8, min_objects=2, max_objects=3)
+
+
+def _maps(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    scenes = [generate_scene(0, i, SCENE) for i in range(n)]
+    shape = torch.from_numpy(np.stack([s.patch_shape for s in scenes])).long()
+    color = torch.from_numpy(np.stack([s.patch_color for s in scenes])).long()
+    return shape, color
+
+
+def _oracle_scores(shape: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
+    """A readout whose 'LM head' maps each patch to its own colour word (background patches: 'the')."""
+    b, gh, gw = shape.shape
+    scores = torch.zeros(b, gh * gw, len(WORDS))
+    flat = color.reshape(b, -1)
+    for i in range(b):
+        for p in range(gh * gw):
+            word = COLOR_NAMES[int(flat[i, p]) - 1] if flat[i, p] > 0 else "the"
+            scores[i, p, WORDS.index(word)] = 1.0
+    return scores
+
+
+def test_oracle_reads_every_patch_and_beats_both_chances() -> None:
+    shape, color = _maps()
+    result = readout(_oracle_scores(shape, color), WORDS, shape, color, k=1)
+    assert result.accuracy == 1.0 and result.num_patches == int((shape > 0).sum())
+    assert result.chance_permuted < 0.8 and math.isclose(result.chance_uniform, 2 / len(WORDS))
+    assert result.top_words[0][0][0] in WORDS and len(result.top_words) == 8
+
+
+def test_random_scores_sit_near_uniform_chance() -> None:
+    shape, color = _maps(32)
+    scores = torch.randn(32, 16, len(WORDS), generator=torch.Generator().manual_seed(0))
+    result = readout(scores, WORDS, shape, color, k=5)
+    assert abs(result.accuracy - result.chance_uniform) < 0.1
+
+
+def test_uniform_chance_formula() -> None:
+    assert math.isclose(uniform_chance(10, 1), 0.2)
+    assert math.isclose(uniform_chance(10, 2), 1 - (8 * 7) / (10 * 9))
+    assert uniform_chance(3, 2) == 1.0

@@ -1,0 +1,38 @@
+"""Zero-shot classification: template marginalisation and top-1 through the encoder contract."""
+
+from __future__ import annotations
+
+import torch
+
+from genlip_lit.eval.zero_shot import embedded_templates, zero_shot_accuracy, zero_shot_logits
+
+
+class _Stub:
+    """Scores a text 0 when it names the image's class (stored in pixel [0, 0, 0]), else -5."""
+
+    is_generative = True
+
+    def __init__(self, names):
+        self.names = names
+
+    def text_match_scores(self, pixel_values, texts):
+        truth = [self.names[int(v)] for v in pixel_values[:, 0, 0, 0]]
+        return torch.tensor([[0.0 if t.endswith(" " + name) else -5.0 for t in texts] for name in truth])
+
+
+def test_logits_marginalise_templates_and_pick_the_class() -> None:
+    names = ["circle", "square", "star"]
+    px = torch.zeros(3, 3, 4, 4)
+    px[:, 0, 0, 0] = torch.tensor([2.0, 0.0, 1.0])
+    templates = ["a {}", "a big {}"]
+    logits = zero_shot_logits(_Stub(names), px, names, templates)
+    assert logits.shape == (3, 3) and logits.argmax(-1).tolist() == [2, 0, 1]
+    assert torch.isclose(logits[0, 2], torch.logsumexp(torch.zeros(2), 0))
+    acc, n = zero_shot_accuracy(_Stub(names), [(px, torch.tensor([2, 0, -1]))], names, templates)
+    assert (acc, n) == (1.0, 2)  # label -1 (unknown) is not counted
+
+
+def test_embedded_templates_cover_sizes_and_colours() -> None:
+    templates = embedded_templates()
+    assert len(templates) == 12 and all("{}" in t for t in templates)
+    assert "a large red {}" in templates
