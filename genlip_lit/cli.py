@@ -4,6 +4,8 @@
     genlip optimize --source synthetic --output data/scenes --num-samples 20000
     genlip caption --ckpt runs/quickstart/version_0/checkpoints/last.ckpt scene.png
     genlip caption-eval --ckpt runs/quickstart/version_0/checkpoints/last.ckpt --objects 1
+    genlip eval --ckpt runs/quickstart/version_0/checkpoints/last.ckpt --config experiments/eval.yaml
+    genlip probe --ckpt runs/quickstart/version_0/checkpoints/last.ckpt --data my_imagefolder/
 
 `fit | validate | test | predict` go through LightningCLI (model and data are class_path plug-ins; several
 `--config` files compose, later ones win). The other commands are plain argparse programs.
@@ -71,6 +73,8 @@ EXTRA_COMMANDS = {
     "optimize": "genlip_lit.data.optimize:main",
     "caption": "genlip_lit.eval.captions:caption_main",
     "caption-eval": "genlip_lit.eval.captions:caption_eval_main",
+    "eval": "genlip_lit.eval.report:eval_main",
+    "probe": "genlip_lit.eval.report:probe_main",
 }
 
 

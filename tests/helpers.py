@@ -33,6 +33,7 @@ def tiny_fit_args(tmp_path, max_steps: int = 4, extra: list[str] | None = None) 
         "--trainer.enable_progress_bar=false",
         f"--trainer.logger.init_args.save_dir={tmp_path}/runs",
         f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.callbacks=[]",  # the quickstart's evaluation callbacks: tests add the ones they check
         "--checkpoint.every_n_train_steps=2",
         "--model.init_args.arch_overrides={depth: 2, width: 64, ffn_hidden: 128}",
         "--data.init_args.synthetic={num_train: 128, num_val: 32, image_size: 32, word_prob: 0.5}",

@@ -9,7 +9,6 @@ import torch
 
 from genlip_lit.eval.sink import SinkMasses, sink_masses, sink_plot
 
-
 close = partial(math.isclose, abs_tol=1e-6)  # float32 maps vs python decimals
 
 

@@ -1,1 +1,25 @@
 """Trainer plug-ins, each swappable from YAML (`trainer.callbacks` or the CLI's `checkpoint.*`)."""
+
+from genlip_lit.callbacks.checkpoint import ResumableCheckpoint
+from genlip_lit.callbacks.evaluation import (
+    AttentionSink,
+    CaptionSamples,
+    EvalCallback,
+    EvalData,
+    EvalResult,
+    LinearProbe,
+    PatchReadout,
+    ZeroShot,
+)
+
+__all__ = [
+    "AttentionSink",
+    "CaptionSamples",
+    "EvalCallback",
+    "EvalData",
+    "EvalResult",
+    "LinearProbe",
+    "PatchReadout",
+    "ResumableCheckpoint",
+    "ZeroShot",
+]

@@ -104,3 +104,30 @@ def score(model: GenLIP, pixel_values: Tensor, input_ids: Tensor, loss_mask: Ten
     mask = loss_mask[:, 1:]
     logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
     return (logp * mask).sum(-1), mask.sum(-1)
+
+
+@torch.no_grad()
+def score_texts(model: GenLIP, pixel_values: Tensor, input_ids: Tensor, loss_mask: Tensor) -> Tensor:
+    """Summed log-likelihood of each of T texts (`input_ids`/`loss_mask` [T, L]) for each image: [B, T].
+
+    The image is encoded once into a KV cache; every text then runs only its own L tokens against the cached
+    image keys (the cache is rewound to the image after each text), so T texts cost about one image forward
+    plus T short text passes instead of T full forwards. Equal to `score` on each (image, text) pair.
+    """
+    b = pixel_values.shape[0]
+    device = pixel_values.device
+    num_patches = (pixel_values.shape[2] // model.cfg.patch_size) * (pixel_values.shape[3] // model.cfg.patch_size)
+    prefix = model.cfg.num_registers + num_patches
+    dtype = next(model.parameters()).dtype
+    cache = KVCache(len(model.blocks), b, model.cfg.num_heads, prefix + input_ids.shape[1], model.cfg.head_dim,
+                    dtype, device)
+    model.forward_features(pixel_values, None, cache)
+    scores = torch.empty(b, input_ids.shape[0], device=device)
+    for j in range(input_ids.shape[0]):
+        cache.length = prefix  # rewind: the image keys stay, the previous text's are overwritten
+        ids = input_ids[j : j + 1].to(device).expand(b, -1)
+        hidden = model.forward_features(None, ids, cache).hidden
+        logits = model.lm_head(hidden[:, :-1]).float()
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        scores[:, j] = (logp * loss_mask[j : j + 1, 1:].to(device)).sum(-1)
+    return scores

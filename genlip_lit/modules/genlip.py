@@ -19,6 +19,7 @@ from genlip_lit.data.batch import Batch
 from genlip_lit.data.tokenizer import CaptionEncoder, OpenCLIPTokenizer, Tokenizer
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.models import GenLIP, GenLIPConfig, generate, score
+from genlip_lit.models.generate import score_texts
 from genlip_lit.modules.base import EncoderModule
 
 
@@ -191,14 +192,7 @@ class GenLIPModule(EncoderModule):
             ids, mask = self.caption_encoder.encode(text)
             encoded.append((ids, mask[:-1] + [False]))  # the last target is EOS: leave it out
         ids, loss_mask, _ = self.caption_encoder.collate_text(encoded)
-        b, t = pixel_values.shape[0], len(texts)
-        scores = torch.empty(b, t, device=pixel_values.device)
-        for j in range(t):  # one forward per text over the whole image batch
-            row_ids = ids[j : j + 1].expand(b, -1).to(pixel_values.device)
-            row_mask = loss_mask[j : j + 1].expand(b, -1).to(pixel_values.device)
-            total, _ = score(self.model, pixel_values, row_ids, row_mask)
-            scores[:, j] = total
-        return scores
+        return score_texts(self.model, pixel_values, ids, loss_mask)
 
     def word_token_ids(self, words: list[str]) -> list[int]:
         """The first token of each word (its readout id); words are encoded as they appear inside a caption."""
