@@ -24,13 +24,7 @@ PER_CLASS = 12
 SCENE = SceneConfig(image_size=32, patch_size=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors: 2 intra-op threads on a shared 2-core machine mostly spin-wait (see test_probes.py)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _digit(digit: int, rng: np.random.Generator) -> Image.Image:

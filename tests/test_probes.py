@@ -20,14 +20,7 @@ from genlip_lit.eval.probes import (
 C, D, M = 4, 32, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # These tensors are tiny: with 2 intra-op threads on a shared 2-core machine, OpenMP spin-waiting made the
-    # attentive probe 20-50x slower (0.4 s -> 10-30 s) whenever another process held a core.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _features(n: int, seed: int, random_labels: bool = False, cancel_in_mean: bool = False):
