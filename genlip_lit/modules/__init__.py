@@ -1,6 +1,7 @@
-"""LightningModules: the shared base (optimizer, schedule, encoder contract) and the GenLIP module."""
+"""LightningModules: the shared base (optimizer, schedule, encoder contract), GenLIP and the contrastive baselines."""
 
 from genlip_lit.modules.base import EncoderModule
+from genlip_lit.modules.contrastive import ContrastiveModule
 from genlip_lit.modules.genlip import GenLIPModule
 
-__all__ = ["EncoderModule", "GenLIPModule"]
+__all__ = ["ContrastiveModule", "EncoderModule", "GenLIPModule"]

@@ -85,6 +85,23 @@ class EncoderModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup, min_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    # ------------------------------------------------------------------ self-contained checkpoints
+    def save_self_description(self, checkpoint: dict) -> None:
+        """Module class and tokenizer (class, init args, state such as a compact vocabulary), so that
+        `genlip_lit.modules.loading` rebuilds the module from the checkpoint file alone."""
+        checkpoint["genlip_module_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        tok = getattr(self, "tokenizer", None)
+        if tok is not None:
+            checkpoint["genlip_tokenizer"] = {
+                "class_path": f"{type(tok).__module__}.{type(tok).__qualname__}",
+                "init_args": tok.init_args(),
+                "state": tok.state_dict(),
+            }
+
+    def load_self_description(self, checkpoint: dict) -> None:
+        if "genlip_tokenizer" in checkpoint and getattr(self, "tokenizer", None) is not None:
+            self.tokenizer.load_state_dict(checkpoint["genlip_tokenizer"]["state"])
+
     # ------------------------------------------------------------------ encoder contract
     def encode_patches(self, pixel_values: Tensor) -> Tensor:
         """Frozen-encoder patch features [B, M, D]."""

@@ -137,21 +137,12 @@ class GenLIPModule(EncoderModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Class, init args and state (e.g. a compact vocabulary) make the checkpoint self-contained:
-        # genlip_lit.modules.loading rebuilds the module from the file alone.
-        tok = self.tokenizer
-        checkpoint["genlip_module_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
-        checkpoint["genlip_tokenizer"] = {
-            "class_path": f"{type(tok).__module__}.{type(tok).__qualname__}",
-            "init_args": tok.init_args(),
-            "state": tok.state_dict(),
-        }
+        self.save_self_description(checkpoint)
         checkpoint["genlip_skipped_samples"] = self.skipped_samples
         checkpoint["genlip_truncated_captions"] = self.truncated_captions
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "genlip_tokenizer" in checkpoint:
-            self.tokenizer.load_state_dict(checkpoint["genlip_tokenizer"]["state"])
+        self.load_self_description(checkpoint)
         self.skipped_samples = checkpoint.get("genlip_skipped_samples", 0)
         self.truncated_captions = checkpoint.get("genlip_truncated_captions", 0)
 

@@ -1,0 +1,213 @@
+"""`ContrastiveModule`: CLIP and SigLIP baselines with GenLIP's own image tower, for side-by-side comparisons.
+
+The image tower IS the GenLIP trunk of the same preset (patch embed, registers, blocks, final norm; M-RoPE and
+gated attention as configured), run on image tokens only: the vision encoders of a GenLIP run and a CLIP/SigLIP
+run then have exactly the same architecture and parameter count, and only the objective differs. Image features
+are mean-pooled (GenLIP has no [CLS]; the probes use the same pooling) and projected; the text tower is
+open_clip's `TextTransformer` (causal, pooled at the EOS token) over the same tokenizer as the GenLIP run; the
+losses are open_clip's `ClipLoss` (softmax, learnable temperature, init 1/0.07) and `SigLipLoss` (sigmoid,
+learnable temperature and bias, init log 10 and -10), which exchange features across DDP ranks themselves.
+
+    model:
+      class_path: genlip_lit.modules.ContrastiveModule
+      init_args: {arch: tiny, loss: siglip, text_layers: 2}
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from genlip_lit.data.batch import Batch
+from genlip_lit.data.tokenizer import CaptionEncoder, OpenCLIPTokenizer, Tokenizer
+from genlip_lit.errors import GenLIPUserError
+from genlip_lit.models import GenLIP, GenLIPConfig
+from genlip_lit.modules.base import EncoderModule
+
+LOSSES = ("clip", "siglip")
+TEXT_ONLY = ("tok_embed", "lm_head", "pos_text")  # GenLIP parts an image-only tower does not have
+
+
+def image_tower(config: GenLIPConfig) -> GenLIP:
+    """The GenLIP trunk without its text parts (token embedding, LM head, text positions)."""
+    tower = GenLIP(config)
+    for name in TEXT_ONLY:
+        if hasattr(tower, name):
+            delattr(tower, name)
+    return tower
+
+
+def contrastive_loss(kind: str, rank: int = 0, world_size: int = 1) -> nn.Module:
+    """open_clip's loss; with world_size > 1 it gathers (CLIP) or exchanges (SigLIP) features across ranks."""
+    from open_clip.loss import ClipLoss, SigLipLoss
+
+    if kind == "clip":
+        return ClipLoss(gather_with_grad=True, cache_labels=True, rank=rank, world_size=world_size)
+    return SigLipLoss(rank=rank, world_size=world_size)
+
+
+class ContrastiveModule(EncoderModule):
+    """CLIP (`loss: clip`) or SigLIP (`loss: siglip`) on the GenLIP image tower of preset `arch`."""
+
+    def __init__(
+        self,
+        arch: str = "tiny",
+        arch_overrides: dict | None = None,
+        loss: str = "siglip",
+        embed_dim: int | None = None,
+        text_width: int | None = None,
+        text_layers: int = 2,
+        text_heads: int | None = None,
+        tokenizer: Tokenizer | None = None,
+        max_text_len: int = 64,
+        init_logit_scale: float | None = None,
+        init_logit_bias: float | None = None,
+        lr: float = 1e-3,
+        min_lr: float = 1e-6,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_ratio: float = 0.007,
+        warmup_steps: int | None = None,
+    ) -> None:
+        super().__init__(lr, min_lr, weight_decay, betas, warmup_ratio, warmup_steps)
+        self.save_hyperparameters(ignore=["tokenizer"])
+        if loss not in LOSSES:
+            raise GenLIPUserError(f"model.loss must be one of {LOSSES}, got {loss!r}")
+        from open_clip.transformer import TextTransformer
+
+        self.loss_kind = loss
+        self.tokenizer = tokenizer if tokenizer is not None else OpenCLIPTokenizer()
+        self.caption_encoder = CaptionEncoder(self.tokenizer, None, max_text_len)  # no prompt for a text tower
+        self.config = GenLIPConfig.from_name(arch, **(arch_overrides or {}))
+        self.visual = image_tower(self.config)
+        width = self.config.width
+        embed_dim = embed_dim or width
+        text_width = text_width or width
+        self.image_proj = nn.Linear(width, embed_dim, bias=False)
+        self.text = TextTransformer(
+            context_length=max_text_len,
+            vocab_size=self.tokenizer.vocab_size,
+            width=text_width,
+            heads=text_heads or max(1, text_width // 64),
+            layers=text_layers,
+            output_dim=embed_dim,
+            pad_id=self.tokenizer.pad_id,
+            eos_id=self.tokenizer.eos_id,
+            pool_type="eos",  # the first EOS: right after the caption (padding may also be EOS)
+        )
+        default_scale, default_bias = (math.log(1 / 0.07), None) if loss == "clip" else (math.log(10.0), -10.0)
+        scale = default_scale if init_logit_scale is None else init_logit_scale
+        self.logit_scale = nn.Parameter(torch.tensor(float(scale)))
+        bias = default_bias if init_logit_bias is None else init_logit_bias
+        self.logit_bias = nn.Parameter(torch.tensor(float(bias))) if loss == "siglip" else None
+        self.criterion = contrastive_loss(loss)
+        self.val_loss = MeanMetric()
+        self.val_i2t = MeanMetric()
+        self.skipped_samples = 0
+        self._step_start: float | None = None
+
+    def setup(self, stage: str) -> None:
+        # the loss needs this process's rank to exchange features with the others under DDP
+        if self.trainer is not None and self.trainer.world_size > 1:
+            self.criterion = contrastive_loss(self.loss_kind, self.trainer.global_rank, self.trainer.world_size)
+
+    # ------------------------------------------------------------------ embeddings
+    def embed_images(self, pixel_values: Tensor) -> Tensor:
+        """L2-normalized image embeddings [B, E]: mean-pooled patch features, projected."""
+        return F.normalize(self.image_proj(self.encode_patches(pixel_values).mean(dim=1)), dim=-1)
+
+    def embed_texts(self, input_ids: Tensor) -> Tensor:
+        """L2-normalized text embeddings [B, E] of token ids (BOS ... EOS, right-padded)."""
+        return F.normalize(self.text(self._pad_to_context(input_ids)), dim=-1)
+
+    def _encode_texts(self, texts: list[str]) -> Tensor:
+        ids, _, _ = self.caption_encoder.collate_text([self.caption_encoder.encode(t) for t in texts])
+        return self.embed_texts(ids.to(self.device))
+
+    def compute_loss(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
+        scale = self.logit_scale.exp()
+        if self.loss_kind == "clip":
+            return self.criterion(image_emb, text_emb, scale)
+        return self.criterion(image_emb, text_emb, scale, self.logit_bias)
+
+    def _pad_to_context(self, input_ids: Tensor) -> Tensor:
+        """open_clip's text tower has a fixed context length (its causal mask is built for it): pad to it."""
+        n = self.hparams.max_text_len
+        if input_ids.shape[1] < n:
+            input_ids = F.pad(input_ids, (0, n - input_ids.shape[1]), value=self.tokenizer.pad_id)
+        return input_ids
+
+    # ------------------------------------------------------------------ training
+    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
+        self._step_start = time.perf_counter()
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
+        self.skipped_samples += batch.num_skipped
+        if len(batch) == 0:
+            return None
+        batch = batch.normalized()
+        loss = self.compute_loss(self.embed_images(batch.pixel_values), self.embed_texts(batch.input_ids))
+        n = len(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log("train/logit_scale", self.logit_scale.exp().detach(), batch_size=n)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
+        self.log("data/skipped_samples", float(self.skipped_samples), batch_size=n)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        if self._step_start is not None and len(batch):
+            seconds = max(time.perf_counter() - self._step_start, 1e-9)
+            self.log("train/samples_per_s", len(batch) / seconds, batch_size=len(batch))
+
+    def _eval_step(self, batch: Batch) -> None:
+        if len(batch) == 0:
+            return
+        batch = batch.normalized()
+        img, txt = self.embed_images(batch.pixel_values), self.embed_texts(batch.input_ids)
+        self.val_loss.update(self.compute_loss(img, txt), weight=len(batch))
+        # in-batch retrieval: does each image pick its own caption?
+        hits = ((img @ txt.T).argmax(dim=1) == torch.arange(len(batch), device=img.device)).float().mean()
+        self.val_i2t.update(hits, weight=len(batch))
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/loss", self.val_loss.compute(), prog_bar=True)
+        self.log("val/i2t_top1_in_batch", self.val_i2t.compute())
+        self.val_loss.reset()
+        self.val_i2t.reset()
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.save_self_description(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.load_self_description(checkpoint)
+
+    # ------------------------------------------------------------------ encoder contract
+    def encode_patches(self, pixel_values: Tensor) -> Tensor:
+        out = self.visual.forward_features(pixel_values)
+        return out.hidden[:, self.config.num_registers :]
+
+    @torch.no_grad()
+    def text_match_scores(self, pixel_values: Tensor, texts: list[str]) -> Tensor:
+        """Cosine similarity of image and text embeddings, [B, T]."""
+        return self.embed_images(pixel_values) @ self._encode_texts(texts).T
+
+    @torch.no_grad()
+    def patch_word_scores(self, pixel_values: Tensor, words: list[str]) -> Tensor:
+        """Cosine similarity of each projected patch feature with each word's text embedding, [B, M, W]."""
+        patches = F.normalize(self.image_proj(self.encode_patches(pixel_values)), dim=-1)
+        return patches @ self._encode_texts(words).T
+
+    @torch.no_grad()
+    def attention_maps(self, pixel_values: Tensor, input_ids: Tensor | None = None) -> tuple[list[Tensor], int]:
+        out = self.visual.forward_features(pixel_values, None, return_attentions=True)  # the image tower only
+        return list(out.attentions or []), out.num_prefix
