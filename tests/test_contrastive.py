@@ -15,6 +15,7 @@ from helpers import tiny_fit_args
 
 from genlip_lit.cli import main
 from genlip_lit.data.tokenizer import OpenCLIPTokenizer
+from genlip_lit.errors import GenLIPUserError
 from genlip_lit.modules import ContrastiveModule, GenLIPModule
 from genlip_lit.modules.contrastive import contrastive_loss
 from genlip_lit.modules.loading import load_checkpoint
@@ -47,7 +48,7 @@ def test_losses_and_learnable_temperature() -> None:
     assert clip.patch_word_scores(px, ["red", "circle"]).shape == (2, 16, 2)
     maps, num_prefix = clip.attention_maps(px)
     assert len(maps) == 1 and num_prefix == 16 and maps[0].shape[-1] == 16
-    with pytest.raises(Exception, match="loss"):
+    with pytest.raises(GenLIPUserError, match="model.loss must be one of"):
         ContrastiveModule(loss="triplet")
 
 

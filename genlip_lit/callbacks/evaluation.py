@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import lightning as L
@@ -75,8 +75,6 @@ class EvalData:
 
 def _head(batch: Batch, n: int) -> Batch:
     """The first n samples of a batch."""
-    from dataclasses import fields, replace
-
     cut: dict[str, Any] = {}
     for f in fields(batch):
         value = getattr(batch, f.name)

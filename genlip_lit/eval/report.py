@@ -61,7 +61,6 @@ def build_datamodule(module: Any, data_hparams: dict[str, Any], override: dict[s
     args = {k: v for k, v in {**data_hparams, **(override or {})}.items() if not k.startswith("_")}
     if override and "data_dir" in override:
         args["synthetic"] = None
-    args["num_workers"] = args.get("num_workers", 0)
     try:
         dm = GenLIPDataModule(**args, caption_encoder=module.caption_encoder)
     except TypeError as err:
