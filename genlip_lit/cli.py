@@ -6,6 +6,7 @@
     genlip caption-eval --ckpt runs/quickstart/version_0/checkpoints/last.ckpt --objects 1
     genlip eval --ckpt runs/quickstart/version_0/checkpoints/last.ckpt --config experiments/eval.yaml
     genlip probe --ckpt runs/quickstart/version_0/checkpoints/last.ckpt --data my_imagefolder/
+    genlip compare experiments/compare/*.yaml --output runs/compare
 
 `fit | validate | test | predict` go through LightningCLI (model and data are class_path plug-ins; several
 `--config` files compose, later ones win). The other commands are plain argparse programs.
@@ -75,6 +76,7 @@ EXTRA_COMMANDS = {
     "caption-eval": "genlip_lit.eval.captions:caption_eval_main",
     "eval": "genlip_lit.eval.report:eval_main",
     "probe": "genlip_lit.eval.report:probe_main",
+    "compare": "genlip_lit.eval.compare:compare_main",
 }
 
 

@@ -86,11 +86,3 @@ def test_siglip_trains_under_the_same_harness_and_callbacks(tmp_path) -> None:
     states = torch.load(last, weights_only=False)["callbacks"]
     zero_shot = next(v for k, v in states.items() if k.startswith("ZeroShot"))
     assert 0.0 <= zero_shot["history"][-1]["zero_shot/top1"] <= 1.0
-
-
-@pytest.mark.parametrize("overlay", sorted(glob.glob(os.path.join(REPO, "experiments", "compare", "*.yaml"))))
-def test_compare_overlays_compose_with_the_quickstart(overlay, capsys) -> None:
-    os.chdir(REPO)
-    with pytest.raises(SystemExit) as info:
-        main(["fit", "--config", "experiments/quickstart.yaml", "--config", overlay, "--print_config"])
-    assert info.value.code == 0 and "genlip_lit.modules.ContrastiveModule" in capsys.readouterr().out

@@ -11,6 +11,7 @@ from genlip_lit.callbacks.evaluation import (
     PatchReadout,
     ZeroShot,
 )
+from genlip_lit.callbacks.throughput import Throughput
 
 __all__ = [
     "AttentionSink",
@@ -21,5 +22,6 @@ __all__ = [
     "LinearProbe",
     "PatchReadout",
     "ResumableCheckpoint",
+    "Throughput",
     "ZeroShot",
 ]

@@ -85,6 +85,13 @@ def _head(batch: Batch, n: int) -> Batch:
     return replace(batch, **cut)
 
 
+def _shards_parameters(trainer: L.Trainer) -> bool:
+    """True under strategies whose forward pass is collective (FSDP1, FSDP2 via ModelParallelStrategy)."""
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+    return isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
+
+
 class EvalCallback(L.Callback):
     """Scheduling, eval-mode bookkeeping, logging and checkpointed history shared by the evaluations."""
 
@@ -99,6 +106,7 @@ class EvalCallback(L.Callback):
         self.batch_size = batch_size
         self.history: list[dict[str, Any]] = []  # {"step", "seconds", **scalars}, kept in checkpoints
         self._last_step = -1
+        self._warned_sharded = False
 
     # -- to implement ---------------------------------------------------------------------------------
     def evaluate(self, module: Any, data: EvalData) -> EvalResult:
@@ -116,6 +124,14 @@ class EvalCallback(L.Callback):
 
     def run(self, trainer: L.Trainer, pl_module: Any) -> EvalResult | None:
         self._last_step = trainer.global_step
+        if _shards_parameters(trainer):
+            # Under FSDP every forward is collective, but rank 0 evaluates alone (and generation stops at data-
+            # dependent steps): skipping is the safe choice. The checkpoint is one file: `genlip eval` reads it.
+            if not self._warned_sharded and trainer.is_global_zero:
+                log.warning("%s skipped: evaluation callbacks need an unsharded model; run `genlip eval --ckpt` "
+                            "on the checkpoint instead", type(self).__name__)
+            self._warned_sharded = True
+            return None
         if not trainer.is_global_zero or trainer.datamodule is None:
             return None
         data = EvalData(trainer.datamodule, pl_module.device, self.batch_size)
@@ -177,8 +193,12 @@ class AttentionSink(EvalCallback):
         per_batch: list[tuple[int, SinkMasses]] = []
         for batch in data.batches("val", self.budget):
             ids = batch.input_ids if module.is_generative else None
-            maps, num_prefix = module.attention_maps(batch.pixel_values, ids)
-            mask = batch.text_mask if ids is not None else None
+            try:
+                maps, num_prefix = module.attention_maps(batch.pixel_values, ids)
+            except NotImplementedError as err:
+                return EvalResult(details={"skipped": f"{type(module).__name__}: {err}"})
+            # text rows only where the maps include the text (a separate decoder's do not)
+            mask = batch.text_mask if ids is not None and maps and maps[0].shape[-1] > num_prefix else None
             per_batch.append((len(batch), sink_masses(maps, num_prefix, mask)))
         total = sum(n for n, _ in per_batch)
         keys = ("vision_to_first", "text_to_first", "text_to_vision", "text_to_text")
@@ -187,7 +207,8 @@ class AttentionSink(EvalCallback):
         masses = SinkMasses(**merged)
         scalars: dict[str, float] = {}
         for k, values in masses.as_dict().items():
-            scalars[f"sink/{k}_mean"] = float(np.nanmean(values)) if values else float("nan")
+            finite = [v for v in values if v == v]  # NaN: no text rows (contrastive towers, separate decoders)
+            scalars[f"sink/{k}_mean"] = float(np.mean(finite)) if finite else float("nan")
             for i, v in enumerate(values):
                 scalars[f"sink/{k}/layer{i:02d}"] = v
         return EvalResult(scalars, {"sink/per_layer": sink_plot(masses)}, details={"masses": masses.as_dict()})

@@ -52,6 +52,53 @@ def line_plot(
     return np.asarray(img)
 
 
+def xy_plot(
+    series: dict[str, list[tuple[float, float]]],
+    title: str = "",
+    x_label: str = "",
+    size: tuple[int, int] = (480, 300),
+    x_from_zero: bool = True,
+) -> np.ndarray:
+    """One line per series of (x, y) points on shared numeric axes, with a legend; NaN points are left out.
+    With `x_from_zero` the x axis starts at 0 (counts such as samples seen)."""
+    w, h = size
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    left, right, top, bottom = 50, w - 14, 24, h - 34
+    points = {k: [(x, y) for x, y in v if x == x and y == y] for k, v in series.items()}
+    xs = [x for v in points.values() for x, _ in v] or [0.0, 1.0]
+    ys = [y for v in points.values() for _, y in v] or [0.0, 1.0]
+    x_lo, x_hi = (min(0.0, min(xs)) if x_from_zero else min(xs)), max(xs)
+    y_lo, y_hi = min(ys), max(ys)
+    x_hi, y_hi = (x_hi if x_hi > x_lo else x_lo + 1.0), (y_hi if y_hi > y_lo else y_lo + 1.0)
+    draw.rectangle((left, top, right, bottom), outline=(0, 0, 0))
+    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
+        y = bottom - frac * (bottom - top)
+        draw.line((left - 3, y, left, y), fill=(0, 0, 0))
+        draw.text((2, y - 5), f"{y_lo + frac * (y_hi - y_lo):.3g}", fill=(0, 0, 0), font=font)
+        x = left + frac * (right - left)
+        draw.line((x, bottom, x, bottom + 3), fill=(0, 0, 0))
+        label = f"{x_lo + frac * (x_hi - x_lo):.3g}"
+        draw.text((x - 3 * len(label) * (1 + frac), bottom + 5), label, fill=(0, 0, 0), font=font)
+
+    def to_pixels(x: float, y: float) -> tuple[float, float]:
+        return (left + (x - x_lo) / (x_hi - x_lo) * (right - left), bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top))
+
+    for k, (name, pts) in enumerate(points.items()):
+        color = PALETTE[k % len(PALETTE)]
+        pix = [to_pixels(x, y) for x, y in sorted(pts)]
+        if len(pix) > 1:
+            draw.line(pix, fill=color, width=2)
+        if len(pix) < 30:  # sparse series (evaluations): mark each point
+            for x, y in pix:
+                draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=color)
+        draw.text((left + 6 + 140 * (k % 3), top + 4 + 12 * (k // 3)), name, fill=color, font=font)
+    draw.text((left, 6), title, fill=(0, 0, 0), font=font)
+    draw.text(((left + right) // 2 - 30, h - 14), x_label, fill=(0, 0, 0), font=font)
+    return np.asarray(img)
+
+
 def label_patches(image: np.ndarray, words: list[list[str]], patch_size: int, scale: int = 4) -> np.ndarray:
     """Upscale an RGB image and write one word on each patch (`words[row][col]`), for readout grids."""
     h, w = image.shape[:2]

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention.bias import causal_lower_right
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from genlip_lit.models.rope import apply_rotary
 
@@ -127,6 +128,11 @@ def _attend_split(q: Tensor, k: Tensor, v: Tensor, layout: AttnLayout) -> Tensor
             outs.append(F.scaled_dot_product_attention(q_text, k, v))
         elif n_text_q == n_k:
             outs.append(F.scaled_dot_product_attention(q_text, k, v, is_causal=True))
+        elif _get_current_dispatch_mode() is not None:
+            # CausalBias is a tensor subclass, which cannot be created under a dispatch mode (e.g. the FLOP
+            # counter of callbacks/throughput.py): the same mask as plain booleans.
+            mask = torch.ones(n_text_q, n_k, dtype=torch.bool, device=q.device).tril(n_k - n_text_q)
+            outs.append(F.scaled_dot_product_attention(q_text, k, v, attn_mask=mask))
         else:
             outs.append(F.scaled_dot_product_attention(q_text, k, v, attn_mask=causal_lower_right(n_text_q, n_k)))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)

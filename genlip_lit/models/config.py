@@ -44,6 +44,10 @@ class GenLIPConfig:
     max_text_len: int = 512  # learned absolute positions only: longest text
     # --- registers (ablation: 1 or 4 register tokens in front of the patches) ---
     num_registers: int = 0
+    # --- implementation (no effect on the function computed) ---
+    loss_chunk_tokens: int = 0  # LM-head cross-entropy in chunks of this many tokens (models/lm_loss.py); 0 = plain
+    grad_checkpointing: bool = False  # recompute each block in backward: activation memory O(depth) -> O(1) blocks
+    compile_blocks: bool = False  # torch.compile each block (compiled lazily on first use; CUDA recommended)
 
     def __post_init__(self) -> None:
         if self.head_dim is None:
@@ -59,6 +63,8 @@ class GenLIPConfig:
             raise GenLIPUserError(
                 f"mrope_section {list(self.mrope_section)} must have 3 entries summing to head_dim/2 = {self.head_dim // 2}"
             )
+        if self.loss_chunk_tokens < 0:
+            raise GenLIPUserError(f"loss_chunk_tokens must be >= 0 (0 = plain logits), got {self.loss_chunk_tokens}")
         for key, allowed in (
             ("attn_mode", ("prefix", "causal")),
             ("pos_embed", ("mrope", "learned")),

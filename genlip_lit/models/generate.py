@@ -8,6 +8,7 @@ Generation prefills [patches ; BOS + prompt] once, then decodes one token per st
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +65,33 @@ def generate(
         dtype = next(model.parameters()).dtype
         cache = KVCache(len(model.blocks), b, model.cfg.num_heads, total, model.cfg.head_dim, dtype, device)
 
+    def next_logits(step: int, step_input: Tensor, text: Tensor) -> Tensor:
+        if cache is not None:
+            out = model.forward_features(pixel_values if step == 0 else None, step_input, cache)
+        else:
+            out = model.forward_features(pixel_values, text)
+        return model.lm_head(out.hidden[:, -1])
+
+    return decode_loop(next_logits, prompt, max_new_tokens, eos_id, temperature, top_p, return_logits, generator)
+
+
+def decode_loop(
+    next_logits: Callable[[int, Tensor, Tensor], Tensor],
+    prompt: Tensor,
+    max_new_tokens: int,
+    eos_id: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    return_logits: bool = False,
+    generator: torch.Generator | None = None,
+) -> GenerationOutput:
+    """The token-by-token loop shared by every generative model.
+
+    `next_logits(step, step_input, text)` returns the [B, V] logits of the next token, given the step number,
+    the tokens fed at this step (the prompt at step 0, then the last token) and the whole text so far; a model
+    with a cache uses the first two, one that recomputes uses the last. Finished sequences are padded with EOS.
+    """
+    b, device = prompt.shape[0], prompt.device
     tokens = torch.full((b, max_new_tokens), eos_id, dtype=torch.long, device=device)
     lengths = torch.full((b,), max_new_tokens, dtype=torch.long, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
@@ -71,11 +99,7 @@ def generate(
     text = prompt
     step_input = prompt
     for step in range(max_new_tokens):
-        if use_cache:
-            out = model.forward_features(pixel_values if step == 0 else None, step_input, cache)
-        else:
-            out = model.forward_features(pixel_values, text)
-        logits = model.lm_head(out.hidden[:, -1]).float()
+        logits = next_logits(step, step_input, text).float()
         nxt = sample_next(logits, temperature, top_p, generator)
         nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
         tokens[:, step] = nxt
@@ -93,17 +117,21 @@ def generate(
     return GenerationOutput(tokens, lengths, logits_out)
 
 
+def target_log_likelihood(logits: Tensor, input_ids: Tensor, loss_mask: Tensor) -> Tensor:
+    """Per-sample summed log-probability of the targets: logits [B, L-1, V] at positions 0..L-2 predict
+    input_ids[:, 1:], counted where loss_mask[:, 1:] is True."""
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    return (logp * loss_mask[:, 1:]).sum(-1)
+
+
 @torch.no_grad()
 def score(model: GenLIP, pixel_values: Tensor, input_ids: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor]:
     """Per-sample summed log-likelihood of the target tokens (loss_mask True) and their count.
 
     Used for zero-shot classification by caption likelihood: higher is a better match.
     """
-    logits = model.text_logits(pixel_values, input_ids)[:, :-1].float()
-    targets = input_ids[:, 1:]
-    mask = loss_mask[:, 1:]
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
-    return (logp * mask).sum(-1), mask.sum(-1)
+    logits = model.text_logits(pixel_values, input_ids)[:, :-1]
+    return target_log_likelihood(logits, input_ids, loss_mask), loss_mask[:, 1:].sum(-1)
 
 
 @torch.no_grad()
@@ -127,7 +155,6 @@ def score_texts(model: GenLIP, pixel_values: Tensor, input_ids: Tensor, loss_mas
         cache.length = prefix  # rewind: the image keys stay, the previous text's are overwritten
         ids = input_ids[j : j + 1].to(device).expand(b, -1)
         hidden = model.forward_features(None, ids, cache).hidden
-        logits = model.lm_head(hidden[:, :-1]).float()
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        scores[:, j] = (logp * loss_mask[j : j + 1, 1:].to(device)).sum(-1)
+        logits = model.lm_head(hidden[:, :-1])
+        scores[:, j] = target_log_likelihood(logits, ids, loss_mask[j : j + 1].to(device))
     return scores

@@ -12,12 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from timm.layers import DropPath, LayerScale, Mlp, SwiGLU, trunc_normal_
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from genlip_lit.models.attention import AttnLayout, GatedAttention, KVCache
 from genlip_lit.models.config import GenLIPConfig
+from genlip_lit.models.lm_loss import lm_head_loss
 from genlip_lit.models.rope import MRoPE, genlip_position_ids, text_position_ids, text_start
 
 
@@ -86,6 +87,9 @@ class GenLIP(nn.Module):
             self.pos_text = nn.Parameter(torch.zeros(cfg.max_text_len, d))
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList([Block(cfg, r) for r in rates])
+        if cfg.compile_blocks:
+            for blk in self.blocks:
+                blk.compile()  # per block: one compiled graph reused by every layer, and checkpointing still works
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
         self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)  # untied from tok_embed, as in the paper
         self.apply(self._init_weights)
@@ -172,8 +176,13 @@ class GenLIP(nn.Module):
         layout = AttnLayout(num_prefix if cfg.attn_mode == "prefix" else 0, q_start)
 
         attentions = [] if return_attentions else None
+        # Activation checkpointing: keep only each block's input, recompute the block in backward.
+        recompute = cfg.grad_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for i, blk in enumerate(self.blocks):
-            x, w = blk(x, rope, layout, cache, i, return_attentions)
+            if recompute and not return_attentions:
+                x, w = checkpoint(blk, x, rope, layout, None, i, False, use_reentrant=False)
+            else:
+                x, w = blk(x, rope, layout, cache, i, return_attentions)
             if attentions is not None:
                 attentions.append(w)
         if cache is not None:
@@ -198,16 +207,37 @@ class GenLIP(nn.Module):
         """Next-token cross-entropy on the tokens where loss_mask is True (caption + EOS).
 
         Only the text positions that predict a target go through the LM head, so image tokens, prompt
-        tokens and padding cost no vocabulary-sized logits.
+        tokens and padding cost no vocabulary-sized logits; with `loss_chunk_tokens` not even those are
+        materialised at once (models/lm_loss.py).
         """
         out = self.forward_features(pixel_values, input_ids)
         hidden = out.hidden[:, out.num_prefix : -1]  # position j predicts token j + 1
         targets_mask = loss_mask[:, 1:]
-        logits = self.lm_head(hidden[targets_mask])
         targets = input_ids[:, 1:][targets_mask]
-        loss = F.cross_entropy(logits.float(), targets)
-        num_correct = (logits.argmax(-1) == targets).sum()
+        loss, num_correct = lm_head_loss(hidden[targets_mask], self.lm_head.weight, targets, self.cfg.loss_chunk_tokens)
         return LossOutput(loss, targets.new_tensor(targets.numel()), num_correct)
+
+    # ---------------------------------------------------------------- generation and scoring
+    # The functions live in generate.py (which imports this module); these methods give GenLIP the same
+    # interface as the encoder-decoder baseline, so a LightningModule can hold either.
+    def generate(self, pixel_values: Tensor, prompt_ids: Tensor | list[int], max_new_tokens: int, eos_id: int,
+                 **kwargs):
+        """KV-cache generation (see `generate.generate`)."""
+        from genlip_lit.models.generate import generate
+
+        return generate(self, pixel_values, prompt_ids, max_new_tokens, eos_id, **kwargs)
+
+    def score(self, pixel_values: Tensor, input_ids: Tensor, loss_mask: Tensor) -> Tensor:
+        """Per-sample summed log-likelihood of the targets (see `generate.score`)."""
+        from genlip_lit.models.generate import score
+
+        return score(self, pixel_values, input_ids, loss_mask)[0]
+
+    def score_texts(self, pixel_values: Tensor, input_ids: Tensor, loss_mask: Tensor) -> Tensor:
+        """[B, T] log-likelihood of T texts per image over one cached image prefix (see `generate.score_texts`)."""
+        from genlip_lit.models.generate import score_texts
+
+        return score_texts(self, pixel_values, input_ids, loss_mask)
 
     def num_params(self, include_text: bool = True, include_gate: bool = True) -> int:
         """Parameter count; without text = the vision encoder (no token embedding, no LM head)."""
@@ -217,3 +247,19 @@ class GenLIP(nn.Module):
             for name, p in self.named_parameters()
             if (include_text or not name.startswith(text)) and (include_gate or ".gate_proj." not in name)
         )
+
+
+TEXT_ONLY_PARTS = ("tok_embed", "lm_head", "pos_text")  # what an image-only tower of GenLIP does not have
+
+
+def image_tower(cfg: GenLIPConfig) -> GenLIP:
+    """The GenLIP trunk without its text parts (token embedding, LM head, text positions).
+
+    The baselines (CLIP / SigLIP, the encoder-decoder captioner) use it as their vision encoder, so their
+    encoders have exactly GenLIP's architecture and parameter count and only the objective differs.
+    """
+    tower = GenLIP(cfg)
+    for name in TEXT_ONLY_PARTS:
+        if hasattr(tower, name):
+            delattr(tower, name)
+    return tower

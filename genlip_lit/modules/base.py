@@ -85,6 +85,23 @@ class EncoderModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup, min_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    # ------------------------------------------------------------------ sharding
+    def configure_model(self) -> None:
+        """FSDP2 under Lightning's ModelParallelStrategy (experiments/scale/fsdp2.yaml); a no-op otherwise."""
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is None or getattr(self, "_fsdp2_applied", False):
+            return
+        network = self.optimized_model()
+        if network is self:
+            raise GenLIPUserError(
+                f"{type(self).__name__} does not support FSDP2 (ModelParallelStrategy); train it with DDP "
+                "(experiments/scale/ddp.yaml)"
+            )
+        from genlip_lit.modules.sharding import apply_fsdp2
+
+        apply_fsdp2(network, mesh, self.trainer.precision)
+        self._fsdp2_applied = True
+
     # ------------------------------------------------------------------ self-contained checkpoints
     def save_self_description(self, checkpoint: dict) -> None:
         """Module class and tokenizer (class, init args, state such as a compact vocabulary), so that
@@ -110,6 +127,15 @@ class EncoderModule(L.LightningModule):
     def encode_pooled(self, pixel_values: Tensor) -> Tensor:
         """One vector per image [B, D]; default: mean of the patch features (GenLIP has no [CLS])."""
         return self.encode_patches(pixel_values).mean(dim=1)
+
+    @property
+    def objective_name(self) -> str:
+        """A short label of the training objective for comparison tables (GenLIP, CLIP, SigLIP, ...)."""
+        return type(self).__name__
+
+    def num_vision_params(self) -> int:
+        """Parameters of the vision encoder alone (what an MLLM would keep)."""
+        raise NotImplementedError
 
     @property
     def is_generative(self) -> bool:

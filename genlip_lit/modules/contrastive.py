@@ -11,12 +11,16 @@ learnable temperature and bias, init log 10 and -10), which exchange features ac
     model:
       class_path: genlip_lit.modules.ContrastiveModule
       init_args: {arch: tiny, loss: siglip, text_layers: 2}
+
+Users with open_clip weights of their own can hold an open_clip model instead (`open_clip_model`: an
+architecture name or config JSON, `open_clip_weights`: a local checkpoint file; see models/baselines.py), to
+evaluate or fine-tune it under the same callbacks. The checkpoint then carries the weights: the file path is
+not needed to reload it.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import torch
@@ -27,22 +31,11 @@ from torchmetrics import MeanMetric
 from genlip_lit.data.batch import Batch
 from genlip_lit.data.tokenizer import CaptionEncoder, OpenCLIPTokenizer, Tokenizer
 from genlip_lit.errors import GenLIPUserError
-from genlip_lit.models import GenLIP, GenLIPConfig
+from genlip_lit.models import GenLIPConfig
+from genlip_lit.models.transformer import image_tower
 from genlip_lit.modules.base import EncoderModule
 
 LOSSES = ("clip", "siglip")
-TEXT_ONLY = ("tok_embed", "lm_head", "pos_text")  # GenLIP parts an image-only tower does not have
-
-
-def image_tower(config: GenLIPConfig) -> GenLIP:
-    """The GenLIP trunk without its text parts (token embedding, LM head, text positions)."""
-    tower = GenLIP(config)
-    for name in TEXT_ONLY:
-        if hasattr(tower, name):
-            delattr(tower, name)
-    return tower
-
-
 def contrastive_loss(kind: str, rank: int = 0, world_size: int = 1) -> nn.Module:
     """open_clip's loss; with world_size > 1 it gathers (CLIP) or exchanges (SigLIP) features across ranks."""
     from open_clip.loss import ClipLoss, SigLipLoss
@@ -68,6 +61,8 @@ class ContrastiveModule(EncoderModule):
         max_text_len: int = 64,
         init_logit_scale: float | None = None,
         init_logit_bias: float | None = None,
+        open_clip_model: str | None = None,
+        open_clip_weights: str | None = None,
         lr: float = 1e-3,
         min_lr: float = 1e-6,
         weight_decay: float = 0.01,
@@ -79,11 +74,32 @@ class ContrastiveModule(EncoderModule):
         self.save_hyperparameters(ignore=["tokenizer"])
         if loss not in LOSSES:
             raise GenLIPUserError(f"model.loss must be one of {LOSSES}, got {loss!r}")
-        from open_clip.transformer import TextTransformer
-
         self.loss_kind = loss
         self.tokenizer = tokenizer if tokenizer is not None else OpenCLIPTokenizer()
         self.caption_encoder = CaptionEncoder(self.tokenizer, None, max_text_len)  # no prompt for a text tower
+        self.clip = None
+        if open_clip_model is not None:
+            self._init_open_clip(open_clip_model, open_clip_weights, loss, max_text_len)
+        else:
+            if open_clip_weights is not None:
+                raise GenLIPUserError("model.open_clip_weights needs model.open_clip_model (the architecture they fit)")
+            self._init_matched_towers(arch, arch_overrides, embed_dim, text_width, text_layers, text_heads,
+                                      max_text_len)
+            default_scale, default_bias = (math.log(1 / 0.07), None) if loss == "clip" else (math.log(10.0), -10.0)
+            scale = default_scale if init_logit_scale is None else init_logit_scale
+            self.logit_scale = nn.Parameter(torch.tensor(float(scale)))
+            bias = default_bias if init_logit_bias is None else init_logit_bias
+            self.logit_bias = nn.Parameter(torch.tensor(float(bias))) if loss == "siglip" else None
+        self.criterion = contrastive_loss(loss)
+        self.val_loss = MeanMetric()
+        self.val_i2t = MeanMetric()
+        self.skipped_samples = 0
+
+    def _init_matched_towers(self, arch, arch_overrides, embed_dim, text_width, text_layers, text_heads,
+                             max_text_len) -> None:
+        """GenLIP's image tower of preset `arch` + a projection, and a small open_clip text tower."""
+        from open_clip.transformer import TextTransformer
+
         self.config = GenLIPConfig.from_name(arch, **(arch_overrides or {}))
         self.visual = image_tower(self.config)
         width = self.config.width
@@ -101,16 +117,26 @@ class ContrastiveModule(EncoderModule):
             eos_id=self.tokenizer.eos_id,
             pool_type="eos",  # the first EOS: right after the caption (padding may also be EOS)
         )
-        default_scale, default_bias = (math.log(1 / 0.07), None) if loss == "clip" else (math.log(10.0), -10.0)
-        scale = default_scale if init_logit_scale is None else init_logit_scale
-        self.logit_scale = nn.Parameter(torch.tensor(float(scale)))
-        bias = default_bias if init_logit_bias is None else init_logit_bias
-        self.logit_bias = nn.Parameter(torch.tensor(float(bias))) if loss == "siglip" else None
-        self.criterion = contrastive_loss(loss)
-        self.val_loss = MeanMetric()
-        self.val_i2t = MeanMetric()
-        self.skipped_samples = 0
-        self._step_start: float | None = None
+
+    def _init_open_clip(self, model: str, weights: str | None, loss: str, max_text_len: int) -> None:
+        """Both towers from an open_clip model (local weights optional); its tokenizer format must match ours."""
+        from genlip_lit.models.baselines import load_open_clip
+
+        self.clip = load_open_clip(model, weights)
+        self.config = None  # not a GenLIP tower
+        if self.tokenizer.vocab_size != self.clip.vocab_size:
+            raise GenLIPUserError(
+                f"open_clip model {model!r} has a {self.clip.vocab_size}-token vocabulary but the tokenizer has "
+                f"{self.tokenizer.vocab_size} (use OpenCLIPTokenizer with compact_corpus: null for the CLIP BPE)"
+            )
+        if max_text_len != self.clip.context_length:
+            raise GenLIPUserError(
+                f"model.max_text_len must equal the open_clip model's context length {self.clip.context_length}, "
+                f"got {max_text_len}"
+            )
+        self.logit_scale = self.clip.logit_scale  # pretrained temperature (and bias) are kept
+        bias = getattr(self.clip, "logit_bias", None)
+        self.logit_bias = bias if bias is not None or loss == "clip" else nn.Parameter(torch.tensor(-10.0))
 
     def setup(self, stage: str) -> None:
         # the loss needs this process's rank to exchange features with the others under DDP
@@ -119,12 +145,23 @@ class ContrastiveModule(EncoderModule):
 
     # ------------------------------------------------------------------ embeddings
     def embed_images(self, pixel_values: Tensor) -> Tensor:
-        """L2-normalized image embeddings [B, E]: mean-pooled patch features, projected."""
+        """L2-normalized image embeddings [B, E]: mean-pooled patch features, projected (open_clip: its own
+        pooling and projection)."""
+        if self.clip is not None:
+            return F.normalize(self.clip.visual(pixel_values)[0], dim=-1)
         return F.normalize(self.image_proj(self.encode_patches(pixel_values).mean(dim=1)), dim=-1)
 
     def embed_texts(self, input_ids: Tensor) -> Tensor:
         """L2-normalized text embeddings [B, E] of token ids (BOS ... EOS, right-padded)."""
-        return F.normalize(self.text(self._pad_to_context(input_ids)), dim=-1)
+        ids = self._pad_to_context(input_ids)
+        return F.normalize(self.clip.encode_text(ids) if self.clip is not None else self.text(ids), dim=-1)
+
+    def project_patches(self, patches: Tensor) -> Tensor:
+        """Patch features in the joint embedding space, [B, M, E]."""
+        if self.clip is None:
+            return self.image_proj(patches)
+        proj = getattr(self.clip.visual, "proj", None)
+        return patches @ proj if proj is not None else patches
 
     def _encode_texts(self, texts: list[str]) -> Tensor:
         ids, _, _ = self.caption_encoder.collate_text([self.caption_encoder.encode(t) for t in texts])
@@ -144,9 +181,6 @@ class ContrastiveModule(EncoderModule):
         return input_ids
 
     # ------------------------------------------------------------------ training
-    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
-        self._step_start = time.perf_counter()
-
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         self.skipped_samples += batch.num_skipped
         if len(batch) == 0:
@@ -159,11 +193,6 @@ class ContrastiveModule(EncoderModule):
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
         self.log("data/skipped_samples", float(self.skipped_samples), batch_size=n)
         return loss
-
-    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
-        if self._step_start is not None and len(batch):
-            seconds = max(time.perf_counter() - self._step_start, 1e-9)
-            self.log("train/samples_per_s", len(batch) / seconds, batch_size=len(batch))
 
     def _eval_step(self, batch: Batch) -> None:
         if len(batch) == 0:
@@ -187,12 +216,26 @@ class ContrastiveModule(EncoderModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.save_self_description(checkpoint)
+        # The state dict holds the (possibly fine-tuned) open_clip weights: rebuilding from this checkpoint must
+        # not read, or require, the original weights file.
+        if "hyper_parameters" in checkpoint and checkpoint["hyper_parameters"].get("open_clip_weights"):
+            checkpoint["hyper_parameters"]["open_clip_weights"] = None
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.load_self_description(checkpoint)
 
     # ------------------------------------------------------------------ encoder contract
+    @property
+    def objective_name(self) -> str:
+        return {"clip": "CLIP", "siglip": "SigLIP"}[self.loss_kind]
+
+    def num_vision_params(self) -> int:
+        visual = self.clip.visual if self.clip is not None else self.visual
+        return sum(p.numel() for p in visual.parameters())
+
     def encode_patches(self, pixel_values: Tensor) -> Tensor:
+        if self.clip is not None:
+            return self.clip.visual(pixel_values)[1]
         out = self.visual.forward_features(pixel_values)
         return out.hidden[:, self.config.num_registers :]
 
@@ -204,10 +247,12 @@ class ContrastiveModule(EncoderModule):
     @torch.no_grad()
     def patch_word_scores(self, pixel_values: Tensor, words: list[str]) -> Tensor:
         """Cosine similarity of each projected patch feature with each word's text embedding, [B, M, W]."""
-        patches = F.normalize(self.image_proj(self.encode_patches(pixel_values)), dim=-1)
+        patches = F.normalize(self.project_patches(self.encode_patches(pixel_values)), dim=-1)
         return patches @ self._encode_texts(words).T
 
     @torch.no_grad()
     def attention_maps(self, pixel_values: Tensor, input_ids: Tensor | None = None) -> tuple[list[Tensor], int]:
+        if self.clip is not None:
+            raise NotImplementedError("attention maps of open_clip towers are not exposed")
         out = self.visual.forward_features(pixel_values, None, return_attentions=True)  # the image tower only
         return list(out.attentions or []), out.num_prefix

@@ -8,7 +8,6 @@ same format must be used to train, to caption and to score. The data module take
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
@@ -18,8 +17,8 @@ from torchmetrics import MeanMetric, SumMetric
 from genlip_lit.data.batch import Batch
 from genlip_lit.data.tokenizer import CaptionEncoder, OpenCLIPTokenizer, Tokenizer
 from genlip_lit.errors import GenLIPUserError
-from genlip_lit.models import GenLIP, GenLIPConfig, generate, score
-from genlip_lit.models.generate import score_texts
+from genlip_lit.models import GenLIP, GenLIPConfig
+from genlip_lit.models.transformer import LossOutput
 from genlip_lit.modules.base import EncoderModule
 
 
@@ -57,29 +56,33 @@ class GenLIPModule(EncoderModule):
         self.tokenizer = tokenizer if tokenizer is not None else OpenCLIPTokenizer()
         self.caption_encoder = CaptionEncoder(self.tokenizer, prompt, max_text_len)
         self.config = GenLIPConfig.from_name(arch, **{**(arch_overrides or {}), "vocab_size": self.tokenizer.vocab_size})
-        self.model = GenLIP(self.config)
+        self.model = self.build_model(self.config)
         self.caption_max_new_tokens = caption_max_new_tokens
         self.val_loss = MeanMetric()
         self.val_correct = SumMetric()
         self.val_tokens = SumMetric()
         self.skipped_samples = 0
         self.truncated_captions = 0
-        self._step_start: float | None = None
+
+    def build_model(self, config: GenLIPConfig) -> nn.Module:
+        """The network trained on captions (subclasses swap in another, e.g. the encoder-decoder baseline)."""
+        return GenLIP(config)
 
     def optimized_model(self) -> nn.Module:
         return self.model
 
-    # ------------------------------------------------------------------ training
-    def on_train_batch_start(self, batch: Batch, batch_idx: int) -> None:
-        self._step_start = time.perf_counter()
+    def caption_loss(self, batch: Batch) -> LossOutput:
+        """Next-token loss of a (normalized) training batch."""
+        return self.model.loss(batch.pixel_values, batch.input_ids, batch.loss_mask)
 
+    # ------------------------------------------------------------------ training
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         batch = batch.normalized()  # a no-op after GenLIPDataModule.on_after_batch_transfer
         self.skipped_samples += batch.num_skipped
         self.truncated_captions += batch.num_truncated
         if len(batch) == 0:  # every image of this batch failed to decode: nothing to learn from
             return None
-        out = self.model.loss(batch.pixel_values, batch.input_ids, batch.loss_mask)
+        out = self.caption_loss(batch)
         n = len(batch)
         self.log("train/loss", out.loss, prog_bar=True, batch_size=n)
         self.log("train/token_acc", out.num_correct / out.num_tokens.clamp(min=1), batch_size=n)
@@ -88,17 +91,6 @@ class GenLIPModule(EncoderModule):
         self.log("data/skipped_samples", float(self.skipped_samples), batch_size=n)
         self.log("data/truncated_captions", float(self.truncated_captions), batch_size=n)
         return out.loss
-
-    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
-        if self._step_start is None:
-            return
-        seconds = time.perf_counter() - self._step_start
-        grid = (batch.pixel_values.shape[2] // self.config.patch_size) * (
-            batch.pixel_values.shape[3] // self.config.patch_size
-        )
-        tokens = len(batch) * (self.config.num_registers + grid) + int(batch.text_mask.sum())
-        self.log("train/tokens_per_s", tokens / max(seconds, 1e-9), batch_size=len(batch))
-        self.log("train/samples_per_s", len(batch) / max(seconds, 1e-9), batch_size=len(batch))
 
     # ------------------------------------------------------------------ validation / test
     def _eval_step(self, batch: Batch) -> Tensor | None:
@@ -151,6 +143,13 @@ class GenLIPModule(EncoderModule):
     def is_generative(self) -> bool:
         return True
 
+    @property
+    def objective_name(self) -> str:
+        return "GenLIP"
+
+    def num_vision_params(self) -> int:
+        return self.model.num_params(include_text=False)
+
     def encode_patches(self, pixel_values: Tensor) -> Tensor:
         return self.model.encode_image(pixel_values)
 
@@ -163,8 +162,7 @@ class GenLIPModule(EncoderModule):
         top_p: float = 1.0,
     ) -> list[str]:
         """Greedy (temperature 0) or sampled captions, decoded to text."""
-        out = generate(
-            self.model,
+        out = self.model.generate(
             pixel_values,
             self.caption_encoder.prompt_ids(),
             max_new_tokens or self.caption_max_new_tokens,
@@ -183,7 +181,7 @@ class GenLIPModule(EncoderModule):
             ids, mask = self.caption_encoder.encode(text)
             encoded.append((ids, mask[:-1] + [False]))  # the last target is EOS: leave it out
         ids, loss_mask, _ = self.caption_encoder.collate_text(encoded)
-        return score_texts(self.model, pixel_values, ids, loss_mask)
+        return self.model.score_texts(pixel_values, ids, loss_mask)
 
     def word_token_ids(self, words: list[str]) -> list[int]:
         """The first token of each word (its readout id); words are encoded as they appear inside a caption."""
@@ -212,6 +210,5 @@ class GenLIPModule(EncoderModule):
         """Summed log-likelihood of each caption given its image (higher = better match)."""
         encoded = [self.caption_encoder.encode(c) for c in captions]
         ids, loss_mask, _ = self.caption_encoder.collate_text(encoded)
-        total, _ = score(self.model, pixel_values, ids.to(self.device), loss_mask.to(self.device))
-        return total
+        return self.model.score(pixel_values, ids.to(self.device), loss_mask.to(self.device))
 
