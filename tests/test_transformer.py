@@ -102,3 +102,26 @@ def test_encode_image_shape_and_native_grid():
     model = _model(num_registers=4)
     feats = model.encode_image(torch.randn(1, 3, 24, 40))
     assert feats.shape == (1, 3 * 5, 64)
+
+
+def test_activation_checkpointing_changes_nothing_but_memory():
+    # drop path on: the recomputed blocks must replay the same random draws
+    results = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        model = GenLIP(GenLIPConfig.from_name("tiny", depth=2, width=64, ffn_hidden=128, vocab_size=50,
+                                              drop_path=0.3, grad_checkpointing=recompute))
+        torch.manual_seed(1)
+        x, ids = torch.randn(2, 3, 32, 32), torch.randint(0, 50, (2, 7))
+        out = model.loss(x, ids, torch.ones(2, 7, dtype=torch.bool))
+        out.loss.backward()
+        results.append((out.loss.detach(), model.patch_embed.weight.grad, model.blocks[0].attn.gate_proj.weight.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_compile_blocks_marks_every_block_for_compilation():
+    model = GenLIP(GenLIPConfig.from_name("tiny", depth=2, width=64, ffn_hidden=128, vocab_size=50,
+                                          compile_blocks=True))
+    assert all(blk._compiled_call_impl is not None for blk in model.blocks)  # compiled lazily, on first call
+    assert GenLIP(GenLIPConfig.from_name("tiny", vocab_size=50)).blocks[0]._compiled_call_impl is None

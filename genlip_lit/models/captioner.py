@@ -25,25 +25,11 @@ from genlip_lit.models.rope import MRoPE, text_position_ids
 from genlip_lit.models.transformer import GenLIP, LossOutput, image_tower
 
 
-class CrossAttention(nn.Module):
-    """Text queries over the encoder's output (no mask, no positions: the encoder already placed them),
-    with the same optional per-channel sigmoid output gate as GenLIP's self-attention."""
+class CrossAttention(GatedAttention):
+    """Text queries over the encoder's output: GenLIP's gated attention with keys and values from the image
+    (no mask, no positions: the encoder already placed the patches)."""
 
-    def __init__(self, width: int, num_heads: int, head_dim: int, gated: bool = True, qkv_bias: bool = True) -> None:
-        super().__init__()
-        self.num_heads, self.head_dim = num_heads, head_dim
-        inner = num_heads * head_dim
-        self.q_proj = nn.Linear(width, inner, bias=qkv_bias)
-        self.gate_proj = nn.Linear(width, inner) if gated else None
-        self.k_proj = nn.Linear(width, inner, bias=qkv_bias)
-        self.v_proj = nn.Linear(width, inner, bias=qkv_bias)
-        self.o_proj = nn.Linear(inner, width)
-
-    def _heads(self, x: Tensor) -> Tensor:
-        b, n, _ = x.shape
-        return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-
-    def forward(self, x: Tensor, memory: Tensor) -> Tensor:
+    def forward(self, x: Tensor, memory: Tensor) -> Tensor:  # type: ignore[override]
         b, n, _ = x.shape
         q = self._heads(self.q_proj(x))
         k, v = self._heads(self.k_proj(memory)), self._heads(self.v_proj(memory))

@@ -31,21 +31,24 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         for start in range(0, n, chunk_size):
             h = hidden[start : start + chunk_size]
             t = targets[start : start + chunk_size]
-            logits = (h @ weight.T).float()  # [c, V]: the only vocabulary-sized tensor alive
-            lse = torch.logsumexp(logits, dim=-1)
+            logits = (h @ weight.T).float()  # [c, V]: the only vocabulary-sized buffer, reused in place below
             target_logit = logits.gather(1, t[:, None]).squeeze(1)
-            loss_sum += (lse - target_logit).sum()
             correct += (logits.argmax(-1) == t).sum()
+            row_max = logits.amax(-1, keepdim=True)
+            exp = logits.sub_(row_max).exp_()
+            total = exp.sum(-1, keepdim=True)
+            loss_sum += (total.log() + row_max).squeeze(1).sub(target_logit).sum()  # log-sum-exp - target
             if needs_hidden or needs_weight:
-                # d(sum of losses)/d logits = softmax - one_hot, computed in place in the logits buffer
-                grad_logits = logits.sub_(lse[:, None]).exp_()
+                # d(sum of losses)/d logits = softmax - one_hot, still in the same buffer
+                grad_logits = exp.div_(total)
                 grad_logits[torch.arange(len(t), device=t.device), t] -= 1.0
                 grad_logits = grad_logits.to(hidden.dtype)
                 if needs_hidden:
                     grad_hidden[start : start + chunk_size] = grad_logits @ weight
-                if needs_weight:
-                    grad_weight += (grad_logits.T @ h).float()
-            del logits
+                if needs_weight:  # accumulate in place: no weight-sized temporary per chunk
+                    grad_weight.addmm_(grad_logits.T.float(), h.float())
+            del logits, exp  # every alias of the buffer, or it lives on beside the next chunk's
+            grad_logits = None
         ctx.save_for_backward(grad_hidden if needs_hidden else None, grad_weight if needs_weight else None)
         ctx.num_tokens, ctx.weight_dtype = n, weight.dtype
         ctx.mark_non_differentiable(correct)
@@ -55,8 +58,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss: Tensor, grad_correct: Tensor | None):  # type: ignore[override]
         grad_hidden, grad_weight = ctx.saved_tensors
         scale = grad_loss / max(ctx.num_tokens, 1)
-        dh = grad_hidden * scale.to(grad_hidden.dtype) if grad_hidden is not None else None
-        dw = (grad_weight * scale).to(ctx.weight_dtype) if grad_weight is not None else None
+        # in place: the stored gradients are used once, and a weight-sized copy is what chunking saves
+        dh = grad_hidden.mul_(scale.to(grad_hidden.dtype)) if grad_hidden is not None else None
+        dw = grad_weight.mul_(scale).to(ctx.weight_dtype) if grad_weight is not None else None
         return dh, dw, None, None
 
 
