@@ -84,3 +84,20 @@ def test_genlip_loss_is_unchanged_by_chunking() -> None:
         results.append((out.loss.detach(), out.num_correct, model.lm_head.weight.grad, model.patch_embed.weight.grad))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_chunked_loss_under_bf16_autocast_matches_plain() -> None:
+    # the GPU recipe trains under bf16 autocast: the chunked path must stay within bf16 rounding of the plain one
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(24, 32), torch.randn(500, 32) * 0.2
+    targets = torch.randint(0, 500, (24,))
+    results = []
+    for fn in (plain, lambda h, w, t: chunked_lm_head_loss(h, w, t, 7)):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = fn(h, w, targets)
+        loss.float().backward()
+        assert h.grad.dtype == h.dtype and w.grad.dtype == w.dtype
+        results.append((loss.float().detach(), h.grad, w.grad))
+    for got, ref in zip(results[1], results[0]):
+        torch.testing.assert_close(got, ref, rtol=2e-2, atol=2e-3)
