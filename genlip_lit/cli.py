@@ -7,6 +7,7 @@
     genlip eval --ckpt runs/quickstart/version_0/checkpoints/last.ckpt --config experiments/eval.yaml
     genlip probe --ckpt runs/quickstart/version_0/checkpoints/last.ckpt --data my_imagefolder/
     genlip compare experiments/compare/*.yaml --output runs/compare
+    genlip export --ckpt runs/quickstart/version_0/checkpoints/last.ckpt --output encoders/quickstart
 
 `fit | validate | test | predict` go through LightningCLI (model and data are class_path plug-ins; several
 `--config` files compose, later ones win). The other commands are plain argparse programs.
@@ -77,6 +78,7 @@ EXTRA_COMMANDS = {
     "eval": "genlip_lit.eval.report:eval_main",
     "probe": "genlip_lit.eval.report:probe_main",
     "compare": "genlip_lit.eval.compare:compare_main",
+    "export": "genlip_lit.export:export_main",
 }
 
 
