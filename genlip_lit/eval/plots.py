@@ -39,17 +39,26 @@ def line_plot(
         x = left + (i + 0.5) * (right - left) / n
         return x, bottom - (min(max(v, lo), hi) - lo) / (hi - lo) * (bottom - top)
 
-    for k, (name, vs) in enumerate(series.items()):
+    pixels = {name: [point(i, v) for i, v in enumerate(vs) if v == v] for name, vs in series.items()}
+    _draw_series(draw, pixels, (left, top, right, h), title, x_label, mark_points=True)
+    return np.asarray(img)
+
+
+def _draw_series(draw: ImageDraw.ImageDraw, pixels: dict[str, list[tuple[float, float]]],
+                 frame: tuple[int, int, int, int], title: str, x_label: str, mark_points: bool) -> None:
+    """Each series as a line (with point markers when asked, or when sparse), a legend, the title and x label."""
+    font = ImageFont.load_default()
+    left, top, right, h = frame
+    for k, (name, pts) in enumerate(pixels.items()):
         color = PALETTE[k % len(PALETTE)]
-        pts = [point(i, v) for i, v in enumerate(vs) if v == v]
         if len(pts) > 1:
             draw.line(pts, fill=color, width=2)
-        for x, y in pts:
-            draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=color)
-        draw.text((left + 6 + 150 * (k % 3), top + 4 + 12 * (k // 3)), name, fill=color, font=font)
+        if mark_points or len(pts) < 30:
+            for x, y in pts:
+                draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=color)
+        draw.text((left + 6 + 145 * (k % 3), top + 4 + 12 * (k // 3)), name, fill=color, font=font)
     draw.text((left, 6), title, fill=(0, 0, 0), font=font)
-    draw.text(((left + right) // 2 - 10, h - 14), x_label, fill=(0, 0, 0), font=font)
-    return np.asarray(img)
+    draw.text(((left + right) // 2 - 3 * len(x_label), h - 14), x_label, fill=(0, 0, 0), font=font)
 
 
 def xy_plot(
@@ -85,17 +94,8 @@ def xy_plot(
     def to_pixels(x: float, y: float) -> tuple[float, float]:
         return (left + (x - x_lo) / (x_hi - x_lo) * (right - left), bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top))
 
-    for k, (name, pts) in enumerate(points.items()):
-        color = PALETTE[k % len(PALETTE)]
-        pix = [to_pixels(x, y) for x, y in sorted(pts)]
-        if len(pix) > 1:
-            draw.line(pix, fill=color, width=2)
-        if len(pix) < 30:  # sparse series (evaluations): mark each point
-            for x, y in pix:
-                draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=color)
-        draw.text((left + 6 + 140 * (k % 3), top + 4 + 12 * (k // 3)), name, fill=color, font=font)
-    draw.text((left, 6), title, fill=(0, 0, 0), font=font)
-    draw.text(((left + right) // 2 - 30, h - 14), x_label, fill=(0, 0, 0), font=font)
+    pixels = {name: [to_pixels(x, y) for x, y in sorted(pts)] for name, pts in points.items()}
+    _draw_series(draw, pixels, (left, top, right, h), title, x_label, mark_points=False)  # sparse ones get marks
     return np.asarray(img)
 
 
