@@ -79,24 +79,24 @@ class Throughput(L.Callback):
             self._counted_samples = len(batch)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: Any, optimizer: Any) -> None:
-        self._stop_counting(trainer, pl_module)  # forward and backward are done; the update is elementwise
-
-    def on_exception(self, trainer: L.Trainer, pl_module: Any, exception: BaseException) -> None:
-        if self._counter is not None:
-            self._counter.__exit__(None, None, None)
-            self._counter = None
-
-    def _stop_counting(self, trainer: L.Trainer, pl_module: Any) -> None:
+        # forward and backward are done; the update is elementwise
         if self._counter is None:
             return
-        self._counter.__exit__(None, None, None)
-        total = self._counter.get_total_flops()
-        self._counter = None
+        total = self._close_counter()
         if self._counted_samples:
             self.flops_per_sample = total / self._counted_samples
             for logger in trainer.loggers:
                 logger.log_metrics({"perf/train_flops_per_sample": self.flops_per_sample}, step=trainer.global_step)
         self._last_end = None  # the counted step's time is not representative
+
+    def on_exception(self, trainer: L.Trainer, pl_module: Any, exception: BaseException) -> None:
+        if self._counter is not None:
+            self._close_counter()
+
+    def _close_counter(self) -> int:
+        counter, self._counter = self._counter, None
+        counter.__exit__(None, None, None)
+        return counter.get_total_flops()
 
     # -- rates -------------------------------------------------------------------------------------------
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:

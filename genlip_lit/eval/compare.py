@@ -125,10 +125,11 @@ def run_one(spec: RunSpec, output: Path, rerun: bool, fit_command: list[str]) ->
     last = run_dir / LOG_VERSION / "checkpoints" / "last.ckpt"
     resume_from = last if last.is_file() else None
     start = time.perf_counter()
+    fit_argv = spec.fit_argv(output, resume_from)
     with open(run_dir / "fit.log", "a") as log:
-        log.write(f"\n$ genlip {' '.join(spec.fit_argv(output, resume_from))}\n")
+        log.write(f"\n$ genlip {' '.join(fit_argv)}\n")
         log.flush()
-        proc = subprocess.run([*fit_command, *spec.fit_argv(output, resume_from)], stdout=log,
+        proc = subprocess.run([*fit_command, *fit_argv], stdout=log,
                               stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     seconds = time.perf_counter() - start
     attempts.append({"fingerprint": fingerprint, "seconds": seconds, "returncode": proc.returncode,

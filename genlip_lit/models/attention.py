@@ -130,8 +130,9 @@ def _attend_split(q: Tensor, k: Tensor, v: Tensor, layout: AttnLayout) -> Tensor
             outs.append(F.scaled_dot_product_attention(q_text, k, v, is_causal=True))
         elif _get_current_dispatch_mode() is not None:
             # CausalBias is a tensor subclass, which cannot be created under a dispatch mode (e.g. the FLOP
-            # counter of callbacks/throughput.py): the same mask as plain booleans.
-            mask = torch.ones(n_text_q, n_k, dtype=torch.bool, device=q.device).tril(n_k - n_text_q)
+            # counter of callbacks/throughput.py): the same rows of the layout's dense mask instead.
+            text_rows = AttnLayout(layout.num_prefix, layout.q_start + n_prefix_q)
+            mask = text_rows.dense_mask(n_text_q, n_k, q.device)
             outs.append(F.scaled_dot_product_attention(q_text, k, v, attn_mask=mask))
         else:
             outs.append(F.scaled_dot_product_attention(q_text, k, v, attn_mask=causal_lower_right(n_text_q, n_k)))

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from genlip_lit.models.attention import AttnLayout, GatedAttention
 from genlip_lit.models.config import GenLIPConfig
-from genlip_lit.models.generate import GenerationOutput, decode_loop, target_log_likelihood
+from genlip_lit.models.generate import GenerationOutput, batched_prompt, decode_loop, target_log_likelihood
 from genlip_lit.models.lm_loss import lm_head_loss
 from genlip_lit.models.rope import MRoPE, text_position_ids
 from genlip_lit.models.transformer import GenLIP, LossOutput, image_tower
@@ -135,9 +135,7 @@ class EncoderDecoderCaptioner(nn.Module):
         """Greedy or sampled captions. The image is encoded once; the (small) decoder is rerun over the text
         so far at each step, which at a few decoder blocks costs less than the encoder pass."""
         memory = self.encode_memory(pixel_values)
-        prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=pixel_values.device)
-        if prompt.dim() == 1:
-            prompt = prompt.expand(pixel_values.shape[0], -1)
+        prompt = batched_prompt(prompt_ids, pixel_values.shape[0], pixel_values.device)
 
         def next_logits(step: int, step_input: Tensor, text: Tensor) -> Tensor:
             return self.lm_head(self.decode(memory, text)[:, -1])

@@ -55,9 +55,7 @@ def generate(
     """Generate up to max_new_tokens per image after `prompt_ids` (BOS + prompt, shared by the batch)."""
     b = pixel_values.shape[0]
     device = pixel_values.device
-    prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=device)
-    if prompt.dim() == 1:
-        prompt = prompt.expand(b, -1)
+    prompt = batched_prompt(prompt_ids, b, device)
     cache = None
     if use_cache:
         num_patches = (pixel_values.shape[2] // model.cfg.patch_size) * (pixel_values.shape[3] // model.cfg.patch_size)
@@ -73,6 +71,12 @@ def generate(
         return model.lm_head(out.hidden[:, -1])
 
     return decode_loop(next_logits, prompt, max_new_tokens, eos_id, temperature, top_p, return_logits, generator)
+
+
+def batched_prompt(prompt_ids: Tensor | list[int], batch_size: int, device: torch.device) -> Tensor:
+    """[B, L] prompt ids: one shared prompt ([L] or a list) is repeated for every image."""
+    prompt = torch.as_tensor(prompt_ids, dtype=torch.long, device=device)
+    return prompt.expand(batch_size, -1) if prompt.dim() == 1 else prompt
 
 
 def decode_loop(

@@ -72,8 +72,7 @@ def chunked_lm_head_loss(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    loss, correct = _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk_size)
-    return loss, correct
+    return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk_size)
 
 
 def lm_head_loss(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: int = 0) -> tuple[Tensor, Tensor]:

@@ -21,6 +21,8 @@ from genlip_lit.models.config import GenLIPConfig
 from genlip_lit.models.lm_loss import lm_head_loss
 from genlip_lit.models.rope import MRoPE, genlip_position_ids, text_position_ids, text_start
 
+TEXT_ONLY_PARTS = ("tok_embed", "lm_head", "pos_text")  # what an image-only tower of GenLIP does not have
+
 
 class Block(nn.Module):
     """Pre-norm block: gated attention and an FFN, each with LayerScale and drop path."""
@@ -241,15 +243,11 @@ class GenLIP(nn.Module):
 
     def num_params(self, include_text: bool = True, include_gate: bool = True) -> int:
         """Parameter count; without text = the vision encoder (no token embedding, no LM head)."""
-        text = ("tok_embed.", "lm_head.", "pos_text")
         return sum(
             p.numel()
             for name, p in self.named_parameters()
-            if (include_text or not name.startswith(text)) and (include_gate or ".gate_proj." not in name)
+            if (include_text or not name.startswith(TEXT_ONLY_PARTS)) and (include_gate or ".gate_proj." not in name)
         )
-
-
-TEXT_ONLY_PARTS = ("tok_embed", "lm_head", "pos_text")  # what an image-only tower of GenLIP does not have
 
 
 def image_tower(cfg: GenLIPConfig) -> GenLIP:
