@@ -101,3 +101,42 @@ def test_cli(tmp_path, capsys) -> None:
     with pytest.raises(GenLIPUserError, match="patch_size"):
         opt.main(["--output", str(tmp_path / "y"), "--num-samples", "5", "--image-size", "20"])
     assert opt.default_val_samples(1000) == 200 and opt.default_val_samples(100_000) == 2000
+
+
+def test_variable_size_scenes_round_trip_through_shards(tmp_path) -> None:
+    import litdata
+
+    scene = SceneConfig(image_size=32, max_image_size=96, patch_size=16, word_prob=1.0, word_font_px=9)
+    before = multiprocessing.get_start_method()
+    out = str(tmp_path / "var")
+    meta = opt.optimize_synthetic(out, num_train=20, num_val=2, seed=5, scene=scene)
+    assert multiprocessing.get_start_method() == before  # litdata's forced start method is undone
+    assert meta["scene"]["max_image_size"] == 96 and meta["scene"]["word_font_px"] == 9
+    train = litdata.StreamingDataset(os.path.join(out, "train"))
+    assert len(train) == 20
+    shapes = set()
+    for i in range(20):
+        sample, ref = train[i], generate_scene(5, i, scene)
+        w, h = ref.size
+        image = decode_image(sample["image"])
+        assert image.size == (w, h)
+        assert np.array_equal(np.asarray(image), np.asarray(ref.image))
+        for key in ("patch_shape", "patch_color"):
+            assert sample[key].dtype == np.uint8 and sample[key].shape == (h // 16, w // 16)
+        assert np.array_equal(sample["patch_shape"], ref.patch_shape)
+        assert np.array_equal(sample["patch_color"], ref.patch_color)
+        assert sample["caption"] == ref.caption
+        shapes.add(sample["patch_shape"].shape)
+    assert len(shapes) > 5  # the maps really vary in shape from sample to sample
+
+
+def test_cli_size_options(tmp_path) -> None:
+    with pytest.raises(GenLIPUserError, match="max_image_size"):
+        opt.main(["--output", str(tmp_path / "a"), "--num-samples", "2", "--max-image-size", "60"])
+    with pytest.raises(GenLIPUserError, match="word_font_px"):
+        opt.main(["--output", str(tmp_path / "b"), "--num-samples", "2", "--word-font-px", "4"])
+    out = tmp_path / "c"
+    argv = ["--output", str(out), "--num-samples", "2", "--val-samples", "1", "--image-size", "32"]
+    assert opt.main([*argv, "--max-image-size", "64", "--word-font-px", "8"]) == 0
+    scene = json.loads((out / opt.META_FILE).read_text())["scene"]
+    assert scene["max_image_size"] == 64 and scene["word_font_px"] == 8

@@ -5,7 +5,8 @@
 
 Real corpora (webdataset tars, image folders, parquet, JSONL/CSV manifests) go through `corpus.py`; each stored
 sample is ``{"image": bytes, "caption": str, "key": str, "label": int}``. The embedded synthetic data adds
-``"patch_shape"`` and ``"patch_color"`` (uint8 [g, g] per-patch labels). Images stay encoded so a corrupt one
+``"patch_shape"`` and ``"patch_color"`` (uint8 [H / patch, W / patch] per-patch labels; their shape varies per
+sample with `--max-image-size`). Images stay encoded so a corrupt one
 still fails (and is skipped) at read time. Built-in generators register in `SOURCES`.
 """
 
@@ -168,6 +169,8 @@ def _run_synthetic(args: argparse.Namespace) -> dict[str, Any]:
             min_objects=args.min_objects,
             max_objects=args.max_objects,
             word_prob=args.word_prob,
+            max_image_size=args.max_image_size,
+            word_font_px=args.word_font_px,
         )
     except ValueError as exc:  # SceneConfig validates its own fields
         raise GenLIPUserError(f"invalid scene options: {exc}") from exc
@@ -240,6 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--min-objects", type=int, default=1, help="synthetic: fewest objects per scene")
     syn.add_argument("--max-objects", type=int, default=3, help="synthetic: most objects per scene")
     syn.add_argument("--word-prob", type=float, default=0.0, help="synthetic: probability of a rendered word")
+    syn.add_argument(
+        "--max-image-size",
+        type=int,
+        default=None,
+        help="synthetic: variable sizes / aspect ratios: width and height each a multiple of --patch-size "
+        "in [--image-size, this] (default: square --image-size scenes)",
+    )
+    syn.add_argument(
+        "--word-font-px",
+        type=int,
+        default=None,
+        help="synthetic: draw the word at this pixel size, e.g. 10 (default: a quarter of the shorter side)",
+    )
     return p
 
 
