@@ -406,3 +406,77 @@ def test_long_captions_are_cut_and_counted(data_dir) -> None:
     expected = sum(len(full.encode(c)[0]) > 8 for b in batches for c in b.captions)
     assert expected > 0 and sum(b.num_truncated for b in batches) == expected
     assert all(b.input_ids.shape[1] <= 8 for b in batches)
+
+
+# ---------------------------------------------------------------------------------------------- stage 2
+NATIVE_SCENE = SceneConfig(image_size=32, max_image_size=64, patch_size=8, word_prob=1.0, word_font_px=8)
+
+
+@pytest.fixture(scope="module")
+def native_dir(tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("dm") / "native")
+    optimize_synthetic(out, num_train=48, num_val=16, seed=0, scene=NATIVE_SCENE)
+    return out
+
+
+def _native(native_dir: str, encoder: CaptionEncoder, **kw) -> GenLIPDataModule:
+    kw = {"resolution": "native", "patch_size": 8, "max_tokens": 160, "min_patches": 4, "max_patches": 64, **kw}
+    return _dm(native_dir, encoder, **kw)
+
+
+def test_native_batches_are_packed_at_native_size(native_dir, encoder) -> None:
+    dm = _native(native_dir, encoder, shuffle=False)
+    batches = list(dm.train_dataloader())
+    assert sum(len(b) for b in batches) == 48
+    sizes = set()
+    for b in batches:
+        assert b.is_packed and b.pixel_values.dtype == torch.uint8 and b.pixel_values.shape[1:] == (3, 8, 8)
+        assert b.segment_ids.shape[1] <= 160 and int(b.segment_ids.max()) == len(b)
+        sizes |= {tuple(g) for g in b.image_grids.tolist()}
+        normalized = b.normalized()
+        assert normalized.pixel_values.dtype == torch.float32 and normalized.is_packed
+    # the scenes keep their stored size (4..8 patches a side, within min/max patches): several shapes occur
+    assert len(sizes) > 3 and all(4 <= h <= 8 and 4 <= w <= 8 for h, w in sizes)
+    # the embedded stage-2 data packs tightly: (non-padding tokens) / (row slots), far above padding each sample
+    from genlip_lit.data.packing import packing_stats
+
+    stats = [packing_stats(b.segment_ids) for b in batches]
+    useful, total = sum(s.useful for s in stats), sum(s.total for s in stats)
+    unpacked = sum(s.unpacked_total for s in stats)
+    assert useful / total > 0.9 and useful / total > useful / unpacked
+
+
+def test_native_eval_dataset_is_fixed_size_and_unpacked(native_dir, encoder) -> None:
+    dm = _native(native_dir, encoder, image_size=32)
+    dataset = dm.eval_dataset("val")
+    loader = dm._loader(dataset, 8)
+    batch = next(iter(loader))
+    assert not batch.is_packed and batch.pixel_values.shape == (8, 3, 32, 32)
+    assert batch.patch_shape is None  # the maps describe the stored (larger) scene, not the resized image
+    assert all("the word" in c for c in batch.captions)
+
+
+def test_native_packing_is_deterministic_and_resumes(native_dir, encoder) -> None:
+    def keys(loader):
+        return [tuple(b.keys) for b in loader]
+
+    full = keys(_native(native_dir, encoder, seed=3).train_dataloader())
+    again = keys(_native(native_dir, encoder, seed=3).train_dataloader())
+    assert full == again
+    loader = _native(native_dir, encoder, seed=3).train_dataloader()
+    it = iter(loader)
+    seen = [tuple(next(it).keys) for _ in range(2)]
+    state = loader.state_dict()
+    resumed = _native(native_dir, encoder, seed=3).train_dataloader()
+    resumed.load_state_dict(state)
+    assert seen + keys(resumed) == full
+
+
+def test_native_needs_room_for_the_longest_sample(native_dir, encoder) -> None:
+    with pytest.raises(GenLIPUserError, match="max_tokens=100 cannot hold"):
+        _native(native_dir, encoder, max_tokens=100)
+    dm = GenLIPDataModule(data_dir=native_dir, caption_encoder=encoder, resolution="native", num_workers=0)
+    with pytest.raises(GenLIPUserError, match="patch size"):
+        dm.setup("fit")
+    with pytest.raises(GenLIPUserError, match="resolution"):
+        GenLIPDataModule(data_dir=native_dir, resolution="square")

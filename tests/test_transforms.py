@@ -73,3 +73,47 @@ def test_invalid_arguments() -> None:
         FixedResTransform(image_size=0)
     with pytest.raises(ValueError):
         FixedResTransform(mean=(0.5, 0.5))
+
+
+# ------------------------------------------------------------------ stage 2: native aspect ratio
+def test_native_grid_keeps_the_patch_count_in_bounds_and_the_aspect_ratio() -> None:
+    import math
+    import random
+
+    from genlip_lit.data.transforms import native_grid
+
+    rng = random.Random(0)
+    for _ in range(2000):
+        w, h = rng.randint(1, 5000), rng.randint(1, 5000)
+        gh, gw = native_grid(w, h, 16, 16, 1024)
+        assert 16 <= gh * gw <= 1024 and gh >= 1 and gw >= 1
+        if 1 / 8 <= w / h <= 8 and 16 * 16 * 20 <= w * h:  # not extreme: the ratio survives rounding
+            assert abs(math.log((gw / gh) / (w / h))) < 0.35
+    assert native_grid(224, 224, 16) == (14, 14)  # in range: the size is kept
+    assert native_grid(160, 96, 8) == (12, 20)
+    assert native_grid(4000, 3000, 16) == (28, 36)  # too many patches: scaled down to <= 1024
+    assert native_grid(10, 10, 16) == (4, 4)  # too few: scaled up to >= 16
+    assert native_grid(10000, 10, 16) == (1, 625)  # extreme ratios stay within bounds
+    with pytest.raises(ValueError, match="min_patches"):
+        native_grid(10, 10, 16, 20, 10)
+    with pytest.raises(ValueError, match="positive"):
+        native_grid(0, 10, 16)
+
+
+def test_native_transform_resizes_to_its_grid_without_cropping() -> None:
+    from genlip_lit.data.transforms import NativeResTransform, SquashTransform
+
+    t = NativeResTransform(patch_size=8, min_patches=16, max_patches=64)
+    img = Image.new("RGB", (160, 96), (255, 0, 0))
+    img.paste((0, 0, 255), (150, 0, 160, 96))  # a blue strip at the right edge: a crop would lose it
+    out = t.to_uint8(img)
+    assert out.dtype == torch.uint8 and out.shape == (3, 6 * 8, 10 * 8)
+    assert out[2, :, -1].float().mean() > 200  # the right edge is still blue
+    same = t.to_uint8(Image.new("L", (48, 32), 7))  # in range: kept as is (and made RGB)
+    assert same.shape == (3, 32, 48) and int(same.max()) == 7
+    normalized = t(img)
+    assert normalized.dtype == torch.float32 and float(normalized.max()) == pytest.approx(1.0)
+    squash = SquashTransform(64).to_uint8(img)
+    assert squash.shape == (3, 64, 64) and squash[2, :, -1].float().mean() > 200
+    with pytest.raises(ValueError, match="patch_size"):
+        NativeResTransform(0)

@@ -48,14 +48,14 @@ class EvalData:
         self.batch_size = batch_size
 
     def batches(self, split: str, budget: int) -> Iterator[Batch]:
-        """Up to `budget` samples of `split` ("val" or "train", center-cropped, in stored order), normalized."""
+        """Up to `budget` samples of `split` ("val" or "train", at the data's image_size, in stored order), normalized."""
         from genlip_lit.data.datamodule import shutdown_workers
 
         dm = self.datamodule
         base = dm.data_dirs[0]
         if split == "val" and dm.val_dataset is None:
             dm.setup("validate")
-        dataset = dm._dataset(base, split, train=False)
+        dataset = dm.eval_dataset(split, base)  # fixed size, unpacked, even for stage-2 (native) data
         loader = dm._loader(dataset, self.batch_size)
         seen = 0
         try:

@@ -135,6 +135,8 @@ class Throughput(L.Callback):
 
 def tokens_in(batch: Any, pl_module: Any) -> int:
     """Image tokens (registers + patches) plus real text tokens of a batch, for the module's patch size."""
+    if getattr(batch, "segment_ids", None) is not None:  # packed: every non-padding slot is a token
+        return int((batch.segment_ids > 0).sum())
     config = getattr(pl_module, "config", None)
     text = int(batch.text_mask.sum()) if getattr(batch, "text_mask", None) is not None else 0
     if config is None or getattr(batch, "pixel_values", None) is None:

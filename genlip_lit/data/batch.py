@@ -13,17 +13,22 @@ from typing import Any
 
 import torch
 
+# Packed rows: what each token slot holds (Batch.token_kinds). Registers and patches form a sample's prefix.
+PAD, REGISTER, PATCH, TEXT = 0, 1, 2, 3
+
 
 @dataclass
 class Batch:
     """A stage-1 (fixed resolution) or packed stage-2 batch.
 
-    Text layout per row: BOS, prompt tokens, caption tokens, EOS, then `pad_id` (right padding).
+    Stage 1, text layout per row: BOS, prompt tokens, caption tokens, EOS, then `pad_id` (right padding).
     `loss_mask[b, i]` is True when the token AT position i is a prediction target (caption tokens and EOS),
     so the model's logits at position i - 1 are scored against `input_ids[b, i]`.
+    Packed (stage 2, `is_packed`): rows of several samples, each `[registers ; patches ; text]`; the per-token
+    fields are [R, T] and described in data/packing.py; `pixel_values` holds every image's patches.
     """
 
-    pixel_values: torch.Tensor  # [B, 3, H, W]: uint8 from loaders (see `normalized()`), float once normalized
+    pixel_values: torch.Tensor  # [B, 3, H, W] (packed: [P, 3, p, p] patches): uint8 from loaders, float normalized
     input_ids: torch.Tensor  # [B, L] long
     loss_mask: torch.Tensor  # [B, L] bool: token at this position is a target (caption + EOS)
     text_mask: torch.Tensor  # [B, L] bool: real (non-pad) token
@@ -34,10 +39,16 @@ class Batch:
     keys: list[str] = field(default_factory=list)  # sample keys from the shards (empty if the shards have none)
     num_skipped: int = 0  # samples dropped from this batch because they failed to decode
     num_truncated: int = 0  # captions in this batch cut to the model's max_text_len
-    position_ids: torch.Tensor | None = None  # reserved: packed stage-2 M-RoPE ids [3, B, N]
-    segment_ids: torch.Tensor | None = None  # reserved: packed stage-2 sample ids
+    position_ids: torch.Tensor | None = None  # packed: M-RoPE ids [3, R, T]
+    segment_ids: torch.Tensor | None = None  # packed: [R, T] 1 + sample index, 0 = padding
+    token_kinds: torch.Tensor | None = None  # packed: [R, T] int8 PAD/REGISTER/PATCH/TEXT (data/packing.py)
+    image_grids: torch.Tensor | None = None  # packed: [S, 2] (gh, gw) per sample, in placement order
     pixel_mean: tuple[float, float, float] | None = None  # normalisation still to apply to uint8 pixel_values
     pixel_std: tuple[float, float, float] | None = None
+
+    @property
+    def is_packed(self) -> bool:
+        return self.segment_ids is not None
 
     def normalized(self) -> Batch:
         """The batch with float pixels `(x / 255 - mean) / std`; a no-op when pixels are already float.
@@ -67,7 +78,9 @@ class Batch:
         return Batch(**{f.name: _pin(getattr(self, f.name)) for f in fields(self)})
 
     def __len__(self) -> int:
-        """Batch size (number of samples, not tokens)."""
+        """Batch size (number of samples, not tokens or packed rows)."""
+        if self.image_grids is not None:
+            return int(self.image_grids.shape[0])
         if self.input_ids.dim() >= 1:
             return int(self.input_ids.shape[0])
         return 0
@@ -83,3 +96,33 @@ def normalize_pixels(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[
 
 def _pin(value: Any) -> Any:
     return value.pin_memory() if isinstance(value, torch.Tensor) else value
+
+
+# ---------------------------------------------------------------- M-RoPE position layout
+def image_position_ids(grid_h: int, grid_w: int, device: torch.device | None = None) -> torch.Tensor:
+    """[3, grid_h*grid_w] positions (0, r, c) in raster order."""
+    rows = torch.arange(grid_h, device=device).repeat_interleave(grid_w)
+    cols = torch.arange(grid_w, device=device).repeat(grid_h)
+    return torch.stack([torch.zeros_like(rows), rows, cols])
+
+
+def text_position_ids(start: int, length: int, device: torch.device | None = None) -> torch.Tensor:
+    """[3, length] positions start + j on all three axes."""
+    return torch.arange(start, start + length, device=device).expand(3, length).clone()
+
+
+def text_start(grid_h: int, grid_w: int) -> int:
+    """First text position: one past the largest vision position id."""
+    return max(grid_h, grid_w)
+
+
+def genlip_position_ids(
+    grid_h: int, grid_w: int, text_len: int, num_registers: int = 0, device: torch.device | None = None
+) -> torch.Tensor:
+    """[3, R + M + L] positions for [registers ; patches ; text]. Registers sit at (0, 0, 0)."""
+    parts = [
+        torch.zeros(3, num_registers, dtype=torch.long, device=device),
+        image_position_ids(grid_h, grid_w, device),
+        text_position_ids(text_start(grid_h, grid_w), text_len, device),
+    ]
+    return torch.cat(parts, dim=1)

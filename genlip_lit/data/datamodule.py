@@ -15,6 +15,12 @@ cut to the model's length are counted in `Batch.num_truncated`. The train loader
 `StreamingDataLoader`, whose position Lightning stores in checkpoints: resuming continues mid-epoch exactly.
 Under DDP, litdata gives every rank its own part of each epoch; by default (`drop_last` unset) the remainder
 that would leave ranks with unequal step counts is dropped (the count is logged), `drop_last: false` keeps it.
+
+Stage 2 (`resolution: native`): images keep their aspect ratio, resized so the patch grid holds
+[`min_patches`, `max_patches`] patches (data/transforms.py: NativeResTransform), and each step's `batch_size`
+samples are packed into rows of at most `max_tokens` tokens with per-sample segments and positions
+(data/packing.py). Patch size and register count are the model's. Evaluation callbacks still get unpacked
+batches, resized whole (no crop) to `image_size` (`eval_dataset`).
 """
 
 from __future__ import annotations
@@ -38,9 +44,10 @@ from torch.utils.data import default_collate
 
 from genlip_lit.data.batch import Batch
 from genlip_lit.data.optimize import optimize_synthetic
+from genlip_lit.data.packing import PackingCollator
 from genlip_lit.data.synthetic import SceneConfig
 from genlip_lit.data.tokenizer import CaptionEncoder
-from genlip_lit.data.transforms import FixedResTransform, decode_image
+from genlip_lit.data.transforms import FixedResTransform, NativeResTransform, SquashTransform, decode_image
 from genlip_lit.errors import GenLIPUserError
 
 log = logging.getLogger(__name__)
@@ -132,13 +139,18 @@ class GenLIPStreamingDataset(litdata.StreamingDataset):
     """
 
     def __init__(
-        self, input_dir: str, transform: FixedResTransform, caption_encoder: CaptionEncoder, **kwargs: Any
+        self,
+        input_dir: str,
+        transform: FixedResTransform | NativeResTransform | SquashTransform,
+        caption_encoder: CaptionEncoder,
+        **kwargs: Any,
     ) -> None:
         super().__init__(input_dir=input_dir, **kwargs)
         # not `self.transform`: StreamingDataset applies an attribute of that name to raw items itself
         self.image_transform = transform
         self.caption_encoder = caption_encoder
         self.source_dir = input_dir
+        self.packed = isinstance(transform, NativeResTransform)  # its loader packs (PackingCollator)
         self._warned = False
 
     def __getitem__(self, index: Any) -> Any:
@@ -173,16 +185,19 @@ class GenLIPStreamingDataset(litdata.StreamingDataset):
             return None
         truncated_before = self.caption_encoder.num_truncated
         ids, mask = self.caption_encoder.encode(str(raw["caption"]))
+        pixels = self.image_transform.to_uint8(image)  # normalized after the device transfer
+        # per-patch label maps describe the stored image: a resized or cropped one no longer matches them
+        same_size = tuple(pixels.shape[1:]) == (image.size[1], image.size[0])
         return {
-            "pixel_values": self.image_transform.to_uint8(image),  # normalized after the device transfer
+            "pixel_values": pixels,
             "input_ids": ids,
             "loss_mask": mask,
             "truncated": self.caption_encoder.num_truncated > truncated_before,
             "key": None if key is None else str(key),
             "caption": str(raw["caption"]),
             "label": int(raw.get("label", -1)),
-            "patch_shape": raw.get("patch_shape"),
-            "patch_color": raw.get("patch_color"),
+            "patch_shape": raw.get("patch_shape") if same_size else None,
+            "patch_color": raw.get("patch_color") if same_size else None,
         }
 
 
@@ -208,7 +223,7 @@ class BatchCollator:
     @staticmethod
     def _maps(items: list[dict[str, Any]], key: str) -> torch.Tensor | None:
         values = [x.get(key) for x in items]
-        if not values or any(v is None for v in values):
+        if not values or any(v is None for v in values) or len({np.shape(v) for v in values}) > 1:
             return None
         return torch.from_numpy(np.stack([np.asarray(v) for v in values])).long()
 
@@ -264,9 +279,13 @@ class ResumableStreamingDataLoader(litdata.StreamingDataLoader):
 
 
 class GenLIPDataModule(L.LightningDataModule):
-    """Stage-1 (fixed resolution) image-caption data from litdata shards.
+    """Image-caption data from litdata shards: fixed resolution (stage 1) or native and packed (stage 2).
 
     Batches may be empty (`len(batch) == 0`) when every sample in them failed to decode; modules skip those.
+
+    Args (stage 2): resolution: "fixed" (resize + crop to image_size) or "native"; min_patches / max_patches:
+        bounds on each image's patch grid; max_tokens: length of a packed row; pad_to_multiple: rows are padded
+        to a multiple of this (up to max_tokens); patch_size: None = the model's.
     """
 
     def __init__(
@@ -285,6 +304,12 @@ class GenLIPDataModule(L.LightningDataModule):
         seed: int = 0,
         drop_last: bool | None = None,
         max_cache_size: str = "100GB",
+        resolution: str = "fixed",
+        min_patches: int = 16,
+        max_patches: int = 1024,
+        max_tokens: int = 16384,
+        pad_to_multiple: int = 8,
+        patch_size: int | None = None,
         caption_encoder: CaptionEncoder | None = None,
     ) -> None:
         super().__init__()
@@ -314,6 +339,16 @@ class GenLIPDataModule(L.LightningDataModule):
         self.seed = seed
         self.drop_last = drop_last
         self.max_cache_size = max_cache_size
+        if resolution not in ("fixed", "native"):
+            raise GenLIPUserError(f"data.resolution must be 'fixed' or 'native', got {resolution!r}")
+        if not 1 <= min_patches <= max_patches:
+            raise GenLIPUserError(f"need 1 <= data.min_patches <= data.max_patches, got {min_patches}, {max_patches}")
+        if pad_to_multiple < 1:
+            raise GenLIPUserError(f"data.pad_to_multiple must be >= 1, got {pad_to_multiple}")
+        self.resolution = resolution
+        self.min_patches, self.max_patches = int(min_patches), int(max_patches)
+        self.max_tokens, self.pad_to_multiple = int(max_tokens), int(pad_to_multiple)
+        self.patch_size = patch_size
         self.caption_encoder = caption_encoder
         self.data_dirs = [self._resolve_local(d) for d in dirs] if dirs else [self._synthetic_dir()]
         self.data_dir = self.data_dirs[0]  # the synthetic cache, or the first (often only) dataset
@@ -328,7 +363,9 @@ class GenLIPDataModule(L.LightningDataModule):
 
     def _synthetic_dir(self) -> str:
         assert self.synthetic is not None
-        key = json.dumps({"format": _CACHE_FORMAT, **self.synthetic}, sort_keys=True)
+        # unset optional scene fields stay out of the key: caches made before they existed remain valid
+        params = {k: v for k, v in self.synthetic.items() if v is not None}
+        key = json.dumps({"format": _CACHE_FORMAT, **params}, sort_keys=True)
         digest = hashlib.sha1(key.encode()).hexdigest()[:12]
         root = os.path.expanduser(self.cache_dir) if self.cache_dir else default_cache_root()
         return os.path.join(os.path.abspath(root), "synthetic", digest)
@@ -356,6 +393,8 @@ class GenLIPDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Generate the synthetic cache if missing (into a temp dir, then renamed: never half a dataset)."""
+        if self.resolution == "native" and (self.patch_size or self._model_config() is not None):
+            self.packing_spec()  # a max_tokens that cannot work fails now, not after generating the data
         if self.synthetic is None or self._complete():
             self._check_data_dir()
             return
@@ -399,6 +438,28 @@ class GenLIPDataModule(L.LightningDataModule):
             )
         return encoder
 
+    def _model_config(self) -> Any:
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        return getattr(module, "config", None)
+
+    def packing_spec(self) -> tuple[int, int]:
+        """(patch size, registers per sample) for native-resolution packing: given, or the model's."""
+        config = self._model_config()
+        patch = self.patch_size or getattr(config, "patch_size", None)
+        if patch is None:
+            raise GenLIPUserError(
+                "data.resolution: native needs the model's patch size: set data.patch_size or attach the data "
+                "module to a Trainer whose module has a GenLIP `config`"
+            )
+        registers = int(getattr(config, "num_registers", 0) or 0)
+        longest = self.max_patches + registers + self._encoder().max_len
+        if longest > self.max_tokens:
+            raise GenLIPUserError(
+                f"data.max_tokens={self.max_tokens} cannot hold the longest sample: max_patches {self.max_patches} + "
+                f"{registers} registers + max_text_len {self._encoder().max_len} = {longest} tokens"
+            )
+        return int(patch), registers
+
     def _input_dir(self, base: str, split: str) -> Any:
         """A local split path, or for a remote one a litdata `Dir` whose chunks are cached under `cache_dir`."""
         path = _join(base, split)
@@ -409,8 +470,20 @@ class GenLIPDataModule(L.LightningDataModule):
         digest = hashlib.sha1(path.encode()).hexdigest()[:12]
         return Dir(path=os.path.join(os.path.expanduser(self.cache_dir), "streams", digest), url=path)
 
-    def _dataset(self, base: str, split: str, train: bool) -> GenLIPStreamingDataset:
-        transform = FixedResTransform(self.image_size, self.mean, self.std, train=train)
+    def _transform(self, train: bool, for_eval: bool = False) -> Any:
+        if self.resolution == "fixed":
+            return FixedResTransform(self.image_size, self.mean, self.std, train=train)
+        if for_eval:  # whole image at image_size: nothing cropped away (words, objects near the border)
+            return SquashTransform(self.image_size, self.mean, self.std)
+        patch, _ = self.packing_spec()
+        return NativeResTransform(patch, self.min_patches, self.max_patches, self.mean, self.std)
+
+    def eval_dataset(self, split: str, base: str | None = None) -> GenLIPStreamingDataset:
+        """Unpacked, fixed-size (`image_size`) samples of `split` in stored order, for evaluation callbacks."""
+        return self._dataset(base or self.data_dirs[0], split, train=False, for_eval=True)
+
+    def _dataset(self, base: str, split: str, train: bool, for_eval: bool = False) -> GenLIPStreamingDataset:
+        transform = self._transform(train, for_eval)
         return GenLIPStreamingDataset(
             self._input_dir(base, split),
             transform=transform,
@@ -467,11 +540,19 @@ class GenLIPDataModule(L.LightningDataModule):
     def _loader(self, dataset: Any, batch_size: int) -> litdata.StreamingDataLoader:
         if dataset is None:
             raise GenLIPUserError("GenLIPDataModule.setup() must run before asking for dataloaders")
+        parts = getattr(dataset, "_datasets", [dataset])  # a CombinedStreamingDataset holds its parts
+        if getattr(parts[0], "packed", False):
+            patch, registers = self.packing_spec()
+            collate: Any = PackingCollator(
+                self._encoder(), patch, registers, self.max_tokens, self.pad_to_multiple, self.mean, self.std
+            )
+        else:
+            collate = BatchCollator(self._encoder(), self.image_size, self.mean, self.std)
         return ResumableStreamingDataLoader(
             dataset,
             batch_size=batch_size,
             num_workers=self.num_workers,
-            collate_fn=BatchCollator(self._encoder(), self.image_size, self.mean, self.std),
+            collate_fn=collate,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )

@@ -1,11 +1,16 @@
-"""Image decoding and the fixed-resolution (stage 1) transform: resize the shorter side, crop, normalize.
+"""Image decoding and the two image transforms of GenLIP's training stages.
 
-GenLIP stage 1 uses resize + crop only (no colour jitter or flips), mean/std 0.5.
+- Stage 1, `FixedResTransform`: resize the shorter side, crop a square, normalize (no colour jitter or flips,
+  mean/std 0.5).
+- Stage 2, `NativeResTransform`: keep the aspect ratio, resize so that the patch grid (h, w) holds between
+  `min_patches` and `max_patches` patches (paper: 16 and 1024), sides rounded to patch multiples, no crop. The
+  grid travels with the sample: the packer (data/packing.py) places each image's patches with its own M-RoPE grid.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from collections.abc import Sequence
 
@@ -102,4 +107,106 @@ class FixedResTransform:
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         """Resized, cropped and normalized: float32 [3, S, S]."""
+        return normalize_pixels(self.to_uint8(img), self.mean, self.std)
+
+
+def native_grid(width: int, height: int, patch_size: int, min_patches: int = 16, max_patches: int = 1024) -> tuple[int, int]:
+    """Patch grid (rows, cols) for an image of this size at (close to) its native aspect ratio.
+
+    The image keeps its size when its grid already holds [min_patches, max_patches] patches (each side rounded to
+    the nearest patch multiple); otherwise both sides scale by one factor to the nearest bound. Rounding can push
+    the count just outside the bounds, so a last step trims the longer side or grows the shorter one.
+    """
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    if not 1 <= min_patches <= max_patches:
+        raise ValueError(f"need 1 <= min_patches <= max_patches, got {min_patches} and {max_patches}")
+    rows, cols = height / patch_size, width / patch_size
+    area = rows * cols
+    scale = math.sqrt(min(max(area, min_patches), max_patches) / area)
+    gh, gw = max(1, round(rows * scale)), max(1, round(cols * scale))
+    while gh * gw > max_patches:  # rounding up overshot: trim the longer side (keeps the ratio closest)
+        if gh >= gw:
+            gh -= 1
+        else:
+            gw -= 1
+    while gh * gw < min_patches:  # rounding down undershot (or an extreme ratio): grow the shorter side
+        if gh <= gw:
+            gh += 1
+        else:
+            gw += 1
+    return gh, gw
+
+
+class NativeResTransform:
+    """PIL image -> tensor [3, gh * p, gw * p] at its native aspect ratio (see `native_grid`); no crop.
+
+    `to_uint8` is what loaders ship (normalized after the device transfer, see Batch.normalized); calling the
+    transform returns normalized float32 pixels for direct use with a model (any grid: M-RoPE places it).
+    """
+
+    def __init__(
+        self,
+        patch_size: int,
+        min_patches: int = 16,
+        max_patches: int = 1024,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+    ) -> None:
+        if patch_size <= 0:
+            raise ValueError(f"patch_size must be positive, got {patch_size}")
+        if not 1 <= min_patches <= max_patches:
+            raise ValueError(f"need 1 <= min_patches <= max_patches, got {min_patches} and {max_patches}")
+        if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
+            raise ValueError(f"mean and std need 3 values (RGB, std > 0), got {tuple(mean)} and {tuple(std)}")
+        self.patch_size = int(patch_size)
+        self.min_patches, self.max_patches = int(min_patches), int(max_patches)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(patch_size={self.patch_size}, min_patches={self.min_patches}, "
+            f"max_patches={self.max_patches}, mean={self.mean}, std={self.std})"
+        )
+
+    def grid(self, img: Image.Image) -> tuple[int, int]:
+        return native_grid(img.size[0], img.size[1], self.patch_size, self.min_patches, self.max_patches)
+
+    def to_uint8(self, img: Image.Image) -> torch.Tensor:
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        gh, gw = self.grid(img)
+        size = (gw * self.patch_size, gh * self.patch_size)
+        if img.size != size:
+            img = img.resize(size, resample=Image.Resampling.BICUBIC)
+        array = np.asarray(img, dtype=np.uint8)
+        return torch.from_numpy(array.transpose(2, 0, 1).copy())
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        return normalize_pixels(self.to_uint8(img), self.mean, self.std)
+
+
+class SquashTransform:
+    """PIL image -> [3, S, S] by resizing the whole image (aspect ratio not kept, nothing cropped away).
+
+    The fixed-resolution evaluation of native-aspect-ratio data: a center crop would cut rendered words or
+    objects out of wide or tall images, which no model could then read.
+    """
+
+    def __init__(self, image_size: int, mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5)) -> None:
+        if image_size <= 0:
+            raise ValueError(f"image_size must be positive, got {image_size}")
+        self.image_size = int(image_size)
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def to_uint8(self, img: Image.Image) -> torch.Tensor:
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        size = (self.image_size, self.image_size)
+        if img.size != size:
+            img = img.resize(size, resample=Image.Resampling.BICUBIC)
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy())
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
         return normalize_pixels(self.to_uint8(img), self.mean, self.std)

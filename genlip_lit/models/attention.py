@@ -12,9 +12,14 @@ Kernels (`impl`):
   mask, so flash / memory-efficient kernels stay available on GPU.
 - "mask": one SDPA call with a dense boolean mask (the reference arrangement; also the packed-sequence path).
 - "manual": explicit softmax that also returns the attention weights (for the attention-sink monitor).
+- "flex": FlexAttention with a block mask (packed sequences; compiled on CUDA).
 - "auto" (default): "sdpa" on CUDA; "mask" on CPU, where PyTorch's CPU SDPA kernels run the dense-mask call
   faster than the two-call split at small sizes (measured in the tiny preset's training step).
 All compute the same function; tests check they agree.
+
+Packed stage-2 rows (`PackedLayout`) hold several samples: a token attends only within its own sample, with that
+sample's prefix-LM rule. "auto" runs them with FlexAttention block masks on CUDA (blocks of 128 x 128 tokens that
+no sample spans are skipped) and with SDPA over a dense boolean mask on CPU, where FlexAttention has no backward.
 """
 
 from __future__ import annotations
@@ -49,6 +54,74 @@ class AttnLayout:
         q_is_text = q >= self.num_prefix
         # prefix queries see the whole prefix; text queries see the prefix and earlier-or-same text.
         return in_prefix_k | (q_is_text & (k <= q))
+
+
+class PackedLayout:
+    """Per-row sample segments of a packed batch: enough for a dense mask or a FlexAttention block mask.
+
+    segment_ids [R, T]: sample number per token (0 = padding, which attends only to padding so no row of the
+    softmax is empty); prefix [R, T]: the token belongs to its sample's bidirectional prefix (registers, patches).
+    Query q may attend key k when both are in one segment and k is in the prefix or k <= q. The masks are built
+    once per forward pass and shared by every layer.
+    """
+
+    def __init__(self, segment_ids: Tensor, prefix: Tensor) -> None:
+        self.segment_ids, self.prefix = segment_ids, prefix
+        self._dense: Tensor | None = None
+        self._block_mask = None
+
+    def allowed(self, b: Tensor, q: Tensor, k: Tensor) -> Tensor:
+        """The mask rule on index tensors (FlexAttention's mask_mod signature, minus the head)."""
+        seg = self.segment_ids
+        return (seg[b, q] == seg[b, k]) & (self.prefix[b, k] | (k <= q))
+
+    def dense_mask(self, n_q: int, n_k: int, device: torch.device | None = None) -> Tensor:
+        """[R, 1, T, T] bool, True where the query may attend the key."""
+        if self._dense is None:
+            seg = self.segment_ids
+            n = seg.shape[1]
+            if (n_q, n_k) != (n, n):
+                raise ValueError(f"packed attention runs on whole rows of {n} tokens, got {n_q} queries x {n_k} keys")
+            pos = torch.arange(n, device=seg.device)
+            causal = pos[None, :, None] >= pos[None, None, :]
+            same = seg[:, :, None] == seg[:, None, :]
+            self._dense = (same & (self.prefix[:, None, :] | causal))[:, None]
+        return self._dense
+
+    def block_mask(self):  # noqa: ANN201 - torch.nn.attention.flex_attention.BlockMask
+        if self._block_mask is None:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            rows, n = self.segment_ids.shape
+
+            def mask_mod(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
+                return self.allowed(b, q, k)
+
+            device = self.segment_ids.device
+            # compiled mask creation avoids materialising [R, T, T] on the GPU at 16K-token rows
+            self._block_mask = create_block_mask(mask_mod, rows, None, n, n, device=device, _compile=device.type == "cuda")
+        return self._block_mask
+
+
+_compiled_flex = None
+
+
+def flex_attend(q: Tensor, k: Tensor, v: Tensor, layout: PackedLayout) -> Tensor:
+    """FlexAttention under the packed layout: compiled on CUDA (fused kernel), eager elsewhere (tests, CPU)."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if not q.is_cuda:
+        import warnings
+
+        with warnings.catch_warnings():  # eager flex is only for checking; it says so on every call
+            warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+            return flex_attention(q, k, v, block_mask=layout.block_mask())
+    if _compiled_flex is None:
+        # default dynamic-shape handling: packed rows change length from step to step, so after the first
+        # recompile the kernel is generated for symbolic lengths instead of once per length
+        _compiled_flex = torch.compile(flex_attention)
+    return _compiled_flex(q, k, v, block_mask=layout.block_mask())
 
 
 def prefix_lm_mask(num_prefix: int, seq_len: int, device: torch.device | None = None) -> Tensor:
@@ -93,11 +166,18 @@ class KVCache:
         self.v = [v.index_select(0, index) for v in self.v]
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, layout: AttnLayout, impl: str) -> tuple[Tensor, Tensor | None]:
+def attend(
+    q: Tensor, k: Tensor, v: Tensor, layout: AttnLayout | PackedLayout, impl: str
+) -> tuple[Tensor, Tensor | None]:
     """Masked attention of q [B,H,Nq,D] over k/v [B,H,Nk,D] under `layout`. Returns (out, weights or None)."""
     n_q, n_k = q.shape[2], k.shape[2]
-    if impl == "auto":
-        impl = "sdpa" if q.is_cuda else "mask"
+    packed = isinstance(layout, PackedLayout)
+    if impl == "auto" or (packed and impl == "sdpa"):  # the split kernel is for one sample per row
+        impl = ("flex" if packed else "sdpa") if q.is_cuda else "mask"
+    if impl == "flex":
+        if not packed:
+            raise ValueError("attention impl 'flex' is for packed sequences (PackedLayout)")
+        return flex_attend(q, k, v, layout), None
     if impl == "manual":
         scores = (q.float() @ k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
         scores = scores.masked_fill(~layout.dense_mask(n_q, n_k, q.device), float("-inf"))
@@ -107,7 +187,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, layout: AttnLayout, impl: str) -> tu
         mask = layout.dense_mask(n_q, n_k, q.device)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), None
     if impl != "sdpa":
-        raise ValueError(f"unknown attention impl {impl!r} (auto, sdpa, mask, manual)")
+        raise ValueError(f"unknown attention impl {impl!r} (auto, sdpa, mask, manual, flex)")
     return _attend_split(q, k, v, layout), None
 
 
@@ -161,7 +241,7 @@ class GatedAttention(nn.Module):
         self,
         x: Tensor,
         rope: tuple[Tensor, Tensor] | None,
-        layout: AttnLayout,
+        layout: AttnLayout | PackedLayout,
         cache: KVCache | None = None,
         layer_idx: int = 0,
         return_weights: bool = False,

@@ -13,6 +13,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+# The position layout is shared with data/packing.py, so it lives with the Batch both sides import.
+from genlip_lit.data.batch import genlip_position_ids, image_position_ids, text_position_ids, text_start
+
+__all__ = [
+    "MRoPE", "apply_rotary", "genlip_position_ids", "image_position_ids", "mrope_axis_map", "rope_inv_freq",
+    "rotate_half", "text_position_ids", "text_start",
+]
+
 AXIS_T, AXIS_H, AXIS_W = 0, 1, 2
 
 
@@ -36,35 +44,6 @@ def mrope_axis_map(head_dim: int, section: tuple[int, int, int], layout: str = "
     else:
         raise ValueError(f"unknown M-RoPE layout {layout!r}")
     return axis
-
-
-def image_position_ids(grid_h: int, grid_w: int, device: torch.device | None = None) -> Tensor:
-    """[3, grid_h*grid_w] positions (0, r, c) in raster order."""
-    rows = torch.arange(grid_h, device=device).repeat_interleave(grid_w)
-    cols = torch.arange(grid_w, device=device).repeat(grid_h)
-    return torch.stack([torch.zeros_like(rows), rows, cols])
-
-
-def text_position_ids(start: int, length: int, device: torch.device | None = None) -> Tensor:
-    """[3, length] positions start + j on all three axes."""
-    return torch.arange(start, start + length, device=device).expand(3, length).clone()
-
-
-def text_start(grid_h: int, grid_w: int) -> int:
-    """First text position: one past the largest vision position id."""
-    return max(grid_h, grid_w)
-
-
-def genlip_position_ids(
-    grid_h: int, grid_w: int, text_len: int, num_registers: int = 0, device: torch.device | None = None
-) -> Tensor:
-    """[3, R + M + L] positions for [registers ; patches ; text]. Registers sit at (0, 0, 0)."""
-    parts = [
-        torch.zeros(3, num_registers, dtype=torch.long, device=device),
-        image_position_ids(grid_h, grid_w, device),
-        text_position_ids(text_start(grid_h, grid_w), text_len, device),
-    ]
-    return torch.cat(parts, dim=1)
 
 
 class MRoPE(nn.Module):

@@ -16,7 +16,8 @@ from timm.layers import DropPath, LayerScale, Mlp, SwiGLU, trunc_normal_
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from genlip_lit.models.attention import AttnLayout, GatedAttention, KVCache
+from genlip_lit.data.batch import PATCH, REGISTER, TEXT
+from genlip_lit.models.attention import AttnLayout, GatedAttention, KVCache, PackedLayout
 from genlip_lit.models.config import GenLIPConfig
 from genlip_lit.models.lm_loss import lm_head_loss
 from genlip_lit.models.rope import MRoPE, genlip_position_ids, text_position_ids, text_start
@@ -45,7 +46,7 @@ class Block(nn.Module):
         self,
         x: Tensor,
         rope: tuple[Tensor, Tensor] | None,
-        layout: AttnLayout,
+        layout: AttnLayout | PackedLayout,
         cache: KVCache | None = None,
         layer_idx: int = 0,
         return_weights: bool = False,
@@ -177,9 +178,18 @@ class GenLIP(nn.Module):
         q_start = cache.length if cache is not None else 0
         layout = AttnLayout(num_prefix if cfg.attn_mode == "prefix" else 0, q_start)
 
+        x, attentions = self._run_blocks(x, rope, layout, cache, return_attentions)
+        if cache is not None:
+            cache.length += x.shape[1]
+        return FeaturesOutput(self.norm(x), num_prefix, grid, attentions)
+
+    def _run_blocks(
+        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, layout: AttnLayout | PackedLayout,
+        cache: KVCache | None, return_attentions: bool,
+    ) -> tuple[Tensor, list[Tensor] | None]:
         attentions = [] if return_attentions else None
         # Activation checkpointing: keep only each block's input, recompute the block in backward.
-        recompute = cfg.grad_checkpointing and self.training and torch.is_grad_enabled() and cache is None
+        recompute = self.cfg.grad_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for i, blk in enumerate(self.blocks):
             if recompute and not return_attentions:
                 x, w = checkpoint(blk, x, rope, layout, None, i, False, use_reentrant=False)
@@ -187,9 +197,68 @@ class GenLIP(nn.Module):
                 x, w = blk(x, rope, layout, cache, i, return_attentions)
             if attentions is not None:
                 attentions.append(w)
-        if cache is not None:
-            cache.length += x.shape[1]
-        return FeaturesOutput(self.norm(x), num_prefix, grid, attentions)
+        return x, attentions
+
+    # ---------------------------------------------------------------- packed sequences (stage 2)
+    def forward_packed(
+        self,
+        patches: Tensor,
+        token_kinds: Tensor,
+        input_ids: Tensor,
+        position_ids: Tensor,
+        segment_ids: Tensor,
+        return_attentions: bool = False,
+    ) -> FeaturesOutput:
+        """Trunk over packed rows of several samples (data/packing.py), each with its own grid and prefix-LM.
+
+        patches [P, 3, p, p] (normalized, placement order), token_kinds / input_ids / segment_ids [R, T],
+        position_ids [3, R, T]. Returns the final-norm hidden states [R, T, width] (num_prefix 0, grid None).
+        The patch embedding runs as the convolution's own weights on flattened patches, so every sample gets
+        exactly the features of running it alone.
+        """
+        if self.rope is None:
+            raise ValueError("packed sequences need M-RoPE positions (pos_embed: mrope), not learned positions")
+        cfg = self.cfg
+        conv = self.patch_embed
+        patch_tokens = torch.nn.functional.linear(patches.flatten(1), conv.weight.flatten(1), conv.bias)
+        is_patch, is_text = token_kinds == PATCH, token_kinds == TEXT
+        if int(is_patch.sum()) != patch_tokens.shape[0]:
+            raise ValueError(f"{patch_tokens.shape[0]} patches for {int(is_patch.sum())} PATCH slots")
+        rows, n = token_kinds.shape
+        x = patch_tokens.new_zeros(rows, n, cfg.width)
+        x = x.masked_scatter(is_patch[..., None], patch_tokens)
+        x = x.masked_scatter(is_text[..., None], self.tok_embed(input_ids[is_text]))
+        if self.registers is not None:
+            is_register = token_kinds == REGISTER
+            num_samples = int(is_register.sum()) // cfg.num_registers
+            x = x.masked_scatter(is_register[..., None], self.registers.repeat(num_samples, 1))
+        prefix = (token_kinds == PATCH) | (token_kinds == REGISTER)
+        if cfg.attn_mode != "prefix":
+            prefix = torch.zeros_like(prefix)
+        layout = PackedLayout(segment_ids, prefix)
+        x, attentions = self._run_blocks(x, self.rope(position_ids), layout, None, return_attentions)
+        return FeaturesOutput(self.norm(x), 0, None, attentions)
+
+    def loss_packed(
+        self,
+        patches: Tensor,
+        token_kinds: Tensor,
+        input_ids: Tensor,
+        position_ids: Tensor,
+        segment_ids: Tensor,
+        loss_mask: Tensor,
+    ) -> LossOutput:
+        """Next-token cross-entropy over the targets of every packed sample (one mean over all of them).
+
+        A target is never a sample's first token (BOS is not a target), so the position before it is always
+        in the same sample.
+        """
+        out = self.forward_packed(patches, token_kinds, input_ids, position_ids, segment_ids)
+        targets_mask = loss_mask[:, 1:]
+        targets = input_ids[:, 1:][targets_mask]
+        hidden = out.hidden[:, :-1][targets_mask]
+        loss, num_correct = lm_head_loss(hidden, self.lm_head.weight, targets, self.cfg.loss_chunk_tokens)
+        return LossOutput(loss, targets.new_tensor(targets.numel()), num_correct)
 
     def encode_image(self, pixel_values: Tensor) -> Tensor:
         """Patch features [B, M, d] (final norm output, registers dropped): the vision-encoder output."""

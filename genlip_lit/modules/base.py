@@ -119,6 +119,14 @@ class EncoderModule(L.LightningModule):
         if "genlip_tokenizer" in checkpoint and getattr(self, "tokenizer", None) is not None:
             self.tokenizer.load_state_dict(checkpoint["genlip_tokenizer"]["state"])
 
+    def require_unpacked(self, batch: object) -> None:
+        """Packed native-resolution batches (data.resolution: native) are for GenLIPModule only."""
+        if getattr(batch, "segment_ids", None) is not None:
+            raise GenLIPUserError(
+                f"{type(self).__name__} trains on fixed-resolution batches: use data.resolution: fixed (packed "
+                "native-resolution sequences are a GenLIPModule feature)"
+            )
+
     # ------------------------------------------------------------------ encoder contract
     def encode_patches(self, pixel_values: Tensor) -> Tensor:
         """Frozen-encoder patch features [B, M, D]."""

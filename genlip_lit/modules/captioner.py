@@ -67,6 +67,7 @@ class CaptionerModule(GenLIPModule):
         return EncoderDecoderCaptioner(config, self.decoder_layers)
 
     def caption_loss(self, batch: Batch) -> LossOutput:
+        self.require_unpacked(batch)
         # One coin per batch (the torch RNG, so seeded runs repeat): parallel prediction or autoregressive.
         parallel = self.parallel_prob > 0 and float(torch.rand(())) < self.parallel_prob
         return self.model.loss(batch.pixel_values, batch.input_ids, batch.loss_mask, parallel=parallel)

@@ -182,6 +182,7 @@ class ContrastiveModule(EncoderModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
+        self.require_unpacked(batch)
         self.skipped_samples += batch.num_skipped
         if len(batch) == 0:
             return None

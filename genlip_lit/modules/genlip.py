@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 
 from genlip_lit.data.batch import Batch
+from genlip_lit.data.packing import packing_stats
 from genlip_lit.data.tokenizer import CaptionEncoder, OpenCLIPTokenizer, Tokenizer
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.models import GenLIP, GenLIPConfig
@@ -34,6 +35,9 @@ class GenLIPModule(EncoderModule):
         max_text_len: BOS + prompt + caption + EOS are truncated to this many tokens.
         caption_max_new_tokens: default generation budget for `generate_captions`.
         lr, min_lr, weight_decay, betas, warmup_ratio, warmup_steps: AdamW and warmup + cosine schedule.
+        init_from: start from the weights of this checkpoint (a file, or a run directory: its newest
+            last.ckpt), e.g. stage 2 from stage 1. Weights only: the optimizer, schedule and step start fresh,
+            and this run's hyper-parameters stand (unlike `--ckpt_path`, which resumes a run).
     """
 
     def __init__(
@@ -50,6 +54,7 @@ class GenLIPModule(EncoderModule):
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_ratio: float = 0.007,
         warmup_steps: int | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__(lr, min_lr, weight_decay, betas, warmup_ratio, warmup_steps)
         self.save_hyperparameters(ignore=["tokenizer"])
@@ -63,6 +68,11 @@ class GenLIPModule(EncoderModule):
         self.val_tokens = SumMetric()
         self.skipped_samples = 0
         self.truncated_captions = 0
+        self.init_source: str | None = None
+        if init_from:
+            from genlip_lit.modules.loading import load_initial_weights
+
+            self.init_source = load_initial_weights(self, init_from)
 
     def build_model(self, config: GenLIPConfig) -> nn.Module:
         """The network trained on captions (subclasses swap in another, e.g. the encoder-decoder baseline)."""
@@ -72,7 +82,12 @@ class GenLIPModule(EncoderModule):
         return self.model
 
     def caption_loss(self, batch: Batch) -> LossOutput:
-        """Next-token loss of a (normalized) training batch."""
+        """Next-token loss of a (normalized) batch, fixed-resolution or packed."""
+        if batch.is_packed:
+            return self.model.loss_packed(
+                batch.pixel_values, batch.token_kinds, batch.input_ids, batch.position_ids, batch.segment_ids,
+                batch.loss_mask,
+            )
         return self.model.loss(batch.pixel_values, batch.input_ids, batch.loss_mask)
 
     # ------------------------------------------------------------------ training
@@ -90,6 +105,10 @@ class GenLIPModule(EncoderModule):
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
         self.log("data/skipped_samples", float(self.skipped_samples), batch_size=n)
         self.log("data/truncated_captions", float(self.truncated_captions), batch_size=n)
+        if batch.is_packed:
+            stats = packing_stats(batch.segment_ids)
+            self.log("data/packing_efficiency", stats.efficiency, batch_size=n)
+            self.log("data/unpacked_efficiency", stats.unpacked_efficiency, batch_size=n)
         return out.loss
 
     # ------------------------------------------------------------------ validation / test
@@ -97,7 +116,11 @@ class GenLIPModule(EncoderModule):
         if len(batch) == 0:
             return None
         batch = batch.normalized()
-        out = self.model.loss(batch.pixel_values, batch.input_ids, batch.loss_mask)
+        # packed batches through caption_loss; fixed ones always autoregressive (the captioner's training
+        # loss may flip a coin for parallel prediction)
+        out = self.caption_loss(batch) if batch.is_packed else self.model.loss(
+            batch.pixel_values, batch.input_ids, batch.loss_mask
+        )
         self.val_loss.update(out.loss, weight=out.num_tokens)
         self.val_correct.update(out.num_correct)
         self.val_tokens.update(out.num_tokens)
