@@ -8,6 +8,8 @@
     genlip probe --ckpt runs/quickstart/version_0/checkpoints/last.ckpt --data my_imagefolder/
     genlip compare experiments/compare/*.yaml --output runs/compare
     genlip export --ckpt runs/quickstart/version_0/checkpoints/last.ckpt --output encoders/quickstart
+    genlip eval-res --ckpt stage1.ckpt --ckpt stage2.ckpt --resolutions 64 128 native --output runs/eval_res
+    genlip llm-probe --encoder encoders/genlip --encoder encoders/clip --lm SMOLLM2_DIR --output runs/llm_probe
 
 `fit | validate | test | predict` go through LightningCLI (model and data are class_path plug-ins; several
 `--config` files compose, later ones win). The other commands are plain argparse programs.
@@ -79,6 +81,8 @@ EXTRA_COMMANDS = {
     "probe": "genlip_lit.eval.report:probe_main",
     "compare": "genlip_lit.eval.compare:compare_main",
     "export": "genlip_lit.export:export_main",
+    "eval-res": "genlip_lit.eval.resolution:resolution_main",
+    "llm-probe": "genlip_lit.eval.llm_probe:llm_probe_main",
 }
 
 
