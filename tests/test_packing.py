@@ -205,3 +205,18 @@ def test_embedded_stage2_data_packs_at_least_95_percent() -> None:
             padded += len(step) * max(step)
         assert useful / slots >= 0.95, (max_tokens, useful / slots)
         assert useful / padded < 0.85
+
+
+def test_packed_loss_runs_under_bf16_autocast() -> None:
+    """bf16 patch projections and fp32 embeddings meet in one row (as under trainer.precision: bf16-mixed)."""
+    model = _tiny(2).train()
+    batch = pack_items(_items(SIZES, seed=3), 96, 8, 2, pad_id=0)
+    patches = normalize_pixels(batch.pixel_values, MEAN, STD)
+    args = (patches, batch.token_kinds, batch.input_ids, batch.position_ids, batch.segment_ids, batch.loss_mask)
+    with torch.no_grad():
+        reference = model.loss_packed(*args).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.loss_packed(*args)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and abs(out.loss.item() - reference.item()) < 0.05
+    assert model.tok_embed.weight.grad is not None

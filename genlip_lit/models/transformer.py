@@ -224,14 +224,18 @@ class GenLIP(nn.Module):
         is_patch, is_text = token_kinds == PATCH, token_kinds == TEXT
         if int(is_patch.sum()) != patch_tokens.shape[0]:
             raise ValueError(f"{patch_tokens.shape[0]} patches for {int(is_patch.sum())} PATCH slots")
+        text_tokens = self.tok_embed(input_ids[is_text])
+        # under autocast the patch projection comes out in bf16 and the embedding in fp32: one common dtype, as
+        # torch.cat promotes them on the unpacked path
+        dtype = torch.promote_types(patch_tokens.dtype, text_tokens.dtype)
         rows, n = token_kinds.shape
-        x = patch_tokens.new_zeros(rows, n, cfg.width)
-        x = x.masked_scatter(is_patch[..., None], patch_tokens)
-        x = x.masked_scatter(is_text[..., None], self.tok_embed(input_ids[is_text]))
+        x = patch_tokens.new_zeros(rows, n, cfg.width, dtype=dtype)
+        x = x.masked_scatter(is_patch[..., None], patch_tokens.to(dtype))
+        x = x.masked_scatter(is_text[..., None], text_tokens.to(dtype))
         if self.registers is not None:
             is_register = token_kinds == REGISTER
             num_samples = int(is_register.sum()) // cfg.num_registers
-            x = x.masked_scatter(is_register[..., None], self.registers.repeat(num_samples, 1))
+            x = x.masked_scatter(is_register[..., None], self.registers.repeat(num_samples, 1).to(dtype))
         prefix = (token_kinds == PATCH) | (token_kinds == REGISTER)
         if cfg.attn_mode != "prefix":
             prefix = torch.zeros_like(prefix)
