@@ -458,7 +458,9 @@ def test_native_eval_dataset_is_fixed_size_and_unpacked(native_dir, encoder) -> 
 
 def test_native_packing_is_deterministic_and_resumes(native_dir, encoder) -> None:
     def keys(loader):
-        return [tuple(b.keys) for b in loader]
+        out = [tuple(b.keys) for b in loader]
+        assert out and all(len(k) == 8 for k in out)  # keys present: the comparison below means something
+        return out
 
     full = keys(_native(native_dir, encoder, seed=3).train_dataloader())
     again = keys(_native(native_dir, encoder, seed=3).train_dataloader())
