@@ -92,3 +92,18 @@ def test_probe_command_on_scikit_learn_digits(checkpoint, tmp_path, capsys) -> N
     assert details["linear"]["num_classes"] == 10
     # even a 2-step model's frozen features separate handwritten digits far above chance
     assert details["linear"]["top1"] > 0.3
+
+
+def test_torch_threads_sets_and_restores() -> None:
+    import torch
+
+    from genlip_lit.eval.report import resolve_device, torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with torch_threads(0):  # 0 leaves torch's choice alone
+        assert torch.get_num_threads() == before
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")

@@ -229,8 +229,9 @@ def run_probe(encoder_dirs: list[str], lm_spec: str, output: str, data: str | No
 
     if settings.steps < 1 or settings.batch_size < 1 or settings.num_eval < 1:
         raise GenLIPUserError("--steps, --batch-size and --num-eval must be positive")
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       "cpu" if device == "auto" else device)
+    from genlip_lit.eval.report import resolve_device
+
+    dev = resolve_device(device)
     # cheap checks first: every encoder directory, the data and the LM path, before the slow loads
     encoders = [load_vision_encoder(d) for d in encoder_dirs]
     source: LMSource = resolve_lm(lm_spec)
@@ -376,12 +377,13 @@ def llm_probe_main(argv: list[str]) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's choice; "
                    "on a shared machine 1 can be several times faster than 2 competing ones)")
     args = p.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    from genlip_lit.eval.report import torch_threads
+
     settings = ProbeSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lm_lr=args.lm_lr,
                              num_eval=args.num_eval, seed=args.seed, tune_lm=args.tune_lm)
-    result = run_probe(args.encoder, args.lm, args.output, args.data, settings, args.prompt,
-                       args.max_caption_tokens, args.device)
+    with torch_threads(args.threads):
+        result = run_probe(args.encoder, args.lm, args.output, args.data, settings, args.prompt,
+                           args.max_caption_tokens, args.device)
     with open(os.path.join(args.output, "table.md"), encoding="utf-8") as fh:
         print(fh.read().rstrip())
     print(f"wrote {args.output}/table.md, table.csv and result.json ({result['seconds']:.0f} s)")

@@ -10,11 +10,13 @@ was trained on is used (its val split is the held-out set). Images go next to th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -25,10 +27,24 @@ from genlip_lit.errors import GenLIPUserError
 from genlip_lit.modules.loading import import_class, load_checkpoint
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """A command's --device: "auto" = CUDA when available, else CPU; anything else as torch reads it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """A command's --threads: torch CPU threads for the block (0 = leave torch's choice); restored after, so
+    in-process callers (tests) keep their setting. On a shared machine 1 thread can beat 2 competing ones."""
+    before = torch.get_num_threads()
+    if count > 0:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def build_evaluations(specs: list[Any]) -> list[Any]:
@@ -131,7 +147,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     evaluations = build_evaluations(config.get("evaluations") or [])
     if not evaluations:
         raise GenLIPUserError(f"{args.config} lists no evaluations")
-    module, data_hparams = load_checkpoint(args.ckpt, _device(args.device))
+    module, data_hparams = load_checkpoint(args.ckpt, resolve_device(args.device))
     datamodule = build_datamodule(module, data_hparams, config.get("data"))
     output = args.output or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "eval")
     report = run_evaluations(module, evaluations, datamodule, output)
@@ -157,7 +173,7 @@ def probe_main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
-    module, data_hparams = load_checkpoint(args.ckpt, _device(args.device))
+    module, data_hparams = load_checkpoint(args.ckpt, resolve_device(args.device))
     preprocessing = SimpleNamespace(  # the checkpoint's own image size and normalisation
         image_size=int(data_hparams.get("image_size", 224)),
         mean=tuple(data_hparams.get("mean", (0.5, 0.5, 0.5))),

@@ -198,8 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--readout-k", type=int, default=5, help="patch readout: top-k words per patch (5)")
     p.add_argument("--examples", type=int, default=3, help="captions kept in result.json per cell (3)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto, ...")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice); 1 is far faster on a busy shared machine")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (default 0: torch's choice); 1 is far faster on a busy shared machine")
     return p
 
 
@@ -211,8 +211,8 @@ def _check_args(args: argparse.Namespace) -> None:
             raise GenLIPUserError(f"{flag} must be at least {low}, got {value}")
     if args.max_patches < args.min_patches:
         raise GenLIPUserError(f"--max-patches ({args.max_patches}) is below --min-patches ({args.min_patches})")
-    if args.threads is not None and args.threads < 1:
-        raise GenLIPUserError(f"--threads must be positive, got {args.threads}")
+    if args.threads < 0:
+        raise GenLIPUserError(f"--threads must be >= 0 (0 = torch's choice), got {args.threads}")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise GenLIPUserError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
 
@@ -222,22 +222,19 @@ def resolution_main(argv: list[str] | None = None) -> int:
     _check_args(args)
     for value in args.resolutions:  # syntax first: fail before loading anything
         check_resolution(value)
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
+    from genlip_lit.eval.report import torch_threads
+
+    with torch_threads(args.threads):
         return _run(args)
-    finally:
-        torch.set_num_threads(threads)  # in-process callers (tests) keep their setting
 
 
 def _run(args: argparse.Namespace) -> int:
-    from genlip_lit.eval.report import _device
+    from genlip_lit.eval.report import resolve_device
     from genlip_lit.modules.loading import load_checkpoint, resolve_checkpoint
 
     paths = [resolve_checkpoint(p) for p in args.ckpt]
     names = _names(paths, args.name)
-    loaded = [load_checkpoint(p, _device(args.device)) for p in paths]
+    loaded = [load_checkpoint(p, resolve_device(args.device)) for p in paths]
     patches = {_patch_size(m) for m, _ in loaded} - {None}
     if len(patches) > 1:
         raise GenLIPUserError(f"the checkpoints use different patch sizes {sorted(patches)}: evaluate them apart")

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from genlip_lit.models.attention import AttnLayout, GatedAttention
 from genlip_lit.models.config import GenLIPConfig
 from genlip_lit.models.generate import GenerationOutput, batched_prompt, decode_loop, target_log_likelihood
-from genlip_lit.models.lm_loss import lm_head_loss
+from genlip_lit.models.lm_loss import next_token_loss
 from genlip_lit.models.rope import MRoPE, text_position_ids
 from genlip_lit.models.transformer import GenLIP, LossOutput, image_tower
 
@@ -115,11 +115,8 @@ class EncoderDecoderCaptioner(nn.Module):
 
     def loss(self, pixel_values: Tensor, input_ids: Tensor, loss_mask: Tensor, parallel: bool = False) -> LossOutput:
         """The same next-token loss as GenLIP on the same targets; only the tokens with a target hit the head."""
-        hidden = self.decode(self.encode_memory(pixel_values), input_ids, parallel)[:, :-1]
-        targets_mask = loss_mask[:, 1:]
-        targets = input_ids[:, 1:][targets_mask]
-        loss, num_correct = lm_head_loss(hidden[targets_mask], self.lm_head.weight, targets, self.cfg.loss_chunk_tokens)
-        return LossOutput(loss, targets.new_tensor(targets.numel()), num_correct)
+        hidden = self.decode(self.encode_memory(pixel_values), input_ids, parallel)
+        return LossOutput(*next_token_loss(hidden, self.lm_head.weight, input_ids, loss_mask, self.cfg.loss_chunk_tokens))
 
     @torch.no_grad()
     def generate(

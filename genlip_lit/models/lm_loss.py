@@ -81,3 +81,15 @@ def lm_head_loss(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: in
         return chunked_lm_head_loss(hidden, weight, targets, chunk_size)
     logits = F.linear(hidden, weight)
     return F.cross_entropy(logits.float(), targets), (logits.argmax(-1) == targets).sum()
+
+
+def next_token_loss(
+    text_hidden: Tensor, weight: Tensor, input_ids: Tensor, loss_mask: Tensor, chunk_size: int = 0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(mean cross-entropy, number of targets, number correct) of the tokens where loss_mask is True, each
+    predicted from the hidden state one position earlier (text_hidden is aligned with input_ids). Only the
+    positions that predict a target go through the LM head."""
+    targets_mask = loss_mask[:, 1:]
+    targets = input_ids[:, 1:][targets_mask]
+    loss, num_correct = lm_head_loss(text_hidden[:, :-1][targets_mask], weight, targets, chunk_size)
+    return loss, targets.new_tensor(targets.numel()), num_correct

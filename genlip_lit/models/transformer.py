@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from genlip_lit.data.batch import PATCH, REGISTER, TEXT
 from genlip_lit.models.attention import AttnLayout, GatedAttention, KVCache, PackedLayout
 from genlip_lit.models.config import GenLIPConfig
-from genlip_lit.models.lm_loss import lm_head_loss
+from genlip_lit.models.lm_loss import next_token_loss
 from genlip_lit.models.rope import MRoPE, genlip_position_ids, text_position_ids, text_start
 
 TEXT_ONLY_PARTS = ("tok_embed", "lm_head", "pos_text")  # what an image-only tower of GenLIP does not have
@@ -258,11 +258,7 @@ class GenLIP(nn.Module):
         in the same sample.
         """
         out = self.forward_packed(patches, token_kinds, input_ids, position_ids, segment_ids)
-        targets_mask = loss_mask[:, 1:]
-        targets = input_ids[:, 1:][targets_mask]
-        hidden = out.hidden[:, :-1][targets_mask]
-        loss, num_correct = lm_head_loss(hidden, self.lm_head.weight, targets, self.cfg.loss_chunk_tokens)
-        return LossOutput(loss, targets.new_tensor(targets.numel()), num_correct)
+        return self._next_token_loss(out.hidden, input_ids, loss_mask)
 
     def encode_image(self, pixel_values: Tensor) -> Tensor:
         """Patch features [B, M, d] (final norm output, registers dropped): the vision-encoder output."""
@@ -286,11 +282,11 @@ class GenLIP(nn.Module):
         materialised at once (models/lm_loss.py).
         """
         out = self.forward_features(pixel_values, input_ids)
-        hidden = out.hidden[:, out.num_prefix : -1]  # position j predicts token j + 1
-        targets_mask = loss_mask[:, 1:]
-        targets = input_ids[:, 1:][targets_mask]
-        loss, num_correct = lm_head_loss(hidden[targets_mask], self.lm_head.weight, targets, self.cfg.loss_chunk_tokens)
-        return LossOutput(loss, targets.new_tensor(targets.numel()), num_correct)
+        return self._next_token_loss(out.hidden[:, out.num_prefix :], input_ids, loss_mask)
+
+    def _next_token_loss(self, text_hidden: Tensor, input_ids: Tensor, loss_mask: Tensor) -> LossOutput:
+        return LossOutput(*next_token_loss(text_hidden, self.lm_head.weight, input_ids, loss_mask,
+                                           self.cfg.loss_chunk_tokens))
 
     # ---------------------------------------------------------------- generation and scoring
     # The functions live in generate.py (which imports this module); these methods give GenLIP the same
