@@ -1,0 +1,149 @@
+"""The `genlip_lit` logger: one handler, `genlip: message` lines, `-v`/`-q`, and library noise muted at the source.
+
+Every genlip_lit module logs through its own child logger; `genlip_lit.cli.main` calls `configure()` once:
+
+    import logging
+    log = logging.getLogger(__name__)         # genlip_lit.<module>: a child of the `genlip_lit` logger
+    log.info("wrote %d shards to %s", n, out)  # commands show INFO by default; `-q` hides it
+    log.debug("chunk %s took %.1f s", ...)     # shown with `-v`
+    log.warning("skipped %d images", k)        # always shown (also with -q)
+
+All records go to stderr (looked up at each write, so a rich progress display or pytest's capture sees them),
+keeping stdout for a command's results (`genlip caption ... > captions.tsv`). Format: `genlip: message`,
+`genlip: warning: message`, `genlip: error: message`; with `-v` the logger name is added.
+
+Library users who never call `configure()` keep Python's defaults (warnings and errors only). Verbosity:
+0 = INFO (default), 1 = DEBUG (`-v`, also prints tracebacks of user errors), -1 = WARNING (`-q`), -2 = ERROR.
+
+`quiet_library_noise()` mutes what a user cannot act on (jsonargparse deprecation notices, Lightning's
+"💡 Tip" adverts and "no GPU/TPU here" lines, litdata's version check); it never mutes warnings about the
+user's run (data, checkpoints, shapes, NaNs).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+ROOT = "genlip_lit"
+PREFIX = "genlip"
+_HANDLER_NAME = "genlip_lit.stderr"
+
+# Lightning's info lines and warnings that advertise a product or state a fact that needs no action.
+_LIGHTNING_NOISE = (
+    "💡 Tip",  # litlogger / LitModelCheckpoint adverts
+    "GPU available: False",  # no GPU on this machine: nothing to do
+    "TPU available: False",
+    "HPU available: False",
+)
+_LIGHTNING_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning_utilities.core.rank_zero",
+)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A StreamHandler on whatever `sys.stderr` is now (rich's live display and pytest replace it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.set_name(_HANDLER_NAME)
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D401 - property keeps StreamHandler's interface
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property ignores it
+        pass
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, with_names: bool) -> None:
+        super().__init__()
+        self.with_names = with_names
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info and self.with_names:
+            message = f"{message}\n{self.formatException(record.exc_info)}"
+        level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        name = f"[{record.name}] " if self.with_names else ""
+        return f"{PREFIX}: {level}{name}{message}"
+
+
+class _DropMessages(logging.Filter):
+    """Drops records whose message contains one of `needles`."""
+
+    def __init__(self, needles: tuple[str, ...]) -> None:
+        super().__init__()
+        self.needles = needles
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(n in message for n in self.needles)
+
+
+def level_for(verbosity: int) -> int:
+    """-2 -> ERROR, -1 -> WARNING, 0 -> INFO, >= 1 -> DEBUG."""
+    if verbosity >= 1:
+        return logging.DEBUG
+    return {0: logging.INFO, -1: logging.WARNING}.get(verbosity, logging.ERROR)
+
+
+_verbosity = 0
+
+
+def verbosity() -> int:
+    """The verbosity set by the last `configure()` (0 when never called)."""
+    return _verbosity
+
+
+def configure(verbosity: int = 0) -> logging.Logger:
+    """Give the `genlip_lit` logger its one stderr handler at the level for `verbosity`; idempotent."""
+    global _verbosity
+    _verbosity = verbosity
+    logger = logging.getLogger(ROOT)
+    logger.setLevel(level_for(verbosity))
+    handler = next((h for h in logger.handlers if h.get_name() == _HANDLER_NAME), None)
+    if handler is None:
+        handler = _StderrHandler()
+        logger.addHandler(handler)
+    handler.setFormatter(_Formatter(with_names=verbosity >= 1))
+    # propagate stays on: pytest's caplog and an application's own root handlers still see genlip's records
+    sync_library_levels()
+    quiet_library_noise()
+    return logger
+
+
+def sync_library_levels() -> None:
+    """Lightning's own info lines (seed, model summary, devices) follow `-q` too. Lightning sets its loggers to
+    INFO when it is imported, so the Lightning commands call this again after importing it."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(max(level_for(_verbosity), logging.INFO))
+
+
+def quiet_library_noise() -> None:
+    """Mute, at their source, library messages that say nothing actionable about a genlip run."""
+    # jsonargparse: deprecation notices about its own internals that LightningCLI still calls.
+    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+    # litdata asks PyPI for a newer version when a dataset is built (also set in genlip_lit/__init__.py).
+    os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
+    for name in _LIGHTNING_LOGGERS:
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in target.filters):
+            target.addFilter(_DropMessages(_LIGHTNING_NOISE))
+    # genlip's main() hands LightningCLI its arguments (after taking out -v/-q) while sys.argv holds them too.
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+    # lightning 2.6 under torch >= 2.10 uses a deprecated pytree check internally.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # litdata's StreamingDataset defines __len__ and shards per worker itself, which this warning does not know.
+    warnings.filterwarnings("ignore", message=r".*IterableDataset. has .__len__. defined.*")
+
+
+def mute_gpu_unused_warning() -> None:
+    """For runs that chose `accelerator: cpu` on purpose: Lightning's "GPU available but not used" is noise."""
+    warnings.filterwarnings("ignore", message=r".*GPU available but not used.*")
