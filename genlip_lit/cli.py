@@ -1,113 +1,177 @@
-"""The `genlip` command: LightningCLI subcommands plus project commands.
+"""The `genlip` command: one table of subcommands, each imported only when it runs.
 
+    genlip                                   # every command with a one-line description (also --help, a typo)
+    genlip --version
     genlip fit --config experiments/quickstart.yaml
+    genlip -q fit --config experiments/quickstart.yaml     # -q: warnings only; -v: debug lines and tracebacks
     genlip optimize --source synthetic --output data/scenes --num-samples 20000
     genlip caption --ckpt runs/quickstart/version_0/checkpoints/last.ckpt scene.png
-    genlip caption-eval --ckpt runs/quickstart/version_0/checkpoints/last.ckpt --objects 1
-    genlip eval --ckpt runs/quickstart/version_0/checkpoints/last.ckpt --config experiments/eval.yaml
-    genlip probe --ckpt runs/quickstart/version_0/checkpoints/last.ckpt --data my_imagefolder/
-    genlip compare experiments/compare/*.yaml --output runs/compare
-    genlip export --ckpt runs/quickstart/version_0/checkpoints/last.ckpt --output encoders/quickstart
-    genlip eval-res --ckpt stage1.ckpt --ckpt stage2.ckpt --resolutions 64 128 native --output runs/eval_res
-    genlip llm-probe --encoder encoders/genlip --encoder encoders/clip --lm SMOLLM2_DIR --output runs/llm_probe
 
-`fit | validate | test | predict` go through LightningCLI (model and data are class_path plug-ins; several
-`--config` files compose, later ones win). The other commands are plain argparse programs.
+`fit | validate | test | predict` go through LightningCLI (`genlip_lit/lightning_cli.py`: model and data are
+class_path plug-ins; several `--config` files compose, later ones win). Every other command is a function
+`main(argv) -> int | None` in its own module. This module imports neither torch nor Lightning, so `genlip
+--help` and a command's `--help` start fast; a command imports what it needs when it runs.
+
+Conventions every command keeps: results on stdout, messages and progress on stderr (`genlip: ...` lines,
+`genlip_lit/logs.py`, `genlip_lit/progress.py`); a user mistake is one `genlip: error: ...` line naming the key,
+file or value, with exit code 2; `-v`/`-q` before or after the command name.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
-import warnings
 from collections.abc import Callable
-from typing import Any
 
-from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-
-from genlip_lit.callbacks.checkpoint import ResumableCheckpoint
+from genlip_lit import logs
 from genlip_lit.errors import GenLIPUserError
-from genlip_lit.modules.base import EncoderModule
 
+# The Trainer entry points, run by LightningCLI (`genlip_lit.lightning_cli:main` receives the command name too).
+LIGHTNING_COMMANDS: dict[str, str] = {
+    "fit": "train a model from YAML configs (any key can be overridden as --section.key VALUE)",
+    "validate": "run the validation loop of a config on a checkpoint (--ckpt_path)",
+    "test": "run the test loop of a config on a checkpoint (--ckpt_path)",
+    "predict": "run the predict loop of a config on a checkpoint (--ckpt_path)",
+}
+LIGHTNING_ENTRY = "genlip_lit.lightning_cli:main"
 
-class GenLIPCLI(LightningCLI):
-    """LightningCLI with the project's defaults: TensorBoard under runs/, rich progress, a checkpoint callback."""
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # Always present and configurable as `checkpoint.*` in YAML; `last.ckpt` is what `genlip caption` reads.
-        # ResumableCheckpoint also saves the step where max_steps stops, so a resume loses no work.
-        parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "{step}"})
-
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
-        # Rich progress by default, unless the user disabled the bar or configured another one.
-        configured = list(config.get("callbacks") or []) + callbacks
-        if config.get("enable_progress_bar", True) is not False and not any(
-            isinstance(c, ProgressBar) for c in configured
-        ):
-            callbacks = [*callbacks, RichProgressBar()]
-        return super()._instantiate_trainer(config, callbacks)
-
-
-def _run_lightning(argv: list[str] | None) -> None:
-    GenLIPCLI(
-        model_class=EncoderModule,
-        subclass_mode_model=True,
-        datamodule_class=None,
-        args=argv,
-        trainer_defaults={
-            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs"}},
-        },
-        save_config_kwargs={"overwrite": True},
-    )
-
-
-def _quiet_known_noise() -> None:
-    """Silence warnings that say nothing actionable about this project."""
-    # lightning 2.6 under torch >= 2.10 uses a deprecated pytree check internally.
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    # litdata's StreamingDataset defines __len__ and shards per worker itself, which this warning does not know.
-    warnings.filterwarnings("ignore", message=r".*IterableDataset. has .__len__. defined.*")
-
-
-# Project commands -> "module:function", imported only when called so `genlip fit` does not pay for them.
-EXTRA_COMMANDS = {
-    "optimize": "genlip_lit.data.optimize:main",
-    "caption": "genlip_lit.eval.captions:caption_main",
-    "caption-eval": "genlip_lit.eval.captions:caption_eval_main",
-    "eval": "genlip_lit.eval.report:eval_main",
-    "probe": "genlip_lit.eval.report:probe_main",
-    "compare": "genlip_lit.eval.compare:compare_main",
-    "export": "genlip_lit.export:export_main",
-    "eval-res": "genlip_lit.eval.resolution:resolution_main",
-    "llm-probe": "genlip_lit.eval.llm_probe:llm_probe_main",
+# Project commands: name -> ("module:function", one-line description). The function takes the arguments after
+# the command name and returns an exit code (None = 0). Register a command with one line here.
+EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
+    "optimize": ("genlip_lit.data.optimize:main", "turn images with captions (or synthetic scenes) into litdata shards"),
+    "caption": ("genlip_lit.eval.captions:caption_main", "print a caption for each image file, from a checkpoint"),
+    "caption-eval": ("genlip_lit.eval.captions:caption_eval_main", "score captions of held-out synthetic scenes"),
+    "eval": ("genlip_lit.eval.report:eval_main", "run the configured evaluations on a checkpoint; write a report"),
+    "probe": ("genlip_lit.eval.report:probe_main", "linear and attentive probes of frozen features on an image folder"),
+    "compare": ("genlip_lit.eval.compare:compare_main", "train several configs and compare their evaluations in one table"),
+    "export": ("genlip_lit.export:export_main", "write a checkpoint's vision encoder as safetensors + config"),
+    "eval-res": ("genlip_lit.eval.resolution:resolution_main", "evaluate checkpoints at several input resolutions"),
+    "llm-probe": ("genlip_lit.eval.llm_probe:llm_probe_main", "rate vision encoders by a frozen LM's caption perplexity"),
 }
 
+VERBOSE_FLAGS = {"-v": 1, "--verbose": 1, "-vv": 2, "-q": -1, "--quiet": -1, "-qq": -2}
+EXIT_USAGE = 2  # a user mistake, as argparse and jsonargparse use it
 
-def _command(name: str) -> Callable[[list[str]], int]:
-    module, _, function = EXTRA_COMMANDS[name].partition(":")
+
+def command_table() -> dict[str, tuple[str, str]]:
+    """Every command: name -> ("module:function", description), Lightning's first."""
+    table = {name: (LIGHTNING_ENTRY, text) for name, text in LIGHTNING_COMMANDS.items()}
+    for name, entry in EXTRA_COMMANDS.items():
+        # a bare "module:function" (a registration without a description) still runs
+        table[name] = (entry, "") if isinstance(entry, str) else (entry[0], entry[1])
+    return table
+
+
+def version() -> str:
+    """The installed distribution's version, or the package's own when it runs from a source tree."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("genlip_lit")
+    except PackageNotFoundError:
+        from genlip_lit import __version__
+
+        return __version__
+
+
+def overview() -> str:
+    """`genlip --help`: usage, the global options and every command with its description."""
+    table = command_table()
+    width = max(len(name) for name in table) + 2
+    lines = [
+        "usage: genlip [-h] [--version] [-v | -q] COMMAND [ARGS...]",
+        "",
+        "GenLIP (generative language-image pretraining) as a Lightning experiment framework.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<{width}}{text}" for name, (_, text) in table.items()]
+    lines += [
+        "",
+        "options:",
+        "  -h, --help     show this list; `genlip COMMAND --help` shows a command's options",
+        "  --version      print the version",
+        "  -v, --verbose  also debug lines, and tracebacks of errors (before or after COMMAND)",
+        "  -q, --quiet    warnings and errors only (before or after COMMAND)",
+        "",
+        "Every command takes --help. Results go to stdout; messages and progress to stderr.",
+    ]
+    return "\n".join(lines)
+
+
+def _load(target: str) -> Callable[[list[str]], int | None]:
+    module, _, function = target.partition(":")
     return getattr(importlib.import_module(module), function)
 
 
+def _split_verbosity(argv: list[str]) -> tuple[int, list[str]]:
+    """Take -v/-q (anywhere before a `--`) out of the arguments; return (verbosity, the rest)."""
+    level, rest = 0, []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            rest += argv[i:]
+            break
+        if arg in VERBOSE_FLAGS:
+            level += VERBOSE_FLAGS[arg]
+        else:
+            rest.append(arg)
+    return level, rest
+
+
+def _usage_error(message: str) -> int:
+    print(f"genlip: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _unknown_command(name: str) -> int:
+    close = difflib.get_close_matches(name, list(command_table()), n=1, cutoff=0.5)
+    hint = f"; did you mean `genlip {close[0]}`?" if close else ""
+    print(overview(), file=sys.stderr)
+    print(f"\ngenlip: error: unknown command {name!r}{hint}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `genlip` console script; tests call it in-process with an argument list."""
-    from_command_line = argv is None
+    """Entry point of the `genlip` console script; tests call it in-process with an argument list.
+
+    Returns the exit code for `genlip` and for commands that return one; user errors raise SystemExit(2) after
+    one `genlip: error: ...` line (so in-process callers see the same exit code as the shell).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    _quiet_known_noise()
-    try:
-        if argv and argv[0] in EXTRA_COMMANDS:
-            return _command(argv[0])(argv[1:]) or 0
-        if argv and argv[0] in ("-h", "--help"):
-            print(f"extra commands: {', '.join(EXTRA_COMMANDS)} (each has --help)\n")
-        # LightningCLI reads sys.argv itself when args is None (and warns if given both).
-        _run_lightning(None if from_command_line else argv)
+    level, argv = _split_verbosity(argv)
+    logs.configure(level)
+
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(overview())
         return 0
+    if argv[0] in ("--version", "-V"):
+        print(f"genlip {version()}")
+        return 0
+    name, args = argv[0], argv[1:]
+    if name.startswith("-"):
+        return _usage_error(f"unknown option {name!r} (options go after the command; see `genlip --help`)")
+    table = command_table()
+    if name not in table:
+        return _unknown_command(name)
+
+    target, _ = table[name]
+    try:
+        if name in LIGHTNING_COMMANDS:
+            return _load(target)([name, *args]) or 0
+        return _load(target)(args) or 0
     except GenLIPUserError as err:
-        # A user-fixable problem: one line naming the culprit, no traceback.
+        # A user-fixable problem: one line naming the culprit, no traceback (-v adds it).
+        if logs.verbosity() >= 1:
+            import traceback
+
+            traceback.print_exc()
         print(f"genlip: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_USAGE) from None
+    except KeyboardInterrupt:
+        print("genlip: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

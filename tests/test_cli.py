@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import glob
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from helpers import RECORDS, tiny_fit_args
 from PIL import Image
 
-from genlip_lit.cli import main
+from genlip_lit.cli import EXTRA_COMMANDS, LIGHTNING_COMMANDS, command_table, main, version
 from genlip_lit.data.synthetic import SceneConfig, generate_scene
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -164,3 +166,67 @@ def test_every_experiment_config_parses(config, capsys):
     with pytest.raises(SystemExit) as info:
         main(["fit", "--config", config, "--print_config"])
     assert info.value.code == 0 and "model:" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ the top level: help, version, typos, imports
+ALL_COMMANDS = ["fit", "validate", "test", "predict", "optimize", "caption", "caption-eval", "eval", "probe",
+                "compare", "export", "eval-res", "llm-probe"]
+
+
+def _listed_commands(text: str) -> dict[str, str]:
+    """`  name   description` rows of the `commands:` block."""
+    block = text.split("commands:\n", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split(None, 1) for line in block.splitlines()]
+    return {row[0]: row[1] if len(row) > 1 else "" for row in rows}
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"], ["-h"]])
+def test_help_lists_every_command_with_a_description(argv, capsys):
+    assert main(argv) == 0
+    listed = _listed_commands(capsys.readouterr().out)
+    assert set(ALL_COMMANDS) <= set(listed) and list(listed) == list(command_table())
+    assert all(len(text) > 10 for text in listed.values()), listed
+
+
+def test_every_registered_command_has_a_target_and_a_description():
+    for name, (target, text) in command_table().items():
+        module, _, function = target.partition(":")
+        assert module.startswith("genlip_lit.") and function, name
+        assert text and "\n" not in text and len(text) < 90, name
+    assert set(LIGHTNING_COMMANDS) == {"fit", "validate", "test", "predict"}
+    assert not set(LIGHTNING_COMMANDS) & set(EXTRA_COMMANDS)
+
+
+def test_mistyped_command_lists_commands_and_suggests_the_closest(capsys):
+    assert main(["captions", "--ckpt", "x"]) == 2
+    err = capsys.readouterr().err
+    assert set(ALL_COMMANDS) <= set(_listed_commands(err))
+    assert err.strip().splitlines()[-1] == "genlip: error: unknown command 'captions'; did you mean `genlip caption`?"
+    assert main(["zzzz"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "genlip: error: unknown command 'zzzz'"
+    assert main(["--frobnicate"]) == 2
+    assert "unknown option '--frobnicate'" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    import genlip_lit
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"genlip {version()}"
+    assert version() == genlip_lit.__version__  # pyproject and the package agree
+
+
+def test_help_and_package_import_nothing_heavy():
+    """`genlip --help` (and `import genlip_lit`, errors, logs, progress) must not import torch or Lightning:
+    that is what made every command take 6-8 s to start."""
+    code = (
+        "import sys\n"
+        "from genlip_lit.cli import main\n"
+        "import genlip_lit.errors, genlip_lit.logs, genlip_lit.progress, genlip_lit.parse_errors\n"
+        "assert main(['--help']) == 0 and main(['--version']) == 0\n"
+        "heavy = sorted(m for m in ('torch', 'lightning', 'litdata', 'numpy', 'rich', 'jsonargparse')\n"
+        "               if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert "HEAVY []" in out, out

@@ -145,7 +145,14 @@ class GenLIPStreamingDataset(litdata.StreamingDataset):
         caption_encoder: CaptionEncoder,
         **kwargs: Any,
     ) -> None:
-        super().__init__(input_dir=input_dir, **kwargs)
+        try:
+            super().__init__(input_dir=input_dir, **kwargs)
+        except (ValueError, KeyError, OSError) as err:  # a truncated or foreign index.json (JSONDecodeError...)
+            if not isinstance(input_dir, str) or is_remote(input_dir):
+                raise
+            index = os.path.join(input_dir, "index.json")
+            raise GenLIPUserError(f"{index} is not a readable litdata index ({type(err).__name__}: {err}); "
+                                  "write the shards again with `genlip optimize`") from err
         # not `self.transform`: StreamingDataset applies an attribute of that name to raw items itself
         self.image_transform = transform
         self.caption_encoder = caption_encoder
@@ -319,6 +326,10 @@ class GenLIPDataModule(L.LightningDataModule):
             raise GenLIPUserError("GenLIPDataModule needs data.data_dir (litdata shards) or data.synthetic")
         if data_dir is not None and synthetic is not None:
             raise GenLIPUserError("set only one of data.data_dir and data.synthetic")
+        for name, value, low in (("batch_size", batch_size, 1), ("val_batch_size", val_batch_size, 1),
+                                 ("num_workers", num_workers, 0), ("image_size", image_size, 1)):
+            if value is not None and value < low:
+                raise GenLIPUserError(f"data.{name} must be >= {low}, got {value}")
         self.synthetic = synthetic_params(dict(synthetic)) if synthetic is not None else None
         dirs = [data_dir] if isinstance(data_dir, str) else list(data_dir or [])
         if data_dir is not None and not dirs:

@@ -1,0 +1,269 @@
+"""`genlip fit | validate | test | predict`: LightningCLI with the project's defaults and short user errors.
+
+    genlip fit --config experiments/quickstart.yaml --trainer.max_steps 100
+    genlip fit --config experiments/quickstart.yaml --print_config      # the merged config, nothing run
+
+Imported only for these four commands (it pulls in torch and Lightning). What it adds to LightningCLI:
+- defaults: TensorBoard under runs/, a `checkpoint.*` ResumableCheckpoint, and a progress display chosen by the
+  output (RichProgressBar on a terminal, PlainProgressBar's periodic lines in a log file, none under `-q`);
+- short errors: a bad key, type, class path or value, a missing checkpoint, an unwritable directory or
+  unreadable data is one `genlip: error: ...` line naming the culprit (`parse_errors.py` rewrites jsonargparse's
+  messages; exceptions raised while building the model, data or trainer are unwrapped to their cause);
+- `--optimizer`/`--lr_scheduler` are refused: the modules build AdamW with their own no-decay parameter groups
+  and warmup-cosine schedule, which LightningCLI's automatic optimizer would silently replace;
+- `None` on the command line means null, as `null` does (jsonargparse re-reads nested class arguments, e.g.
+  `--model.init_args.tokenizer.init_args.compact_corpus=null`, from their printed form, where null is `None`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from argparse import ArgumentError
+from typing import Any, NoReturn
+
+import yaml
+from jsonargparse import get_loader, set_loader
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from genlip_lit import logs
+from genlip_lit.callbacks.checkpoint import ResumableCheckpoint
+from genlip_lit.callbacks.plain_progress import PlainProgressBar
+from genlip_lit.errors import GenLIPUserError
+from genlip_lit.modules.base import EncoderModule
+from genlip_lit.parse_errors import OPTIMIZER_REFUSAL, is_optimizer_flag, short_parse_error
+
+# Values of --ckpt_path that Lightning resolves itself (not file names).
+CKPT_KEYWORDS = {"last", "best", "hpc", "registry"}
+
+
+class GenLIPArgumentParser(LightningArgumentParser):
+    """Parse errors come back as exceptions (shortened by `main`) instead of a usage block and an exit."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("exit_on_error", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        try:
+            super().error(message, ex)
+        except ArgumentError as err:
+            # the parser that complained knows the option names: `main` suggests the closest to a typo
+            parser = getattr(ex, "subcommand_parser", None) or self
+            err.genlip_options = _option_names(parser)  # type: ignore[attr-defined]
+            raise
+        raise AssertionError("unreachable: exit_on_error=False makes jsonargparse raise")  # pragma: no cover
+
+
+def _option_names(parser: Any) -> list[str]:
+    """`--trainer.max_steps`, ... of a parser and of its subcommands' parsers."""
+    names = []
+    for action in parser._actions:
+        names += action.option_strings
+        choices = getattr(action, "choices", None)
+        if isinstance(choices, dict):  # the subcommands action: name -> parser
+            for sub in choices.values():
+                names += _option_names(sub) if hasattr(sub, "_actions") else []
+    return names
+
+
+class GenLIPCLI(LightningCLI):
+    """LightningCLI with the project's defaults: TensorBoard under runs/, a progress display, a checkpoint."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Always present and configurable as `checkpoint.*` in YAML; `last.ckpt` is what `genlip caption` reads.
+        # ResumableCheckpoint also saves the step where max_steps stops, so a resume loses no work.
+        parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "{step}"})
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        # A missing --ckpt_path fails here, before the model is built, instead of deep inside fit.
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and path not in CKPT_KEYWORDS and "://" not in path and not os.path.isfile(path):
+            raise GenLIPUserError(f"checkpoint not found: {path} (--ckpt_path)")
+
+    def before_instantiate_classes(self) -> None:
+        check_output_dirs(self.config[self.config.subcommand] if self.config.get("subcommand") else self.config)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except GenLIPUserError:
+            raise
+        except Exception as err:  # noqa: BLE001 - unwrapped to a user error or re-raised as is
+            message = instantiation_error(err)
+            if message is None:
+                raise
+            raise GenLIPUserError(message) from err
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (ValueError, MisconfigurationException) as err:  # a Trainer argument it refused
+            if isinstance(err, GenLIPUserError):
+                raise
+            raise GenLIPUserError(f"trainer: {str(err).strip().splitlines()[0]}") from err
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        if str(config.get("accelerator")) == "cpu":
+            logs.mute_gpu_unused_warning()  # a CPU run chosen on purpose
+        configured = list(config.get("callbacks") or []) + callbacks
+        if config.get("enable_progress_bar", True) is not False and not any(
+            isinstance(c, ProgressBar) for c in configured
+        ):
+            if logs.verbosity() < 0:
+                config["enable_progress_bar"] = False  # -q: warnings and errors only
+            else:
+                callbacks = [*callbacks, default_progress_bar()]
+        return super()._instantiate_trainer(config, callbacks)
+
+
+def default_progress_bar() -> ProgressBar:
+    """Rich bars on a terminal; plain periodic lines when stderr is a file or a pipe (CI, nohup, tee)."""
+    from genlip_lit.progress import resolve_mode
+
+    if resolve_mode() == "rich":
+        return RichProgressBar(console_kwargs={"stderr": True})
+    return PlainProgressBar()
+
+
+def instantiation_error(err: BaseException) -> str | None:
+    """One line for an exception raised while building the model, data or trainer; None if it is not the user's.
+
+    jsonargparse wraps what a constructor raised in a long union error; the constructor's own exception is at the
+    root of the `__cause__`/`__context__` chain. GenLIPUserError speaks for itself; a ValueError (a value a
+    constructor refused) or Lightning's MisconfigurationException is named with the class that refused it.
+    """
+    chain, seen = [], set()
+    node: BaseException | None = err
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        chain.append(node)
+        node = node.__cause__ or node.__context__
+    for exc in chain:
+        if isinstance(exc, GenLIPUserError):
+            return str(exc)
+    root = chain[-1]
+    if isinstance(root, MisconfigurationException):
+        return f"trainer: {root}"
+    if isinstance(root, OSError) and root.filename:
+        return os_error(root)
+    if isinstance(root, ValueError):
+        text = str(root)
+        if "Does not validate against any of the Union subtypes" in text:
+            return short_parse_error(text)
+        match = re.search(r"class_path='([\w.]+)'", str(err))
+        where = f"{match.group(1)}: " if match else ""
+        first = text.strip().splitlines()[0] if text.strip() else type(root).__name__
+        return f"{where}{first}"
+    return None
+
+
+def check_output_dirs(config: Any) -> None:
+    """The run's log and checkpoint directories can be created: else one line naming the key (not a traceback
+    from the logger halfway through setup)."""
+    trainer = config.get("trainer") or {}
+    candidates = [("trainer.default_root_dir", trainer.get("default_root_dir"))]
+    loggers = trainer.get("logger")
+    for i, logger in enumerate(loggers if isinstance(loggers, list) else [loggers]):
+        init_args = logger.get("init_args") if hasattr(logger, "get") else None
+        save_dir = init_args.get("save_dir") if hasattr(init_args, "get") else None
+        key = "trainer.logger.init_args.save_dir" if not isinstance(loggers, list) else f"trainer.logger[{i}].save_dir"
+        candidates.append((key, save_dir))
+    checkpoint = config.get("checkpoint") or {}
+    candidates.append(("checkpoint.dirpath", checkpoint.get("dirpath") if hasattr(checkpoint, "get") else None))
+    for key, path in candidates:
+        if not isinstance(path, str) or not path or "://" in path:
+            continue
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as err:
+            raise GenLIPUserError(f"{key}: cannot create {path} ({err.strerror or err})") from None
+        if not os.access(path, os.W_OK):
+            raise GenLIPUserError(f"{key}: {path} is not writable")
+
+
+def os_error(err: OSError) -> str:
+    """`cannot access runs/x: Permission denied` (the file or directory and the reason, nothing else)."""
+    return f"cannot access {err.filename}: {err.strerror or err}"
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Each `--config FILE` exists and is YAML; else one line naming the file (and the line of a YAML error)."""
+    for i, arg in enumerate(argv):
+        if arg in ("-c", "--config") and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        else:
+            continue
+        if path.lstrip().startswith("{"):  # an inline config, checked by jsonargparse
+            continue
+        if not os.path.isfile(path):
+            raise GenLIPUserError(f"config file not found: {path}")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                yaml.safe_load(fh)
+        except OSError as err:
+            raise GenLIPUserError(f"cannot read config file {path}: {err.strerror or err}") from None
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise GenLIPUserError(f"{path} is not valid YAML: {problem}{where}") from None
+
+
+def _null_on_command_line() -> None:
+    """`None` typed on the command line is null, like `null` (see the module docstring); idempotent."""
+    base = get_loader("yaml")
+    if getattr(base, "_genlip_none_is_null", False):
+        return
+
+    def load(value: str) -> Any:
+        return None if value.strip() == "None" else base(value)
+
+    load._genlip_none_is_null = True  # type: ignore[attr-defined]
+    set_loader("yaml", load, exceptions=(yaml.YAMLError,))
+
+
+def main(argv: list[str]) -> int:
+    """Run one LightningCLI command; `argv` starts with the command name (fit, validate, test, predict)."""
+    logs.sync_library_levels()  # Lightning reset its loggers to INFO when imported; -q applies to them too
+    if any(is_optimizer_flag(arg) for arg in argv):
+        raise GenLIPUserError(OPTIMIZER_REFUSAL)
+    check_config_files(argv)
+    _null_on_command_line()
+    command = argv[0] if argv else "fit"
+    try:
+        GenLIPCLI(
+            model_class=EncoderModule,
+            subclass_mode_model=True,
+            datamodule_class=None,
+            args=argv,
+            parser_class=GenLIPArgumentParser,
+            trainer_defaults={
+                "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                           "init_args": {"save_dir": "runs"}},
+            },
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,  # see OPTIMIZER_REFUSAL
+        )
+    except ArgumentError as err:
+        options = getattr(err, "genlip_options", None)
+        raise GenLIPUserError(short_parse_error(str(err), command=command, options=options)) from err
+    except OSError as err:
+        # An unwritable run directory, an unreadable data file: the path and the reason.
+        if err.filename is None:
+            raise
+        raise GenLIPUserError(os_error(err)) from err
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - `genlip fit ...` is the entry point
+    sys.exit(main(sys.argv[1:]))
