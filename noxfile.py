@@ -7,7 +7,7 @@ nox.options.sessions = ["lint", "tests"]
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    session.install("-e", ".[dev]")
+    session.install("-c", "constraints.txt", "-e", ".[dev]")  # the tested versions
     session.run("python", "-m", "pytest", "-q", *session.posargs)
 
 
