@@ -63,7 +63,10 @@ def short_parse_error(message: str, command: str = "fit", options: list[str] | N
     informative = [e for e in entries if e.kind == "detail"]
     if not informative:
         return _first_lines(message)
-    leaf = max(informative, key=lambda e: (e.depth, e.index))  # the innermost complaint
+    if any(e.kind in ("key", "class") for e in entries):
+        leaf = max(informative, key=lambda e: (e.depth, e.index))  # the innermost complaint
+    else:
+        leaf = informative[0]  # a flat message: its headline
     path, class_paths, base = _ancestry(entries, leaf)
     key = ".".join(path)
     detail = leaf.text
@@ -86,8 +89,9 @@ def short_parse_error(message: str, command: str = "fit", options: list[str] | N
         if owner:
             suggestion = _suggest_argument(owner, unknown_name)
             hint = f"its options: genlip {command} --{_plugin_key(path)}.help {owner}"
-        else:
-            suggestion = _suggest_option(unknown_name.lstrip("-"), options)
+        else:  # a flag is answered with a flag, a config-file key with a key
+            prefix = "--" if unknown_name.startswith("--") else ""
+            suggestion = _suggest_option(unknown_name.lstrip("-"), options, prefix)
         return _join(f"{full}: {where}{suggestion}", hint)
 
     if class_paths and _IMPORT_FAILURE.search(detail):
@@ -210,9 +214,9 @@ def _suggest_argument(class_path: str, name: str) -> str:
     return _closest(name, names)
 
 
-def _suggest_option(name: str, options: list[str] | None) -> str:
+def _suggest_option(name: str, options: list[str] | None, prefix: str) -> str:
     names = [o.lstrip("-") for o in options or [] if o.startswith("--")]
-    return _closest(name, names, prefix="--") if names else ""
+    return _closest(name, names, prefix=prefix) if names else ""
 
 
 def _suggest_class(class_path: str) -> str:

@@ -121,8 +121,15 @@ class Progress:
         self.started_at = self._last_line_at = self.clock()
         if self.mode == "rich":
             if self._display is None:
-                self._display = _RichDisplay()
-            self._task = self._display.add(self)
+                try:
+                    self._display = _RichDisplay()
+                except Exception as err:  # noqa: BLE001 - rich.errors.LiveError: another live display is on
+                    # (e.g. Lightning's RichProgressBar while a fit callback evaluates): plain lines instead
+                    if type(err).__name__ != "LiveError":
+                        raise
+                    self.mode = "plain"
+            if self._display is not None:
+                self._task = self._display.add(self)
         _open.append(self)
         return self
 

@@ -57,7 +57,7 @@ def test_unknown_key_in_a_yaml_file_is_named_with_the_closest(tmp_path, capsys):
                                     "genlip_lit.modules.GenLIPModule; did you mean 'lr'?")
     bad.write_text("trainer:\n  max_stepz: 3\n")
     err = _error(capsys, [*tiny_fit_args(tmp_path), "--config", str(bad)])
-    assert _error_lines(err)[0] == "genlip: error: trainer.max_stepz: not an option; did you mean '--trainer.max_steps'?"
+    assert _error_lines(err)[0] == "genlip: error: trainer.max_stepz: not an option; did you mean 'trainer.max_steps'?"
 
 
 def test_unknown_flag_is_named(tmp_path, capsys):

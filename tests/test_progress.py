@@ -146,6 +146,19 @@ def test_tty_renders_rich_bars_with_counts(monkeypatch):
     assert "optimize" in text and "7/10 images" in text and "\x1b[" in text  # an animated terminal display
 
 
+def test_rich_falls_back_to_plain_lines_under_another_live_display(lines, monkeypatch):
+    """rich < 14 refuses a second live display (Lightning's RichProgressBar during fit): plain lines instead."""
+    from rich.errors import LiveError
+
+    def refuse() -> None:
+        raise LiveError("Only one live display may be active at once")
+
+    monkeypatch.setattr(progress, "_RichDisplay", refuse)
+    with progress.progress(total=2, description="probe", unit="probes", mode="rich", interval_s=0) as bar:
+        bar.advance(2)
+    assert bar.mode == "plain" and lines()[-1].startswith("probe: done, 2 probes in ")
+
+
 def test_format_duration():
     assert [format_duration(s) for s in (0, 7, 754, 3723)] == ["0:00", "0:07", "12:34", "1:02:03"]
 

@@ -86,6 +86,13 @@ class PlainProgressBar(ProgressBar):
             self._main.close()
             self._main = None
 
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # A run that stopped on an exception: say where, and leave no stale progress open in this process.
+        for bar in (self._eval, self._main):
+            if bar is not None:
+                bar.close(failed=True)
+        self._eval = self._main = None
+
     # ------------------------------------------------------------------ evaluation loops
     def _eval_start(self, description: str, total: float) -> None:
         self._eval = self._open(description, total, "batches", parent=self._main)
