@@ -70,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", nargs="*", help="one genlip command line (after --); default: three commands")
     opts = parser.parse_args(argv)
     commands = [opts.command] if opts.command else [list(c) for c in DEFAULT_COMMANDS]
-    print(f"python {sys.version.split()[0]} on {os.cpu_count()} CPUs; genlip_lit from "
-          f"{os.environ.get('PYTHONPATH') or 'the installed package'}")
+    where = subprocess.run([sys.executable, "-c", "import genlip_lit; print(genlip_lit.__file__)"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    print(f"python {sys.version.split()[0]} on {os.cpu_count()} CPUs; genlip_lit from {os.path.dirname(where)} "
+          "(the current directory comes first: run it from the checkout to measure)")
     print(f"| command | wall s (median of {opts.repeat}) | peak RSS MiB | import s | heaviest imports (cumulative s) "
           "| heavy packages loaded |")
     print("|---|---|---|---|---|---|")
