@@ -74,7 +74,7 @@ def _quiet_known_noise() -> None:
 
 # Project commands -> "module:function", imported only when called so `genlip fit` does not pay for them.
 EXTRA_COMMANDS = {
-    "optimize": "genlip_lit.data.optimize:main",
+    "optimize": "genlip_lit.commands.optimize:main",
     "caption": "genlip_lit.eval.captions:caption_main",
     "caption-eval": "genlip_lit.eval.captions:caption_eval_main",
     "eval": "genlip_lit.eval.report:eval_main",

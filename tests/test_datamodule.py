@@ -17,7 +17,7 @@ import torch
 from genlip_lit.data import datamodule as dm_mod
 from genlip_lit.data.batch import Batch
 from genlip_lit.data.datamodule import BatchCollator, GenLIPDataModule, shutdown_workers
-from genlip_lit.data.optimize import optimize_synthetic, synthetic_sample, write_shards
+from genlip_lit.data.shards import optimize_synthetic, synthetic_sample, write_shards
 from genlip_lit.data.synthetic import SceneConfig
 from genlip_lit.data.tokenizer import CaptionEncoder, OpenCLIPTokenizer
 from genlip_lit.errors import GenLIPUserError

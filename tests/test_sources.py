@@ -1,5 +1,6 @@
-"""Corpus readers for `genlip optimize --input`: input resolution, layout detection, units, caption/label
-fields and damaged inputs, for the webdataset, folder, parquet and manifest layouts."""
+"""Corpus readers for `genlip optimize --input` (ingest/sources.py, table_sources.py, layouts.py): input
+resolution, layout detection, units, caption/label fields and damaged inputs, for the webdataset, folder, parquet
+and manifest layouts."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from genlip_lit.data import sources
-from genlip_lit.data.demo_corpus import (
+from genlip_lit.errors import GenLIPUserError
+from genlip_lit.ingest import sources
+from genlip_lit.ingest.cleaning import Skip, clean_caption, clean_label
+from genlip_lit.ingest.demo_corpus import (
     LAYOUTS,
     demo_samples,
     write_demo_corpus,
@@ -24,17 +27,14 @@ from genlip_lit.data.demo_corpus import (
     write_parquet,
     write_webdataset,
 )
-from genlip_lit.data.ingest import Skip, clean_caption, clean_label
-from genlip_lit.data.sources import (
+from genlip_lit.ingest.layouts import detect_format, open_source
+from genlip_lit.ingest.sources import (
     Record,
     ShardReadError,
     Unit,
-    detect_format,
     expand_braces,
-    open_source,
     resolve_inputs,
 )
-from genlip_lit.errors import GenLIPUserError
 
 NUM = 24
 

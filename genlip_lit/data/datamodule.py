@@ -43,8 +43,8 @@ import torch
 from torch.utils.data import default_collate
 
 from genlip_lit.data.batch import Batch
-from genlip_lit.data.optimize import optimize_synthetic
 from genlip_lit.data.packing import PackingCollator
+from genlip_lit.data.shards import optimize_synthetic
 from genlip_lit.data.synthetic import SceneConfig
 from genlip_lit.data.tokenizer import CaptionEncoder
 from genlip_lit.data.transforms import FixedResTransform, NativeResTransform, SquashTransform, decode_image

@@ -13,8 +13,9 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from genlip_lit.data import sources as base
-from genlip_lit.data.sources import (
+from genlip_lit.errors import GenLIPUserError
+from genlip_lit.ingest import sources as base
+from genlip_lit.ingest.sources import (
     MANIFEST_EXTENSIONS,
     PEEK_SAMPLES,
     Record,
@@ -24,7 +25,6 @@ from genlip_lit.data.sources import (
     _files_with,
     _read_file,
 )
-from genlip_lit.errors import GenLIPUserError
 
 DEFAULT_IMAGE_COLUMNS = ("image", "jpg", "png", "webp", "img", "image_bytes")
 DEFAULT_CAPTION_COLUMNS = ("caption", "text", "txt")

@@ -1,4 +1,4 @@
-"""Readers for the corpus layouts `genlip optimize` ingests. They read; they never judge (see `ingest.py`).
+"""Readers for the corpus layouts `genlip optimize` ingests. They read; they never judge (see `cleaning.py`).
 
     webdataset  img2dataset's tar output: members `KEY.jpg|png|webp` + `KEY.txt` + `KEY.json` (+ `KEY.cls`)
     folder      img2dataset's files output, or any tree of images with a sidecar `STEM.txt` (and `STEM.json`)
@@ -10,7 +10,8 @@ Work is cut into `Unit`s (one tar shard, one parquet row group, a slice of a fil
 what a worker processes, what an interrupted run resumes from, and what fixes the order of the output.
 Structural problems (no such input, no caption column, nothing readable) raise `GenLIPUserError` from
 `Source.units()`, before any work; problems of single samples travel on as `Record`s for `ingest` to count.
-The webdataset and folder readers are here; parquet and manifest readers are in `table_sources.py`.
+The webdataset and folder readers are here; parquet and manifest readers are in `table_sources.py`; `layouts.py`
+detects the layout of the inputs and opens the matching reader.
 """
 
 from __future__ import annotations
@@ -29,12 +30,10 @@ from typing import Any
 from genlip_lit.errors import GenLIPUserError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
-FORMATS = ("webdataset", "folder", "parquet", "manifest")
 MANIFEST_EXTENSIONS = (".jsonl", ".csv", ".tsv")
 TEXT_SIDECAR = "txt"  # caption field name meaning "the KEY.txt sidecar" (webdataset and folder layouts)
 FILES_PER_UNIT = 1000  # folder and manifest slices: small enough to resume cheaply, big enough to amortise
 PEEK_SAMPLES = 20  # how many leading samples the structural check looks at
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,30 +103,6 @@ def _walk(root: str) -> list[str]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(os.path.join(dirpath, f) for f in filenames if not f.startswith("."))
     return sorted(found)
-
-
-def detect_format(paths: Sequence[str]) -> str:
-    """The layout of resolved inputs; all inputs must share one."""
-    kinds = set()
-    for path in paths:
-        files = _walk(path) if os.path.isdir(path) else [path]
-        exts = {_ext(f) for f in files}
-        if "tar" in exts:
-            kinds.add("webdataset")
-        elif "parquet" in exts:
-            kinds.add("parquet")
-        elif exts & {e.lstrip(".") for e in MANIFEST_EXTENSIONS}:
-            kinds.add("manifest")
-        elif exts & set(IMAGE_EXTENSIONS):
-            kinds.add("folder")
-        else:
-            raise GenLIPUserError(
-                f"cannot tell the layout of {path!r}: no .tar, .parquet, .jsonl/.csv/.tsv or image files in it; "
-                "pass --format"
-            )
-    if len(kinds) > 1:
-        raise GenLIPUserError(f"the inputs mix layouts {sorted(kinds)}: run `genlip optimize` once per layout")
-    return kinds.pop()
 
 
 def _files_with(paths: Sequence[str], extensions: Sequence[str], what: str) -> list[str]:
@@ -362,39 +337,11 @@ class FolderSource(_SidecarCaptions, Source):
         yield from self._read_files(files[unit.start : unit.stop])
 
 
-def source_classes() -> dict[str, type[Source]]:
-    """Layout name -> reader (the tabular readers live in `table_sources.py`, imported on use)."""
-    from genlip_lit.data.table_sources import ManifestSource, ParquetSource
-
-    return {"webdataset": WebDatasetSource, "folder": FolderSource, "parquet": ParquetSource,
-            "manifest": ManifestSource}
-
-
-def open_source(
-    inputs: Sequence[str],
-    fmt: str = "auto",
-    caption_fields: Sequence[str] | None = None,
-    label_field: str | None = None,
-    image_field: str | None = None,
-) -> Source:
-    """Resolve `inputs` and build the reader for their layout (`fmt="auto"` detects it)."""
-    paths = resolve_inputs(inputs)
-    if fmt == "auto":
-        fmt = detect_format(paths)
-    classes = source_classes()
-    if fmt not in classes:
-        raise GenLIPUserError(f"--format {fmt!r}: choose one of auto, {', '.join(FORMATS)}")
-    return classes[fmt](paths, caption_fields=caption_fields, label_field=label_field, image_field=image_field)
-
-
 __all__ = [
-    "FORMATS",
     "Record",
     "ShardReadError",
     "Source",
     "Unit",
-    "detect_format",
     "expand_braces",
-    "open_source",
     "resolve_inputs",
 ]

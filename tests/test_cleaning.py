@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genlip_lit.data.ingest import (
+from genlip_lit.ingest.cleaning import (
     SKIP_REASONS,
     ImagePolicy,
     Skip,

@@ -1,7 +1,7 @@
 """Real corpora -> litdata shards: the engine behind `genlip optimize --input ...`.
 
 Work is split into the source's `Unit`s (one tar shard, one parquet row group, a slice of a file list or a
-manifest). Each unit is cleaned (`ingest.py`) and written by one worker as its own litdata chunks
+manifest). Each unit is cleaned (`cleaning.py`) and written by one worker as its own litdata chunks
 (`chunk-<unit>-<n>.bin`, through litdata's `BinaryWriter`), then marked done in `.genlip_work/`. The split
 indexes (`train/index.json`, `val/index.json`) are merged from the finished units in unit order, so the output
 does not depend on the worker count, an interrupted run resumes unit by unit, and `--append` adds units.
@@ -30,17 +30,16 @@ from typing import Any
 
 from PIL import Image
 
-from genlip_lit.data.ingest import ImagePolicy, Skip, clean_caption, clean_image, clean_label
-from genlip_lit.data.sources import ShardReadError, Source, Unit
+from genlip_lit.data.shards import META_FILE, SPLITS
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.ingest.cleaning import ImagePolicy, Skip, clean_caption, clean_image, clean_label
+from genlip_lit.ingest.sources import ShardReadError, Source, Unit
 
 log = logging.getLogger(__name__)
 
 WORK_DIR = ".genlip_work"
 PLAN_FILE = "plan.json"
 REPORT_FILE = "genlip_report.json"
-META_FILE = "genlip_meta.json"
-SPLITS = ("train", "val")
 FIELDS = ["image", "caption", "key", "label"]
 EXAMPLES_PER_REASON = 5  # skipped sample keys kept per reason in the report, to find the culprits
 
