@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import re
+import shlex
+import signal
 
 import pytest
+from PIL import Image
 
 from genlip_lit.commands import optimize as opt
 from genlip_lit.data.shards import META_FILE, default_val_samples
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.ingest import corpus, sources
+from genlip_lit.ingest.corpus import IngestStopped
 
 
 def test_cli(tmp_path, capsys) -> None:
@@ -47,3 +55,73 @@ def test_cli_size_options(tmp_path) -> None:
     assert opt.main([*argv, "--max-image-size", "64", "--word-font-px", "8"]) == 0
     scene = json.loads((out / META_FILE).read_text())["scene"]
     assert scene["max_image_size"] == 64 and scene["word_font_px"] == 8
+
+
+# --- corpus runs: exit status, how to go on after a stop -----------------------------------------------------
+
+
+def _folder(root, n=4, bad=False) -> str:
+    root.mkdir()
+    for i in range(n):
+        image = b"<html>404</html>" if bad else _png((i * 60, 0, 0))
+        (root / f"{i}.png").write_bytes(image)
+        (root / f"{i}.txt").write_text(f"box {i}")
+    return str(root)
+
+
+def _png(color) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_keeping_nothing_is_a_failure(tmp_path) -> None:
+    """It used to exit 0; a GenLIPUserError is one line and exit status 2 from `genlip` (tests/test_cli.py)."""
+    folder = _folder(tmp_path / "in", n=3, bad=True)
+    with pytest.raises(GenLIPUserError) as info:
+        opt.main(["--input", folder, "--output", str(tmp_path / "out"), "--num-workers", "1"])
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("kept 0 of 3 samples (not_an_image 3): nothing to train on")
+    assert message.endswith("rerun with --overwrite")
+    assert not (tmp_path / "out" / META_FILE).exists()  # not marked as a finished dataset
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_a_stopped_run_names_the_exact_command_that_finishes_it(tmp_path, monkeypatch, stop) -> None:
+    monkeypatch.setattr(sources, "FILES_PER_UNIT", 2)
+    _folder(tmp_path / "in")
+    real, calls = corpus.process_unit, []
+
+    def stopping(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            if stop == "sigterm":  # kill PID, or a scheduler's preemption
+                os.kill(os.getpid(), signal.SIGTERM)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(corpus, "process_unit", stopping)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--input", "in", "--output", "out dir", "--over", "--max-side", "24", "--num-workers", "1"]
+    with pytest.raises(IngestStopped) as info:
+        opt.main(argv)
+    command = "genlip optimize --input in --output 'out dir' --max-side 24 --num-workers 1 --resume"
+    assert f"interrupted after 1 of 2 units; the output {tmp_path / 'out dir'} is resumable: finish it " \
+           f"with `{command}`" in str(info.value)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler was only there during the run
+    # a plain rerun says the same; the command itself finishes the run
+    monkeypatch.setattr(corpus, "process_unit", real)
+    plain = [a for a in argv if a != "--over"]
+    with pytest.raises(GenLIPUserError, match=re.escape(f"finish it with `{command}`")):
+        opt.main(plain)
+    assert opt.main(shlex.split(command)[2:]) == 0
+    meta = json.loads((tmp_path / "out dir" / META_FILE).read_text())
+    assert meta["num_train"] + meta["num_val"] == 4
+
+
+def test_resume_command_drops_mode_flags_in_any_spelling() -> None:
+    parser = opt.build_parser()
+    assert opt.resume_command(["--input", "a b", "--output=o", "--append"], parser) == \
+        "genlip optimize --input 'a b' --output=o --resume"
+    assert opt.resume_command(["--ov", "--input", "x", "--output", "o", "--res"], parser) == \
+        "genlip optimize --input x --output o --resume"

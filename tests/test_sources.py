@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
 from pathlib import Path
 
@@ -219,6 +220,17 @@ def test_parquet_missing_caption_column_fails_before_any_work(demo, monkeypatch)
         open_source([demo["parquet"]], label_field="class").units()
     with pytest.raises(GenLIPUserError, match="image column.*--image-field"):
         open_source([demo["parquet"]], image_field="pixels").units()
+
+
+@pytest.mark.parametrize(("values", "arrow_type"), [(["a.jpg", "b.jpg"], "string"), ([1, 2], "int64"),
+                                                    ([{"bytes": "x"}, {"bytes": "y"}], "struct<bytes: string>")])
+def test_parquet_image_column_of_the_wrong_type_is_one_structural_error(tmp_path, monkeypatch, values,
+                                                                        arrow_type) -> None:
+    pq.write_table(pa.table({"image": values, "caption": ["x", "y"]}), tmp_path / "p.parquet")
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", lambda *a, **k: pytest.fail("rows read before the check"))
+    with pytest.raises(GenLIPUserError, match=f"column 'image' holds {re.escape(arrow_type)}, not image bytes") as info:
+        open_source([str(tmp_path)]).units()
+    assert "\n" not in str(info.value) and "--image-field" in str(info.value)
 
 
 def test_parquet_caption_fallback_order(tmp_path) -> None:

@@ -4,23 +4,31 @@
     genlip optimize --source synthetic --output data/shapes --num-samples 20000
 
 Argument parsing and orchestration only: real corpora go through `genlip_lit.ingest.corpus`, the embedded
-synthetic data through `genlip_lit.ingest.synthetic_shards`. Built-in generators register in `SOURCES`.
+synthetic data through `genlip_lit.data.shards`. Built-in generators register in `SOURCES`. Either way the
+output directory is locked for the run; a corpus run that stops early (Ctrl-C, SIGTERM, a dead worker) names the
+exact command that finishes it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shlex
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from genlip_lit.data.shards import DEFAULT_CHUNK_BYTES, default_val_samples, optimize_synthetic
 from genlip_lit.data.synthetic import SceneConfig
 from genlip_lit.errors import GenLIPUserError
-from genlip_lit.ingest.cleaning import DEFAULT_MAX_PIXELS, ImagePolicy
+from genlip_lit.ingest.cleaning import DEFAULT_MAX_CAPTION_CHARS, DEFAULT_MAX_PIXELS, ImagePolicy
 from genlip_lit.ingest.corpus import IngestOptions, optimize_corpus, summary_line
 from genlip_lit.ingest.layouts import FORMATS, open_source
+from genlip_lit.ingest.output_lock import output_lock
+from genlip_lit.ingest.safe_read import DEFAULT_MAX_BYTES, ReadLimits, parse_bytes
 
 
 def _run_synthetic(args: argparse.Namespace) -> dict[str, Any]:
@@ -87,6 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     real.add_argument("--quality", type=int, default=95, help="jpeg/webp quality (95)")
     real.add_argument("--val-fraction", type=float, default=0.01, help="share of images held out as val (0.01)")
     real.add_argument("--chunk-bytes", default=DEFAULT_CHUNK_BYTES, help="litdata chunk size (64MB)")
+    real.add_argument(
+        "--max-bytes", default=f"{DEFAULT_MAX_BYTES // 2**20}MiB", metavar="SIZE",
+        help="skip any image, sidecar or tar member larger than this, judged before reading it (64MiB)",
+    )
+    real.add_argument(
+        "--allow-outside", action="store_true",
+        help="read symlinks and manifest/parquet paths that lead outside the input folders (refused by default)",
+    )
+    real.add_argument(
+        "--max-caption-chars", type=int, default=DEFAULT_MAX_CAPTION_CHARS, metavar="N",
+        help=f"cut longer captions, counting them in the report ({DEFAULT_MAX_CAPTION_CHARS}; 0: no limit)",
+    )
 
     syn = p.add_argument_group("embedded synthetic data")
     syn.add_argument("--source", default=None, help="generate a built-in dataset: synthetic (the default without --input)")
@@ -129,7 +149,7 @@ def _read_classes(path: str | None) -> tuple[str, ...] | None:
     return names
 
 
-def run_corpus(args: argparse.Namespace) -> dict[str, Any]:
+def run_corpus(args: argparse.Namespace, resume_command: str | None = None) -> dict[str, Any]:
     """`genlip optimize --input ...`: returns the report (also written to `--output`)."""
     try:
         policy = ImagePolicy(
@@ -146,17 +166,60 @@ def run_corpus(args: argparse.Namespace) -> dict[str, Any]:
         val_fraction=args.val_fraction,
         class_names=_read_classes(args.classes),
         chunk_bytes=str(args.chunk_bytes),
+        max_caption_chars=args.max_caption_chars or None,
     )
+    try:
+        limits = ReadLimits(max_bytes=parse_bytes(args.max_bytes), allow_outside=args.allow_outside)
+    except ValueError as exc:
+        raise GenLIPUserError(f"--max-bytes: {exc}") from exc
     source = open_source(
         args.input,
         args.format,
         caption_fields=args.caption_field,
         label_field=args.label_field,
         image_field=args.image_field,
+        limits=limits,
     )
     mode = "overwrite" if args.overwrite else "append" if args.append else "resume" if args.resume else "new"
     workers = args.num_workers if args.num_workers is not None else (os.cpu_count() or 1)
-    return optimize_corpus(source, args.output, options, num_workers=workers, mode=mode, progress=True)
+    return optimize_corpus(source, args.output, options, num_workers=workers, mode=mode, progress=True,
+                           resume_command=resume_command)
+
+
+MODE_FLAGS = ("--overwrite", "--append", "--resume")
+
+
+def resume_command(argv: list[str], parser: argparse.ArgumentParser) -> str:
+    """The command line that finishes the run `argv` starts: the same arguments, --resume instead of a mode flag
+    (argparse accepts abbreviations, so `--over` counts as --overwrite)."""
+    options = [o for o in parser._option_string_actions if o.startswith("--")]
+    kept = []
+    for token in argv:
+        name = token.split("=", 1)[0]
+        if name.startswith("--") and len(name) > 2:
+            matches = [o for o in options if o.startswith(name)]
+            full = name if name in options else matches[0] if len(matches) == 1 else None
+            if full in MODE_FLAGS:
+                continue
+        kept.append(token)
+    return shlex.join(["genlip", "optimize", *kept, "--resume"])
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """A SIGTERM (kill, a scheduler's preemption) stops the run like Ctrl-C: workers stopped, finish command said."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,12 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["optimize"]:
         argv = argv[1:]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     out = os.path.abspath(os.path.expanduser(args.output))
     if args.input and args.source:
         raise GenLIPUserError("give either --input (a corpus) or --source synthetic, not both")
     if args.input:
-        report = run_corpus(args)
+        with _sigterm_as_interrupt():
+            report = run_corpus(args, resume_command(argv, parser))
         print(summary_line(report, out))
         return 0
     if args.source is None and args.num_samples is None:
@@ -185,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         raise GenLIPUserError(f"--source synthetic needs --num-samples of at least 1, got {args.num_samples}")
     if args.num_workers is None:
         args.num_workers = 1
-    meta = SOURCES[args.source](args)
+    with output_lock(out):
+        meta = SOURCES[args.source](args)
     print(
         f"wrote {meta['num_train']} train + {meta['num_val']} val samples ({args.source}) to "
         f"{os.path.join(out, 'train')} and {os.path.join(out, 'val')} in {meta['seconds']:.1f} s"

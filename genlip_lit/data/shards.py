@@ -19,6 +19,7 @@ import json
 import math
 import multiprocessing
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -32,6 +33,10 @@ from genlip_lit.errors import GenLIPUserError
 
 META_FILE = "genlip_meta.json"  # written last: its presence marks a complete dataset
 SPLITS = ("train", "val")
+WORK_DIR = ".genlip_work"  # `genlip optimize --input`'s plan and finished units, for --resume and --append
+PLAN_FILE = "plan.json"
+REPORT_FILE = "genlip_report.json"
+LOCK_FILE = ".genlip_lock"  # held by the `genlip optimize` writing the directory
 
 VAL_SEED_OFFSET = 1_000_003  # val scenes come from another seed stream, so they are held out
 DEFAULT_CHUNK_BYTES = "64MB"
@@ -106,7 +111,7 @@ def _prepare_output(output_dir: str, overwrite: bool) -> None:
     """Refuse to mix with an existing dataset; with `overwrite`, remove only what optimize writes."""
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise GenLIPUserError(f"output {output_dir!r} exists and is not a directory")
-    if os.path.isdir(output_dir) and os.listdir(output_dir):
+    if os.path.isdir(output_dir) and set(os.listdir(output_dir)) - {LOCK_FILE}:
         if not overwrite:
             raise GenLIPUserError(
                 f"output directory {output_dir!r} is not empty: choose another path or pass --overwrite"
@@ -161,3 +166,37 @@ def optimize_synthetic(
 def default_val_samples(num_train: int) -> int:
     """About 2% of the train size, at least 200, so val metrics are not pure noise."""
     return max(200, math.ceil(0.02 * num_train))
+
+
+def unfinished_dataset(data_dir: str) -> str | None:
+    """What is wrong with a `genlip optimize --input` output that is not a complete dataset (None: nothing seen).
+
+    Read from the files the optimize run leaves (no import of the ingestion code): the plan names the exact
+    command that finishes an interrupted run.
+    """
+    plan_path = os.path.join(data_dir, WORK_DIR, PLAN_FILE)
+    if not os.path.exists(plan_path) or os.path.exists(os.path.join(data_dir, META_FILE)):
+        return None
+    try:
+        with open(os.path.join(data_dir, REPORT_FILE), encoding="utf-8") as fh:
+            if json.load(fh).get("kept_total") == 0:
+                return (f"holds no samples: `genlip optimize` skipped every one (see {REPORT_FILE} there); fix the "
+                        "inputs or options and rerun it with --overwrite")
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(plan_path, encoding="utf-8") as fh:
+            plan = json.load(fh)
+    except (OSError, ValueError):
+        plan = {}
+    return f"holds an unfinished `genlip optimize` run: finish it with {finish_command(plan)}"
+
+
+def finish_command(plan: dict[str, Any]) -> str:
+    """The command that finishes the unfinished run of an optimize plan, quoted for a message."""
+    command, cwd = plan.get("resume_command"), plan.get("resume_cwd")
+    if not command:
+        return "the same `genlip optimize` command plus --resume"
+    if cwd and os.path.abspath(cwd) != os.getcwd():  # relative paths in it mean what they meant there
+        command = f"cd {shlex.quote(cwd)} && {command}"
+    return f"`{command}`"

@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.ingest.safe_read import ReadLimits
 from genlip_lit.ingest.sources import (
     IMAGE_EXTENSIONS,
     MANIFEST_EXTENSIONS,
@@ -61,15 +62,18 @@ def open_source(
     caption_fields: Sequence[str] | None = None,
     label_field: str | None = None,
     image_field: str | None = None,
+    limits: ReadLimits = ReadLimits(),  # noqa: B008 - frozen dataclass
 ) -> Source:
-    """Resolve `inputs` and build the reader for their layout (`fmt="auto"` detects it)."""
+    """Resolve `inputs` and build the reader for their layout (`fmt="auto"` detects it); it reads only what
+    `limits` allows (see `safe_read.py`)."""
     paths = resolve_inputs(inputs)
     if fmt == "auto":
         fmt = detect_format(paths)
     classes = source_classes()
     if fmt not in classes:
         raise GenLIPUserError(f"--format {fmt!r}: choose one of auto, {', '.join(FORMATS)}")
-    return classes[fmt](paths, caption_fields=caption_fields, label_field=label_field, image_field=image_field)
+    return classes[fmt](paths, caption_fields=caption_fields, label_field=label_field, image_field=image_field,
+                        limits=limits)
 
 
 __all__ = ["FORMATS", "detect_format", "open_source", "source_classes"]

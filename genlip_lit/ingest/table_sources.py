@@ -22,8 +22,6 @@ from genlip_lit.ingest.sources import (
     ShardReadError,
     Source,
     Unit,
-    _files_with,
-    _read_file,
 )
 
 DEFAULT_IMAGE_COLUMNS = ("image", "jpg", "png", "webp", "img", "image_bytes")
@@ -92,13 +90,19 @@ class ParquetSource(Source):
                     "pass --image-field"
                 )
             image = choice[0]
+        image_type = schema.field(image).type
+        if not _is_image_type(image_type):  # strings or numbers would fail on every row: say so once, up front
+            raise GenLIPUserError(
+                f"{path!r}: column {image!r} holds {image_type}, not image bytes (binary, or a struct with a binary "
+                "'bytes' field); pass --image-field with the image column"
+            )
         captions = _pick(names, self.caption_fields, DEFAULT_CAPTION_COLUMNS, "caption", "--caption-field", path)
         return image, captions, _label_column(names, self.label_field, path)
 
     def units(self) -> list[Unit]:
         import pyarrow.parquet as pq
 
-        files = _files_with(self.paths, ("parquet",), "parquet")
+        files = self._files_with(("parquet",), "parquet")
         units: list[Unit] = []
         for path in files:  # every file's schema is checked before any work starts
             self._columns(path)
@@ -120,18 +124,22 @@ class ParquetSource(Source):
         except Exception as exc:
             raise ShardReadError(unit.path, exc) from exc
         stem = os.path.splitext(os.path.basename(unit.path))[0]
+        cap = self.limits.max_bytes
         for i, row in enumerate(rows):
             value = row.get(image_col)
-            image, error = value, None
+            image, error, reason = value, None, "missing_image"
             if isinstance(value, dict):  # datasets' Image feature: {"bytes": ..., "path": ...}
                 image = value.get("bytes")
                 if image is None and value.get("path"):
-                    path = value["path"]
+                    path = os.path.expanduser(str(value["path"]))
                     if not os.path.isabs(path):
                         path = os.path.join(os.path.dirname(unit.path), path)
-                    image, error = _read_file(path)
+                    image, error, reason = self._read(path)
             if image is None and error is None:
                 error = f"column {image_col!r} is empty"
+            elif image is not None and len(image) > cap:
+                image, error, reason = None, f"{len(image)} bytes in column {image_col!r}, over --max-bytes {cap}", \
+                    "too_many_bytes"
             caption = _first_caption(row, caption_cols)
             key = str(row["key"]) if has_key and row.get("key") is not None else f"{stem}/{offset + i}"
             yield Record(
@@ -140,6 +148,7 @@ class ParquetSource(Source):
                 caption=caption,
                 label=row.get(label_col) if label_col else None,
                 error=error,
+                error_reason=reason or "missing_image",
                 source_bytes=len(image or b"") + len(str(caption or "")),
             )
 
@@ -149,8 +158,11 @@ def _is_image_type(arrow_type: Any) -> bool:
 
     if pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type):
         return True
-    return pa.types.is_struct(arrow_type) and any(arrow_type.field(i).name == "bytes"
-                                                   for i in range(arrow_type.num_fields))
+    if not pa.types.is_struct(arrow_type):
+        return False
+    fields = {arrow_type.field(i).name: arrow_type.field(i).type for i in range(arrow_type.num_fields)}
+    return "bytes" in fields and (pa.types.is_binary(fields["bytes"]) or pa.types.is_large_binary(fields["bytes"])
+                                  or pa.types.is_null(fields["bytes"]))
 
 
 class ManifestSource(Source):
@@ -205,7 +217,7 @@ class ManifestSource(Source):
         return image, captions, _label_column(columns, self.label_field, path)
 
     def units(self) -> list[Unit]:
-        files = _files_with(self.paths, [e.lstrip(".") for e in MANIFEST_EXTENSIONS], "manifest")
+        files = self._files_with([e.lstrip(".") for e in MANIFEST_EXTENSIONS], "manifest")
         units: list[Unit] = []
         for path in files:
             rows = self._load(path)
@@ -229,7 +241,7 @@ class ManifestSource(Source):
                 error = f"no {image_field!r} value"
             elif error is None:
                 path = os.path.expanduser(str(ref))
-                image, error = _read_file(path if os.path.isabs(path) else os.path.join(base, path))
+                image, error, reason = self._read(path if os.path.isabs(path) else os.path.join(base, path))
             caption = _first_caption(row, caption_fields)
             yield Record(
                 key=key,
@@ -237,6 +249,6 @@ class ManifestSource(Source):
                 caption=caption,
                 label=row.get(label_field) if label_field else None,
                 error=error,
-                error_reason=reason,
+                error_reason=reason or "missing_image",
                 source_bytes=len(image or b"") + len(str(caption or "")),
             )
