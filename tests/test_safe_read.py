@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from genlip_lit.errors import GenLIPUserError
 from genlip_lit.ingest.layouts import open_source
 from genlip_lit.ingest.safe_read import ReadLimits, Refused, check_file, input_roots, parse_bytes, read_file
 from genlip_lit.ingest.sources import Unit, WebDatasetSource
@@ -124,6 +125,15 @@ def test_manifest_paths_outside_the_root(tmp_path) -> None:
     assert [v[0] for v in records.values()] == [None, "outside_input_root", "outside_input_root"]
     records = _read_all(open_source([manifest], limits=ReadLimits(allow_outside=True)))
     assert [v[0] for v in records.values()] == [None, None, None]
+
+
+def test_manifest_of_paths_that_all_leave_the_root_is_one_structural_error(tmp_path) -> None:
+    (tmp_path / "m").mkdir()
+    rows = [{"image": str(tmp_path / f"{i}.jpg"), "caption": "elsewhere"} for i in range(3)]
+    (tmp_path / "m" / "rows.csv").write_text("image,caption\n" + "".join(f"{r['image']},x\n" for r in rows))
+    with pytest.raises(GenLIPUserError, match=r"image paths lead outside the input tree.*pass --allow-outside"):
+        open_source([str(tmp_path / "m" / "rows.csv")]).units()
+    assert len(open_source([str(tmp_path / "m" / "rows.csv")], limits=ReadLimits(allow_outside=True)).units()) == 1
 
 
 def test_parquet_paths_outside_the_root(tmp_path) -> None:

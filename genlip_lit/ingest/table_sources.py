@@ -15,6 +15,7 @@ from typing import Any
 
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.ingest import sources as base
+from genlip_lit.ingest.safe_read import is_inside
 from genlip_lit.ingest.sources import (
     MANIFEST_EXTENSIONS,
     PEEK_SAMPLES,
@@ -223,14 +224,30 @@ class ManifestSource(Source):
             rows = self._load(path)
             if not rows:
                 raise GenLIPUserError(f"manifest {path!r} has no rows")
-            self._fields(path, rows)
+            image_field = self._fields(path, rows)[0]
+            self._require_inside(path, [r.get(image_field) for r in rows[:PEEK_SAMPLES]])
             units.extend(Unit(path, i, min(i + base.FILES_PER_UNIT, len(rows))) for i in range(0, len(rows), base.FILES_PER_UNIT))
         return units
+
+    def _require_inside(self, manifest: str, refs: list[Any]) -> None:
+        """Structural check: a manifest whose leading image paths all leave the input tree (absolute paths into
+        another disk, say) would skip every row; say so before any work."""
+        paths = [self._image_path(manifest, ref) for ref in refs if ref is not None and str(ref).strip()]
+        if self.limits.allow_outside or not paths or any(is_inside(p, self.roots) for p in paths):
+            return
+        raise GenLIPUserError(
+            f"manifest {manifest!r}: its image paths lead outside the input tree {list(self.roots)} (e.g. "
+            f"{paths[0]!r}); pass --allow-outside to read them"
+        )
+
+    @staticmethod
+    def _image_path(manifest: str, ref: Any) -> str:
+        path = os.path.expanduser(str(ref))
+        return path if os.path.isabs(path) else os.path.join(os.path.dirname(manifest), path)
 
     def read(self, unit: Unit) -> Iterator[Record]:
         rows = self._load(unit.path)
         image_field, caption_fields, label_field = self._fields(unit.path, rows)
-        base = os.path.dirname(unit.path)
         stem = os.path.splitext(os.path.basename(unit.path))[0]
         for row in rows[unit.start : unit.stop]:
             key = f"{stem}/{row['__line__']}"
@@ -240,8 +257,7 @@ class ManifestSource(Source):
             if error is None and (ref is None or not str(ref).strip()):
                 error = f"no {image_field!r} value"
             elif error is None:
-                path = os.path.expanduser(str(ref))
-                image, error, reason = self._read(path if os.path.isabs(path) else os.path.join(base, path))
+                image, error, reason = self._read(self._image_path(unit.path, ref))
             caption = _first_caption(row, caption_fields)
             yield Record(
                 key=key,
