@@ -333,8 +333,8 @@ def test_caption_skips() -> None:
 
 
 def test_long_captions_are_cut_at_a_word() -> None:
-    ten_mb = clean_caption(b"word " * 2_000_000)
-    text, cut = cap_caption(ten_mb, 10_000)
+    long = clean_caption(b"word " * 40_000)  # 200 KB (tests/test_unit_writer.py stores a 10 MB one)
+    text, cut = cap_caption(long, 10_000)
     assert cut and len(text) <= 10_000 and text.endswith("word") and len(text) > 9_900
     assert cap_caption("short", 10) == ("short", False) and cap_caption("x" * 50, None) == ("x" * 50, False)
     assert cap_caption("y" * 30, 20) == ("y" * 20, True)  # no space near the end: a hard cut

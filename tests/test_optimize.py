@@ -125,3 +125,20 @@ def test_resume_command_drops_mode_flags_in_any_spelling() -> None:
         "genlip optimize --input 'a b' --output=o --resume"
     assert opt.resume_command(["--ov", "--input", "x", "--output", "o", "--res"], parser) == \
         "genlip optimize --input x --output o --resume"
+
+
+def test_safety_flags_reach_the_readers(tmp_path) -> None:
+    folder = _folder(tmp_path / "in", n=2)
+    (tmp_path / "elsewhere.png").write_bytes(_png((9, 9, 9)))
+    os.symlink(tmp_path / "elsewhere.png", tmp_path / "in" / "link.png")
+    (tmp_path / "in" / "link.txt").write_text("a linked box")
+    base = ["--input", folder, "--num-workers", "1", "--val-fraction", "0"]
+    opt.main([*base, "--output", str(tmp_path / "a")])
+    assert json.loads((tmp_path / "a" / "genlip_report.json").read_text())["skipped"] == {"outside_input_root": 1}
+    opt.main([*base, "--output", str(tmp_path / "b"), "--allow-outside", "--max-caption-chars", "3"])
+    report = json.loads((tmp_path / "b" / "genlip_report.json").read_text())
+    assert report["skipped"] == {} and report["kept_total"] == 3 and report["captions_cut"] == 3
+    with pytest.raises(GenLIPUserError, match=r"kept 0 of 3 samples \(outside_input_root 1, too_many_bytes 2\)"):
+        opt.main([*base, "--output", str(tmp_path / "c"), "--max-bytes", "10"])
+    with pytest.raises(GenLIPUserError, match="--max-bytes: 'lots' is not a size"):
+        opt.main([*base, "--output", str(tmp_path / "d"), "--max-bytes", "lots"])
