@@ -37,13 +37,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from genlip_lit.data.corpus import IngestOptions, optimize_corpus
 from genlip_lit.data.datamodule import BatchCollator, GenLIPDataModule, shutdown_workers
-from genlip_lit.data.demo_corpus import LAYOUTS, WRITERS, DemoSample, demo_samples
-from genlip_lit.data.ingest import ImagePolicy
-from genlip_lit.data.sources import open_source
 from genlip_lit.data.tokenizer import CaptionEncoder, OpenCLIPTokenizer
 from genlip_lit.data.transforms import FixedResTransform, decode_image
+from genlip_lit.ingest.cleaning import ImagePolicy
+from genlip_lit.ingest.corpus import IngestOptions, optimize_corpus
+from genlip_lit.ingest.demo_corpus import LAYOUTS, WRITERS, DemoSample, demo_samples
+from genlip_lit.ingest.layouts import open_source
 
 
 # ------------------------------------------------------------------------------------------------ helpers

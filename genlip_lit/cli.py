@@ -39,7 +39,7 @@ LIGHTNING_ENTRY = "genlip_lit.lightning_cli:main"
 # Project commands: name -> ("module:function", one-line description). The function takes the arguments after
 # the command name and returns an exit code (None = 0). Register a command with one line here.
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
-    "optimize": ("genlip_lit.data.optimize:main", "turn images with captions (or synthetic scenes) into litdata shards"),
+    "optimize": ("genlip_lit.commands.optimize:main", "turn images with captions (or synthetic scenes) into litdata shards"),
     "caption": ("genlip_lit.eval.captions:caption_main", "print a caption for each image file, from a checkpoint"),
     "caption-eval": ("genlip_lit.eval.captions:caption_eval_main", "score captions of held-out synthetic scenes"),
     "eval": ("genlip_lit.eval.report:eval_main", "run the configured evaluations on a checkpoint; write a report"),

@@ -135,7 +135,7 @@ def test_caption_rejects_missing_checkpoint(tmp_path, capsys):
 
 def test_stage1_corpus_config_runs_on_an_optimized_corpus(tmp_path):
     """The cluster config, shrunk to CPU: optimize a demo corpus, then fit on it with a resumable stop."""
-    from genlip_lit.data.demo_corpus import write_demo_corpus
+    from genlip_lit.ingest.demo_corpus import write_demo_corpus
 
     demo = write_demo_corpus(str(tmp_path / "demo"), num_images=48, layouts=("webdataset",))
     assert main(["optimize", "--input", demo["webdataset"], "--output", str(tmp_path / "shards"),

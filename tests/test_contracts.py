@@ -2,7 +2,7 @@
 
 Each test pins one behaviour our code builds on, so that an upgrade beyond `constraints.txt` (the versions the
 suite ran with) fails here, loudly and by name, instead of silently changing a result elsewhere:
-- litdata: BinaryWriter names chunks and its index after DATA_OPTIMIZER_GLOBAL_RANK (data/corpus.py), the index
+- litdata: BinaryWriter names chunks and its index after DATA_OPTIMIZER_GLOBAL_RANK (ingest/unit_writer.py), the index
   layout merge_split writes, and StreamingDataLoader's `restore` flag around load_state_dict
   (data/datamodule.py ResumableStreamingDataLoader);
 - torch: `_python_dispatch._get_current_dispatch_mode` (models/attention.py), the CPU flash-attention ops and
@@ -57,7 +57,7 @@ def test_litdata_writer_names_chunks_and_index_after_the_rank_variable(tmp_path)
 
 @pytest.fixture(scope="module")
 def tiny_litdata(tmp_path_factory) -> str:
-    """A 12-sample split merged as data/corpus.py merge_split writes it."""
+    """A 12-sample split merged as ingest/corpus.py merge_split writes it."""
     out = str(tmp_path_factory.mktemp("litdata"))
     index = _write_unit(out, unit_id=0, count=12)
     with open(os.path.join(out, "index.json"), "w", encoding="utf-8") as fh:

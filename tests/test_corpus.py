@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genlip_lit.data import corpus
-from genlip_lit.data import optimize as opt
-from genlip_lit.data.corpus import IngestOptions, optimize_corpus, split_of
-from genlip_lit.data.demo_corpus import LAYOUTS, write_demo_corpus
-from genlip_lit.data.ingest import ImagePolicy
-from genlip_lit.data.sources import open_source
+from genlip_lit.commands import optimize as opt
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.ingest import corpus
+from genlip_lit.ingest.cleaning import ImagePolicy
+from genlip_lit.ingest.corpus import IngestOptions, optimize_corpus, split_of
+from genlip_lit.ingest.demo_corpus import LAYOUTS, write_demo_corpus
+from genlip_lit.ingest.layouts import open_source
 
 OPTIONS = IngestOptions(policy=ImagePolicy(max_side=96), val_fraction=0.1, chunk_bytes="256KB")
 

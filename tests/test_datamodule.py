@@ -17,7 +17,7 @@ import torch
 from genlip_lit.data import datamodule as dm_mod
 from genlip_lit.data.batch import Batch
 from genlip_lit.data.datamodule import BatchCollator, GenLIPDataModule, shutdown_workers
-from genlip_lit.data.optimize import optimize_synthetic, synthetic_sample, write_shards
+from genlip_lit.data.shards import optimize_synthetic, synthetic_sample, write_shards
 from genlip_lit.data.synthetic import SceneConfig
 from genlip_lit.data.tokenizer import CaptionEncoder, OpenCLIPTokenizer
 from genlip_lit.errors import GenLIPUserError
@@ -121,6 +121,43 @@ def test_corrupt_image_is_skipped_and_counted(tmp_path, encoder, caplog) -> None
     # a batch in which nothing decodes is empty but well formed
     empty = BatchCollator(encoder, 16)([None, None])
     assert len(empty) == 0 and empty.num_skipped == 2 and empty.pixel_values.shape == (0, 3, 16, 16)
+
+
+def test_unfinished_optimize_output_says_how_to_finish_it(tmp_path, encoder, monkeypatch) -> None:
+    """It used to say "create it with genlip optimize" about a directory an interrupted optimize left."""
+    import io
+
+    from PIL import Image
+
+    from genlip_lit.ingest import corpus, sources
+    from genlip_lit.ingest.layouts import open_source
+
+    monkeypatch.setattr(sources, "FILES_PER_UNIT", 1)
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        buffer = io.BytesIO()
+        Image.new("RGB", (32, 32), (i * 90, 0, 0)).save(buffer, format="PNG")
+        (tmp_path / "in" / f"{i}.png").write_bytes(buffer.getvalue() if i == 0 else b"<html>")
+        (tmp_path / "in" / f"{i}.txt").write_text("a box")
+    real = corpus.process_unit
+    monkeypatch.setattr(corpus, "process_unit", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    out = str(tmp_path / "out")
+    command = "genlip optimize --input in --output out --resume"
+    monkeypatch.chdir(tmp_path)  # where the command is typed
+    with pytest.raises(corpus.IngestStopped):
+        corpus.optimize_corpus(open_source(["in"]), "out", resume_command=command)
+    with pytest.raises(GenLIPUserError, match=f"holds an unfinished `genlip optimize` run: finish it with `{command}`"):
+        GenLIPDataModule(data_dir=out, caption_encoder=encoder).prepare_data()
+    monkeypatch.chdir(tmp_path / "in")  # elsewhere, its relative paths need the directory it was typed in
+    with pytest.raises(GenLIPUserError, match=f"finish it with `cd {tmp_path} && {command}`"):
+        GenLIPDataModule(data_dir=out, caption_encoder=encoder).prepare_data()
+    # all skipped: the message says so instead of asking to finish
+    monkeypatch.setattr(corpus, "process_unit", real)
+    monkeypatch.setattr(sources, "FILES_PER_UNIT", 1000)
+    with pytest.raises(GenLIPUserError, match="kept 0"):
+        corpus.optimize_corpus(open_source([str(tmp_path / "in" / "1.png")]), out, mode="overwrite")
+    with pytest.raises(GenLIPUserError, match="holds no samples: `genlip optimize` skipped every one"):
+        GenLIPDataModule(data_dir=out, caption_encoder=encoder).prepare_data()
 
 
 def test_missing_data_dir_names_path(tmp_path, encoder) -> None:

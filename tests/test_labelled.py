@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from genlip_lit.data.optimize import optimize_synthetic, synthetic_sample, write_shards
+from genlip_lit.data.shards import optimize_synthetic, synthetic_sample, write_shards
 from genlip_lit.data.synthetic import SceneConfig, class_names
 from genlip_lit.data.transforms import FixedResTransform
 from genlip_lit.errors import GenLIPUserError

@@ -78,7 +78,7 @@ def write_tiny_encoder(path, seed: int = 0, width: int = 32, image_size: int = 3
 
 def write_colour_shards(root, num_train: int = 64, num_val: int = 32, size: int = 16) -> str:
     """Solid-colour images captioned with their colour's name: only the image tells which word comes."""
-    from genlip_lit.data.optimize import write_shards
+    from genlip_lit.data.shards import write_shards
 
     names = sorted(COLOURS)
 

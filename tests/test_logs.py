@@ -22,7 +22,7 @@ def _restore_logging():
 
 
 def _emit() -> None:
-    log = logging.getLogger("genlip_lit.data.corpus")  # any genlip_lit module's logger
+    log = logging.getLogger("genlip_lit.ingest.corpus")  # any genlip_lit module's logger
     log.debug("debug detail")
     log.info("wrote 3 shards")
     log.warning("skipped 2 images")
@@ -43,9 +43,9 @@ def test_quiet_hides_info_and_verbose_adds_debug_with_names(capsys):
     logs.configure(1)
     _emit()
     assert capsys.readouterr().err.splitlines() == [
-        "genlip: [genlip_lit.data.corpus] debug detail",
-        "genlip: [genlip_lit.data.corpus] wrote 3 shards",
-        "genlip: warning: [genlip_lit.data.corpus] skipped 2 images",
+        "genlip: [genlip_lit.ingest.corpus] debug detail",
+        "genlip: [genlip_lit.ingest.corpus] wrote 3 shards",
+        "genlip: warning: [genlip_lit.ingest.corpus] skipped 2 images",
     ]
 
 

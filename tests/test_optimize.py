@@ -1,80 +1,22 @@
-"""`genlip optimize`: synthetic scenes -> litdata shards + metadata."""
+"""`genlip optimize` (commands/optimize.py): the command line of the synthetic writer and of corpus ingestion."""
 
 from __future__ import annotations
 
+import io
 import json
-import multiprocessing
 import os
+import re
+import shlex
+import signal
 
-import numpy as np
 import pytest
+from PIL import Image
 
-from genlip_lit.data import optimize as opt
-from genlip_lit.data.synthetic import SceneConfig, class_names, generate_scene
-from genlip_lit.data.transforms import decode_image
+from genlip_lit.commands import optimize as opt
+from genlip_lit.data.shards import META_FILE, default_val_samples
 from genlip_lit.errors import GenLIPUserError
-
-SCENE = SceneConfig(image_size=32, patch_size=8)
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> tuple[str, dict]:
-    out = str(tmp_path_factory.mktemp("opt") / "data")
-    meta = opt.optimize_synthetic(out, num_train=40, num_val=10, seed=3, scene=SCENE)
-    return out, meta
-
-
-def test_shards_hold_the_generated_scenes(shards) -> None:
-    import litdata
-
-    out, meta = shards
-    train = litdata.StreamingDataset(os.path.join(out, "train"))
-    val = litdata.StreamingDataset(os.path.join(out, "val"))
-    assert (len(train), len(val)) == (40, 10)
-    for i in (0, 17, 39):
-        sample, ref = train[i], generate_scene(3, i, SCENE)
-        assert set(sample) == {"image", "caption", "key", "label", "patch_shape", "patch_color"}
-        assert sample["key"] == f"3/{i}"
-        assert sample["caption"] == ref.caption and sample["label"] == ref.label
-        assert sample["patch_shape"].dtype == np.uint8 and sample["patch_shape"].shape == (4, 4)
-        assert np.array_equal(sample["patch_color"], ref.patch_color)
-        # lossless PNG: decoded pixels equal the generated ones
-        assert np.array_equal(np.asarray(decode_image(sample["image"])), np.asarray(ref.image))
-    # val is a held-out stream: its first scene is the val seed's, not the train seed's
-    assert val[0]["caption"] == generate_scene(3 + opt.VAL_SEED_OFFSET, 0, SCENE).caption
-    on_disk = json.load(open(os.path.join(out, opt.META_FILE)))
-    assert on_disk == meta
-    assert meta["num_train"] == 40 and meta["num_val"] == 10 and meta["seed"] == 3
-    assert meta["scene"]["image_size"] == 32 and meta["class_names"] == class_names()
-
-
-def test_refuses_existing_dir_unless_overwrite(shards, tmp_path) -> None:
-    out, _ = shards
-    with pytest.raises(GenLIPUserError, match=out):
-        opt.optimize_synthetic(out, num_train=4, num_val=2, scene=SCENE)
-    other = tmp_path / "mine"
-    other.mkdir()
-    (other / "notes.txt").write_text("keep me")
-    with pytest.raises(GenLIPUserError, match="--overwrite"):
-        opt.optimize_synthetic(str(other), num_train=4, num_val=2, scene=SCENE)
-    meta = opt.optimize_synthetic(str(other), num_train=4, num_val=2, scene=SCENE, overwrite=True)
-    assert meta["num_train"] == 4
-    assert (other / "notes.txt").read_text() == "keep me"  # overwrite only replaces what optimize writes
-
-
-def test_start_method_unchanged(shards, tmp_path, monkeypatch) -> None:
-    before = multiprocessing.get_start_method()
-    opt.optimize_synthetic(str(tmp_path / "d"), num_train=3, num_val=2, scene=SCENE)
-    assert multiprocessing.get_start_method() == before
-    # even a litdata that forces spawn (its default) leaves the process as it was
-    import litdata
-
-    def forcing_optimize(**kwargs):
-        multiprocessing.set_start_method("spawn", force=True)
-
-    monkeypatch.setattr(litdata, "optimize", forcing_optimize)
-    opt.write_shards(lambda i: {"x": i}, 2, str(tmp_path / "e"))
-    assert multiprocessing.get_start_method() == before
+from genlip_lit.ingest import corpus, sources
+from genlip_lit.ingest.corpus import IngestStopped
 
 
 def test_cli(tmp_path, capsys) -> None:
@@ -94,40 +36,13 @@ def test_cli(tmp_path, capsys) -> None:
     assert opt.main(["optimize", *argv]) == 0
     line = capsys.readouterr().out.strip()
     assert "6 train + 3 val" in line and str(out) in line
-    meta = json.loads((out / opt.META_FILE).read_text())
+    meta = json.loads((out / META_FILE).read_text())
     assert meta["scene"]["image_size"] == 16 and meta["seed"] == 1
     with pytest.raises(GenLIPUserError, match="only 'synthetic'"):
         opt.main(["--source", "laion", "--output", str(tmp_path / "x"), "--num-samples", "5"])
     with pytest.raises(GenLIPUserError, match="patch_size"):
         opt.main(["--output", str(tmp_path / "y"), "--num-samples", "5", "--image-size", "20"])
-    assert opt.default_val_samples(1000) == 200 and opt.default_val_samples(100_000) == 2000
-
-
-def test_variable_size_scenes_round_trip_through_shards(tmp_path) -> None:
-    import litdata
-
-    scene = SceneConfig(image_size=32, max_image_size=96, patch_size=16, word_prob=1.0, word_font_px=9)
-    before = multiprocessing.get_start_method()
-    out = str(tmp_path / "var")
-    meta = opt.optimize_synthetic(out, num_train=20, num_val=2, seed=5, scene=scene)
-    assert multiprocessing.get_start_method() == before  # litdata's forced start method is undone
-    assert meta["scene"]["max_image_size"] == 96 and meta["scene"]["word_font_px"] == 9
-    train = litdata.StreamingDataset(os.path.join(out, "train"))
-    assert len(train) == 20
-    shapes = set()
-    for i in range(20):
-        sample, ref = train[i], generate_scene(5, i, scene)
-        w, h = ref.size
-        image = decode_image(sample["image"])
-        assert image.size == (w, h)
-        assert np.array_equal(np.asarray(image), np.asarray(ref.image))
-        for key in ("patch_shape", "patch_color"):
-            assert sample[key].dtype == np.uint8 and sample[key].shape == (h // 16, w // 16)
-        assert np.array_equal(sample["patch_shape"], ref.patch_shape)
-        assert np.array_equal(sample["patch_color"], ref.patch_color)
-        assert sample["caption"] == ref.caption
-        shapes.add(sample["patch_shape"].shape)
-    assert len(shapes) > 5  # the maps really vary in shape from sample to sample
+    assert default_val_samples(1000) == 200 and default_val_samples(100_000) == 2000
 
 
 def test_cli_size_options(tmp_path) -> None:
@@ -138,5 +53,92 @@ def test_cli_size_options(tmp_path) -> None:
     out = tmp_path / "c"
     argv = ["--output", str(out), "--num-samples", "2", "--val-samples", "1", "--image-size", "32"]
     assert opt.main([*argv, "--max-image-size", "64", "--word-font-px", "8"]) == 0
-    scene = json.loads((out / opt.META_FILE).read_text())["scene"]
+    scene = json.loads((out / META_FILE).read_text())["scene"]
     assert scene["max_image_size"] == 64 and scene["word_font_px"] == 8
+
+
+# --- corpus runs: exit status, how to go on after a stop -----------------------------------------------------
+
+
+def _folder(root, n=4, bad=False) -> str:
+    root.mkdir()
+    for i in range(n):
+        image = b"<html>404</html>" if bad else _png((i * 60, 0, 0))
+        (root / f"{i}.png").write_bytes(image)
+        (root / f"{i}.txt").write_text(f"box {i}")
+    return str(root)
+
+
+def _png(color) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_keeping_nothing_is_a_failure(tmp_path) -> None:
+    """It used to exit 0; a GenLIPUserError is one line and exit status 2 from `genlip` (tests/test_cli.py)."""
+    folder = _folder(tmp_path / "in", n=3, bad=True)
+    with pytest.raises(GenLIPUserError) as info:
+        opt.main(["--input", folder, "--output", str(tmp_path / "out"), "--num-workers", "1"])
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("kept 0 of 3 samples (not_an_image 3): nothing to train on")
+    assert message.endswith("rerun with --overwrite")
+    assert not (tmp_path / "out" / META_FILE).exists()  # not marked as a finished dataset
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_a_stopped_run_names_the_exact_command_that_finishes_it(tmp_path, monkeypatch, stop) -> None:
+    monkeypatch.setattr(sources, "FILES_PER_UNIT", 2)
+    _folder(tmp_path / "in")
+    real, calls = corpus.process_unit, []
+
+    def stopping(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            if stop == "sigterm":  # kill PID, or a scheduler's preemption
+                os.kill(os.getpid(), signal.SIGTERM)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(corpus, "process_unit", stopping)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--input", "in", "--output", "out dir", "--over", "--max-side", "24", "--num-workers", "1"]
+    with pytest.raises(IngestStopped) as info:
+        opt.main(argv)
+    command = "genlip optimize --input in --output 'out dir' --max-side 24 --num-workers 1 --resume"
+    assert f"interrupted after 1 of 2 units; the output {tmp_path / 'out dir'} is resumable: finish it " \
+           f"with `{command}`" in str(info.value)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler was only there during the run
+    # a plain rerun says the same; the command itself finishes the run
+    monkeypatch.setattr(corpus, "process_unit", real)
+    plain = [a for a in argv if a != "--over"]
+    with pytest.raises(GenLIPUserError, match=re.escape(f"finish it with `{command}`")):
+        opt.main(plain)
+    assert opt.main(shlex.split(command)[2:]) == 0
+    meta = json.loads((tmp_path / "out dir" / META_FILE).read_text())
+    assert meta["num_train"] + meta["num_val"] == 4
+
+
+def test_resume_command_drops_mode_flags_in_any_spelling() -> None:
+    parser = opt.build_parser()
+    assert opt.resume_command(["--input", "a b", "--output=o", "--append"], parser) == \
+        "genlip optimize --input 'a b' --output=o --resume"
+    assert opt.resume_command(["--ov", "--input", "x", "--output", "o", "--res"], parser) == \
+        "genlip optimize --input x --output o --resume"
+
+
+def test_safety_flags_reach_the_readers(tmp_path) -> None:
+    folder = _folder(tmp_path / "in", n=2)
+    (tmp_path / "elsewhere.png").write_bytes(_png((9, 9, 9)))
+    os.symlink(tmp_path / "elsewhere.png", tmp_path / "in" / "link.png")
+    (tmp_path / "in" / "link.txt").write_text("a linked box")
+    base = ["--input", folder, "--num-workers", "1", "--val-fraction", "0"]
+    opt.main([*base, "--output", str(tmp_path / "a")])
+    assert json.loads((tmp_path / "a" / "genlip_report.json").read_text())["skipped"] == {"outside_input_root": 1}
+    opt.main([*base, "--output", str(tmp_path / "b"), "--allow-outside", "--max-caption-chars", "3"])
+    report = json.loads((tmp_path / "b" / "genlip_report.json").read_text())
+    assert report["skipped"] == {} and report["kept_total"] == 3 and report["captions_cut"] == 3
+    with pytest.raises(GenLIPUserError, match=r"kept 0 of 3 samples \(outside_input_root 1, too_many_bytes 2\)"):
+        opt.main([*base, "--output", str(tmp_path / "c"), "--max-bytes", "10"])
+    with pytest.raises(GenLIPUserError, match="--max-bytes: 'lots' is not a size"):
+        opt.main([*base, "--output", str(tmp_path / "d"), "--max-bytes", "lots"])

@@ -1,11 +1,13 @@
-"""Corpus readers for `genlip optimize --input`: input resolution, layout detection, units, caption/label
-fields and damaged inputs, for the webdataset, folder, parquet and manifest layouts."""
+"""Corpus readers for `genlip optimize --input` (ingest/sources.py, table_sources.py, layouts.py): input
+resolution, layout detection, units, caption/label fields and damaged inputs, for the webdataset, folder, parquet
+and manifest layouts."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import re
 import tarfile
 from pathlib import Path
 
@@ -14,8 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from genlip_lit.data import sources
-from genlip_lit.data.demo_corpus import (
+from genlip_lit.errors import GenLIPUserError
+from genlip_lit.ingest import sources
+from genlip_lit.ingest.cleaning import Skip, clean_caption, clean_label
+from genlip_lit.ingest.demo_corpus import (
     LAYOUTS,
     demo_samples,
     write_demo_corpus,
@@ -24,17 +28,14 @@ from genlip_lit.data.demo_corpus import (
     write_parquet,
     write_webdataset,
 )
-from genlip_lit.data.ingest import Skip, clean_caption, clean_label
-from genlip_lit.data.sources import (
+from genlip_lit.ingest.layouts import detect_format, open_source
+from genlip_lit.ingest.sources import (
     Record,
     ShardReadError,
     Unit,
-    detect_format,
     expand_braces,
-    open_source,
     resolve_inputs,
 )
-from genlip_lit.errors import GenLIPUserError
 
 NUM = 24
 
@@ -219,6 +220,17 @@ def test_parquet_missing_caption_column_fails_before_any_work(demo, monkeypatch)
         open_source([demo["parquet"]], label_field="class").units()
     with pytest.raises(GenLIPUserError, match="image column.*--image-field"):
         open_source([demo["parquet"]], image_field="pixels").units()
+
+
+@pytest.mark.parametrize(("values", "arrow_type"), [(["a.jpg", "b.jpg"], "string"), ([1, 2], "int64"),
+                                                    ([{"bytes": "x"}, {"bytes": "y"}], "struct<bytes: string>")])
+def test_parquet_image_column_of_the_wrong_type_is_one_structural_error(tmp_path, monkeypatch, values,
+                                                                        arrow_type) -> None:
+    pq.write_table(pa.table({"image": values, "caption": ["x", "y"]}), tmp_path / "p.parquet")
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", lambda *a, **k: pytest.fail("rows read before the check"))
+    with pytest.raises(GenLIPUserError, match=f"column 'image' holds {re.escape(arrow_type)}, not image bytes") as info:
+        open_source([str(tmp_path)]).units()
+    assert "\n" not in str(info.value) and "--image-field" in str(info.value)
 
 
 def test_parquet_caption_fallback_order(tmp_path) -> None:

@@ -183,7 +183,7 @@ def test_plain_ascii_fast_path_matches_open_clip() -> None:
     """Plain ASCII skips open_clip's ftfy/html cleaning; the ids must be exactly what open_clip gives."""
     import random
 
-    from genlip_lit.data.demo_corpus import demo_samples
+    from genlip_lit.ingest.demo_corpus import demo_samples
 
     tok = OpenCLIPTokenizer()
     rng = random.Random(0)

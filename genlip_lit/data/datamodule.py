@@ -43,8 +43,8 @@ import torch
 from torch.utils.data import default_collate
 
 from genlip_lit.data.batch import Batch
-from genlip_lit.data.optimize import optimize_synthetic
 from genlip_lit.data.packing import PackingCollator
+from genlip_lit.data.shards import optimize_synthetic, unfinished_dataset
 from genlip_lit.data.synthetic import SceneConfig
 from genlip_lit.data.tokenizer import CaptionEncoder
 from genlip_lit.data.transforms import FixedResTransform, NativeResTransform, SquashTransform, decode_image
@@ -396,6 +396,9 @@ class GenLIPDataModule(L.LightningDataModule):
         for d in self.data_dirs:
             if is_remote(d) or _is_split_dir(os.path.join(d, "train")):
                 continue
+            unfinished = unfinished_dataset(d) if os.path.isdir(d) else None
+            if unfinished:
+                raise GenLIPUserError(f"data_dir {d!r} {unfinished}")
             what = "does not exist" if not os.path.isdir(d) else "has no train/ litdata shards"
             raise GenLIPUserError(
                 f"data_dir {d!r} {what}; create it with `genlip optimize --input SRC --output {d}` "

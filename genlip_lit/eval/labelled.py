@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # matched case-insensitively (ImageNet: .JPEG)
 SPLITS = ("train", "val")
-META_FILE = "genlip_meta.json"  # same name as genlip_lit.data.corpus.META_FILE (not imported: pulls in ingest)
+META_FILE = "genlip_meta.json"  # same name as genlip_lit.data.shards.META_FILE
 
 
 def _read_image(path: str) -> Any:

@@ -24,7 +24,7 @@ from genlip_lit.data.transforms import NativeResTransform, SquashTransform
 from genlip_lit.errors import GenLIPUserError
 
 # Seed streams. A synthetic dataset of seed s stores train scenes from stream s and val scenes from
-# s + 1_000_003 (data/optimize.py, VAL_SEED_OFFSET; every shipped config uses s = 0), and `caption-eval` draws
+# s + 1_000_003 (data/shards.py, VAL_SEED_OFFSET; every shipped config uses s = 0), and `caption-eval` draws
 # from 2_000_000_011 + k, k = 1..3 (eval/captions.py). The evaluation scenes come from EVAL_SEED and the probe's
 # training scenes from EVAL_SEED + PROBE_SEED_OFFSET: neither stream is used by any of those unless a dataset
 # was built with a seed near 3e9.

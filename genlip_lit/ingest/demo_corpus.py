@@ -1,7 +1,7 @@
 """A small photo-like corpus written in every layout `genlip optimize` reads, for trying it out, tests and
 benchmarks (nothing is downloaded):
 
-    python -m genlip_lit.data.demo_corpus --output /tmp/demo --num-images 200 --layout all
+    python -m genlip_lit.ingest.demo_corpus --output /tmp/demo --num-images 200 --layout all
 
 Images are synthetic scenes upscaled to varied sizes and aspect ratios with sensor-like noise, stored mostly
 as JPEG (some PNG and WebP), with a caption, an integer label and an img2dataset-style `.json` sidecar.

@@ -7,14 +7,23 @@ Every way a sample can be bad maps to one `Skip` reason, so the optimize report 
     corrupt_image     a recognised format that fails to decode (truncated download, bad data)
     too_many_pixels   width x height over `max_pixels` (decompression bombs), judged from the header alone
     too_small         shorter side under `min_side` (1x1 tracking pixels, icons)
+    too_large_for_format  a side over what the output format can hold (JPEG 65500 px, WebP 16383 px)
+    encode_failed     the encoder of the output format failed on an image that decoded
     missing_image     the record names no image, or the file it names cannot be read
     missing_caption   the record has no caption in any of the chosen fields
     empty_caption     a caption that is empty or only whitespace
-    caption_not_utf8  caption bytes that are not valid UTF-8
-    bad_label         a label that is neither an integer nor a known class name
+    caption_not_utf8  caption bytes that are not valid UTF-8 (or text with lone surrogates, which UTF-8 cannot hold)
+    bad_label         a label that is neither an integer nor a known class name, or outside the int64 range
     bad_row           a manifest row that does not parse (invalid JSON, more CSV fields than the header)
     unreadable_shard  a tar shard, parquet row group or manifest that fails part-way (counted once per
                       container; the samples it still held are unknown)
+    not_a_regular_file, outside_input_root, too_many_bytes
+                      files refused before reading (see `safe_read.py`)
+    unexpected_error  any other exception while cleaning one sample (the report keeps its message)
+    crashed_decoder   the sample an earlier run died on (a decoder crash, out of memory) crashed a test
+                      process again when `--resume` re-checked it
+
+Captions are cut at `max_caption_chars` (counted as truncated, not skipped).
 
 Images that decode are normalised to 8-bit RGB (CMYK, 16-bit, palette, alpha and grayscale converted; EXIF
 rotation applied), shrunk so the longer side is at most `max_side`, and re-encoded. An image already in that
@@ -45,9 +54,19 @@ SKIP_REASONS = (
     "bad_label",
     "bad_row",
     "unreadable_shard",
+    "too_large_for_format",
+    "encode_failed",
+    "not_a_regular_file",
+    "outside_input_root",
+    "too_many_bytes",
+    "unexpected_error",
+    "crashed_decoder",
 )
 PASSTHROUGH_FORMATS = {"JPEG", "PNG", "WEBP"}
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own bomb threshold (about 9459 x 9459)
+DEFAULT_MAX_CAPTION_CHARS = 10_000  # far above any caption a model reads, far below a pasted book
+MAX_SIDE_OF_FORMAT = {"jpeg": 65_500, "webp": 16_383, "png": 2**31 - 1}  # libjpeg's and libwebp's limits
+INT64 = (-(2**63), 2**63 - 1)
 _WHITESPACE = re.compile(r"\s+")
 
 
@@ -169,13 +188,24 @@ def clean_image(data: bytes, policy: ImagePolicy) -> tuple[bytes, int, int]:
 
 
 def encode_image(img: Image.Image, policy: ImagePolicy) -> bytes:
+    """RGB image -> bytes in `policy.image_format`; raises `Skip` when the format cannot hold it or the encoder
+    fails (a sample problem, never a run problem)."""
+    limit = MAX_SIDE_OF_FORMAT[policy.image_format]
+    if max(img.size) > limit:
+        raise Skip("too_large_for_format",
+                   f"{img.width}x{img.height}: {policy.image_format} holds at most {limit} px a side "
+                   "(--max-side shrinks it, or --image-format png)")
     buffer = io.BytesIO()
-    if policy.image_format == "jpeg":
-        img.save(buffer, format="JPEG", quality=policy.quality, subsampling=0 if policy.quality >= 90 else 2)
-    elif policy.image_format == "webp":
-        img.save(buffer, format="WEBP", quality=policy.quality, method=4)
-    else:
-        img.save(buffer, format="PNG", compress_level=6)
+    try:
+        if policy.image_format == "jpeg":
+            img.save(buffer, format="JPEG", quality=policy.quality, subsampling=0 if policy.quality >= 90 else 2)
+        elif policy.image_format == "webp":
+            img.save(buffer, format="WEBP", quality=policy.quality, method=4)
+        else:
+            img.save(buffer, format="PNG", compress_level=6)
+    except Exception as exc:  # encoder errors are OSError, ValueError, ... depending on the plugin
+        raise Skip("encode_failed", f"{policy.image_format} of {img.width}x{img.height}: "
+                   f"{type(exc).__name__}: {exc}") from exc
     return buffer.getvalue()
 
 
@@ -197,7 +227,22 @@ def clean_caption(value: Any) -> str:
     text = _WHITESPACE.sub(" ", value).strip()
     if not text:
         raise Skip("empty_caption", f"caption {value[:40]!r} is empty or whitespace")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates (JSON "\ud800"): storable nowhere
+        raise Skip("caption_not_utf8", f"character {exc.start}: lone surrogate {text[exc.start]!r}") from exc
     return text
+
+
+def cap_caption(text: str, max_chars: int | None) -> tuple[str, bool]:
+    """Cut a cleaned caption to `max_chars` characters (at a word boundary when one is near); (text, was cut)."""
+    if max_chars is None or len(text) <= max_chars:
+        return text, False
+    cut = text[:max_chars]
+    space = cut.rfind(" ")
+    if space >= max_chars * 0.9:  # do not leave half a word, unless that would lose much
+        cut = cut[:space]
+    return cut.rstrip(), True
 
 
 def clean_label(value: Any, class_ids: dict[str, int] | None) -> int:
@@ -209,13 +254,20 @@ def clean_label(value: Any, class_ids: dict[str, int] | None) -> int:
     if isinstance(value, bool):
         raise Skip("bad_label", f"boolean label {value!r}")
     if isinstance(value, (int, np.integer)):
-        return int(value)
+        return _in_int64(int(value))
     if isinstance(value, float) and value.is_integer():
-        return int(value)
+        return _in_int64(int(value))
     text = str(value).strip()
     if class_ids is not None and text in class_ids:
         return class_ids[text]
     if re.fullmatch(r"[+-]?\d+", text):
-        return int(text)
+        return _in_int64(int(text))
     known = "" if class_ids is None else f" (not among the {len(class_ids)} names in --classes)"
     raise Skip("bad_label", f"label {text[:40]!r} is not an integer{known}")
+
+
+def _in_int64(label: int) -> int:
+    """Labels are stored as int64: a larger one would stop the shard writer, so it is a bad sample instead."""
+    if not INT64[0] <= label <= INT64[1]:
+        raise Skip("bad_label", f"label {str(label)[:24]} is outside the int64 range")
+    return label

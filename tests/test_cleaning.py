@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genlip_lit.data.ingest import (
+from genlip_lit.ingest import cleaning
+from genlip_lit.ingest.cleaning import (
     SKIP_REASONS,
     ImagePolicy,
     Skip,
+    cap_caption,
     clean_caption,
     clean_image,
     clean_label,
@@ -283,6 +285,35 @@ def test_big_jpeg_shrink_uses_draft_and_gives_the_target_size(size, max_side, ex
     assert np.abs(pixels.astype(np.float64) - reference).mean() < 4
 
 
+# --- encoding: a sample problem, never a run problem ---------------------------------------------------------
+
+
+def test_palette_png_too_wide_for_jpeg_is_skipped() -> None:
+    """A 70000x16 palette PNG decodes fine but JPEG holds at most 65500 px a side: it used to stop the run."""
+    data = encode(Image.new("P", (70000, 16)))
+    with pytest.raises(Skip, match="jpeg holds at most 65500 px") as info:
+        clean_image(data, ImagePolicy(image_format="jpeg"))
+    assert info.value.reason == "too_large_for_format"
+    assert clean_image(data, ImagePolicy(image_format="jpeg", max_side=4000))[1:] == (4000, 1)  # shrunk: fits
+    assert clean_image(data, PNG)[1:] == (70000, 16)  # PNG has room
+
+
+def test_webp_over_its_side_limit_is_skipped() -> None:
+    data = encode(Image.new("L", (16384, 16), 90))
+    assert skip_reason(data, ImagePolicy(image_format="webp")) == "too_large_for_format"
+    assert clean_image(encode(Image.new("L", (16383, 16), 90)), ImagePolicy(image_format="webp"))[1:] == (16383, 16)
+
+
+def test_encoder_failure_is_a_skip(monkeypatch) -> None:
+    def broken_save(self, fp, format=None, **params):  # noqa: A002 - PIL's own argument name
+        raise OSError("broken data stream when writing image file")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(Skip, match="broken data stream") as info:
+        cleaning.encode_image(Image.new("RGB", (32, 32)), ImagePolicy())
+    assert info.value.reason == "encode_failed"
+
+
 # --- captions ------------------------------------------------------------------------------------------------
 
 
@@ -298,6 +329,15 @@ def test_caption_skips() -> None:
     assert caption_skip(b"  ") == "empty_caption"
     assert caption_skip(None) == "missing_caption"
     assert caption_skip(b"caf\xe9") == "caption_not_utf8"  # latin-1, not UTF-8
+    assert caption_skip("lone \ud800 surrogate") == "caption_not_utf8"  # JSON "\\ud800": no UTF-8 spelling
+
+
+def test_long_captions_are_cut_at_a_word() -> None:
+    long = clean_caption(b"word " * 40_000)  # 200 KB (tests/test_unit_writer.py stores a 10 MB one)
+    text, cut = cap_caption(long, 10_000)
+    assert cut and len(text) <= 10_000 and text.endswith("word") and len(text) > 9_900
+    assert cap_caption("short", 10) == ("short", False) and cap_caption("x" * 50, None) == ("x" * 50, False)
+    assert cap_caption("y" * 30, 20) == ("y" * 20, True)  # no space near the end: a hard cut
 
 
 def test_caption_text_is_normalised() -> None:
@@ -324,6 +364,7 @@ def test_labels() -> None:
     assert clean_label("", None) == -1
     assert clean_label("  ", None) == -1
     assert clean_label(b"", None) == -1  # an empty .cls sidecar, like an empty string
+    assert clean_label(2**63 - 1, None) == 2**63 - 1 and clean_label(str(-(2**63)), None) == -(2**63)  # int64 ends
 
 
 def test_labels_by_class_name() -> None:
@@ -337,7 +378,8 @@ def test_labels_by_class_name() -> None:
     assert info.value.reason == "bad_label"
 
 
-@pytest.mark.parametrize("value", [True, False, "zebra", 7.5, float("nan"), "7.0", [1]])
+@pytest.mark.parametrize("value", [True, False, "zebra", 7.5, float("nan"), "7.0", [1], 2**63, "-9223372036854775809",
+                                   1e19])
 def test_bad_labels(value) -> None:
     with pytest.raises(Skip) as info:
         clean_label(value, None)

@@ -13,18 +13,17 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from genlip_lit.data import sources as base
-from genlip_lit.data.sources import (
+from genlip_lit.errors import GenLIPUserError
+from genlip_lit.ingest import sources as base
+from genlip_lit.ingest.safe_read import is_inside
+from genlip_lit.ingest.sources import (
     MANIFEST_EXTENSIONS,
     PEEK_SAMPLES,
     Record,
     ShardReadError,
     Source,
     Unit,
-    _files_with,
-    _read_file,
 )
-from genlip_lit.errors import GenLIPUserError
 
 DEFAULT_IMAGE_COLUMNS = ("image", "jpg", "png", "webp", "img", "image_bytes")
 DEFAULT_CAPTION_COLUMNS = ("caption", "text", "txt")
@@ -92,13 +91,19 @@ class ParquetSource(Source):
                     "pass --image-field"
                 )
             image = choice[0]
+        image_type = schema.field(image).type
+        if not _is_image_type(image_type):  # strings or numbers would fail on every row: say so once, up front
+            raise GenLIPUserError(
+                f"{path!r}: column {image!r} holds {image_type}, not image bytes (binary, or a struct with a binary "
+                "'bytes' field); pass --image-field with the image column"
+            )
         captions = _pick(names, self.caption_fields, DEFAULT_CAPTION_COLUMNS, "caption", "--caption-field", path)
         return image, captions, _label_column(names, self.label_field, path)
 
     def units(self) -> list[Unit]:
         import pyarrow.parquet as pq
 
-        files = _files_with(self.paths, ("parquet",), "parquet")
+        files = self._files_with(("parquet",), "parquet")
         units: list[Unit] = []
         for path in files:  # every file's schema is checked before any work starts
             self._columns(path)
@@ -120,18 +125,22 @@ class ParquetSource(Source):
         except Exception as exc:
             raise ShardReadError(unit.path, exc) from exc
         stem = os.path.splitext(os.path.basename(unit.path))[0]
+        cap = self.limits.max_bytes
         for i, row in enumerate(rows):
             value = row.get(image_col)
-            image, error = value, None
+            image, error, reason = value, None, "missing_image"
             if isinstance(value, dict):  # datasets' Image feature: {"bytes": ..., "path": ...}
                 image = value.get("bytes")
                 if image is None and value.get("path"):
-                    path = value["path"]
+                    path = os.path.expanduser(str(value["path"]))
                     if not os.path.isabs(path):
                         path = os.path.join(os.path.dirname(unit.path), path)
-                    image, error = _read_file(path)
+                    image, error, reason = self._read(path)
             if image is None and error is None:
                 error = f"column {image_col!r} is empty"
+            elif image is not None and len(image) > cap:
+                image, error, reason = None, f"{len(image)} bytes in column {image_col!r}, over --max-bytes {cap}", \
+                    "too_many_bytes"
             caption = _first_caption(row, caption_cols)
             key = str(row["key"]) if has_key and row.get("key") is not None else f"{stem}/{offset + i}"
             yield Record(
@@ -140,6 +149,7 @@ class ParquetSource(Source):
                 caption=caption,
                 label=row.get(label_col) if label_col else None,
                 error=error,
+                error_reason=reason or "missing_image",
                 source_bytes=len(image or b"") + len(str(caption or "")),
             )
 
@@ -149,8 +159,11 @@ def _is_image_type(arrow_type: Any) -> bool:
 
     if pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type):
         return True
-    return pa.types.is_struct(arrow_type) and any(arrow_type.field(i).name == "bytes"
-                                                   for i in range(arrow_type.num_fields))
+    if not pa.types.is_struct(arrow_type):
+        return False
+    fields = {arrow_type.field(i).name: arrow_type.field(i).type for i in range(arrow_type.num_fields)}
+    return "bytes" in fields and (pa.types.is_binary(fields["bytes"]) or pa.types.is_large_binary(fields["bytes"])
+                                  or pa.types.is_null(fields["bytes"]))
 
 
 class ManifestSource(Source):
@@ -205,20 +218,36 @@ class ManifestSource(Source):
         return image, captions, _label_column(columns, self.label_field, path)
 
     def units(self) -> list[Unit]:
-        files = _files_with(self.paths, [e.lstrip(".") for e in MANIFEST_EXTENSIONS], "manifest")
+        files = self._files_with([e.lstrip(".") for e in MANIFEST_EXTENSIONS], "manifest")
         units: list[Unit] = []
         for path in files:
             rows = self._load(path)
             if not rows:
                 raise GenLIPUserError(f"manifest {path!r} has no rows")
-            self._fields(path, rows)
+            image_field = self._fields(path, rows)[0]
+            self._require_inside(path, [r.get(image_field) for r in rows[:PEEK_SAMPLES]])
             units.extend(Unit(path, i, min(i + base.FILES_PER_UNIT, len(rows))) for i in range(0, len(rows), base.FILES_PER_UNIT))
         return units
+
+    def _require_inside(self, manifest: str, refs: list[Any]) -> None:
+        """Structural check: a manifest whose leading image paths all leave the input tree (absolute paths into
+        another disk, say) would skip every row; say so before any work."""
+        paths = [self._image_path(manifest, ref) for ref in refs if ref is not None and str(ref).strip()]
+        if self.limits.allow_outside or not paths or any(is_inside(p, self.roots) for p in paths):
+            return
+        raise GenLIPUserError(
+            f"manifest {manifest!r}: its image paths lead outside the input tree {list(self.roots)} (e.g. "
+            f"{paths[0]!r}); pass --allow-outside to read them"
+        )
+
+    @staticmethod
+    def _image_path(manifest: str, ref: Any) -> str:
+        path = os.path.expanduser(str(ref))
+        return path if os.path.isabs(path) else os.path.join(os.path.dirname(manifest), path)
 
     def read(self, unit: Unit) -> Iterator[Record]:
         rows = self._load(unit.path)
         image_field, caption_fields, label_field = self._fields(unit.path, rows)
-        base = os.path.dirname(unit.path)
         stem = os.path.splitext(os.path.basename(unit.path))[0]
         for row in rows[unit.start : unit.stop]:
             key = f"{stem}/{row['__line__']}"
@@ -228,8 +257,7 @@ class ManifestSource(Source):
             if error is None and (ref is None or not str(ref).strip()):
                 error = f"no {image_field!r} value"
             elif error is None:
-                path = os.path.expanduser(str(ref))
-                image, error = _read_file(path if os.path.isabs(path) else os.path.join(base, path))
+                image, error, reason = self._read(self._image_path(unit.path, ref))
             caption = _first_caption(row, caption_fields)
             yield Record(
                 key=key,
@@ -237,6 +265,6 @@ class ManifestSource(Source):
                 caption=caption,
                 label=row.get(label_field) if label_field else None,
                 error=error,
-                error_reason=reason,
+                error_reason=reason or "missing_image",
                 source_bytes=len(image or b"") + len(str(caption or "")),
             )

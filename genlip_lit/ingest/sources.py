@@ -1,4 +1,4 @@
-"""Readers for the corpus layouts `genlip optimize` ingests. They read; they never judge (see `ingest.py`).
+"""Readers for the corpus layouts `genlip optimize` ingests. They read; they never judge (see `cleaning.py`).
 
     webdataset  img2dataset's tar output: members `KEY.jpg|png|webp` + `KEY.txt` + `KEY.json` (+ `KEY.cls`)
     folder      img2dataset's files output, or any tree of images with a sidecar `STEM.txt` (and `STEM.json`)
@@ -9,8 +9,11 @@
 Work is cut into `Unit`s (one tar shard, one parquet row group, a slice of a file list or manifest): the unit is
 what a worker processes, what an interrupted run resumes from, and what fixes the order of the output.
 Structural problems (no such input, no caption column, nothing readable) raise `GenLIPUserError` from
-`Source.units()`, before any work; problems of single samples travel on as `Record`s for `ingest` to count.
-The webdataset and folder readers are here; parquet and manifest readers are in `table_sources.py`.
+`Source.units()`, before any work; problems of single samples travel on as `Record`s for `corpus.py` to count.
+Files are opened only through `safe_read.py` (regular files inside the input tree, under `--max-bytes`); files
+refused while listing the inputs are kept in `Source.refused` and counted too.
+The webdataset and folder readers are here; parquet and manifest readers are in `table_sources.py`; `layouts.py`
+detects the layout of the inputs and opens the matching reader.
 """
 
 from __future__ import annotations
@@ -27,14 +30,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.ingest.safe_read import ReadLimits, Refused, check_listed, input_roots, read_file
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
-FORMATS = ("webdataset", "folder", "parquet", "manifest")
 MANIFEST_EXTENSIONS = (".jsonl", ".csv", ".tsv")
 TEXT_SIDECAR = "txt"  # caption field name meaning "the KEY.txt sidecar" (webdataset and folder layouts)
 FILES_PER_UNIT = 1000  # folder and manifest slices: small enough to resume cheaply, big enough to amortise
 PEEK_SAMPLES = 20  # how many leading samples the structural check looks at
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +49,8 @@ class Record:
     label: Any = None
     error: str | None = None
     source_bytes: int = 0  # bytes read for this sample (image + text), for the report
-    error_reason: str = "missing_image"  # the skip reason when `image` is None ("bad_row": unparsable row)
+    error_reason: str = "missing_image"  # the skip reason when `image` is None ("bad_row": unparsable row, or a
+    # refusal of `safe_read`: "not_a_regular_file", "outside_input_root", "too_many_bytes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,48 +109,6 @@ def _walk(root: str) -> list[str]:
     return sorted(found)
 
 
-def detect_format(paths: Sequence[str]) -> str:
-    """The layout of resolved inputs; all inputs must share one."""
-    kinds = set()
-    for path in paths:
-        files = _walk(path) if os.path.isdir(path) else [path]
-        exts = {_ext(f) for f in files}
-        if "tar" in exts:
-            kinds.add("webdataset")
-        elif "parquet" in exts:
-            kinds.add("parquet")
-        elif exts & {e.lstrip(".") for e in MANIFEST_EXTENSIONS}:
-            kinds.add("manifest")
-        elif exts & set(IMAGE_EXTENSIONS):
-            kinds.add("folder")
-        else:
-            raise GenLIPUserError(
-                f"cannot tell the layout of {path!r}: no .tar, .parquet, .jsonl/.csv/.tsv or image files in it; "
-                "pass --format"
-            )
-    if len(kinds) > 1:
-        raise GenLIPUserError(f"the inputs mix layouts {sorted(kinds)}: run `genlip optimize` once per layout")
-    return kinds.pop()
-
-
-def _files_with(paths: Sequence[str], extensions: Sequence[str], what: str) -> list[str]:
-    files: list[str] = []
-    for path in paths:
-        candidates = _walk(path) if os.path.isdir(path) else [path]
-        files.extend(f for f in candidates if _ext(f) in extensions)
-    if not files:
-        raise GenLIPUserError(f"no {what} files ({', '.join('.' + e for e in extensions)}) in {list(paths)}")
-    return files
-
-
-def _read_file(path: str) -> tuple[bytes | None, str | None]:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(), None
-    except OSError as exc:
-        return None, f"{type(exc).__name__}: {exc}"
-
-
 def _json_or_none(data: bytes | None) -> dict[str, Any] | None:
     if data is None:
         return None
@@ -169,11 +130,15 @@ class Source(ABC):
         caption_fields: Sequence[str] | None = None,
         label_field: str | None = None,
         image_field: str | None = None,
+        limits: ReadLimits = ReadLimits(),  # noqa: B008 - frozen dataclass
     ) -> None:
         self.paths = list(paths)
         self.caption_fields = list(caption_fields) if caption_fields else None
         self.label_field = label_field
         self.image_field = image_field
+        self.limits = limits
+        self.roots = input_roots(self.paths)
+        self.refused: list[tuple[str, str, str]] = []  # (path, reason, detail) of files refused while listing
 
     @abstractmethod
     def units(self) -> list[Unit]:
@@ -182,6 +147,39 @@ class Source(ABC):
     @abstractmethod
     def read(self, unit: Unit) -> Iterator[Record]:
         """The records of one unit, in order."""
+
+    def _files_with(self, extensions: Sequence[str], what: str) -> list[str]:
+        """The input files with these extensions that may be opened; the others go to `refused`."""
+        files: list[str] = []
+        self.refused = []
+        for path in self.paths:
+            named = not os.path.isdir(path)
+            for candidate in [path] if named else _walk(path):
+                if _ext(candidate) not in extensions:
+                    continue
+                try:
+                    check_listed(candidate, self.roots, self.limits, named)
+                except Refused as refusal:
+                    self.refused.append((candidate, refusal.reason, refusal.detail))
+                    continue
+                except OSError:  # a dangling symlink: reads as missing, like a file deleted meanwhile
+                    pass
+                files.append(candidate)
+        if not files:
+            refused = f" ({len(self.refused)} refused, e.g. {self.refused[0][2]})" if self.refused else ""
+            raise GenLIPUserError(
+                f"no {what} files ({', '.join('.' + e for e in extensions)}) in {list(self.paths)}{refused}"
+            )
+        return files
+
+    def _read(self, path: str) -> tuple[bytes | None, str | None, str]:
+        """(bytes, None, "") or (None, what went wrong, skip reason) for a file a sample names."""
+        try:
+            return read_file(path, self.roots, self.limits), None, ""
+        except Refused as refusal:
+            return None, refusal.detail, refusal.reason
+        except OSError as exc:
+            return None, f"{type(exc).__name__}: {exc}", "missing_image"
 
     def _require_captions(self, records: list[Record], where: str) -> None:
         """Structural check on the leading records: a caption field that no sample has is a setup error."""
@@ -234,7 +232,7 @@ class WebDatasetSource(_SidecarCaptions, Source):
     format = "webdataset"
 
     def units(self) -> list[Unit]:
-        shards = _files_with(self.paths, ("tar",), "tar")
+        shards = self._files_with(("tar",), "tar")
         peek: list[Record] = []
         with contextlib.suppress(ShardReadError):  # a damaged first shard is counted later, not fatal here
             for record in self.read(Unit(shards[0])):
@@ -253,11 +251,14 @@ class WebDatasetSource(_SidecarCaptions, Source):
         stem, _, ext = base.partition(".")
         return os.path.join(directory, stem), ext.lower()
 
-    def _record(self, shard: str, key: str, parts: dict[str, bytes]) -> Record:
+    def _record(self, shard: str, key: str, parts: dict[str, bytes], too_big: str | None = None) -> Record:
         image_ext = next((e for e in IMAGE_EXTENSIONS if e in parts), None)
         if self.image_field is not None:
             image_ext = self.image_field if self.image_field in parts else None
         size = sum(len(v) for v in parts.values())
+        if too_big is not None:  # a member over --max-bytes was not read: the sample is incomplete
+            return Record(key=f"{os.path.basename(shard)}/{key}", image=None, caption=None, error=too_big,
+                          error_reason="too_many_bytes", source_bytes=size)
         return Record(
             key=f"{os.path.basename(shard)}/{key}",
             image=parts.get(image_ext) if image_ext else None,
@@ -270,6 +271,8 @@ class WebDatasetSource(_SidecarCaptions, Source):
     def read(self, unit: Unit) -> Iterator[Record]:
         key: str | None = None
         parts: dict[str, bytes] = {}
+        too_big: str | None = None
+        cap = self.limits.max_bytes
         try:
             with tarfile.open(unit.path, mode="r|*") as tar:  # streaming mode: one pass, no seeking
                 for member in tar:
@@ -277,16 +280,19 @@ class WebDatasetSource(_SidecarCaptions, Source):
                         continue
                     member_key, ext = self._split(member.name)
                     if key is not None and member_key != key:
-                        yield self._record(unit.path, key, parts)
-                        parts = {}
+                        yield self._record(unit.path, key, parts, too_big)
+                        parts, too_big = {}, None
                     key = member_key
+                    if member.size > cap:  # the header's size (a sparse member's full size): judged unread
+                        too_big = f"member {member.name} declares {member.size} bytes, over --max-bytes {cap}"
+                        continue
                     fh = tar.extractfile(member)
                     parts[ext] = fh.read() if fh is not None else b""
         except (tarfile.TarError, OSError, EOFError) as exc:
             # a truncated shard: keep what was read, then report the shard as unreadable from here on
             raise ShardReadError(unit.path, exc) from exc
         if key is not None:
-            yield self._record(unit.path, key, parts)
+            yield self._record(unit.path, key, parts, too_big)
         if not _ends_like_a_tar(unit.path):
             # cut at a member boundary, tarfile just sees a shorter archive: the missing end marker tells
             raise ShardReadError(unit.path, EOFError("no end-of-archive marker: the file is truncated"))
@@ -319,7 +325,7 @@ class FolderSource(_SidecarCaptions, Source):
     format = "folder"
 
     def _images(self) -> list[str]:
-        return _files_with(self.paths, IMAGE_EXTENSIONS, "image")
+        return self._files_with(IMAGE_EXTENSIONS, "image")
 
     def units(self) -> list[Unit]:
         images = self._images()
@@ -338,12 +344,14 @@ class FolderSource(_SidecarCaptions, Source):
         for path in files:
             stem = os.path.splitext(path)[0]
             parts: dict[str, bytes] = {}
-            image, error = _read_file(path)
+            image, error, reason = self._read(path)
             for ext in (TEXT_SIDECAR, "json", "cls"):
-                if os.path.exists(f"{stem}.{ext}"):
-                    data, _ = _read_file(f"{stem}.{ext}")
+                if os.path.lexists(f"{stem}.{ext}"):
+                    data, sidecar_error, sidecar_reason = self._read(f"{stem}.{ext}")
                     if data is not None:
                         parts[ext] = data
+                    elif sidecar_reason != "missing_image" and error is None:  # refused: the sample goes
+                        image, error, reason = None, sidecar_error, sidecar_reason
             key = os.path.relpath(stem, root)
             yield Record(
                 key=key,
@@ -351,6 +359,7 @@ class FolderSource(_SidecarCaptions, Source):
                 caption=self._caption(parts),
                 label=self._label(parts),
                 error=error,
+                error_reason=reason or "missing_image",
                 source_bytes=len(image or b"") + sum(len(v) for v in parts.values()),
             )
 
@@ -362,39 +371,11 @@ class FolderSource(_SidecarCaptions, Source):
         yield from self._read_files(files[unit.start : unit.stop])
 
 
-def source_classes() -> dict[str, type[Source]]:
-    """Layout name -> reader (the tabular readers live in `table_sources.py`, imported on use)."""
-    from genlip_lit.data.table_sources import ManifestSource, ParquetSource
-
-    return {"webdataset": WebDatasetSource, "folder": FolderSource, "parquet": ParquetSource,
-            "manifest": ManifestSource}
-
-
-def open_source(
-    inputs: Sequence[str],
-    fmt: str = "auto",
-    caption_fields: Sequence[str] | None = None,
-    label_field: str | None = None,
-    image_field: str | None = None,
-) -> Source:
-    """Resolve `inputs` and build the reader for their layout (`fmt="auto"` detects it)."""
-    paths = resolve_inputs(inputs)
-    if fmt == "auto":
-        fmt = detect_format(paths)
-    classes = source_classes()
-    if fmt not in classes:
-        raise GenLIPUserError(f"--format {fmt!r}: choose one of auto, {', '.join(FORMATS)}")
-    return classes[fmt](paths, caption_fields=caption_fields, label_field=label_field, image_field=image_field)
-
-
 __all__ = [
-    "FORMATS",
     "Record",
     "ShardReadError",
     "Source",
     "Unit",
-    "detect_format",
     "expand_braces",
-    "open_source",
     "resolve_inputs",
 ]

@@ -3,162 +3,32 @@
     genlip optimize --input shards/{00000..00099}.tar --output data/cc3m --max-side 512
     genlip optimize --source synthetic --output data/shapes --num-samples 20000
 
-Real corpora (webdataset tars, image folders, parquet, JSONL/CSV manifests) go through `corpus.py`; each stored
-sample is ``{"image": bytes, "caption": str, "key": str, "label": int}``. The embedded synthetic data adds
-``"patch_shape"`` and ``"patch_color"`` (uint8 [H / patch, W / patch] per-patch labels; their shape varies per
-sample with `--max-image-size`). Images stay encoded so a corrupt one
-still fails (and is skipped) at read time. Built-in generators register in `SOURCES`.
+Argument parsing and orchestration only: real corpora go through `genlip_lit.ingest.corpus`, the embedded
+synthetic data through `genlip_lit.data.shards`. Built-in generators register in `SOURCES`. Either way the
+output directory is locked for the run; a corpus run that stops early (Ctrl-C, SIGTERM, a dead worker) names the
+exact command that finishes it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import functools
-import inspect
-import io
-import json
-import math
-import multiprocessing
 import os
-import shutil
+import shlex
+import signal
 import sys
-import time
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy as np
-
-from genlip_lit.data.corpus import META_FILE, SPLITS, IngestOptions, optimize_corpus, summary_line
-from genlip_lit.data.ingest import DEFAULT_MAX_PIXELS, ImagePolicy
-from genlip_lit.data.sources import FORMATS, open_source
-from genlip_lit.data.synthetic import SceneConfig, class_names, generate_scene
+from genlip_lit.data.shards import DEFAULT_CHUNK_BYTES, default_val_samples, optimize_synthetic
+from genlip_lit.data.synthetic import SceneConfig
 from genlip_lit.errors import GenLIPUserError
-
-VAL_SEED_OFFSET = 1_000_003  # val scenes come from another seed stream, so they are held out
-DEFAULT_CHUNK_BYTES = "64MB"
-
-
-def encode_png(image: Any) -> bytes:
-    """PIL image -> PNG bytes (lossless, so label maps stay aligned with exact object colours)."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)  # shards are small anyway; favour write speed
-    return buffer.getvalue()
-
-
-def synthetic_sample(index: int, seed: int, scene: SceneConfig) -> dict[str, Any]:
-    """One stored sample of the embedded dataset (top level, so litdata workers can pickle it)."""
-    s = generate_scene(seed, index, scene)
-    return {
-        "image": encode_png(s.image),
-        "caption": s.caption,
-        "key": f"{seed}/{index}",
-        "label": int(s.label),
-        "patch_shape": np.ascontiguousarray(s.patch_shape, dtype=np.uint8),
-        "patch_color": np.ascontiguousarray(s.patch_color, dtype=np.uint8),
-    }
-
-
-@contextlib.contextmanager
-def _keep_start_method() -> Iterator[None]:
-    """Undo litdata's `multiprocessing.set_start_method(..., force=True)`.
-
-    litdata forces its start method (spawn by default) on the whole process; left in place, every later
-    DataLoader spawns its workers and starts ~40x slower.
-    """
-    before = multiprocessing.get_start_method(allow_none=True)
-    try:
-        yield
-    finally:
-        if multiprocessing.get_start_method(allow_none=True) != before:
-            multiprocessing.set_start_method(before, force=True)
-
-
-def write_shards(
-    fn: Callable[[int], dict[str, Any]],
-    num_samples: int,
-    output_dir: str,
-    num_workers: int = 1,
-    chunk_bytes: str | int = DEFAULT_CHUNK_BYTES,
-) -> None:
-    """Write samples `fn(0) .. fn(num_samples - 1)` as litdata shards into `output_dir`."""
-    import litdata
-
-    kwargs: dict[str, Any] = {}
-    params = inspect.signature(litdata.optimize).parameters
-    # fork starts workers fast and needs nothing pickled; elsewhere (macOS) keep litdata's default
-    if "start_method" in params and sys.platform.startswith("linux"):
-        kwargs["start_method"] = "fork"
-    if "keep_data_ordered" in params:
-        kwargs["keep_data_ordered"] = True  # same shard layout on every run with the same worker count
-    if "verbose" in params:
-        kwargs["verbose"] = False
-    with _keep_start_method():
-        litdata.optimize(
-            fn=fn,
-            inputs=list(range(num_samples)),
-            output_dir=output_dir,
-            chunk_bytes=chunk_bytes,
-            num_workers=max(1, num_workers),
-            **kwargs,
-        )
-
-
-def _prepare_output(output_dir: str, overwrite: bool) -> None:
-    """Refuse to mix with an existing dataset; with `overwrite`, remove only what optimize writes."""
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise GenLIPUserError(f"output {output_dir!r} exists and is not a directory")
-    if os.path.isdir(output_dir) and os.listdir(output_dir):
-        if not overwrite:
-            raise GenLIPUserError(
-                f"output directory {output_dir!r} is not empty: choose another path or pass --overwrite"
-            )
-        for name in (*SPLITS, META_FILE):
-            path = os.path.join(output_dir, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            elif os.path.exists(path):
-                os.remove(path)
-    os.makedirs(output_dir, exist_ok=True)
-
-
-def optimize_synthetic(
-    output_dir: str,
-    num_train: int,
-    num_val: int,
-    seed: int = 0,
-    scene: SceneConfig = SceneConfig(),  # noqa: B008 - frozen dataclass, safe as a default
-    num_workers: int = 1,
-    overwrite: bool = False,
-    chunk_bytes: str | int = DEFAULT_CHUNK_BYTES,
-) -> dict[str, Any]:
-    """Write the embedded synthetic dataset as litdata shards; returns the metadata written next to them."""
-    if num_train < 1 or num_val < 1:
-        raise GenLIPUserError(f"need at least one train and one val sample, got {num_train} and {num_val}")
-    output_dir = os.path.abspath(os.path.expanduser(output_dir))
-    _prepare_output(output_dir, overwrite)
-    start = time.perf_counter()
-    val_seed = seed + VAL_SEED_OFFSET
-    for split, n, split_seed in (("train", num_train, seed), ("val", num_val, val_seed)):
-        fn = functools.partial(synthetic_sample, seed=split_seed, scene=scene)
-        write_shards(fn, n, os.path.join(output_dir, split), num_workers=num_workers, chunk_bytes=chunk_bytes)
-    meta = {
-        "source": "synthetic",
-        "format_version": 1,
-        "fields": ["image", "caption", "key", "label", "patch_shape", "patch_color"],
-        "scene": dataclasses.asdict(scene),
-        "seed": seed,
-        "val_seed": val_seed,
-        "num_train": num_train,
-        "num_val": num_val,
-        "class_names": class_names(),
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    # written last: its presence marks a complete dataset
-    with open(os.path.join(output_dir, META_FILE), "w", encoding="utf-8") as fh:
-        json.dump(meta, fh, indent=2)
-    return meta
+from genlip_lit.ingest.cleaning import DEFAULT_MAX_CAPTION_CHARS, DEFAULT_MAX_PIXELS, ImagePolicy
+from genlip_lit.ingest.corpus import IngestOptions, optimize_corpus, summary_line
+from genlip_lit.ingest.layouts import FORMATS, open_source
+from genlip_lit.ingest.output_lock import output_lock
+from genlip_lit.ingest.safe_read import DEFAULT_MAX_BYTES, ReadLimits, parse_bytes
 
 
 def _run_synthetic(args: argparse.Namespace) -> dict[str, Any]:
@@ -188,11 +58,6 @@ def _run_synthetic(args: argparse.Namespace) -> dict[str, Any]:
 
 # built-in generator name -> writer (real corpora come in through --input)
 SOURCES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"synthetic": _run_synthetic}
-
-
-def default_val_samples(num_train: int) -> int:
-    """About 2% of the train size, at least 200, so val metrics are not pure noise."""
-    return max(200, math.ceil(0.02 * num_train))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,6 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     real.add_argument("--quality", type=int, default=95, help="jpeg/webp quality (95)")
     real.add_argument("--val-fraction", type=float, default=0.01, help="share of images held out as val (0.01)")
     real.add_argument("--chunk-bytes", default=DEFAULT_CHUNK_BYTES, help="litdata chunk size (64MB)")
+    real.add_argument(
+        "--max-bytes", default=f"{DEFAULT_MAX_BYTES // 2**20}MiB", metavar="SIZE",
+        help="skip any image, sidecar or tar member larger than this, judged before reading it (64MiB)",
+    )
+    real.add_argument(
+        "--allow-outside", action="store_true",
+        help="read symlinks and manifest/parquet paths that lead outside the input folders (refused by default)",
+    )
+    real.add_argument(
+        "--max-caption-chars", type=int, default=DEFAULT_MAX_CAPTION_CHARS, metavar="N",
+        help=f"cut longer captions, counting them in the report ({DEFAULT_MAX_CAPTION_CHARS}; 0: no limit)",
+    )
 
     syn = p.add_argument_group("embedded synthetic data")
     syn.add_argument("--source", default=None, help="generate a built-in dataset: synthetic (the default without --input)")
@@ -272,7 +149,7 @@ def _read_classes(path: str | None) -> tuple[str, ...] | None:
     return names
 
 
-def run_corpus(args: argparse.Namespace) -> dict[str, Any]:
+def run_corpus(args: argparse.Namespace, resume_command: str | None = None) -> dict[str, Any]:
     """`genlip optimize --input ...`: returns the report (also written to `--output`)."""
     try:
         policy = ImagePolicy(
@@ -289,17 +166,60 @@ def run_corpus(args: argparse.Namespace) -> dict[str, Any]:
         val_fraction=args.val_fraction,
         class_names=_read_classes(args.classes),
         chunk_bytes=str(args.chunk_bytes),
+        max_caption_chars=args.max_caption_chars or None,
     )
+    try:
+        limits = ReadLimits(max_bytes=parse_bytes(args.max_bytes), allow_outside=args.allow_outside)
+    except ValueError as exc:
+        raise GenLIPUserError(f"--max-bytes: {exc}") from exc
     source = open_source(
         args.input,
         args.format,
         caption_fields=args.caption_field,
         label_field=args.label_field,
         image_field=args.image_field,
+        limits=limits,
     )
     mode = "overwrite" if args.overwrite else "append" if args.append else "resume" if args.resume else "new"
     workers = args.num_workers if args.num_workers is not None else (os.cpu_count() or 1)
-    return optimize_corpus(source, args.output, options, num_workers=workers, mode=mode, progress=True)
+    return optimize_corpus(source, args.output, options, num_workers=workers, mode=mode, progress=True,
+                           resume_command=resume_command)
+
+
+MODE_FLAGS = ("--overwrite", "--append", "--resume")
+
+
+def resume_command(argv: list[str], parser: argparse.ArgumentParser) -> str:
+    """The command line that finishes the run `argv` starts: the same arguments, --resume instead of a mode flag
+    (argparse accepts abbreviations, so `--over` counts as --overwrite)."""
+    options = [o for o in parser._option_string_actions if o.startswith("--")]
+    kept = []
+    for token in argv:
+        name = token.split("=", 1)[0]
+        if name.startswith("--") and len(name) > 2:
+            matches = [o for o in options if o.startswith(name)]
+            full = name if name in options else matches[0] if len(matches) == 1 else None
+            if full in MODE_FLAGS:
+                continue
+        kept.append(token)
+    return shlex.join(["genlip", "optimize", *kept, "--resume"])
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """A SIGTERM (kill, a scheduler's preemption) stops the run like Ctrl-C: workers stopped, finish command said."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,12 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["optimize"]:
         argv = argv[1:]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     out = os.path.abspath(os.path.expanduser(args.output))
     if args.input and args.source:
         raise GenLIPUserError("give either --input (a corpus) or --source synthetic, not both")
     if args.input:
-        report = run_corpus(args)
+        with _sigterm_as_interrupt():
+            report = run_corpus(args, resume_command(argv, parser))
         print(summary_line(report, out))
         return 0
     if args.source is None and args.num_samples is None:
@@ -328,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         raise GenLIPUserError(f"--source synthetic needs --num-samples of at least 1, got {args.num_samples}")
     if args.num_workers is None:
         args.num_workers = 1
-    meta = SOURCES[args.source](args)
+    with output_lock(out):
+        meta = SOURCES[args.source](args)
     print(
         f"wrote {meta['num_train']} train + {meta['num_val']} val samples ({args.source}) to "
         f"{os.path.join(out, 'train')} and {os.path.join(out, 'val')} in {meta['seconds']:.1f} s"
