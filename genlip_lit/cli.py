@@ -12,7 +12,8 @@
     genlip llm-probe --encoder encoders/genlip --encoder encoders/clip --lm SMOLLM2_DIR --output runs/llm_probe
 
 `fit | validate | test | predict` go through LightningCLI (model and data are class_path plug-ins; several
-`--config` files compose, later ones win). The other commands are plain argparse programs.
+`--config` files compose, later ones win). The other commands live in `genlip_lit/commands/` (one file each, parsed
+by jsonargparse: `--config FILE` and `--print_config` for every one).
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ class GenLIPCLI(LightningCLI):
         # ResumableCheckpoint also saves the step where max_steps stops, so a resume loses no work.
         parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "{step}"})
+
+    def instantiate_classes(self) -> None:
+        """Build model and data as configured, then hand the model's settings to the data (the one handshake)."""
+        super().instantiate_classes()
+        connect = getattr(self.datamodule, "connect", None)
+        if callable(connect) and isinstance(self.model, EncoderModule):
+            connect(**self.model.data_settings())
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         # Rich progress by default, unless the user disabled the bar or configured another one.
@@ -75,14 +83,14 @@ def _quiet_known_noise() -> None:
 # Project commands -> "module:function", imported only when called so `genlip fit` does not pay for them.
 EXTRA_COMMANDS = {
     "optimize": "genlip_lit.data.optimize:main",
-    "caption": "genlip_lit.eval.captions:caption_main",
-    "caption-eval": "genlip_lit.eval.captions:caption_eval_main",
-    "eval": "genlip_lit.eval.report:eval_main",
-    "probe": "genlip_lit.eval.report:probe_main",
-    "compare": "genlip_lit.eval.compare:compare_main",
-    "export": "genlip_lit.export:export_main",
-    "eval-res": "genlip_lit.eval.resolution:resolution_main",
-    "llm-probe": "genlip_lit.eval.llm_probe:llm_probe_main",
+    "caption": "genlip_lit.commands.caption:main",
+    "caption-eval": "genlip_lit.commands.caption_eval:main",
+    "eval": "genlip_lit.commands.eval:main",
+    "probe": "genlip_lit.commands.probe:main",
+    "compare": "genlip_lit.commands.compare:main",
+    "export": "genlip_lit.commands.export:main",
+    "eval-res": "genlip_lit.commands.eval_res:main",
+    "llm-probe": "genlip_lit.commands.llm_probe:main",
 }
 
 

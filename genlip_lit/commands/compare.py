@@ -1,0 +1,197 @@
+"""`genlip compare`: train several configs under one harness and put their evaluations in one table.
+
+    genlip compare experiments/compare/*.yaml --output runs/compare
+    genlip compare experiments/compare/genlip.yaml experiments/ablations/*.yaml --output runs/ablations
+    genlip compare a.yaml b.yaml --output out --max-steps 500 -- --trainer.accelerator gpu
+
+Each CONFIG is composed after a shared base (`--base`, default experiments/quickstart.yaml; `--base none` for
+complete configs), so data, steps, batch size, optimizer and evaluation callbacks are identical and only what
+the CONFIG changes differs. Runs go one after another, each in its own process, into DIR/<config name>/.
+Re-invoking is safe: a finished run (DIR/<name>/result.json with the same configuration) is not re-run, and an
+interrupted one resumes exactly from its last checkpoint. The last evaluation of every run, its measured training
+FLOPs per sample (the Throughput callback) and its wall time go to DIR/table.md and DIR/table.csv, and loss and
+metric curves over samples seen to DIR/curves.png (read back from each run's TensorBoard or CSV logs:
+`eval/compare_report.py`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from genlip_lit.errors import GenLIPUserError
+
+DEFAULT_BASE = "experiments/quickstart.yaml"
+LOG_VERSION = "tb"  # DIR/<name>/tb/: the logger's files (TensorBoard events or metrics.csv), config, checkpoints/
+
+
+@dataclass
+class RunSpec:
+    """One entry of a comparison: a config composed after the base, with the runner's overrides."""
+
+    name: str
+    config: Path
+    base: Path | None
+    max_steps: int | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    def fingerprint(self) -> str:
+        """Changes when anything that shapes the run changes (file contents, step budget, extra arguments)."""
+        h = hashlib.sha256()
+        for path in (self.base, self.config):
+            h.update(path.read_bytes() if path is not None else b"-")
+        h.update(json.dumps([self.max_steps, self.extra_args]).encode())
+        return h.hexdigest()[:16]
+
+    def fit_argv(self, output: Path, resume_from: Path | None) -> list[str]:
+        argv = ["fit"]
+        if self.base is not None:
+            argv += ["--config", str(self.base)]
+        argv += [
+            "--config", str(self.config),
+            "--trainer.logger.init_args.save_dir", str(output),
+            "--trainer.logger.init_args.name", self.name,
+            "--trainer.logger.init_args.version", LOG_VERSION,
+            "--trainer.enable_progress_bar", "false",
+        ]
+        if self.max_steps is not None:
+            argv += ["--trainer.max_steps", str(self.max_steps)]
+        argv += self.extra_args
+        if resume_from is not None:
+            argv += ["--ckpt_path", str(resume_from)]
+        return argv
+
+
+def plan_runs(configs: list[str], base: str | None, max_steps: int | None, extra: list[str]) -> list[RunSpec]:
+    """Validate the inputs before anything runs; names are config stems (parent folder added on a clash)."""
+    base_path = None if base in (None, "none") else Path(base)
+    if base_path is not None and not base_path.is_file():
+        raise GenLIPUserError(f"base config not found: {base_path} (pass --base PATH, or --base none)")
+    paths = [Path(c) for c in configs]
+    for p in paths:
+        if not p.is_file():
+            raise GenLIPUserError(f"config not found: {p}")
+    stems = [p.stem for p in paths]
+    names = [f"{p.parent.name}-{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
+    if len(set(names)) != len(names):
+        raise GenLIPUserError(f"two configs would share a run directory: {names}")
+    if max_steps is not None and max_steps < 1:
+        raise GenLIPUserError(f"--max-steps must be >= 1, got {max_steps}")
+    return [RunSpec(n, p, base_path, max_steps, list(extra)) for n, p in zip(names, paths)]
+
+
+# ---------------------------------------------------------------------------------------------------- running
+def run_all(specs: list[RunSpec], output: Path, rerun: set[str], fit_command: list[str]) -> list[dict[str, Any]]:
+    """Run (or skip, or resume) every spec in order; returns each run's result dict (failed ones included)."""
+    results = []
+    for i, spec in enumerate(specs, 1):
+        print(f"[{i}/{len(specs)}] {spec.name}: ", end="", flush=True)
+        result = run_one(spec, output, spec.name in rerun, fit_command)
+        print(result["status_line"], flush=True)
+        results.append(result)
+    return results
+
+
+def run_one(spec: RunSpec, output: Path, rerun: bool, fit_command: list[str]) -> dict[str, Any]:
+    run_dir = output / spec.name
+    result_path = run_dir / "result.json"
+    fingerprint = spec.fingerprint()
+    if result_path.is_file():
+        done = json.loads(result_path.read_text())
+        if not rerun and done.get("fingerprint") == fingerprint:
+            return {**done, "status_line": "finished earlier, not re-run"}
+        if not rerun:
+            raise GenLIPUserError(
+                f"{run_dir} holds a finished run of a different configuration (config, base, --max-steps or "
+                f"extra arguments changed); pass --rerun {spec.name} to replace it, or use another --output"
+            )
+    if rerun and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    attempts_path = run_dir / "attempts.json"
+    attempts = json.loads(attempts_path.read_text()) if attempts_path.is_file() else []
+    if attempts and attempts[-1].get("fingerprint") != fingerprint:
+        raise GenLIPUserError(
+            f"{run_dir} holds an interrupted run of a different configuration; pass --rerun {spec.name}"
+        )
+    last = run_dir / LOG_VERSION / "checkpoints" / "last.ckpt"
+    resume_from = last if last.is_file() else None
+    start = time.perf_counter()
+    fit_argv = spec.fit_argv(output, resume_from)
+    with open(run_dir / "fit.log", "a") as log:
+        log.write(f"\n$ genlip {' '.join(fit_argv)}\n")
+        log.flush()
+        proc = subprocess.run([*fit_command, *fit_argv], stdout=log,
+                              stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seconds = time.perf_counter() - start
+    attempts.append({"fingerprint": fingerprint, "seconds": seconds, "returncode": proc.returncode,
+                     "resumed_from": str(resume_from) if resume_from else None})
+    attempts_path.write_text(json.dumps(attempts, indent=1))
+    if proc.returncode != 0:
+        tail = (run_dir / "fit.log").read_text().strip().splitlines()[-5:]
+        return {"name": spec.name, "status": "failed", "status_line": f"FAILED (exit {proc.returncode}); last lines of "
+                f"{run_dir / 'fit.log'}:\n    " + "\n    ".join(tail)}
+    from genlip_lit.eval.compare_report import collect_result
+
+    try:
+        result = collect_result(spec.name, str(spec.config), run_dir / LOG_VERSION)
+    except Exception as err:  # the training is kept: a re-invocation resumes from its checkpoint and retries this
+        return {"name": spec.name, "status": "failed",
+                "status_line": f"trained, but its results could not be read ({type(err).__name__}: {err})"}
+    result.update(fingerprint=fingerprint, status="finished",
+                  wall_s=sum(a["seconds"] for a in attempts if a["fingerprint"] == fingerprint),
+                  attempts=len(attempts))
+    result_path.write_text(json.dumps(result, indent=1))
+    resumed = f", resumed from {resume_from.name}" if resume_from else ""
+    return {**result, "status_line": f"done in {seconds:.0f} s{resumed}"}
+
+
+# ---------------------------------------------------------------------------------------------------- command
+def build_parser() -> Any:
+    from genlip_lit.commands.common import add_output, command_parser
+
+    p = command_parser("compare", "Train configs one after another under a shared base and tabulate their "
+                       "evaluations. Arguments after `--` go to every `genlip fit`.")
+    p.add_argument("configs", nargs="+", type=str, help="YAML files composed after the base")
+    add_output(p, help="directory for runs/<name>/, table.md, table.csv, curves.png")
+    p.add_argument("--base", type=str, default=DEFAULT_BASE, help="shared base config; none = no base")
+    p.add_argument("--max-steps", type=int | None, default=None, help="override trainer.max_steps for every run")
+    p.add_argument("--rerun", nargs="*", type=str, default=[], help="discard these runs (names) and train them again")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from genlip_lit.commands.common import parse
+
+    argv = list(sys.argv[2:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, extra = argv[:cut], argv[cut + 1 :]
+    args = parse(build_parser(), argv, repeatable=("--rerun",))
+    specs = plan_runs(args.configs, args.base, args.max_steps, extra)
+    unknown = sorted(set(args.rerun) - {s.name for s in specs})
+    if unknown:
+        raise GenLIPUserError(f"--rerun names no run of this comparison: {unknown}; runs: {[s.name for s in specs]}")
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    results = run_all(specs, output, set(args.rerun), [sys.executable, "-m", "genlip_lit.cli"])
+
+    from genlip_lit.eval.compare_report import write_reports
+
+    table = write_reports(results, output)
+    print(table)
+    print(f"wrote {output / 'table.md'}, {output / 'table.csv'} and {output / 'curves.png'}")
+    failed = [r["name"] for r in results if r.get("status") != "finished"]
+    if failed:
+        print(f"genlip compare: {len(failed)} run(s) failed: {failed} (see their fit.log)", file=sys.stderr)
+        return 1
+    return 0
