@@ -8,8 +8,9 @@
     genlip caption --ckpt runs/quickstart/version_0/checkpoints/last.ckpt scene.png
 
 `fit | validate | test | predict` go through LightningCLI (`genlip_lit/lightning_cli.py`: model and data are
-class_path plug-ins; several `--config` files compose, later ones win). Every other command is a function
-`main(argv) -> int | None` in its own module. This module imports neither torch nor Lightning, so `genlip
+class_path plug-ins; several `--config` files compose, later ones win). Every other command lives in
+`genlip_lit/commands/` (one file each, parsed by jsonargparse: `--config FILE` and `--print_config` for every
+one), a function `main(argv) -> int | None`. This module imports neither torch nor Lightning, so `genlip
 --help` and a command's `--help` start fast; a command imports what it needs when it runs.
 
 Conventions every command keeps: results on stdout, messages and progress on stderr (`genlip: ...` lines,
@@ -40,14 +41,14 @@ LIGHTNING_ENTRY = "genlip_lit.lightning_cli:main"
 # the command name and returns an exit code (None = 0). Register a command with one line here.
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "optimize": ("genlip_lit.commands.optimize:main", "turn images with captions (or synthetic scenes) into litdata shards"),
-    "caption": ("genlip_lit.eval.captions:caption_main", "print a caption for each image file, from a checkpoint"),
-    "caption-eval": ("genlip_lit.eval.captions:caption_eval_main", "score captions of held-out synthetic scenes"),
-    "eval": ("genlip_lit.eval.report:eval_main", "run the configured evaluations on a checkpoint; write a report"),
-    "probe": ("genlip_lit.eval.report:probe_main", "linear and attentive probes of frozen features on an image folder"),
-    "compare": ("genlip_lit.eval.compare:compare_main", "train several configs and compare their evaluations in one table"),
-    "export": ("genlip_lit.export:export_main", "write a checkpoint's vision encoder as safetensors + config"),
-    "eval-res": ("genlip_lit.eval.resolution:resolution_main", "evaluate checkpoints at several input resolutions"),
-    "llm-probe": ("genlip_lit.eval.llm_probe:llm_probe_main", "rate vision encoders by a frozen LM's caption perplexity"),
+    "caption": ("genlip_lit.commands.caption:main", "print a caption for each image file, from a checkpoint"),
+    "caption-eval": ("genlip_lit.commands.caption_eval:main", "score captions of held-out synthetic scenes"),
+    "eval": ("genlip_lit.commands.eval:main", "run the configured evaluations on a checkpoint; write a report"),
+    "probe": ("genlip_lit.commands.probe:main", "linear and attentive probes of frozen features on an image folder"),
+    "compare": ("genlip_lit.commands.compare:main", "train several configs and compare their evaluations in one table"),
+    "export": ("genlip_lit.commands.export:main", "write a checkpoint's vision encoder as safetensors + config"),
+    "eval-res": ("genlip_lit.commands.eval_res:main", "evaluate checkpoints at several input resolutions"),
+    "llm-probe": ("genlip_lit.commands.llm_probe:main", "rate vision encoders by a frozen LM's caption perplexity"),
 }
 
 VERBOSE_FLAGS = {"-v": 1, "--verbose": 1, "-vv": 2, "-q": -1, "--quiet": -1, "-qq": -2}

@@ -1,6 +1,6 @@
 """The trained vision encoder out of a Lightning checkpoint, in a portable form, and its loader.
 
-    genlip export --ckpt runs/quickstart/version_0/checkpoints/last.ckpt --output encoders/quickstart
+    genlip export --ckpt runs/quickstart/version_0/checkpoints/last.ckpt --output encoders/quickstart  (commands/export.py)
     python -c "import genlip_lit; enc = genlip_lit.load_vision_encoder('encoders/quickstart'); print(enc)"
 
 The export is the image tower only (patch embedding, registers, blocks, final norm: no token embedding, no LM
@@ -13,7 +13,6 @@ GenLIP, the encoder-decoder captioner and the contrastive baselines (GenLIP towe
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -54,18 +53,11 @@ class VisionEncoder(nn.Module):
 
 
 def vision_tower_of(module: Any) -> GenLIP:
-    """The image tower inside a trained genlip module, whatever its objective."""
-    from genlip_lit.modules import CaptionerModule, ContrastiveModule, GenLIPModule
-
-    if isinstance(module, CaptionerModule):
-        return module.model.encoder
-    if isinstance(module, GenLIPModule):
-        return module.model
-    if isinstance(module, ContrastiveModule):
-        if module.clip is not None:
-            raise GenLIPUserError("this checkpoint holds an open_clip model: export it with open_clip's own tools")
-        return module.visual
-    raise GenLIPUserError(f"cannot export the vision encoder of {type(module).__name__}")
+    """The image tower inside a trained genlip module, whatever its objective (the module's own answer)."""
+    tower = getattr(module, "vision_tower", None)
+    if not callable(tower):
+        raise GenLIPUserError(f"cannot export the vision encoder of {type(module).__name__}")
+    return tower()
 
 
 def export_vision_encoder(ckpt: str, output: str) -> str:
@@ -82,11 +74,11 @@ def export_vision_encoder(ckpt: str, output: str) -> str:
     missing = sorted(set(reference.state_dict()) - set(state))
     if missing:
         raise GenLIPUserError(f"{ckpt}: the image tower lacks {missing[:5]}")
+    from genlip_lit.data.transforms import Preprocessing
+
     preprocessing = {
         "patch_size": config.patch_size,
-        "image_size": int(data_hparams.get("image_size", 224)),
-        "mean": list(data_hparams.get("mean", (0.5, 0.5, 0.5))),
-        "std": list(data_hparams.get("std", (0.5, 0.5, 0.5))),
+        **Preprocessing.from_hparams(data_hparams).as_dict(),
         "resolution": "fixed" if config.pos_embed == "learned" else "any multiple of patch_size (M-RoPE)",
         "max_grid": config.max_grid if config.pos_embed == "learned" else None,
     }
@@ -136,15 +128,3 @@ def load_vision_encoder(path: str, device: str | torch.device = "cpu") -> Vision
     except RuntimeError as err:
         raise GenLIPUserError(f"{weights_path} does not match {config_path}: {str(err).splitlines()[0]}") from None
     return encoder.eval().to(device)
-
-
-def export_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="genlip export", description="Export the vision encoder of a checkpoint.")
-    p.add_argument("--ckpt", required=True, help="a checkpoint written by a genlip module (e.g. last.ckpt)")
-    p.add_argument("--output", required=True, help="directory for model.safetensors and config.json")
-    args = p.parse_args(argv)
-    out = export_vision_encoder(args.ckpt, args.output)
-    encoder = load_vision_encoder(out)
-    n = sum(t.numel() for t in encoder.parameters())
-    print(f"wrote {out}/model.safetensors ({n / 1e6:.2f}M parameters) and {out}/config.json")
-    return 0

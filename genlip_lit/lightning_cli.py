@@ -101,6 +101,10 @@ class GenLIPCLI(LightningCLI):
             if message is None:
                 raise
             raise GenLIPUserError(message) from err
+        # The one handshake: the model's settings (text format, patch size, registers) go to the data.
+        connect = getattr(self.datamodule, "connect", None)
+        if callable(connect) and isinstance(self.model, EncoderModule):
+            connect(**self.model.data_settings())
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         try:

@@ -207,11 +207,24 @@ def _suggest_argument(class_path: str, name: str) -> str:
     cls = _loaded(class_path)
     if cls is None:
         return ""
-    try:
-        names = [p for p in inspect.signature(cls).parameters if p not in ("args", "kwargs")]
-    except (TypeError, ValueError):
-        return ""
-    return _closest(name, names)
+    return _closest(name, _init_arguments(cls))
+
+
+def _init_arguments(cls: type) -> list[str]:
+    """Constructor arguments, following `**kwargs` up the class hierarchy as jsonargparse does (a module passes
+    its optimizer arguments to the base class that defines them)."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        try:
+            params = inspect.signature(vars(klass)["__init__"]).parameters.values()
+        except (TypeError, ValueError):
+            break
+        names += [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != "self"]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names
 
 
 def _suggest_option(name: str, options: list[str] | None, prefix: str) -> str:

@@ -43,3 +43,62 @@ def tiny_fit_args(tmp_path, max_steps: int = 4, extra: list[str] | None = None) 
         "--data.init_args.num_workers=0",
         *(extra or []),
     ]
+
+
+# ---------------------------------------------------------------------------------------------- a new objective
+# What the README's "add an objective" paragraph promises, as a test: this module file and one overlay YAML are all
+# a new objective needs (tests/test_base.py trains, exports and reloads it). It learns each image's mean colour.
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from genlip_lit.data.tokenizer import CaptionEncoder, OpenCLIPTokenizer, Tokenizer  # noqa: E402
+from genlip_lit.models import GenLIPConfig  # noqa: E402
+from genlip_lit.models.transformer import image_tower  # noqa: E402
+from genlip_lit.modules.base import EncoderModule  # noqa: E402
+
+
+class ColourNet(nn.Module):
+    """GenLIP's image tower + a linear head; it names its own training metadata."""
+
+    def __init__(self, config: GenLIPConfig) -> None:
+        super().__init__()
+        self.tower = image_tower(config)
+        self.head = nn.Linear(config.width, 3)
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"tower.{n}" for n in self.tower.no_weight_decay()}
+
+    def vision_tower(self) -> nn.Module:
+        return self.tower
+
+    def shard_units(self) -> list[nn.Module]:
+        return self.tower.shard_units()
+
+
+class ColourObjective(EncoderModule):
+    """Predict the mean colour of the image from the mean patch feature (a toy; lr, init_from... from the base)."""
+
+    def __init__(self, arch: str = "tiny", arch_overrides: dict | None = None, tokenizer: Tokenizer | None = None,
+                 max_text_len: int = 48, **kwargs) -> None:
+        super().__init__(**kwargs)
+        # the data still tokenizes captions, so the objective names its text format (saved with checkpoints)
+        self.tokenizer = tokenizer or OpenCLIPTokenizer(compact_corpus="synthetic")
+        self.caption_encoder = CaptionEncoder(self.tokenizer, None, max_text_len)
+        self.config = GenLIPConfig.from_name(arch, **(arch_overrides or {}))
+        self.model = ColourNet(self.config)
+
+    def optimized_model(self) -> nn.Module:
+        return self.model
+
+    def encode_patches(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.tower.encode_image(pixel_values)
+
+    def num_vision_params(self) -> int:
+        return sum(p.numel() for p in self.model.tower.parameters())
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        batch = batch.normalized()
+        guess = self.model.head(self.encode_patches(batch.pixel_values).mean(1))
+        loss = nn.functional.mse_loss(guess, batch.pixel_values.mean((2, 3)))
+        self.log("train/loss", loss, batch_size=len(batch))
+        return loss

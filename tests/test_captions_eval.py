@@ -1,7 +1,7 @@
 """Caption scoring against scenes: every object must be named with its colour directly before its shape."""
 
-from genlip_lit.data.synthetic import SceneConfig, generate_scene
-from genlip_lit.eval.captions import mentioned_objects, score_caption
+from genlip_lit.data.synthetic import SceneConfig, generate_scene, named_objects
+from genlip_lit.eval.captions import score_caption
 
 
 def test_reference_caption_scores_perfectly():
@@ -19,7 +19,7 @@ def test_wrong_shape_or_colour_is_a_miss_and_mentions_are_used_once():
     assert score_caption(f"a large {obj.color} {other_shape} in the center.", scene) == (0, 1)
     assert score_caption(f"a large {other_color} {obj.shape} in the center.", scene) == (0, 1)
     assert score_caption(f"a small {obj.color} {obj.shape} at the top.", scene) == (1, 1)
-    assert mentioned_objects("a red circle, a blue star and a red circle.") == [
+    assert named_objects("a red circle, a blue star and a red circle.") == [
         ("red", "circle"),
         ("blue", "star"),
         ("red", "circle"),

@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from genlip_lit.cli import main
+from genlip_lit.commands.compare import main as compare_main
+from genlip_lit.commands.compare import plan_runs
 from genlip_lit.errors import GenLIPUserError
-from genlip_lit.eval.compare import compare_main, plan_runs
 from genlip_lit.eval.compare_report import global_batch_size, markdown_table
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -229,15 +229,38 @@ def test_one_worker_matches_in_process(data_dir, encoder) -> None:
     )  # without it, gc would hang 5 s per worker (see shutdown_workers)
 
 
-def test_encoder_from_trainer_and_hparams(data_dir, encoder) -> None:
+def test_connect_hands_over_the_models_settings_and_hparams(data_dir, encoder) -> None:
     dm = GenLIPDataModule(data_dir=data_dir, image_size=32, std=(0.2, 0.3, 0.4))
     assert dm.hparams["image_size"] == 32 and tuple(dm.hparams["std"]) == (0.2, 0.3, 0.4)
     assert "caption_encoder" not in dm.hparams
-    with pytest.raises(GenLIPUserError, match="caption_encoder"):
+    with pytest.raises(GenLIPUserError, match="connect"):
         dm.setup("fit")
+    # a trainer's module is never consulted: only connect() hands the model's settings over
     dm.trainer = SimpleNamespace(lightning_module=SimpleNamespace(caption_encoder=encoder))
+    with pytest.raises(GenLIPUserError, match="connect"):
+        dm.setup("fit")
+    dm.connect(caption_encoder=encoder, patch_size=8, num_registers=2)
     dm.setup("fit")
-    assert dm.train_dataset.caption_encoder is encoder
+    assert dm.train_dataset.caption_encoder is encoder and (dm.patch_size, dm.num_registers) == (8, 2)
+    # what the user set wins over the model's
+    other = CaptionEncoder(encoder.tokenizer, None, 16)
+    mine = GenLIPDataModule(data_dir=data_dir, caption_encoder=other, patch_size=16)
+    mine.connect(caption_encoder=encoder, patch_size=8, num_registers=1)
+    assert mine.caption_encoder is other and mine.patch_size == 16 and mine.num_registers == 1
+
+
+def test_every_objective_connects_its_settings(data_dir) -> None:
+    """EncoderModule.data_settings() is what connect() takes, for every objective (no getattr on a trainer)."""
+    from genlip_lit.data.tokenizer import OpenCLIPTokenizer
+    from genlip_lit.modules import CaptionerModule, ContrastiveModule, GenLIPModule
+
+    tiny = {"depth": 1, "width": 32, "num_heads": 2, "ffn_hidden": 64, "num_registers": 2}
+    for cls in (GenLIPModule, CaptionerModule, ContrastiveModule):
+        module = cls(arch_overrides=tiny, tokenizer=OpenCLIPTokenizer(compact_corpus="synthetic"), max_text_len=24)
+        dm = GenLIPDataModule(data_dir=data_dir, image_size=32, num_workers=0)
+        dm.connect(**module.data_settings())
+        assert dm.caption_encoder is module.caption_encoder and dm.caption_encoder.max_len == 24, cls
+        assert (dm.patch_size, dm.num_registers) == (8, 2), cls
 
 
 def test_loader_state_resumes_mid_epoch(data_dir, encoder) -> None:
@@ -270,6 +293,7 @@ class _TinyModule(L.LightningModule):
 
 def test_trainer_checkpoint_holds_loader_state_and_hparams(data_dir, encoder, tmp_path) -> None:
     dm = GenLIPDataModule(data_dir=data_dir, image_size=32, batch_size=8, num_workers=0)
+    dm.connect(caption_encoder=encoder)
     trainer = L.Trainer(
         max_steps=3,
         accelerator="cpu",
@@ -316,6 +340,7 @@ def _fit(data_dir, encoder, max_steps, num_workers, ckpt_dir=None, ckpt_path=Non
     )
     module = _KeyRecorder(encoder)
     dm = GenLIPDataModule(data_dir=data_dir, image_size=32, batch_size=8, num_workers=num_workers, seed=7)
+    dm.connect(caption_encoder=encoder)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     return module
 

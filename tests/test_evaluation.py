@@ -1,9 +1,11 @@
-"""Evaluation callbacks in a real (tiny) fit: TensorBoard figures, checkpointed history, `genlip eval` reports."""
+"""Evaluation callbacks in a real (tiny) fit: TensorBoard figures, checkpointed history, probe baselines, and a
+labelled 10-class corpus (not the embedded scenes) probed during fit, through a CSV logger, and by `genlip probe`."""
 
 from __future__ import annotations
 
 import glob
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,7 +40,9 @@ def _tags(tmp) -> dict[str, list[str]]:
     (events,) = glob.glob(f"{tmp}/runs/quickstart/version_0/events.out.tfevents.*")
     acc = EventAccumulator(events, size_guidance={"scalars": 0, "images": 0, "tensors": 0})
     acc.Reload()
-    return acc.Tags() | {"_scalar_steps": {t: [s.step for s in acc.Scalars(t)] for t in acc.Tags()["scalars"]}}
+    scalars = acc.Tags()["scalars"]
+    return acc.Tags() | {"_scalar_steps": {t: [s.step for s in acc.Scalars(t)] for t in scalars},
+                         "_values": {t: [s.value for s in acc.Scalars(t)] for t in scalars}}
 
 
 def test_every_callback_logs_its_figures(fitted) -> None:
@@ -52,6 +56,13 @@ def test_every_callback_logs_its_figures(fitted) -> None:
         assert tags["_scalar_steps"][tag] == [2, 4]  # every 2 steps; the fit-end run is not repeated at step 4
     assert {"readout/top_word_per_patch", "sink/per_layer"} <= set(tags["images"])
     assert any("captions/samples" in t for t in tags["tensors"])  # add_text is stored as a tensor summary
+    assert any("probe/table" in t for t in tags["tensors"])
+    # the two baseline rows sit beside the encoder's; they do not train, so both evaluations log the same values
+    for tag in ("probe/pixels_linear_top1", "probe/random_init_linear_top1", "probe/random_init_attentive_top1"):
+        assert tags["_scalar_steps"][tag] == [2, 4], tag
+        first, second = tags["_values"][tag]
+        assert first == second and 0.0 <= first <= 1.0, tag
+    assert tags["_values"]["probe/chance"] == pytest.approx([1 / 6, 1 / 6])  # the embedded scenes' six shapes
 
 
 def test_history_is_kept_in_checkpoints(fitted) -> None:
@@ -63,3 +74,79 @@ def test_history_is_kept_in_checkpoints(fitted) -> None:
     cb = EvalCallback()
     cb.load_state_dict(probe)
     assert cb.history == probe["history"] and cb.state_dict()["last_step"] == 4
+
+
+# ---------------------------------------------------------------------------------------------- 10 labelled classes
+DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+@pytest.fixture(scope="module")
+def digit_corpus(tmp_path_factory):
+    """scikit-learn's handwritten digits (bundled, no download) as a captioned, labelled corpus written by
+    `genlip optimize --classes`: 10 classes whose names live in the shards' genlip_meta.json."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    tmp = tmp_path_factory.mktemp("digits")
+    images = tmp / "in"
+    images.mkdir()
+    digits = load_digits()
+    rows = []
+    for i, (pixels, label) in enumerate(zip(digits.images[:300], digits.target[:300])):
+        img = Image.fromarray((pixels * (255 / 16)).astype(np.uint8)).resize((32, 32), Image.Resampling.BILINEAR)
+        img.convert("RGB").save(images / f"{i}.png")
+        name = DIGIT_NAMES[int(label)]
+        rows.append(json.dumps({"path": f"{i}.png", "caption": f"a handwritten {name}", "label": name}))
+    (images / "rows.jsonl").write_text("\n".join(rows) + "\n")
+    (tmp / "classes.txt").write_text("\n".join(DIGIT_NAMES) + "\n")
+    (tmp / "captions.txt").write_text("\n".join(f"a handwritten {n}" for n in DIGIT_NAMES) + "\n")
+    out = tmp / "corpus"
+    assert main(["optimize", "--input", str(images / "rows.jsonl"), "--output", str(out), "--classes",
+                 str(tmp / "classes.txt"), "--val-fraction", "0.25", "--num-workers", "1"]) == 0
+    return tmp
+
+
+@pytest.mark.slow
+def test_fit_on_a_ten_class_corpus_probes_its_classes_and_logs_through_csv(digit_corpus, capsys) -> None:
+    import csv
+
+    from genlip_lit.eval.compare_report import read_scalars
+
+    tmp = digit_corpus
+    os.chdir(REPO)
+    args = tiny_fit_args(tmp, max_steps=4, extra=[
+        "--data.init_args.synthetic=null", f"--data.init_args.data_dir={tmp / 'corpus'}",
+        f"--model.init_args.tokenizer.init_args.compact_corpus={tmp / 'captions.txt'}",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+        f"--trainer.logger.init_args.save_dir={tmp}/runs", "--trainer.logger.init_args.name=digits",
+        "--trainer.callbacks+=genlip_lit.callbacks.LinearProbe", "--trainer.callbacks.budget=120",
+        "--trainer.callbacks.test_budget=60", "--trainer.callbacks.attentive_epochs=2",
+        "--trainer.callbacks+=genlip_lit.callbacks.ZeroShot", "--trainer.callbacks.budget=16",
+        "--trainer.callbacks+=genlip_lit.callbacks.AttentionSink", "--trainer.callbacks.budget=8",
+    ])
+    assert main(args) == 0
+    (log_dir,) = glob.glob(f"{tmp}/runs/digits/version_*")
+    with open(os.path.join(log_dir, "metrics.csv")) as fh:
+        assert "probe/chance" in next(csv.reader(fh))  # the callbacks logged through the CSV logger
+    scalars = read_scalars(Path(log_dir))  # what `genlip compare` reads back from a CSV run
+    assert scalars["probe/chance"] == [(4, pytest.approx(0.1))]  # 10 classes from the metadata, not 6 shapes
+    assert scalars["zero_shot/chance"] == [(4, pytest.approx(0.1))]
+    for tag in ("probe/linear_top1", "probe/attentive_top1", "probe/pixels_linear_top1",
+                "probe/random_init_linear_top1", "probe/random_init_attentive_top1"):
+        assert 0.0 <= scalars[tag][-1][1] <= 1.0, tag
+    assert len(scalars["val/loss"]) == 2  # the trainer's own metrics come back too (2 validations)
+    # images, tables and text reach a CSV run too, as files beside metrics.csv
+    media = sorted(os.listdir(os.path.join(log_dir, "media")))
+    assert {"probe_table_step4.md", "probe_table_step4.csv", "sink_per_layer_step4.png"} <= set(media)
+
+    # `genlip probe` reads the same labelled shards: class names from their metadata
+    (last,) = glob.glob(f"{log_dir}/checkpoints/last.ckpt")
+    capsys.readouterr()
+    assert main(["probe", "--ckpt", last, "--data", str(tmp / "corpus"), "--budget", "120", "--test-budget", "60",
+                 "--attentive-epochs", "2", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "10 classes, chance 10.0%" in printed
+    assert all(row in printed for row in ("| encoder |", "| raw pixels (patch-grid means) |", "| random init |"))

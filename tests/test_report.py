@@ -1,4 +1,5 @@
-"""`genlip eval` (report.json + report.md) and `genlip probe` on a real ImageFolder (scikit-learn's digits)."""
+"""`genlip eval` (report.json + report.md) and `genlip probe` on a real ImageFolder (scikit-learn's digits), with the
+raw-pixel and random-init baseline rows beside the encoder."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from helpers import tiny_fit_args
 from PIL import Image
 
 from genlip_lit.cli import main
+from genlip_lit.errors import GenLIPUserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVALUATIONS = ["LinearProbe", "PatchReadout", "CaptionSamples", "ZeroShot", "AttentionSink"]
@@ -56,13 +58,17 @@ def test_eval_config_errors_are_named(checkpoint, tmp_path, capsys) -> None:
     bad.write_text("evaluation: []\n")
     with pytest.raises(SystemExit):
         main(["eval", "--ckpt", checkpoint, "--config", str(bad)])
-    assert "unknown key(s) ['evaluation']" in capsys.readouterr().err
+    assert "'evaluation'" in capsys.readouterr().err  # the command's parser names the unknown key
+    bad.write_text("evaluations: []\n")
+    with pytest.raises(SystemExit):
+        main(["eval", "--ckpt", checkpoint, "--config", str(bad)])
+    assert "no evaluations" in capsys.readouterr().err
 
 
 def test_every_shipped_eval_config_names_real_evaluations() -> None:
     import yaml
 
-    from genlip_lit.eval.report import build_evaluations
+    from genlip_lit.commands.eval import build_evaluations
 
     with open(os.path.join(REPO, "experiments", "eval.yaml"), encoding="utf-8") as fh:
         config = yaml.safe_load(fh)
@@ -70,7 +76,8 @@ def test_every_shipped_eval_config_names_real_evaluations() -> None:
 
 
 def test_probe_command_on_scikit_learn_digits(checkpoint, tmp_path, capsys) -> None:
-    """A real labelled set that is not the embedded data: 8x8 handwritten digits written as PNG class folders."""
+    """A real labelled set that is not the embedded data: 8x8 handwritten digits written as PNG class folders.
+    The report carries the encoder and two baselines on the same images: raw pixels and a random-init twin."""
     from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
 
     digits = load_digits()
@@ -80,24 +87,29 @@ def test_probe_command_on_scikit_learn_digits(checkpoint, tmp_path, capsys) -> N
         folder.mkdir(parents=True, exist_ok=True)
         pixels = (image * (255 / 16)).astype(np.uint8)
         Image.fromarray(pixels).resize((32, 32), Image.Resampling.BILINEAR).save(folder / f"{i}.png")
-    out = tmp_path / "probe.json"
+    out = tmp_path / "probe"
     assert main(["probe", "--ckpt", checkpoint, "--data", str(root), "--budget", "400", "--test-budget", "120",
-                 "--device", "cpu", "--json", str(out)]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert [line.split()[0] for line in lines] == ["linear", "attentive"]
-    for line in lines:
-        top1 = float(re.search(r"top-1 ([0-9.]+)", line).group(1))
-        assert 0.0 <= top1 <= 1.0 and "10 classes" in line and "400 train / 120 test" in line
-    details = json.loads(out.read_text())
-    assert details["linear"]["num_classes"] == 10
-    # even a 2-step model's frozen features separate handwritten digits far above chance
-    assert details["linear"]["top1"] > 0.3
+                 "--attentive-epochs", "5", "--device", "cpu", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in printed.splitlines() if line.startswith("| ")}
+    assert list(rows)[1:] == ["encoder", "raw pixels (patch-grid means)", "random init"]
+    assert "400 train / 120 test images, 10 classes, chance 10.0%" in printed
+    details = json.loads((out / "probe.json").read_text())
+    assert details["num_classes"] == 10 and details["class_names"][:2] == ["digit_0", "digit_1"]
+    for key in ("linear", "attentive", "pixels_linear", "random_init_linear", "random_init_attentive"):
+        assert details[key]["num_train"] == 400 and details[key]["num_test"] == 120, key
+    # even a 2-step model's frozen features separate handwritten digits far above chance; so do raw pixels
+    assert details["linear"]["top1"] > 0.3 and details["pixels_linear"]["top1"] > 0.8
+    assert re.search(r"\| encoder \| [0-9.]+% \| [0-9.]+% \|", printed)
+    csv_rows = (out / "probe.csv").read_text().splitlines()
+    assert csv_rows[0] == "features,linear probe top-1,attentive probe top-1" and len(csv_rows) == 4
 
 
 def test_torch_threads_sets_and_restores() -> None:
     import torch
 
-    from genlip_lit.eval.report import resolve_device, torch_threads
+    from genlip_lit.commands.common import device as resolve_device
+    from genlip_lit.commands.common import torch_threads
 
     before = torch.get_num_threads()
     with torch_threads(1):
@@ -107,3 +119,5 @@ def test_torch_threads_sets_and_restores() -> None:
         assert torch.get_num_threads() == before
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(GenLIPUserError, match="--device 'gpu'"):
+        resolve_device("gpu")

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from genlip_lit.data.synthetic import SceneConfig
+from genlip_lit.commands.eval_res import default_name
+from genlip_lit.commands.eval_res import main as resolution_main
+from genlip_lit.data.synthetic import SceneConfig, written_word
 from genlip_lit.errors import GenLIPUserError
-from genlip_lit.eval.resolution import default_name, resolution_main
 from genlip_lit.eval.resolution_io import (
     EVAL_SEED,
     Resolution,
     make_scenes,
     ocr_exact_match,
     parse_resolutions,
-    parse_word,
     round_to_patch,
 )
 from genlip_lit.modules.genlip import GenLIPModule
@@ -47,12 +47,12 @@ def tiny_ckpt(tmp_path_factory) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- pure parts
-def test_parse_word() -> None:
-    assert parse_word("a small red star at the top. the word cat is written in black.") == "cat"
-    assert parse_word("The Word Moon is written in white.") == "moon"
-    assert parse_word("a large blue circle in the center.") is None
-    assert parse_word("the word is written in black.") is None  # no word between the phrase's parts
-    assert parse_word("the word cat written in black") is None
+def test_written_word_parses_the_caption_grammar() -> None:
+    assert written_word("a small red star at the top. the word cat is written in black.") == "cat"
+    assert written_word("The Word Moon is written in white.") == "moon"
+    assert written_word("a large blue circle in the center.") is None
+    assert written_word("the word is written in black.") is None  # no word between the phrase's parts
+    assert written_word("the word cat written in black") is None
 
 
 def test_ocr_exact_match_counts_only_scenes_with_a_word() -> None:

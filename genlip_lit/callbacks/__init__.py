@@ -1,11 +1,11 @@
-"""Trainer plug-ins, each swappable from YAML (`trainer.callbacks` or the CLI's `checkpoint.*`)."""
+"""Trainer plug-ins, each swappable from YAML (`trainer.callbacks` or the CLI's `checkpoint.*`): when to evaluate
+and where results go (the evaluations themselves are `genlip_lit.eval`), checkpoints, throughput."""
 
 from genlip_lit.callbacks.checkpoint import ResumableCheckpoint
 from genlip_lit.callbacks.evaluation import (
     AttentionSink,
     CaptionSamples,
     EvalCallback,
-    EvalData,
     EvalResult,
     LinearProbe,
     PatchReadout,
@@ -17,7 +17,6 @@ __all__ = [
     "AttentionSink",
     "CaptionSamples",
     "EvalCallback",
-    "EvalData",
     "EvalResult",
     "LinearProbe",
     "PatchReadout",

@@ -1,1 +1,3 @@
-"""One module per `genlip` subcommand: argument parsing and orchestration (the work lives in the library)."""
+"""One file per `genlip` project command: argument parsing (jsonargparse; `--config` and `--print_config` for
+every one, shared conventions in `common.py`) and orchestration. The work itself lives in the library
+(`genlip_lit.eval`, `genlip_lit.export`, ...); each module's `main(argv)` is registered in `cli.EXTRA_COMMANDS`."""

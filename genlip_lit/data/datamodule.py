@@ -7,8 +7,9 @@ Data sits in one or more `data_dir`s (`train/` and optionally `val/`, as written
 paths or remote URLs such as `s3://...`, streamed through a local cache) or, with `synthetic`, is generated
 once into a cache keyed by its parameters. Several dirs form a mixture (litdata `CombinedStreamingDataset`):
 with `weights`, samples are drawn by weight and the epoch ends when the first dataset runs out; without, every
-dataset is read to its end. The text format (tokenizer, prompt, max length) is the model's: the datamodule
-borrows `trainer.lightning_module.caption_encoder` unless given one.
+dataset is read to its end. The text format (tokenizer, prompt, max length), the patch size and the register
+count are the model's: `connect(**module.data_settings())` hands them over (`genlip fit` and every command that
+builds a data module call it); values given to `__init__` win.
 
 Samples whose image fails to decode are dropped from their batch and counted in `Batch.num_skipped`; captions
 cut to the model's length are counted in `Batch.num_truncated`. The train loader is a litdata
@@ -19,7 +20,7 @@ that would leave ranks with unequal step counts is dropped (the count is logged)
 Stage 2 (`resolution: native`): images keep their aspect ratio, resized so the patch grid holds
 [`min_patches`, `max_patches`] patches (data/transforms.py: NativeResTransform), and each step's `batch_size`
 samples are packed into rows of at most `max_tokens` tokens with per-sample segments and positions
-(data/packing.py). Patch size and register count are the model's. Evaluation callbacks still get unpacked
+(data/packing.py). Patch size and register count come from `connect`. Evaluation callbacks still get unpacked
 batches, resized whole (no crop) to `image_size` (`eval_dataset`).
 """
 
@@ -292,7 +293,7 @@ class GenLIPDataModule(L.LightningDataModule):
 
     Args (stage 2): resolution: "fixed" (resize + crop to image_size) or "native"; min_patches / max_patches:
         bounds on each image's patch grid; max_tokens: length of a packed row; pad_to_multiple: rows are padded
-        to a multiple of this (up to max_tokens); patch_size: None = the model's.
+        to a multiple of this (up to max_tokens); patch_size: None = the model's (from `connect`).
     """
 
     def __init__(
@@ -361,6 +362,7 @@ class GenLIPDataModule(L.LightningDataModule):
         self.max_tokens, self.pad_to_multiple = int(max_tokens), int(pad_to_multiple)
         self.patch_size = patch_size
         self.caption_encoder = caption_encoder
+        self.num_registers = 0  # the model's (from `connect`): packed rows hold them before each sample's patches
         self.data_dirs = [self._resolve_local(d) for d in dirs] if dirs else [self._synthetic_dir()]
         self.data_dir = self.data_dirs[0]  # the synthetic cache, or the first (often only) dataset
         self.train_dataset: Any = None
@@ -405,9 +407,27 @@ class GenLIPDataModule(L.LightningDataModule):
                 f"(or `--source synthetic --num-samples N` for the embedded data)"
             )
 
+    # -- the handshake with the model ------------------------------------------------------------
+    def connect(
+        self,
+        caption_encoder: CaptionEncoder | None = None,
+        patch_size: int | None = None,
+        num_registers: int = 0,
+    ) -> None:
+        """Take the model's settings: its text format, patch size and register count (`EncoderModule.data_settings()`).
+
+        Called once after model and data module are built (`genlip fit` does it in `GenLIPCLI`, commands that
+        build a data module do it themselves). Values passed to `__init__` stay: they are the user's override.
+        """
+        if self.caption_encoder is None:
+            self.caption_encoder = caption_encoder
+        if self.patch_size is None:
+            self.patch_size = patch_size
+        self.num_registers = int(num_registers or 0)
+
     def prepare_data(self) -> None:
         """Generate the synthetic cache if missing (into a temp dir, then renamed: never half a dataset)."""
-        if self.resolution == "native" and (self.patch_size or self._model_config() is not None):
+        if self.resolution == "native" and self.patch_size:
             self.packing_spec()  # a max_tokens that cannot work fails now, not after generating the data
         if self.synthetic is None or self._complete():
             self._check_data_dir()
@@ -441,38 +461,28 @@ class GenLIPDataModule(L.LightningDataModule):
 
     # -- datasets and loaders ----------------------------------------------------------------------
     def _encoder(self) -> CaptionEncoder:
-        if self.caption_encoder is not None:
-            return self.caption_encoder
-        module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
-        encoder = getattr(module, "caption_encoder", None)
-        if encoder is None:
+        if self.caption_encoder is None:
             raise GenLIPUserError(
-                "GenLIPDataModule needs a CaptionEncoder: pass caption_encoder=..., or attach it to a Trainer "
-                "whose LightningModule has a `caption_encoder` attribute"
+                "GenLIPDataModule needs a CaptionEncoder: pass caption_encoder=..., or call "
+                "datamodule.connect(**module.data_settings()) with the model (genlip fit does)"
             )
-        return encoder
-
-    def _model_config(self) -> Any:
-        module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
-        return getattr(module, "config", None)
+        return self.caption_encoder
 
     def packing_spec(self) -> tuple[int, int]:
-        """(patch size, registers per sample) for native-resolution packing: given, or the model's."""
-        config = self._model_config()
-        patch = self.patch_size or getattr(config, "patch_size", None)
-        if patch is None:
+        """(patch size, registers per sample) for native-resolution packing: given, or the model's (`connect`)."""
+        if self.patch_size is None:
             raise GenLIPUserError(
-                "data.resolution: native needs the model's patch size: set data.patch_size or attach the data "
-                "module to a Trainer whose module has a GenLIP `config`"
+                "data.resolution: native needs the model's patch size: set data.patch_size or connect the data "
+                "module to the model (datamodule.connect(**module.data_settings()); genlip fit does)"
             )
-        registers = int(getattr(config, "num_registers", 0) or 0)
+        registers = self.num_registers
         longest = self.max_patches + registers + self._encoder().max_len
         if longest > self.max_tokens:
             raise GenLIPUserError(
                 f"data.max_tokens={self.max_tokens} cannot hold the longest sample: max_patches {self.max_patches} + "
                 f"{registers} registers + max_text_len {self._encoder().max_len} = {longest} tokens"
             )
-        return int(patch), registers
+        return int(self.patch_size), registers
 
     def _input_dir(self, base: str, split: str) -> Any:
         """A local split path, or for a remote one a litdata `Dir` whose chunks are cached under `cache_dir`."""
@@ -495,6 +505,10 @@ class GenLIPDataModule(L.LightningDataModule):
     def eval_dataset(self, split: str, base: str | None = None) -> GenLIPStreamingDataset:
         """Unpacked, fixed-size (`image_size`) samples of `split` in stored order, for evaluation callbacks."""
         return self._dataset(base or self.data_dirs[0], split, train=False, for_eval=True)
+
+    def eval_loader(self, split: str, batch_size: int) -> litdata.StreamingDataLoader:
+        """A loader over `eval_dataset(split)` of the first dataset (stop its workers with `shutdown_workers`)."""
+        return self._loader(self.eval_dataset(split), batch_size)
 
     def _dataset(self, base: str, split: str, train: bool, for_eval: bool = False) -> GenLIPStreamingDataset:
         transform = self._transform(train, for_eval)

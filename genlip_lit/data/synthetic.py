@@ -24,6 +24,7 @@ scene is shrunk to a low fixed resolution: reading it rewards resolution.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -173,6 +174,35 @@ def caption_vocabulary() -> list[str]:
     words += list(SIZES) + list(COLORS) + list(SHAPES) + list(TEXT_COLORS)
     words += [w for phrase in POSITIONS for w in phrase.split()] + list(WORDS)
     return list(dict.fromkeys(words))
+
+
+# ---------------------------------------------------------------- what evaluations need to know about the scenes
+# Everything an evaluation reads about this data (class names, words, prompt templates, label maps, the caption
+# grammar) comes from here, through the data views of genlip_lit/eval/data.py.
+def zero_shot_templates() -> list[str]:
+    """Prompt templates for the classes (shape of the largest object): captions say size and colour before the
+    shape ("a large red circle ..."), so every size/colour prefix is a template."""
+    return [f"a {size} {color} {{}}" for size in SIZES for color in COLORS]
+
+
+def patch_label_words() -> dict[str, list[str]]:
+    """The per-patch label maps (`Scene.patch_shape`, `Scene.patch_color`): value v > 0 names words[v - 1]."""
+    return {"shape": list(SHAPES), "color": list(_COLOR_NAMES)}
+
+
+_MENTION = re.compile(rf"\b({'|'.join(COLORS)})\s+({'|'.join(SHAPES)})\b")
+_WORD_PHRASE = re.compile(r"\bthe word (\w+) is written\b", re.IGNORECASE)
+
+
+def named_objects(caption: str) -> list[tuple[str, str]]:
+    """(colour, shape) pairs a caption names ("... red circle ..."), in order."""
+    return _MENTION.findall(caption.lower())
+
+
+def written_word(caption: str) -> str | None:
+    """The word a caption says is written ("... the word cat is written in black."), lower-cased; None if none."""
+    match = _WORD_PHRASE.search(caption)
+    return match.group(1).lower() if match else None
 
 
 def _shape_mask(shape: str, side: int) -> np.ndarray:

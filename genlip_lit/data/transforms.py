@@ -210,3 +210,41 @@ class SquashTransform:
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         return normalize_pixels(self.to_uint8(img), self.mean, self.std)
+
+
+class Preprocessing:
+    """How a trained model wants its images: side, mean and std, rebuilt from a checkpoint's data settings.
+
+    The one place that reads them back (`genlip caption`, `probe`, `eval`, `eval-res`, `export`, the views of
+    `eval/data.py`); missing keys fall back to the data module's defaults (224 px, mean/std 0.5).
+    """
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+    ) -> None:
+        self.image_size = int(image_size)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    @classmethod
+    def from_hparams(cls, data_hparams: dict | None) -> Preprocessing:
+        """From a checkpoint's `datamodule_hyper_parameters` (or a data module's hparams)."""
+        d = dict(data_hparams or {})
+        return cls(d.get("image_size", 224), d.get("mean", (0.5, 0.5, 0.5)), d.get("std", (0.5, 0.5, 0.5)))
+
+    def transform(self) -> FixedResTransform:
+        """The evaluation transform: shorter side to `image_size`, centre crop, normalize."""
+        return FixedResTransform(self.image_size, self.mean, self.std, train=False)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 [..., 3, H, W] -> the model's normalized float pixels."""
+        return normalize_pixels(pixels, self.mean, self.std)
+
+    def as_dict(self) -> dict:
+        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}
+
+    def __repr__(self) -> str:
+        return f"Preprocessing(image_size={self.image_size}, mean={self.mean}, std={self.std})"

@@ -2,15 +2,15 @@
 
     python -m pytest tests/test_compare.py -q
 
-A run's numbers come from its own TensorBoard events (the last value of every scalar the evaluation callbacks
-and the Throughput callback logged, and the loss curve), its saved config (batch size, devices) and its last
-checkpoint (parameter counts, objective): nothing is re-evaluated, so the table shows what training logged.
+A run's numbers come from its own logs (TensorBoard events or a CSVLogger's metrics.csv: the last value of every
+scalar the evaluation callbacks and the Throughput callback logged, and the loss curve), its saved config (batch
+size, devices) and its last checkpoint (parameter counts, objective): nothing is re-evaluated, so the table
+shows what training logged. Columns are metric tags, so a new objective needs no change here.
 """
 
 from __future__ import annotations
 
 import csv
-import io
 import math
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+
+from genlip_lit.eval.tables import markdown_table, write_table
 
 # (column, scalar tag, format) of the evaluation metrics; a missing tag shows as "-".
 METRIC_COLUMNS = [
@@ -42,19 +44,51 @@ CURVES = [
 
 
 def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar series in a TensorBoard log directory, as sorted (step, value) with one value per step
-    (the latest written wins: a resumed run may repeat steps it had logged before the interruption)."""
+    """Every scalar series of a run's log directory (TensorBoard events and/or a CSVLogger's metrics.csv), as
+    sorted (step, value) with one value per step (the latest written wins: a resumed run may repeat steps it had
+    logged before the interruption)."""
+    series = read_tensorboard_scalars(log_dir)
+    for tag, per_step in read_csv_metrics(log_dir / "metrics.csv").items():
+        series.setdefault(tag, {}).update(per_step)
+    return {tag: sorted(v.items()) for tag, v in series.items()}
+
+
+def read_tensorboard_scalars(log_dir: Path) -> dict[str, dict[int, float]]:
+    """{tag: {step: value}} from the TensorBoard event files of a directory (oldest file first)."""
+    events = sorted(log_dir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+    if not events:
+        return {}
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     series: dict[str, dict[int, float]] = {}
-    for events_file in sorted(log_dir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime):
+    for events_file in events:
         acc = EventAccumulator(str(events_file), size_guidance={"scalars": 0})
         acc.Reload()
         for tag in acc.Tags().get("scalars", []):
             per_step = series.setdefault(tag, {})
             for event in acc.Scalars(tag):
                 per_step[event.step] = event.value
-    return {tag: sorted(v.items()) for tag, v in series.items()}
+    return series
+
+
+def read_csv_metrics(path: Path) -> dict[str, dict[int, float]]:
+    """{tag: {step: value}} from a Lightning CSVLogger file (a row per logging call, empty cells elsewhere)."""
+    if not path.is_file():
+        return {}
+    series: dict[str, dict[int, float]] = {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            step = row.get("step")
+            if not step:
+                continue
+            for tag, value in row.items():
+                if tag in ("step", "epoch") or value in ("", None):
+                    continue
+                try:
+                    series.setdefault(tag, {})[int(float(step))] = float(value)
+                except ValueError:
+                    continue  # not a number (a text column): not a scalar series
+    return series
 
 
 def global_batch_size(config: dict[str, Any]) -> int:
@@ -77,7 +111,7 @@ def collect_result(name: str, config_path: str, log_dir: Path) -> dict[str, Any]
     scalars = read_scalars(log_dir)
     last = log_dir / "checkpoints" / "last.ckpt"
     module, _ = load_checkpoint(str(last))
-    steps = int(torch.load(last, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+    steps = int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"])
     return {
         "name": name,
         "config": config_path,
@@ -120,20 +154,14 @@ def table_rows(results: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
     return header, shown, raw
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
 def curves_image(results: list[dict[str, Any]]) -> np.ndarray:
-    from genlip_lit.eval.plots import image_grid, xy_plot
+    from genlip_lit.eval.plots import panels_plot
 
     finished = [r for r in results if r.get("status") == "finished"]
     panels = []
     for tag, title in CURVES:
-        series = {r["name"]: [tuple(p) for p in r["curves"].get(tag, [])] for r in finished}
-        panels.append(xy_plot(series, title, "samples seen"))
-    return image_grid(panels, columns=3)
+        panels.append((title, {r["name"]: [tuple(p) for p in r["curves"].get(tag, [])] for r in finished}))
+    return panels_plot(panels, "samples seen", columns=3)
 
 
 def write_reports(results: list[dict[str, Any]], output: Path) -> str:
@@ -141,12 +169,9 @@ def write_reports(results: list[dict[str, Any]], output: Path) -> str:
     from PIL import Image
 
     header, shown, raw = table_rows(results)
-    table = markdown_table(header, shown)
-    (output / "table.md").write_text(table + "\n")
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(header)
-    writer.writerows(raw)
-    (output / "table.csv").write_text(buf.getvalue())
+    table = write_table(output, header, shown, raw)
     Image.fromarray(curves_image(results)).save(output / "curves.png")
     return table
+
+
+__all__ = ["collect_result", "global_batch_size", "markdown_table", "read_scalars", "write_reports"]

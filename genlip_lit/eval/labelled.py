@@ -215,7 +215,8 @@ class ImageFolderSet:
 
 
 # ---------------------------------------------------------------------------------------------- litdata shards
-def _read_meta(data_dir: str) -> dict[str, Any]:
+def read_meta(data_dir: str) -> dict[str, Any]:
+    """The `genlip_meta.json` of a shard directory ({} when there is none)."""
     path = os.path.join(data_dir, META_FILE)
     if not os.path.isfile(path):
         return {}
@@ -249,7 +250,7 @@ class ShardLabelledSet:
             raise GenLIPUserError(f"no litdata split {split!r} in {data_dir!r} (splits found: {found or 'none'})")
         self.data_dir, self.split, self.seed = data_dir, split, seed
         self.dataset = litdata.StreamingDataset(split_dir)
-        names = _read_meta(data_dir).get("class_names")
+        names = read_meta(data_dir).get("class_names")
         self._class_names: list[str] | None = [str(n) for n in names] if names else None
         self._max_label: int | None = None
         self.unlabelled: set[int] = set()

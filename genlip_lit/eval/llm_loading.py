@@ -236,11 +236,9 @@ def step_order(num_samples: int, steps: int, batch_size: int, seed: int) -> list
 @torch.no_grad()
 def encode_images(encoder: Any, images: list[bytes], device: torch.device, batch_size: int = 64) -> Tensor:
     """Frozen patch features [N, M, width] at the encoder's own preprocessing (centre crop, its mean/std)."""
-    from genlip_lit.data.transforms import FixedResTransform, decode_image
+    from genlip_lit.data.transforms import Preprocessing, decode_image
 
-    pre = encoder.preprocessing
-    transform = FixedResTransform(int(pre.get("image_size", 224)), pre.get("mean", (0.5,) * 3),
-                                  pre.get("std", (0.5,) * 3), train=False)
+    transform = Preprocessing.from_hparams(encoder.preprocessing).transform()
     out = []
     for start in range(0, len(images), batch_size):
         pixels = torch.stack([transform(decode_image(b)) for b in images[start : start + batch_size]])

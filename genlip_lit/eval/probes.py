@@ -1,7 +1,7 @@
 """Frozen-feature probes: how much class information an encoder's features hold, read by a small classifier.
 
-    feats = run_probes(module, train_batches, test_batches, num_classes=10, budget=5000)
-    print(feats["linear"].top1, feats["attentive"].top1)
+    results = run_probes(module, train_batches, test_batches, num_classes=10, budget=5000, baselines=True)
+    print(results["linear"].top1, results["attentive"].top1, results["pixels_linear"].top1)
 
 An encoder is judged by what a cheap classifier trained on its FROZEN features reaches on held-out images:
 
@@ -13,9 +13,11 @@ An encoder is judged by what a cheap classifier trained on its FROZEN features r
   warmup + cosine for a fixed number of epochs. Mean pooling weighs every patch equally, so an encoder whose
   class evidence sits in a few patches looks worse under the linear probe than it is; attention can find them.
 
-Both are seeded and deterministic (same inputs and seed -> same top-1), and report the top-1 of the FINAL
-model: no early stopping or selection on the test set. Features are extracted once (`extract_features`, under
-`torch.no_grad()` and eval mode) into CPU float32 tensors; this module is plain torch, no Lightning.
+A number alone says little, so `run_probes(..., baselines=True)` adds two rows from the same images: the linear
+probe on raw pixels averaged to the encoder's patch grid (what no encoder at all gives) and the same probes on
+the same architecture at a seeded random init (what training added). Both are seeded and deterministic (same
+inputs and seed -> same top-1), and report the top-1 of the FINAL model: no early stopping or selection on the
+test set. Features come from `features.py` (one pass, no grad, eval mode); plain torch, no Lightning.
 """
 
 from __future__ import annotations
@@ -23,9 +25,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,12 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlip_lit.errors import GenLIPUserError
+from genlip_lit.eval.features import DEFAULT_MAX_BYTES, extract_features, extract_many, module_device
+from genlip_lit.schedule import warmup_cosine
+
+__all__ = ["ProbeResult", "attentive_probe", "extract_features", "linear_probe", "run_probes", "stratified_split"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)
-DEFAULT_MAX_BYTES = 8 * 2**30  # patch features kept in host memory before extract_features refuses
+ENCODER, PIXELS, RANDOM_INIT = "encoder", "pixels", "random_init"  # the rows of a probe report
 
 
 @dataclass
@@ -61,147 +65,6 @@ class ProbeResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-# ---------------------------------------------------------------------------------------------- extraction
-def _module_device(module: nn.Module) -> torch.device:
-    device = getattr(module, "device", None)  # LightningModule property
-    if isinstance(device, torch.device):
-        return device
-    param = next(module.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def _mean_pools(module: Any) -> bool:
-    """True when `encode_pooled` is (or would be) the mean of `encode_patches`, so it can be derived for free.
-
-    Looked up without importing Lightning: a module that is an EncoderModule has loaded its base already.
-    """
-    impl = getattr(type(module), "encode_pooled", None)
-    if impl is None:
-        return True
-    base = sys.modules.get("genlip_lit.modules.base")
-    return base is not None and impl is base.EncoderModule.encode_pooled
-
-
-def _unpack(batch: Any) -> tuple[Tensor, Tensor]:
-    """(pixel_values, labels) from a tuple, a dict, or a `Batch` (uint8 Batches are normalized here)."""
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        pixels, labels = batch
-    elif isinstance(batch, Mapping):
-        pixels, labels = batch.get("pixel_values"), batch.get("labels", batch.get("label"))
-    elif hasattr(batch, "pixel_values"):
-        if hasattr(batch, "normalized"):
-            batch = batch.normalized()
-        pixels, labels = batch.pixel_values, getattr(batch, "labels", None)
-    else:
-        raise TypeError(f"expected (pixel_values, labels) batches, got {type(batch).__name__}")
-    if not isinstance(pixels, Tensor) or not isinstance(labels, Tensor):
-        raise ValueError("probe batches need tensor pixel_values [B, 3, H, W] and labels [B]")
-    if pixels.dtype == torch.uint8:
-        # the probe cannot guess the encoder's mean/std; loaders' Batch objects carry them and are handled above
-        raise ValueError("pixel_values are uint8: normalize them (FixedResTransform / Batch.normalized) first")
-    if pixels.dim() != 4 or labels.shape != pixels.shape[:1]:
-        raise ValueError(f"pixel_values must be [B, 3, H, W] with labels [B], got {tuple(pixels.shape)} / {tuple(labels.shape)}")
-    return pixels, labels.long()
-
-
-class _ModeGuard:
-    """eval() for the duration, then every submodule back to ITS OWN previous mode (not one flag for all)."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-        self.modes = [(m, m.training) for m in module.modules()]
-
-    def __enter__(self) -> None:
-        self.module.eval()
-
-    def __exit__(self, *exc: Any) -> None:
-        for m, training in self.modes:
-            m.training = training
-
-
-def _extract(
-    module: Any,
-    batches: Iterable[Any],
-    device: torch.device | str | None,
-    budget: int | None,
-    want_patches: bool,
-    want_pooled: bool,
-    max_bytes: int | None,
-) -> tuple[Tensor | None, Tensor | None, Tensor]:
-    """Run the frozen encoder over `batches`; returns (patches or None, pooled or None, labels), all on CPU."""
-    if budget is not None and budget < 1:
-        raise ValueError(f"budget must be a positive number of samples or None, got {budget}")
-    device = torch.device(device) if device is not None else _module_device(module)
-    derive_pooled = _mean_pools(module)
-    patches, pooled, labels = [], [], []
-    count = patch_bytes = 0
-    with _ModeGuard(module), torch.no_grad():
-        for batch in batches:
-            pixels, y = _unpack(batch)
-            keep = y >= 0  # -1 = unlabelled: nothing to probe with
-            if budget is not None:
-                keep &= torch.cumsum(keep.long(), 0) <= budget - count
-            if not bool(keep.any()):
-                continue
-            pixels, y = pixels[keep].to(device, non_blocking=True), y[keep]
-            if want_patches or derive_pooled:
-                p = module.encode_patches(pixels)
-                if want_patches:
-                    patch_bytes += p.shape[0] * p.shape[1] * p.shape[2] * 4
-                    _check_bytes(patch_bytes, p, max_bytes)
-                    patches.append(p.to("cpu", torch.float32))
-                if want_pooled and derive_pooled:
-                    pooled.append(p.float().mean(dim=1).cpu())
-            if want_pooled and not derive_pooled:
-                pooled.append(module.encode_pooled(pixels).to("cpu", torch.float32))
-            labels.append(y.cpu())
-            count += int(y.shape[0])
-            if budget is not None and count >= budget:
-                break  # before pulling another batch: the iterator may decode images lazily
-    if count == 0:
-        raise GenLIPUserError("no labelled samples to extract features from (empty batches, or every label was -1)")
-    return (
-        torch.cat(patches) if want_patches else None,
-        torch.cat(pooled) if want_pooled else None,
-        torch.cat(labels),
-    )
-
-
-def _check_bytes(so_far: int, batch: Tensor, max_bytes: int | None) -> None:
-    """Refuse once the patch features kept so far outgrow `max_bytes` (host memory), with what to do instead."""
-    if max_bytes is None or so_far <= max_bytes:
-        return
-    raise GenLIPUserError(
-        f"patch features passed max_bytes={max_bytes / 2**30:.2f} GiB ({batch.shape[1]} patches x "
-        f"{batch.shape[2]} dims per image): lower the budget, raise max_bytes, or extract pooled features "
-        "only (pooled=True; linear probe only)"
-    )
-
-
-def extract_features(
-    module: Any,
-    batches: Iterable[Any],
-    device: torch.device | str | None = None,
-    budget: int | None = None,
-    *,
-    pooled: bool = False,
-    max_bytes: int | None = DEFAULT_MAX_BYTES,
-) -> tuple[Tensor, Tensor]:
-    """Frozen features for up to `budget` labelled samples: (patch features [N, M, D] float32 CPU, labels [N]).
-
-    `batches` yields (pixel_values float [B, 3, H, W] normalized, labels [B]) tuples (dicts and `Batch` objects
-    work too); samples labelled -1 are dropped. Runs under `torch.no_grad()` with the module in eval mode and
-    restores each submodule's previous mode afterwards. With `pooled=True` only [N, D] vectors are kept
-    (`encode_pooled`), for when N x M x D floats would not fit: `max_bytes` bounds the patch features.
-    """
-    patches, pooled_feats, labels = _extract(
-        module, batches, device, budget, want_patches=not pooled, want_pooled=pooled, max_bytes=max_bytes
-    )
-    feats = pooled_feats if pooled else patches
-    assert feats is not None
-    return feats, labels
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -367,13 +230,6 @@ def _default_heads(dim: int, wanted: int = 8) -> int:
     return next(h for h in range(min(wanted, dim), 0, -1) if dim % h == 0)
 
 
-def _warmup_cosine(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
-    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
 @torch.no_grad()
 def _predict(model: nn.Module, x: Tensor, batch_size: int, device: torch.device) -> Tensor:
     model.eval()
@@ -422,7 +278,7 @@ def attentive_probe(
     steps_per_epoch = math.ceil(len(train_patches) / batch_size)
     total = epochs * steps_per_epoch
     warmup = min(warmup_epochs * steps_per_epoch, max(total - 1, 0))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _warmup_cosine(s, total, warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup))
 
     x, y = train_patches.float(), train_y
     with torch.enable_grad():
@@ -458,35 +314,72 @@ def attentive_probe(
     )
 
 
-# ---------------------------------------------------------------------------------------------- both at once
+# ---------------------------------------------------------------------------------------------- all at once
 def run_probes(
     module: Any,
     train_batches: Iterable[Any],
     test_batches: Iterable[Any],
-    num_classes: int,
+    num_classes: int | None = None,
     device: torch.device | str | None = None,
     budget: int | None = None,
     *,
     linear_kwargs: dict[str, Any] | None = None,
     attentive_kwargs: dict[str, Any] | None = None,
+    attentive: bool = True,
+    baselines: bool = False,
+    random_init_seed: int = 0,
     max_bytes: int | None = DEFAULT_MAX_BYTES,
 ) -> dict[str, ProbeResult]:
-    """Extract train and test features once (each split bounded by `budget`), then run both probes.
+    """Extract train and test features once (each split bounded by `budget`), then run the probes.
 
-    The linear probe reads the pooled vector: the patch mean, or `encode_pooled` when a module defines its own
-    pooling (then it is computed alongside the patches in the same pass). Probes train on `device` too.
+    Returns {"linear", "attentive"} (without `attentive`: "linear" only); with `baselines` also "pixels_linear"
+    (raw pixels at the encoder's patch grid) and "random_init_linear" / "random_init_attentive" (the module's
+    `fresh_copy(random_init_seed)`, when it has one), all on the same images. `num_classes` None: the largest
+    label seen + 1. The linear probe reads the pooled vector: the patch mean, or `encode_pooled` when a module
+    defines its own pooling. Probes train on `device` too.
     """
+    encoders = {ENCODER: module}
+    if baselines and callable(getattr(module, "fresh_copy", None)):
+        encoders[RANDOM_INIT] = module.fresh_copy(random_init_seed)
+    elif baselines:
+        log.info("%s has no fresh_copy(): no random-init baseline", type(module).__name__)
     t0 = time.perf_counter()
     splits = {}
     for name, batches in (("train", train_batches), ("test", test_batches)):
-        splits[name] = _extract(module, batches, device, budget, want_patches=True, want_pooled=True, max_bytes=max_bytes)
-    (tr_p, tr_v, tr_y), (te_p, te_v, te_y) = splits["train"], splits["test"]
-    assert tr_p is not None and tr_v is not None and te_p is not None and te_v is not None
-    log.info("extracted %d train + %d test samples in %.1f s", len(tr_y), len(te_y), time.perf_counter() - t0)
-    probe_device = torch.device(device) if device is not None else _module_device(module)
-    return {
-        "linear": linear_probe(tr_v, tr_y, te_v, te_y, num_classes, device=probe_device, **(linear_kwargs or {})),
-        "attentive": attentive_probe(
-            tr_p, tr_y, te_p, te_y, num_classes, device=probe_device, **(attentive_kwargs or {})
-        ),
-    }
+        splits[name] = extract_many(encoders, batches, device, budget, want_patches=attentive, want_pooled=True,
+                                    pixels=baselines, max_bytes=max_bytes)
+    (train, train_y, train_px), (test, test_y, test_px) = splits["train"], splits["test"]
+    log.info("extracted %d train + %d test samples in %.1f s", len(train_y), len(test_y), time.perf_counter() - t0)
+    if num_classes is None:
+        num_classes = int(max(train_y.max(), test_y.max())) + 1
+    probe_device = torch.device(device) if device is not None else module_device(module)
+    results: dict[str, ProbeResult] = {}
+    for name in encoders:
+        prefix = "" if name == ENCODER else f"{name}_"
+        tr, te = train[name], test[name]
+        results[f"{prefix}linear"] = linear_probe(tr.pooled, train_y, te.pooled, test_y, num_classes,
+                                                 device=probe_device, **(linear_kwargs or {}))
+        if attentive:
+            results[f"{prefix}attentive"] = attentive_probe(tr.patches, train_y, te.patches, test_y, num_classes,
+                                                            device=probe_device, **(attentive_kwargs or {}))
+    if baselines:
+        assert train_px is not None and test_px is not None
+        result = linear_probe(train_px, train_y, test_px, test_y, num_classes, device=probe_device,
+                              **(linear_kwargs or {}))
+        result.hparams["features"] = f"pixels averaged per patch ({train_px.shape[1] // 3} patches x 3 channels)"
+        results[f"{PIXELS}_linear"] = result
+    return results
+
+
+def probe_table(results: dict[str, ProbeResult]) -> tuple[list[str], list[list[str]], list[list[Any]]]:
+    """Header, shown rows (percentages) and raw rows (fractions; None where a probe did not run) of a
+    `run_probes` result: encoder, raw pixels, random init x linear, attentive."""
+    shown, raw = [], []
+    for name, label in ((ENCODER, "encoder"), (PIXELS, "raw pixels (patch-grid means)"), (RANDOM_INIT, "random init")):
+        prefix = "" if name == ENCODER else f"{name}_"
+        if f"{prefix}linear" not in results:
+            continue
+        linear, attentive = results[f"{prefix}linear"].top1, results.get(f"{prefix}attentive")
+        shown.append([label, f"{100 * linear:.1f}%", "-" if attentive is None else f"{100 * attentive.top1:.1f}%"])
+        raw.append([label, linear, None if attentive is None else attentive.top1])
+    return ["features", "linear probe top-1", "attentive probe top-1"], shown, raw

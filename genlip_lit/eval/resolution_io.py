@@ -2,16 +2,12 @@
 
 In: held-out scenes, the --resolutions parser, the OCR word parser, and the scenes' uint8 pixels at one
 resolution grouped by size. Out: the table (markdown and csv), result.json and the metric-vs-resolution plot.
-The command and the metrics loop live in `resolution.py`.
+One cell's metrics are `resolution.py`'s; the command is `commands/eval_res.py`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +15,7 @@ from typing import Any
 
 import torch
 
-from genlip_lit.data.synthetic import Scene, SceneConfig, class_names, generate_scene
+from genlip_lit.data.synthetic import Scene, SceneConfig, class_names, generate_scene, written_word
 from genlip_lit.data.transforms import NativeResTransform, SquashTransform
 from genlip_lit.errors import GenLIPUserError
 
@@ -46,8 +42,6 @@ METRICS = [
 # panels of resolution.png (the readout exists at native resolution only: a table column, no curve)
 PLOTTED = [("cider", "caption CIDEr-D"), ("bleu4", "caption BLEU-4"), ("ocr_em", "OCR exact match"),
            ("linear_top1", "linear probe top-1"), ("attentive_top1", "attentive probe top-1")]
-
-_WORD_PHRASE = re.compile(r"\bthe word (\w+) is written\b", re.IGNORECASE)
 
 
 # ---------------------------------------------------------------------------------------------- resolutions
@@ -98,12 +92,6 @@ def parse_resolutions(values: Sequence[str], patch_size: int) -> tuple[list[Reso
 
 
 # ---------------------------------------------------------------------------------------------- OCR words
-def parse_word(caption: str) -> str | None:
-    """The word a caption says is written ("... the word cat is written in black."), lower-cased; None if none."""
-    match = _WORD_PHRASE.search(caption)
-    return match.group(1).lower() if match else None
-
-
 def ocr_exact_match(captions: Sequence[str], words: Sequence[str | None]) -> tuple[float, int]:
     """(share of scenes with a word whose caption names exactly that word, number of such scenes).
 
@@ -112,7 +100,7 @@ def ocr_exact_match(captions: Sequence[str], words: Sequence[str | None]) -> tup
     """
     if len(captions) != len(words):
         raise ValueError(f"{len(captions)} captions for {len(words)} scenes")
-    pairs = [(parse_word(c), w.lower()) for c, w in zip(captions, words) if w is not None]
+    pairs = [(written_word(c), w.lower()) for c, w in zip(captions, words) if w is not None]
     if not pairs:
         return float("nan"), 0
     return sum(said == true for said, true in pairs) / len(pairs), len(pairs)
@@ -181,29 +169,12 @@ def prepare(scenes: Sequence[Scene], transform: SquashTransform | NativeResTrans
     return PreparedScenes(pixels, kept, torch.tensor([s.label for s in scenes]))
 
 # ---------------------------------------------------------------------------------------------- reports
-def _fmt(value: Any, kind: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return {"pct": f"{100 * value:.1f}%", "num2": f"{value:.2f}", "num3": f"{value:.3f}"}[kind]
-
-
-def _clean(value: Any) -> Any:
-    """NaN -> None (JSON null), recursively."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
-
-
 def write_outputs(rows: list[dict[str, Any]], meta: dict[str, Any], output: Path) -> str:
     """DIR/table.md, table.csv, result.json, resolution.png; returns the markdown table."""
     from PIL import Image
 
-    from genlip_lit.eval.compare_report import markdown_table
-    from genlip_lit.eval.plots import image_grid, xy_plot
+    from genlip_lit.eval.plots import panels_plot
+    from genlip_lit.eval.tables import clean, fmt, write_json, write_table
 
     attentive = meta.get("attentive_epochs", 0) > 0  # without it the column would be n/a throughout
     columns = [c for c in METRICS if attentive or c[1] != "attentive_top1"]
@@ -212,22 +183,16 @@ def write_outputs(rows: list[dict[str, Any]], meta: dict[str, Any], output: Path
     for r in rows:
         m = r["metrics"]
         shown.append([r["name"], r["resolution"], r["input"], f"{r['patches']:.0f}"]
-                     + [_fmt(m.get(key), kind) for _, key, kind in columns] + [f"{m['seconds']:.1f}"])
+                     + [fmt(m.get(key), kind) for _, key, kind in columns] + [f"{m['seconds']:.1f}"])
         raw.append([r["name"], r["resolution"], r["input"], round(r["patches"], 2)]
-                   + ["" if _clean(m.get(key)) is None else m[key] for _, key, _ in columns]
+                   + ["" if clean(m.get(key)) is None else m[key] for _, key, _ in columns]
                    + [round(m["seconds"], 2)])
-    table = markdown_table(header, shown)
     notes = [f"- {r['name']} @ {r['resolution']}: {n}" for r in rows for n in r["metrics"]["notes"]]
     notes += [f"- {n}" for n in meta.get("notes", [])]
-    md = [table, "", f"{meta['num_scenes']} evaluation scenes (seed {meta['seed']}), probes fitted on "
-          f"{meta['probe_train']} scenes (seed {meta['probe_seed']}); chance top-1 {100 / len(class_names()):.1f}%."]
-    (output / "table.md").write_text("\n".join(md + (["", "Notes:", *notes] if notes else [])) + "\n")
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(header)
-    writer.writerows(raw)
-    (output / "table.csv").write_text(buf.getvalue())
-    (output / "result.json").write_text(json.dumps(_clean({**meta, "rows": rows}), indent=2))
+    footer = ["", f"{meta['num_scenes']} evaluation scenes (seed {meta['seed']}), probes fitted on "
+              f"{meta['probe_train']} scenes (seed {meta['probe_seed']}); chance top-1 {100 / len(class_names()):.1f}%."]
+    table = write_table(output, header, shown, raw, footer=footer + (["", "Notes:", *notes] if notes else []))
+    write_json(output / "result.json", {**meta, "rows": rows})
 
     # Fig. 5 style: x = resolution (side in pixels; native inputs at the side of a square of equal area)
     panels = []
@@ -239,6 +204,8 @@ def write_outputs(rows: list[dict[str, Any]], meta: dict[str, Any], output: Path
             native = r["resolution"] == "native"
             name = f"{r['name']} (native)" if native else r["name"]
             series.setdefault(name, []).append((r["side"], r["metrics"].get(key, float("nan"))))
-        panels.append(xy_plot(series, title, "side (px; native: sqrt of mean pixels)", x_from_zero=False))
-    Image.fromarray(image_grid(panels, columns=2 if len(panels) == 4 else 3)).save(output / "resolution.png")
+        panels.append((title, series))
+    image = panels_plot(panels, "side (px; native: sqrt of mean pixels)", columns=2 if len(panels) == 4 else 3,
+                        x_from_zero=False)
+    Image.fromarray(image).save(output / "resolution.png")
     return table

@@ -19,8 +19,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from genlip_lit.eval.plots import line_plot
-
 
 @dataclass
 class SinkMasses:
@@ -69,6 +67,8 @@ def sink_masses(weights: list[Tensor], num_prefix: int, text_mask: Tensor | None
 
 
 def sink_plot(masses: SinkMasses, title: str = "attention mass per layer") -> np.ndarray:
-    """The masses as a line chart, an RGB uint8 image [H, W, 3] (for TensorBoard and report.md)."""
+    """The masses per layer on a log percent axis (a 1% mass stays visible beside 90%), an RGB uint8 image."""
+    from genlip_lit.eval.plots import line_plot
+
     series = {k: v for k, v in masses.as_dict().items() if k != "text_to_text"}
-    return line_plot(series, title=title, x_label="layer", y_range=(0.0, 1.0))
+    return line_plot(series, title=title, x_label="layer", y_label="attention mass", percent_log=True)

@@ -1,6 +1,7 @@
 """Zero-shot classification through the encoder contract's `text_match_scores`.
 
-Each class becomes several texts (prompt templates with a `{}` for the class name). A generative model scores
+Each class becomes several texts (prompt templates with a `{}` for the class name; the data view supplies them,
+e.g. "a {size} {colour} {}" for the embedded scenes, "a photo of a {}." otherwise). A generative model scores
 each text by its log-likelihood as the start of the image's caption, and the class score is the log of the
 summed likelihoods over templates (the marginal); a contrastive model scores by embedding similarity and the
 class score is the mean over templates.
@@ -10,14 +11,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-
-from genlip_lit.data.synthetic import COLORS, SIZES
-
-
-def embedded_templates() -> list[str]:
-    """Templates for the embedded scenes' classes (shape of the largest object): captions say size and colour
-    before the shape ("a large red circle ..."), so every size/colour prefix is a template."""
-    return [f"a {size} {color} {{}}" for size in SIZES for color in COLORS]
 
 
 def zero_shot_logits(module, pixel_values: Tensor, class_names: list[str], templates: list[str]) -> Tensor:

@@ -22,7 +22,7 @@ from genlip_lit.models.config import GenLIPConfig
 from genlip_lit.models.generate import GenerationOutput, batched_prompt, decode_loop, target_log_likelihood
 from genlip_lit.models.lm_loss import next_token_loss
 from genlip_lit.models.rope import MRoPE, text_position_ids
-from genlip_lit.models.transformer import GenLIP, LossOutput, image_tower
+from genlip_lit.models.transformer import NO_WEIGHT_DECAY_PARTS, GenLIP, LossOutput, image_tower
 
 
 class CrossAttention(GatedAttention):
@@ -156,6 +156,19 @@ class EncoderDecoderCaptioner(nn.Module):
             logits = self.lm_head(self.decode(memory, ids)[:, :-1])
             scores[:, j] = target_log_likelihood(logits, ids, loss_mask[j : j + 1].to(device))
         return scores
+
+    # ---------------------------------------------------------------- training metadata
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters exempt from weight decay besides the 1-D ones: GenLIP's rule, whole network."""
+        return {n for n, _ in self.named_parameters() if any(part in n for part in NO_WEIGHT_DECAY_PARTS)}
+
+    def vision_tower(self) -> GenLIP:
+        """The image tower: GenLIP's own, so it exports and probes like GenLIP's."""
+        return self.encoder
+
+    def shard_units(self) -> list[nn.Module]:
+        """FSDP units: the encoder's blocks, then the decoder's."""
+        return [*self.encoder.shard_units(), *self.blocks]
 
     def num_params(self, include_text: bool = True) -> int:
         """Parameter count; without text = the vision encoder alone (identical to GenLIP's)."""

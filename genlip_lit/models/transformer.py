@@ -23,6 +23,9 @@ from genlip_lit.models.lm_loss import next_token_loss
 from genlip_lit.models.rope import MRoPE, genlip_position_ids, text_position_ids, text_start
 
 TEXT_ONLY_PARTS = ("tok_embed", "lm_head", "pos_text")  # what an image-only tower of GenLIP does not have
+# Parameters (name substrings) that never get weight decay, besides every 1-D tensor (norms, biases, LayerScale):
+# embeddings, positions, registers and the attention gates.
+NO_WEIGHT_DECAY_PARTS = ("tok_embed", "pos_image", "pos_text", "registers", "gate_proj", "patch_embed.bias")
 
 
 class Block(nn.Module):
@@ -309,6 +312,19 @@ class GenLIP(nn.Module):
         from genlip_lit.models.generate import score_texts
 
         return score_texts(self, pixel_values, input_ids, loss_mask)
+
+    # ---------------------------------------------------------------- training metadata
+    def no_weight_decay(self) -> set[str]:
+        """Names of the parameters exempt from weight decay besides the 1-D ones (timm's convention)."""
+        return {n for n, _ in self.named_parameters() if any(part in n for part in NO_WEIGHT_DECAY_PARTS)}
+
+    def vision_tower(self) -> GenLIP:
+        """The module whose image-only parameters make the vision encoder (export keeps those)."""
+        return self
+
+    def shard_units(self) -> list[nn.Module]:
+        """The submodules FSDP shards one by one (each block), before the whole network."""
+        return list(self.blocks)
 
     def num_params(self, include_text: bool = True, include_gate: bool = True) -> int:
         """Parameter count; without text = the vision encoder (no token embedding, no LM head)."""

@@ -1,33 +1,48 @@
-"""What every model module shares: AdamW + warmup/cosine schedule, and the encoder contract callbacks use.
+"""What every objective shares: one optimizer/schedule signature, `init_from`, and the encoder contract.
 
     python -m pytest tests/test_base.py -q
 
+A new objective is one LightningModule subclass (plus its plain-torch model) and one overlay YAML. It takes its
+own arguments and passes `**kwargs` to `EncoderModule.__init__`, which owns the training arguments every
+objective accepts under the same YAML keys (`lr`, `min_lr`, `weight_decay`, `betas`, `warmup_ratio`,
+`warmup_steps`, `init_from`). The model (`optimized_model()`) declares its own training metadata
+(`no_weight_decay()`, `vision_tower()`, `shard_units()`), so the optimizer, FSDP and `genlip export` never learn an
+objective's name; `data_settings()` is what the data module is told through `GenLIPDataModule.connect`.
+
 The encoder contract (`encode_patches`, `encode_pooled`, and for generative models `generate_captions`,
-`score_captions`) is the only way callbacks and evaluation commands reach a model, so they work the same for
-GenLIP and for the contrastive baselines.
+`score_captions`) is the only way callbacks and evaluation code reach a model, so they work the same for
+GenLIP, the captioner and the contrastive baselines.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.schedule import warmup_cosine
 
-# Parameter names (substrings) that never get weight decay, besides every 1-D tensor (norms, biases, LayerScale).
-NO_DECAY_KEYS = ("tok_embed", "pos_image", "pos_text", "registers", "gate_proj", "patch_embed.bias")
+__all__ = ["EncoderModule", "param_groups", "warmup_cosine"]
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Split parameters into decayed (matrices) and non-decayed (norms, biases, embeddings, gates, registers)."""
+def param_groups(model: nn.Module, weight_decay: float, exempt: set[str] | None = None) -> list[dict]:
+    """Split parameters into decayed (matrices) and non-decayed (1-D tensors and the names in `exempt`).
+
+    `exempt` defaults to the model's own `no_weight_decay()` (names relative to `model`), or none.
+    """
+    if exempt is None:
+        declared = getattr(model, "no_weight_decay", None)
+        exempt = set(declared()) if callable(declared) else set()
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim < 2 or any(key in name for key in NO_DECAY_KEYS):
+        if p.ndim < 2 or name in exempt:
             no_decay.append(p)
         else:
             decay.append(p)
@@ -37,17 +52,33 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
-    """LR multiplier: linear warmup from ~0 to 1, then cosine decay to `min_ratio` at `total_steps`."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    decay_steps = max(total_steps - warmup_steps, 1)
-    progress = min(max(step - warmup_steps, 0) / decay_steps, 1.0)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+class _AppliesInitFrom(type):
+    """Runs `_after_init()` once the outermost `__init__` of a module has returned (every subclass built its
+    network by then), so `init_from` needs no call in each objective's `__init__`."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        module = super().__call__(*args, **kwargs)
+        module._after_init()
+        return module
 
 
-class EncoderModule(L.LightningModule):
-    """Base LightningModule: optimizer/schedule from hyper-parameters, plus the encoder contract."""
+class EncoderModule(L.LightningModule, metaclass=_AppliesInitFrom):
+    """Base LightningModule: AdamW + warmup/cosine from one set of arguments, `init_from`, the encoder contract.
+
+    Args:
+        lr: peak learning rate.
+        min_lr: learning rate at the end of the cosine decay.
+        weight_decay: AdamW decay on matrices (never on 1-D tensors or the model's `no_weight_decay()` names).
+        betas: AdamW betas.
+        warmup_ratio: linear warmup over this fraction of the run's optimizer steps.
+        warmup_steps: or an absolute number of warmup steps (wins over warmup_ratio).
+        init_from: start from the weights of this checkpoint (a file, or a run directory: its newest
+            last.ckpt), e.g. stage 2 from stage 1. Weights only: the optimizer, schedule and step start fresh,
+            and this run's hyper-parameters stand (unlike `--ckpt_path`, which resumes a run).
+    """
+
+    # hyper-parameters naming weight files: a fresh copy (`fresh_copy`) starts without them
+    weight_sources: tuple[str, ...] = ("init_from",)
 
     def __init__(
         self,
@@ -57,25 +88,41 @@ class EncoderModule(L.LightningModule):
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_ratio: float = 0.007,
         warmup_steps: int | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         if min_lr > lr:
             raise GenLIPUserError(f"min_lr ({min_lr}) must not exceed lr ({lr})")
         if not 0.0 <= warmup_ratio < 1.0:
             raise GenLIPUserError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
+        # every __init__ up the call chain: the subclass's own arguments and these (tokenizers are saved apart)
+        self.save_hyperparameters(ignore=["tokenizer"])
         self.lr, self.min_lr, self.weight_decay, self.betas = lr, min_lr, weight_decay, tuple(betas)
         self.warmup_ratio, self.warmup_steps = warmup_ratio, warmup_steps
+        self.init_from = init_from
+        self.init_source: str | None = None  # the checkpoint file init_from resolved to, once loaded
+
+    def _after_init(self) -> None:
+        if self.init_from:
+            from genlip_lit.modules.loading import load_initial_weights
+
+            self.init_source = load_initial_weights(self, self.init_from)
 
     # ------------------------------------------------------------------ optimisation
     def optimized_model(self) -> nn.Module:
         """The network whose parameters the optimizer updates (subclasses return their model)."""
         return self
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names (relative to `optimized_model()`) exempt from weight decay: the model's own list."""
+        network = self.optimized_model()
+        declared = getattr(network, "no_weight_decay", None) if network is not self else None
+        return set(declared()) if callable(declared) else set()
+
     def configure_optimizers(self):
         fused = self.device.type == "cuda"
-        opt = torch.optim.AdamW(
-            param_groups(self.optimized_model(), self.weight_decay), lr=self.lr, betas=self.betas, fused=fused
-        )
+        groups = param_groups(self.optimized_model(), self.weight_decay, self.no_weight_decay())
+        opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, fused=fused)
         total = self.trainer.estimated_stepping_batches
         if math.isinf(total) or total <= 0:
             raise GenLIPUserError("set trainer.max_steps or trainer.max_epochs: the cosine schedule needs a length")
@@ -92,7 +139,7 @@ class EncoderModule(L.LightningModule):
         if mesh is None or getattr(self, "_fsdp2_applied", False):
             return
         network = self.optimized_model()
-        if network is self:
+        if network is self or not callable(getattr(network, "shard_units", None)):
             raise GenLIPUserError(
                 f"{type(self).__name__} does not support FSDP2 (ModelParallelStrategy); train it with DDP "
                 "(experiments/scale/ddp.yaml)"
@@ -101,6 +148,17 @@ class EncoderModule(L.LightningModule):
 
         apply_fsdp2(network, mesh, self.trainer.precision)
         self._fsdp2_applied = True
+
+    # ------------------------------------------------------------------ what the data module is told
+    def data_settings(self) -> dict[str, Any]:
+        """The model's settings the data needs (`GenLIPDataModule.connect(**settings)`): the text format, and
+        the patch size and register count that native-resolution packing lays out."""
+        config = getattr(self, "config", None)
+        return {
+            "caption_encoder": getattr(self, "caption_encoder", None),
+            "patch_size": getattr(config, "patch_size", None),
+            "num_registers": int(getattr(config, "num_registers", 0) or 0),
+        }
 
     # ------------------------------------------------------------------ self-contained checkpoints
     def save_self_description(self, checkpoint: dict) -> None:
@@ -119,6 +177,12 @@ class EncoderModule(L.LightningModule):
         if "genlip_tokenizer" in checkpoint and getattr(self, "tokenizer", None) is not None:
             self.tokenizer.load_state_dict(checkpoint["genlip_tokenizer"]["state"])
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.save_self_description(checkpoint)  # subclasses that add entries call this too
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.load_self_description(checkpoint)
+
     def require_unpacked(self, batch: object) -> None:
         """Packed native-resolution batches (data.resolution: native) are for GenLIPModule only."""
         if getattr(batch, "segment_ids", None) is not None:
@@ -127,7 +191,27 @@ class EncoderModule(L.LightningModule):
                 "native-resolution sequences are a GenLIPModule feature)"
             )
 
+    def fresh_copy(self, seed: int = 0) -> EncoderModule:
+        """The same class and hyper-parameters at a seeded random init (no weight files read), in eval mode on
+        this module's device: the "random init" baseline row of the probes. The tokenizer is shared."""
+        hparams = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
+        hparams.update({name: None for name in self.weight_sources if name in hparams})
+        if getattr(self, "tokenizer", None) is not None and "tokenizer" in inspect.signature(type(self)).parameters:
+            hparams["tokenizer"] = self.tokenizer  # saved apart from the hyper-parameters
+        with torch.random.fork_rng(devices=[]):  # seeded without moving the caller's RNG
+            torch.manual_seed(seed)
+            copy = type(self)(**hparams)
+        return copy.eval().to(self.device)
+
     # ------------------------------------------------------------------ encoder contract
+    def vision_tower(self) -> nn.Module:
+        """The GenLIP image tower inside this module (what `genlip export` writes): the model's own answer."""
+        network = self.optimized_model()
+        tower = getattr(network, "vision_tower", None) if network is not self else None
+        if not callable(tower):
+            raise GenLIPUserError(f"{type(self).__name__} has no GenLIP vision tower to export")
+        return tower()
+
     def encode_patches(self, pixel_values: Tensor) -> Tensor:
         """Frozen-encoder patch features [B, M, D]."""
         raise NotImplementedError

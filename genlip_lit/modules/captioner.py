@@ -29,7 +29,7 @@ from genlip_lit.modules.genlip import GenLIPModule
 class CaptionerModule(GenLIPModule):
     """GenLIP's image tower + a small text decoder, trained with GenLIP's captioning loss.
 
-    Args (besides GenLIPModule's):
+    Args (besides GenLIPModule's, and the training arguments of EncoderModule, init_from included):
         decoder_layers: decoder blocks (self-attention, cross-attention, FFN) at the tower's width.
         parallel_prob: fraction of training batches predicted in parallel from mask tokens without the causal
             mask (CapPa: 0.75); 0 = a plain autoregressive captioner (Cap).
@@ -45,12 +45,7 @@ class CaptionerModule(GenLIPModule):
         prompt: str | None = None,
         max_text_len: int = 64,
         caption_max_new_tokens: int = 64,
-        lr: float = 1e-3,
-        min_lr: float = 1e-6,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_ratio: float = 0.007,
-        warmup_steps: int | None = None,
+        **kwargs: Any,
     ) -> None:
         if decoder_layers < 1:
             raise GenLIPUserError(f"model.decoder_layers must be >= 1, got {decoder_layers}")
@@ -59,8 +54,8 @@ class CaptionerModule(GenLIPModule):
         self.decoder_layers = decoder_layers  # read by build_model, which the parent's __init__ calls
         self.parallel_prob = parallel_prob
         super().__init__(
-            arch, arch_overrides, tokenizer, prompt, max_text_len, caption_max_new_tokens,
-            lr, min_lr, weight_decay, betas, warmup_ratio, warmup_steps,
+            arch=arch, arch_overrides=arch_overrides, tokenizer=tokenizer, prompt=prompt, max_text_len=max_text_len,
+            caption_max_new_tokens=caption_max_new_tokens, **kwargs,
         )
 
     def build_model(self, config: GenLIPConfig) -> nn.Module:

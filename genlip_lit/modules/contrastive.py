@@ -46,7 +46,12 @@ def contrastive_loss(kind: str, rank: int = 0, world_size: int = 1) -> nn.Module
 
 
 class ContrastiveModule(EncoderModule):
-    """CLIP (`loss: clip`) or SigLIP (`loss: siglip`) on the GenLIP image tower of preset `arch`."""
+    """CLIP (`loss: clip`) or SigLIP (`loss: siglip`) on the GenLIP image tower of preset `arch`.
+
+    Takes the training arguments every objective shares (`EncoderModule`: lr, ..., init_from) as keywords.
+    """
+
+    weight_sources = ("init_from", "open_clip_weights")
 
     def __init__(
         self,
@@ -63,15 +68,9 @@ class ContrastiveModule(EncoderModule):
         init_logit_bias: float | None = None,
         open_clip_model: str | None = None,
         open_clip_weights: str | None = None,
-        lr: float = 1e-3,
-        min_lr: float = 1e-6,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_ratio: float = 0.007,
-        warmup_steps: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(lr, min_lr, weight_decay, betas, warmup_ratio, warmup_steps)
-        self.save_hyperparameters(ignore=["tokenizer"])
+        super().__init__(**kwargs)
         if loss not in LOSSES:
             raise GenLIPUserError(f"model.loss must be one of {LOSSES}, got {loss!r}")
         self.loss_kind = loss
@@ -224,6 +223,25 @@ class ContrastiveModule(EncoderModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.load_self_description(checkpoint)
+
+    # ------------------------------------------------------------------ model metadata
+    def no_weight_decay(self) -> set[str]:
+        """The GenLIP image tower's own list (the open_clip text tower and projections decay, as ever)."""
+        if self.clip is not None:
+            return set()
+        return {f"visual.{name}" for name in self.visual.no_weight_decay()}
+
+    def vision_tower(self) -> nn.Module:
+        if self.clip is not None:
+            raise GenLIPUserError("this checkpoint holds an open_clip model: export it with open_clip's own tools")
+        return self.visual
+
+    def data_settings(self) -> dict[str, Any]:
+        settings = super().data_settings()
+        if self.clip is not None:  # an open_clip tower: its own patch grid, no registers
+            patch = getattr(self.clip.visual, "patch_size", None)
+            settings["patch_size"] = patch[0] if isinstance(patch, tuple) else patch
+        return settings
 
     # ------------------------------------------------------------------ encoder contract
     @property

@@ -3,7 +3,8 @@
     genlip fit --config experiments/quickstart.yaml
 
 The module owns the text format (tokenizer, prompt, maximum length): the vocabulary sizes the LM head, and the
-same format must be used to train, to caption and to score. The data module takes it from here in `setup()`.
+same format must be used to train, to caption and to score. The data module is given it through
+`GenLIPDataModule.connect(**module.data_settings())`.
 """
 
 from __future__ import annotations
@@ -34,10 +35,8 @@ class GenLIPModule(EncoderModule):
             "Describe the image in detail."); None for none.
         max_text_len: BOS + prompt + caption + EOS are truncated to this many tokens.
         caption_max_new_tokens: default generation budget for `generate_captions`.
-        lr, min_lr, weight_decay, betas, warmup_ratio, warmup_steps: AdamW and warmup + cosine schedule.
-        init_from: start from the weights of this checkpoint (a file, or a run directory: its newest
-            last.ckpt), e.g. stage 2 from stage 1. Weights only: the optimizer, schedule and step start fresh,
-            and this run's hyper-parameters stand (unlike `--ckpt_path`, which resumes a run).
+        **kwargs: the training arguments every objective shares (`EncoderModule`: lr, min_lr, weight_decay,
+            betas, warmup_ratio, warmup_steps, init_from).
     """
 
     def __init__(
@@ -48,16 +47,9 @@ class GenLIPModule(EncoderModule):
         prompt: str | None = None,
         max_text_len: int = 64,
         caption_max_new_tokens: int = 64,
-        lr: float = 1e-3,
-        min_lr: float = 1e-6,
-        weight_decay: float = 0.01,
-        betas: tuple[float, float] = (0.9, 0.95),
-        warmup_ratio: float = 0.007,
-        warmup_steps: int | None = None,
-        init_from: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(lr, min_lr, weight_decay, betas, warmup_ratio, warmup_steps)
-        self.save_hyperparameters(ignore=["tokenizer"])
+        super().__init__(**kwargs)
         self.tokenizer = tokenizer if tokenizer is not None else OpenCLIPTokenizer()
         self.caption_encoder = CaptionEncoder(self.tokenizer, prompt, max_text_len)
         self.config = GenLIPConfig.from_name(arch, **{**(arch_overrides or {}), "vocab_size": self.tokenizer.vocab_size})
@@ -68,11 +60,6 @@ class GenLIPModule(EncoderModule):
         self.val_tokens = SumMetric()
         self.skipped_samples = 0
         self.truncated_captions = 0
-        self.init_source: str | None = None
-        if init_from:
-            from genlip_lit.modules.loading import load_initial_weights
-
-            self.init_source = load_initial_weights(self, init_from)
 
     def build_model(self, config: GenLIPConfig) -> nn.Module:
         """The network trained on captions (subclasses swap in another, e.g. the encoder-decoder baseline)."""
@@ -183,8 +170,9 @@ class GenLIPModule(EncoderModule):
         max_new_tokens: int | None = None,
         temperature: float = 0.0,
         top_p: float = 1.0,
+        generator: torch.Generator | None = None,
     ) -> list[str]:
-        """Greedy (temperature 0) or sampled captions, decoded to text."""
+        """Greedy (temperature 0) or sampled captions (from `generator`'s stream when given), decoded to text."""
         out = self.model.generate(
             pixel_values,
             self.caption_encoder.prompt_ids(),
@@ -192,6 +180,7 @@ class GenLIPModule(EncoderModule):
             eos_id=self.tokenizer.eos_id,
             temperature=temperature,
             top_p=top_p,
+            generator=generator,
         )
         # decode() drops special tokens, so the trailing EOS (and the EOS padding after it) vanish.
         return [self.tokenizer.decode(t[:n].tolist()) for t, n in zip(out.tokens, out.lengths.tolist())]

@@ -2,9 +2,9 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node=2 tests/ddp_strategy_worker.py fsdp2
 
-Each transformer block (GenLIP's, the captioner's decoder blocks) becomes its own FSDP2 unit, so only one
-block's full parameters exist at a time during forward and backward; the network that holds them is sharded
-last, covering the embeddings, final norm and LM head. Parameters are cast to bf16 for compute when the trainer
+Each unit the model names (`shard_units()`: GenLIP's blocks, the captioner's encoder and decoder blocks) becomes
+its own FSDP2 unit, so only one block's full parameters exist at a time during forward and backward; the network
+that holds them is sharded last, covering the embeddings, final norm and LM head. Parameters are cast to bf16 for compute when the trainer
 runs in bf16 (gradients are reduced in fp32). Pure data parallelism: tensor parallelism is not implemented.
 """
 
@@ -18,15 +18,9 @@ from torch import nn
 from genlip_lit.errors import GenLIPUserError
 
 
-def shard_unit_types() -> tuple[type[nn.Module], ...]:
-    from genlip_lit.models.captioner import DecoderBlock
-    from genlip_lit.models.transformer import Block
-
-    return (Block, DecoderBlock)
-
-
 def apply_fsdp2(network: nn.Module, device_mesh: Any, precision: str) -> None:
-    """Shard `network` in place over the mesh's data-parallel dimension, one unit per block, then the rest."""
+    """Shard `network` in place over the mesh's data-parallel dimension, one unit per `network.shard_units()`,
+    then the rest."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     names = device_mesh.mesh_dim_names or ()
@@ -38,7 +32,7 @@ def apply_fsdp2(network: nn.Module, device_mesh: Any, precision: str) -> None:
     mesh = device_mesh["data_parallel"] if "data_parallel" in names else device_mesh
     param_dtype = torch.bfloat16 if str(precision).startswith("bf16") else None
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-    for unit in [m for m in network.modules() if isinstance(m, shard_unit_types())]:
+    for unit in network.shard_units():  # the model says what its units are: no list of block types here
         fully_shard(unit, mesh=mesh, mp_policy=policy)
     fully_shard(network, mesh=mesh, mp_policy=policy)
     # FSDP2 gathers the root's own parameters (embeddings, LM head) in a hook on forward(); training and

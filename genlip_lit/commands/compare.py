@@ -10,12 +10,12 @@ the CONFIG changes differs. Runs go one after another, each in its own process, 
 Re-invoking is safe: a finished run (DIR/<name>/result.json with the same configuration) is not re-run, and an
 interrupted one resumes exactly from its last checkpoint. The last evaluation of every run, its measured training
 FLOPs per sample (the Throughput callback) and its wall time go to DIR/table.md and DIR/table.csv, and loss and
-metric curves over samples seen to DIR/curves.png.
+metric curves over samples seen to DIR/curves.png (read back from each run's TensorBoard or CSV logs:
+`eval/compare_report.py`).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -30,7 +30,7 @@ from typing import Any
 from genlip_lit.errors import GenLIPUserError
 
 DEFAULT_BASE = "experiments/quickstart.yaml"
-LOG_VERSION = "tb"  # DIR/<name>/tb/: TensorBoard events, the saved config and checkpoints/
+LOG_VERSION = "tb"  # DIR/<name>/tb/: the logger's files (TensorBoard events or metrics.csv), config, checkpoints/
 
 
 @dataclass
@@ -155,26 +155,28 @@ def run_one(spec: RunSpec, output: Path, rerun: bool, fit_command: list[str]) ->
 
 
 # ---------------------------------------------------------------------------------------------------- command
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="genlip compare",
-        description="Train configs one after another under a shared base and tabulate their evaluations. "
-        "Arguments after `--` go to every `genlip fit`.",
-    )
-    p.add_argument("configs", nargs="+", metavar="CONFIG", help="YAML files composed after the base")
-    p.add_argument("--output", required=True, help="directory for runs/<name>/, table.md, table.csv, curves.png")
-    p.add_argument("--base", default=DEFAULT_BASE, help=f"shared base config (default {DEFAULT_BASE}); none = no base")
-    p.add_argument("--max-steps", type=int, default=None, help="override trainer.max_steps for every run")
-    p.add_argument("--rerun", nargs="*", default=[], metavar="NAME", help="discard these runs and train them again")
+def build_parser() -> Any:
+    from genlip_lit.commands.common import add_output, command_parser
+
+    p = command_parser("compare", "Train configs one after another under a shared base and tabulate their "
+                       "evaluations. Arguments after `--` go to every `genlip fit`.")
+    p.add_argument("configs", nargs="+", type=str, help="YAML files composed after the base")
+    add_output(p, help="directory for runs/<name>/, table.md, table.csv, curves.png")
+    p.add_argument("--base", type=str, default=DEFAULT_BASE, help="shared base config; none = no base")
+    p.add_argument("--max-steps", type=int | None, default=None, help="override trainer.max_steps for every run")
+    p.add_argument("--rerun", nargs="*", type=str, default=[], help="discard these runs (names) and train them again")
     return p
 
 
-def compare_main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
+    from genlip_lit.commands.common import parse
+
+    argv = list(sys.argv[2:] if argv is None else argv)
     extra: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1 :]
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv, repeatable=("--rerun",))
     specs = plan_runs(args.configs, args.base, args.max_steps, extra)
     unknown = sorted(set(args.rerun) - {s.name for s in specs})
     if unknown:

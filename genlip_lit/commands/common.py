@@ -1,0 +1,153 @@
+"""What every `genlip` project command shares: one parser convention, checkpoints, devices, threads, output.
+
+Every command parses with jsonargparse (the library LightningCLI uses), so each one takes `--config FILE` (a YAML
+of its options; flags after it win) and `--print_config`, and shows typed options with their defaults in
+`--help`. The same things have the same names everywhere:
+
+    --ckpt FILE|RUN_DIR     a checkpoint, or a run directory (its newest last.ckpt)
+    --device auto|cpu|cuda  auto = CUDA when available (also cuda:N)
+    --threads N             torch CPU threads (0 = torch's choice)
+    --seed N                the random stream a command draws from
+    --output DIR            where a command writes its files
+
+Options that take several values (`--ckpt A B`) may also be repeated (`--ckpt A --ckpt B`). Heavy modules (torch,
+Lightning, the model code) are imported inside functions, so `genlip caption --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from genlip_lit.errors import GenLIPUserError
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def command_parser(name: str, description: str) -> Any:
+    """A jsonargparse parser for `genlip NAME` with `--config` (and jsonargparse's `--print_config`)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog=f"genlip {name}", description=description, default_env=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options (keys as "
+                        "--print_config writes them); flags given after it win")
+    return parser
+
+
+def add_ckpt(parser: Any, many: bool = False, help: str = "") -> None:
+    text = help or "a checkpoint written by `genlip fit`, or a run directory (its newest last.ckpt)"
+    if many:
+        parser.add_argument("--ckpt", nargs="+", type=str, required=True, help=f"{text}; several: --ckpt A B")
+    else:
+        parser.add_argument("--ckpt", type=str, required=True, help=text)
+
+
+def add_device(parser: Any) -> None:
+    parser.add_argument("--device", type=str, default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+
+
+def add_threads(parser: Any) -> None:
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's choice); 1 is often "
+                        "faster on a busy shared machine")
+
+
+def add_output(parser: Any, required: bool = True, help: str = "output directory") -> None:
+    if required:
+        parser.add_argument("--output", type=str, required=True, help=help)
+    else:
+        parser.add_argument("--output", type=str, default=None, help=help)
+
+
+def merge_repeated(argv: Sequence[str], flags: Sequence[str]) -> list[str]:
+    """`--ckpt A --name x --ckpt B` -> `--ckpt A B --name x` for multi-value flags (argparse keeps only the last)."""
+    out: list[str] = []
+    values: dict[str, list[str]] = {}
+    i = 0
+    argv = list(argv)
+    while i < len(argv):
+        token = argv[i]
+        flag, eq, inline = token.partition("=")
+        if flag in flags:
+            first = flag not in values
+            collected = values.setdefault(flag, [])
+            if eq:
+                collected.append(inline)
+            i += 1
+            while i < len(argv) and not argv[i].startswith("-"):
+                collected.append(argv[i])
+                i += 1
+            if first:
+                out.append(flag)  # placeholder: the merged values go here
+            continue
+        out.append(token)
+        i += 1
+    merged: list[str] = []
+    for token in out:
+        merged.append(token)
+        if token in values:
+            merged += values[token]
+    return merged
+
+
+def parse(parser: Any, argv: Sequence[str] | None, repeatable: Sequence[str] = ()) -> Any:
+    """Parse `argv` (None: sys.argv[2:]-style callers pass their own) after merging repeated multi-value flags."""
+    import sys
+
+    args = list(sys.argv[2:] if argv is None else argv)
+    return parser.parse_args(merge_repeated(args, repeatable))
+
+
+def resolve_ckpt(path: str) -> str:
+    """A checkpoint file, or for a run directory its newest last.ckpt; a missing one is a user error."""
+    from genlip_lit.modules.loading import resolve_checkpoint
+
+    return resolve_checkpoint(path)
+
+
+def device(name: str) -> Any:
+    """The torch device of a `--device` value."""
+    from genlip_lit.eval.data import resolve_device
+
+    if not _DEVICE.match(str(name)):
+        raise GenLIPUserError(f"--device {name!r}: choose auto, cpu, cuda or cuda:N")
+    return resolve_device(name)
+
+
+def load_module(ckpt: str, device_name: str = "auto") -> tuple[Any, Any, dict[str, Any]]:
+    """(module in eval mode on the device, its `Preprocessing`, the data module's hyper-parameters)."""
+    from genlip_lit.data.transforms import Preprocessing
+    from genlip_lit.modules.loading import load_checkpoint
+
+    module, data_hparams = load_checkpoint(resolve_ckpt(ckpt), device(device_name))
+    return module, Preprocessing.from_hparams(data_hparams), data_hparams
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """A command's --threads: torch CPU threads for the block (0 = leave torch's choice); restored after, so
+    in-process callers (tests) keep their setting. On a shared machine 1 thread can beat 2 competing ones."""
+    import torch
+
+    if count < 0:
+        raise GenLIPUserError(f"--threads must be >= 0 (0 = torch's choice), got {count}")
+    before = torch.get_num_threads()
+    if count > 0:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def at_least(flag: str, value: int | None, low: int) -> None:
+    """A numeric option's lower bound, as a one-line user error."""
+    if value is not None and value < low:
+        raise GenLIPUserError(f"{flag} must be at least {low}, got {value}")
+
+
+def beside_checkpoint(ckpt: str, name: str) -> str:
+    """A default output directory next to a checkpoint file (e.g. eval/ beside last.ckpt)."""
+    return os.path.join(os.path.dirname(os.path.abspath(ckpt)), name)

@@ -1,0 +1,98 @@
+"""`genlip eval`: run the configured evaluations once on a checkpoint; write report.json, report.md and figures.
+
+    genlip eval --ckpt runs/quickstart/version_0/checkpoints/last.ckpt --config experiments/eval.yaml
+
+The config is a YAML of this command's options: `evaluations:` lists evaluation callbacks exactly as
+`trainer.callbacks` does in a fit config (class_path + init_args; a bare name means genlip_lit.callbacks.NAME),
+and an optional `data:` block of `GenLIPDataModule` arguments; without one, the data the checkpoint was trained
+on is used (its val split is the held-out set). Images go next to the reports as PNG files.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from genlip_lit.commands.common import add_ckpt, add_device, add_output, add_threads, command_parser, parse
+from genlip_lit.errors import GenLIPUserError
+
+
+def build_parser() -> Any:
+    p = command_parser("eval", "Run evaluations on a checkpoint; write report.json, report.md and figures.")
+    add_ckpt(p)
+    p.add_argument("--evaluations", type=list[Any], default=[], help="evaluation callbacks (class_path + "
+                   "init_args, as in trainer.callbacks); usually given in the --config YAML")
+    p.add_argument("--data", type=dict | None, default=None, help="GenLIPDataModule arguments over the "
+                   "checkpoint's own (null: the data it trained on)")
+    add_output(p, required=False, help="report directory (null: eval/ beside the checkpoint)")
+    add_device(p)
+    add_threads(p)
+    return p
+
+
+def build_evaluations(specs: list[Any]) -> list[Any]:
+    """Instantiate `[{class_path, init_args}, ...]`; a bare class path string is allowed too."""
+    from genlip_lit.callbacks.evaluation import EvalCallback
+    from genlip_lit.modules.loading import import_class
+
+    out = []
+    for i, spec in enumerate(specs):
+        if hasattr(spec, "as_dict"):  # jsonargparse resolved it into a Namespace
+            spec = spec.as_dict()
+        if isinstance(spec, str):
+            spec = {"class_path": spec}
+        if not isinstance(spec, dict) or "class_path" not in spec:
+            raise GenLIPUserError(f"evaluations[{i}] needs a class_path, got {spec!r}")
+        path = spec["class_path"]
+        if "." not in path:
+            path = f"genlip_lit.callbacks.{path}"
+        cls = import_class(path)
+        if not (isinstance(cls, type) and issubclass(cls, EvalCallback)):
+            raise GenLIPUserError(f"evaluations[{i}]: {path} is not an evaluation callback (EvalCallback)")
+        try:
+            out.append(cls(**(spec.get("init_args") or {})))
+        except TypeError as err:
+            raise GenLIPUserError(f"evaluations[{i}] ({path}): {err}") from None
+    return out
+
+
+def build_datamodule(module: Any, data_hparams: dict[str, Any], override: dict[str, Any] | None) -> Any:
+    """The checkpoint's data module (with `override` applied), connected to the module and set up."""
+    from genlip_lit.data.datamodule import GenLIPDataModule
+
+    # LightningCLI adds private keys (_class_path, _instantiator): they are not init arguments
+    args = {k: v for k, v in {**data_hparams, **(override or {})}.items() if not k.startswith("_")}
+    if override and "data_dir" in override:
+        args["synthetic"] = None
+    try:
+        dm = GenLIPDataModule(**args)
+    except TypeError as err:
+        raise GenLIPUserError(f"data: {err}") from None
+    dm.connect(**module.data_settings())
+    dm.prepare_data()
+    dm.setup("validate")
+    return dm
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(build_parser(), argv)
+    evaluations = build_evaluations(args.evaluations or [])
+    if not evaluations:
+        raise GenLIPUserError("no evaluations: list them under `evaluations:` in --config (see experiments/eval.yaml)")
+    from genlip_lit.commands.common import beside_checkpoint, load_module, resolve_ckpt, torch_threads
+    from genlip_lit.eval.data import DataModuleView
+    from genlip_lit.eval.report import run_evaluations
+
+    ckpt = resolve_ckpt(args.ckpt)
+    with torch_threads(args.threads):
+        module, _, data_hparams = load_module(ckpt, args.device)
+        datamodule = build_datamodule(module, data_hparams, args.data)
+        output = args.output or beside_checkpoint(ckpt, "eval")
+        report = run_evaluations(module, evaluations, DataModuleView(datamodule, module.device), output)
+    for name, entry in report["evaluations"].items():
+        shown = {k: v for k, v in entry["scalars"].items() if "/layer" not in k}
+        print(f"{name}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
+        if "skipped" in entry["details"]:
+            print(f"{name}: skipped ({entry['details']['skipped']})")
+    print(f"wrote {os.path.join(output, 'report.json')} and report.md")
+    return 0

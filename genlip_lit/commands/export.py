@@ -1,0 +1,30 @@
+"""`genlip export`: the vision encoder of a checkpoint as model.safetensors + config.json (`genlip_lit/export.py`).
+
+    genlip export --ckpt runs/quickstart/version_0/checkpoints/last.ckpt --output encoders/quickstart
+    genlip export --ckpt runs/quickstart --output encoders/quickstart     # a run dir: its newest last.ckpt
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from genlip_lit.commands.common import add_ckpt, add_output, command_parser, parse
+
+
+def build_parser() -> Any:
+    p = command_parser("export", "Export the vision encoder of a checkpoint (image tower only).")
+    add_ckpt(p)
+    add_output(p, help="directory for model.safetensors and config.json")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(build_parser(), argv)
+    from genlip_lit.commands.common import resolve_ckpt
+    from genlip_lit.export import export_vision_encoder, load_vision_encoder
+
+    out = export_vision_encoder(resolve_ckpt(args.ckpt), args.output)
+    encoder = load_vision_encoder(out)
+    n = sum(t.numel() for t in encoder.parameters())
+    print(f"wrote {out}/model.safetensors ({n / 1e6:.2f}M parameters) and {out}/config.json")
+    return 0

@@ -1,0 +1,205 @@
+"""The five evaluations that run during training (callbacks) and after it (`genlip eval`, `genlip probe`).
+
+    result = probe_evaluation(module, view, budget=2000, test_budget=500)
+    print(result.scalars["probe/linear_top1"], result.scalars["probe/pixels_linear_top1"])
+
+Each takes an encoder (the contract of `modules/base.py`) and a data view (`eval/data.py`), runs under
+`torch.no_grad()`, and returns an `EvalResult` (scalars, images, tables, text). What the data means (class
+names, candidate words, prompt templates, patch label maps) comes from the view's vocabulary, never from a
+particular dataset; an evaluation that does not apply (no labels, no captions, a non-generative model) says so in
+`details["skipped"]` instead of failing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from genlip_lit.eval.data import EvalBatch, EvalView
+from genlip_lit.eval.result import EvalResult, skipped
+
+
+@torch.no_grad()
+def probe_evaluation(
+    module: Any,
+    view: EvalView,
+    *,
+    budget: int = 2000,
+    test_budget: int = 500,
+    batch_size: int = 64,
+    attentive_epochs: int | None = None,
+    baselines: bool = True,
+    cached_baselines: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> EvalResult:
+    """Linear and attentive probes of the view's labels (its train split to fit, val to test), with two baseline
+    rows on the same images: raw pixels at the encoder's patch grid and the same architecture at random init.
+
+    `cached_baselines` (the `details["baselines"]` of an earlier result on the same view) are reused instead of
+    recomputed: they do not change while the encoder trains. `seed`: the random-init weights.
+    """
+    from genlip_lit.eval.probes import ProbeResult, probe_table, run_probes
+
+    names = view.class_names
+    attentive = {"epochs": attentive_epochs} if attentive_epochs else None
+    recompute = baselines and not cached_baselines
+    results = run_probes(module, view.labelled("train", budget, batch_size), view.labelled("val", test_budget, batch_size),
+                         len(names) if names else None, device=view.device, attentive_kwargs=attentive,
+                         baselines=recompute, random_init_seed=seed)
+    own = {k: r for k, r in results.items() if k in ("linear", "attentive")}
+    rows = {k: r for k, r in results.items() if k not in own}
+    if baselines and cached_baselines:
+        rows = {k: ProbeResult(**d) for k, d in cached_baselines.items()}
+    everything = {**own, **rows}
+    scalars = {f"probe/{name}_top1": r.top1 for name, r in everything.items()}
+    scalars["probe/chance"] = results["linear"].chance
+    header, shown, raw = probe_table(everything)
+    num_classes = results["linear"].num_classes
+    details = {"source": view.source, "num_classes": num_classes, "class_names": names,
+               **{k: r.to_dict() for k, r in everything.items()}, "baselines": {k: r.to_dict() for k, r in rows.items()}}
+    text = "\n".join([_markdown(header, shown), "", f"{results['linear'].num_train} train / "
+                      f"{results['linear'].num_test} test images, {num_classes} classes, chance "
+                      f"{100 * results['linear'].chance:.1f}%"])
+    return EvalResult(scalars, texts={"probe/table": text}, tables={"probe/table": (header, raw)}, details=details)
+
+
+def _markdown(header: list[str], rows: list[list[Any]]) -> str:
+    from genlip_lit.eval.tables import markdown_table
+
+    return markdown_table(header, rows)
+
+
+@torch.no_grad()
+def readout_evaluation(
+    module: Any, view: EvalView, *, budget: int = 256, batch_size: int = 64, k: int = 5,
+    words: list[str] | None = None, grid_images: int = 8,
+) -> EvalResult:
+    """Top-k words per patch through the LM head (or text embeddings); accuracy where the view has label maps."""
+    from genlip_lit.eval.plots import image_grid, label_patches
+    from genlip_lit.eval.readout import readout, top_words
+
+    words = words or view.vocabulary.words or view.class_names
+    if not words:
+        return skipped(f"{view}: no candidate words (set the readout's words)")
+    scores, maps, pictures = [], {}, []
+    for batch in view.batches("val", budget, batch_size):
+        try:
+            scores.append(module.patch_word_scores(batch.pixel_values, words).float().cpu())
+        except NotImplementedError as err:
+            return skipped(f"{type(module).__name__}: {err}")
+        for name, lab in batch.patch_labels.items():
+            maps.setdefault(name, []).append(lab.cpu())
+        if len(pictures) < grid_images:
+            pictures.extend(_to_uint8_images(batch)[: grid_images - len(pictures)])
+    if not scores:
+        return skipped(f"{view}: no held-out images")
+    all_scores = torch.cat(scores)
+    side = int(np.sqrt(all_scores.shape[1]))
+    result = EvalResult()
+    label_words = view.vocabulary.patch_label_words
+    full = {name: torch.cat(parts) for name, parts in maps.items()
+            if name in label_words and sum(len(p) for p in parts) == len(all_scores)}
+    if full:
+        r = readout(all_scores, words, full, {n: label_words[n] for n in full}, k=k)
+        result.scalars.update({"readout/accuracy": r.accuracy, "readout/chance_uniform": r.chance_uniform,
+                               "readout/chance_permuted": r.chance_permuted})
+        grid_words = r.top_words
+        result.details = {"num_patches": r.num_patches, "k": r.k}
+    else:  # no label maps: still show what each patch says
+        grid_words = top_words(all_scores, words, (side, side))
+    patch = pictures[0].shape[0] // side if pictures else 1
+    tiles = [label_patches(p, grid_words[i], patch) for i, p in enumerate(pictures)]
+    result.images["readout/top_word_per_patch"] = image_grid(tiles, columns=4)
+    return result
+
+
+def _to_uint8_images(batch: EvalBatch) -> list[np.ndarray]:
+    """Normalized pixels back to displayable HWC uint8 (undoing mean/std 0.5 is close enough for a picture)."""
+    x = batch.pixel_values.detach().float().cpu()
+    lo, hi = x.amin(dim=(1, 2, 3), keepdim=True), x.amax(dim=(1, 2, 3), keepdim=True)
+    x = (x - lo) / (hi - lo).clamp(min=1e-6)
+    return [(img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for img in x]
+
+
+@torch.no_grad()
+def zero_shot_evaluation(
+    module: Any, view: EvalView, *, budget: int = 128, batch_size: int = 64,
+    class_names: list[str] | None = None, templates: list[str] | None = None,
+) -> EvalResult:
+    """Image classification from class names: caption likelihood (GenLIP) or text similarity (contrastive)."""
+    from genlip_lit.eval.zero_shot import zero_shot_accuracy
+
+    names = class_names or view.class_names
+    if not names:
+        return skipped(f"{view}: no class names (set the zero-shot's class_names)")
+    templates = templates or view.vocabulary.templates
+    pairs = ((p, y) for p, y in view.labelled("val", budget, batch_size))
+    try:
+        acc, n = zero_shot_accuracy(module, pairs, names, templates)
+    except NotImplementedError as err:
+        return skipped(f"{type(module).__name__}: {err}")
+    return EvalResult({"zero_shot/top1": acc, "zero_shot/chance": 1.0 / len(names)},
+                      details={"num_images": n, "templates": len(templates)})
+
+
+@torch.no_grad()
+def caption_evaluation(
+    module: Any, view: EvalView, *, budget: int = 64, batch_size: int = 64,
+    max_new_tokens: int | None = None, show: int = 8,
+) -> EvalResult:
+    """Greedy captions for a fixed held-out set (the first `budget` val samples), with CIDEr-D and BLEU-4."""
+    from genlip_lit.eval.caption_metrics import caption_scores
+
+    if not module.is_generative:
+        return skipped(f"{type(module).__name__} does not generate captions")
+    generated, references = [], []
+    for batch in view.batches("val", budget, batch_size):
+        if not batch.captions:
+            return skipped(f"{view}: no reference captions")
+        generated += module.generate_captions(batch.pixel_values, max_new_tokens)
+        references += [[c] for c in batch.captions]
+    if not generated:
+        return skipped(f"{view}: no held-out images")
+    scores = caption_scores(generated, references)
+    header = ["generated", "reference"]
+    rows = [[g, r[0]] for g, r in zip(generated[:show], references[:show])]
+    return EvalResult(
+        {"captions/cider": scores["cider"], "captions/bleu4": scores["bleu4"]},
+        texts={"captions/samples": _markdown(header, rows)},
+        tables={"captions/samples": (header, rows)},
+        details={"num_images": len(generated), "samples": [
+            {"generated": g, "reference": r[0]} for g, r in zip(generated[:show], references)]},
+    )
+
+
+@torch.no_grad()
+def sink_evaluation(module: Any, view: EvalView, *, budget: int = 32, batch_size: int = 32) -> EvalResult:
+    """Per-layer attention mass on the first token (from image and from text queries) and from text to image."""
+    from genlip_lit.eval.sink import SinkMasses, sink_masses, sink_plot
+
+    per_batch: list[tuple[int, SinkMasses]] = []
+    for batch in view.batches("val", budget, batch_size):
+        ids = batch.input_ids if module.is_generative else None
+        try:
+            maps, num_prefix = module.attention_maps(batch.pixel_values, ids)
+        except NotImplementedError as err:
+            return skipped(f"{type(module).__name__}: {err}")
+        # text rows only where the maps include the text (a separate decoder's do not)
+        mask = batch.text_mask if ids is not None and maps and maps[0].shape[-1] > num_prefix else None
+        per_batch.append((len(batch), sink_masses(maps, num_prefix, mask)))
+    if not per_batch:
+        return skipped(f"{view}: no held-out images")
+    total = sum(n for n, _ in per_batch)
+    keys = ("vision_to_first", "text_to_first", "text_to_vision", "text_to_text")
+    merged = {k: [sum(n * getattr(m, k)[i] for n, m in per_batch) / total
+                  for i in range(len(getattr(per_batch[0][1], k)))] for k in keys}
+    masses = SinkMasses(**merged)
+    scalars: dict[str, float] = {}
+    for k, values in masses.as_dict().items():
+        finite = [v for v in values if v == v]  # NaN: no text rows (contrastive towers, separate decoders)
+        scalars[f"sink/{k}_mean"] = float(np.mean(finite)) if finite else float("nan")
+        for i, v in enumerate(values):
+            scalars[f"sink/{k}/layer{i:02d}"] = v
+    return EvalResult(scalars, {"sink/per_layer": sink_plot(masses)}, details={"masses": masses.as_dict()})

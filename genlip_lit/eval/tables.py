@@ -1,0 +1,78 @@
+"""The one table writer: markdown for reading, CSV for spreadsheets, JSON (NaN as null) for programs.
+
+    md = write_table(out_dir, ["run", "top-1"], [["a", "41.0%"]], raw=[["a", 0.41]])   # table.md + table.csv
+
+Used by `genlip eval`, `probe`, `eval-res`, `compare` and `llm-probe` and by the probe reports of the callbacks.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+FORMATS = {"pct": lambda v: f"{100 * v:.1f}%", "num2": lambda v: f"{v:.2f}", "num3": lambda v: f"{v:.3f}",
+           "num4": lambda v: f"{v:.4f}"}
+
+
+def fmt(value: Any, kind: str = "num4", missing: str = "n/a") -> str:
+    """A cell: `kind` pct (41.0%), num2, num3 or num4; None and NaN show as `missing`."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return missing
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return FORMATS[kind](value)
+    return str(value)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
+
+
+def csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_table(
+    output: str | Path,
+    header: Sequence[str],
+    shown: Sequence[Sequence[Any]],
+    raw: Sequence[Sequence[Any]] | None = None,
+    *,
+    name: str = "table",
+    footer: Sequence[str] = (),
+    csv_header: Sequence[str] | None = None,
+) -> str:
+    """OUTPUT/NAME.md (the markdown table, then `footer` lines) and OUTPUT/NAME.csv (`raw` rows, unformatted
+    numbers; default the shown ones); returns the markdown table."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(header, shown)
+    (output / f"{name}.md").write_text("\n".join([table, *footer]) + "\n", encoding="utf-8")
+    (output / f"{name}.csv").write_text(csv_text(csv_header or header, raw if raw is not None else shown),
+                                        encoding="utf-8")
+    return table
+
+
+def clean(value: Any) -> Any:
+    """NaN -> None (JSON null), recursively through dicts, lists and tuples."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    return value
+
+
+def write_json(path: str | Path, payload: Any, indent: int = 2) -> None:
+    """`payload` as JSON with NaN written as null (strict JSON readers refuse NaN)."""
+    Path(path).write_text(json.dumps(clean(payload), indent=indent), encoding="utf-8")
