@@ -179,12 +179,12 @@ def check_attention(sh: Shapes, report: Report) -> None:
     for name, out, grads in (("flex packed", flex, flex_grads), ("flex zero-padded to 128", padded, padded_grads)):
         err, base = (out - ref).abs().max().item(), (sdpa - ref).abs().max().item()
         ok = err <= max(2 * base, 2e-2)
-        result = f"max |out - fp32| {err:.2e} (SDPA bf16: {base:.2e})"
+        result = f"max abs diff to fp32 {err:.2e} (SDPA bf16: {base:.2e})"
         for g_out, g_sdpa, g_ref in zip(grads, sdpa_grads, ref_grads):
             g_err, g_base = (g_out - g_ref).abs().max().item(), (g_sdpa - g_ref).abs().max().item()
             ok = ok and g_err <= max(2 * g_base, 2e-2)
         if grads:
-            result += f"; grads max |d - fp32| {max((a - b).abs().max().item() for a, b in zip(grads, ref_grads)):.2e}"
+            result += f"; grads: {max((a - b).abs().max().item() for a, b in zip(grads, ref_grads)):.2e}"
         report.add(f"{name} vs SDPA (dense mask)", setting, result, ok)
 
 
@@ -288,9 +288,9 @@ def check_stage1(sh: Shapes, report: Report, compiled: bool) -> None:
     if rate and peak_tflops:
         result += f", MFU {flops * rate / (peak_tflops * 1e12):.1%} of {peak_tflops:g} TFLOP/s"
     counted = counter.flops_per_sample
-    result += f"; {flops / 1e9:,.1f} GFLOP/sample planned"
+    result += f"; {flops / 1e9:,.4g} GFLOP/sample planned"
     if not compiled:
-        result += f", Throughput counted {'nothing' if not counted else f'{counted / 1e9:,.1f}'}"
+        result += f", Throughput counted {'nothing' if not counted else f'{counted / 1e9:,.4g}'}"
     if peak is not None:
         result += f"; peak {peak / 2**30:.2f} GiB, planned {planned / 2**30:.2f} GiB"
     same_count = compiled or (counted is not None and abs(counted - flops) <= 0.01 * flops)

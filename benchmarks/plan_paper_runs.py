@@ -1,6 +1,6 @@
 """The README's table of the paper's runs, planned on paper (no GPU): `genlip plan` for L/16, So/16 and g/16.
 
-    python benchmarks/plan_paper_runs.py                    # stage 1, 64 and 256 H100s, 40% MFU (~5 min on 2 cores)
+    python benchmarks/plan_paper_runs.py                    # stage 1, 64 and 256 H100s, 40% MFU (~3 min of CPU)
     python benchmarks/plan_paper_runs.py --gpus 64 --archs so16 --gpu h200
 
 Stage 1 as in the paper: 224 px, 8B samples, global batch 32,768 (49,152 for g/16), Qwen3's vocabulary

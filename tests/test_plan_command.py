@@ -120,3 +120,20 @@ def test_impossible_plans_are_refused_in_one_line(capsys, tmp_path) -> None:
         capsys, ["--config", "experiments/quickstart.yaml", "--config", "experiments/compare/clip.yaml"])
     assert "does not exist" in refusal(capsys, ["--config", os.path.join(tmp_path, "missing.yaml")])
     assert "no perf/mfu or perf/samples_per_s" in refusal(capsys, [*base, *CUSTOM, "--throughput-log", str(tmp_path)])
+
+
+def test_prompt_length_without_the_configured_tokenizer(monkeypatch) -> None:
+    from genlip_lit.data import tokenizer as tokenizers
+    from genlip_lit.plan.run_config import RunConfig, tokenizer_facts
+
+    run_config = RunConfig(prompt="Describe the image in detail.", max_text_len=32,
+                           tokenizer={"class_path": "genlip_lit.data.tokenizer.HFTokenizer",
+                                      "init_args": {"path": "/nowhere/tokenizer.json"}})
+    vocab, head, how = tokenizer_facts(run_config)
+    assert (vocab, head) == (None, 7) and "open_clip" in how  # BOS + 6 BPE pieces; --vocab-size must say the rest
+
+    def missing(*args, **kwargs):
+        raise ImportError("no open_clip")
+
+    monkeypatch.setattr(tokenizers, "OpenCLIPTokenizer", missing)
+    assert tokenizer_facts(run_config) == (None, 7, "a word count of the prompt")

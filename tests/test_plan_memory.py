@@ -23,6 +23,8 @@ from genlip_lit.data.batch import Batch
 from genlip_lit.data.tokenizer import OpenCLIPTokenizer
 from genlip_lit.modules import GenLIPModule
 from genlip_lit.plan import GPUSpec, PlanRequest, RunConfig, make_plan
+from genlip_lit.plan.memory import NetworkSizes, Strategy, estimate_memory
+from genlip_lit.plan.trace import StepTrace
 
 COMPACT = {"class_path": "genlip_lit.data.tokenizer.OpenCLIPTokenizer", "init_args": {"compact_corpus": "synthetic"}}
 
@@ -84,3 +86,29 @@ def test_plan_matches_a_real_cpu_step(arch, image_size, batches, one_torch_threa
         peaks.append((plan.at_config.peak, measured))
     # and the model follows the batch: the activation slope is there in both
     assert peaks[1][1] > peaks[0][1] and peaks[1][0] > peaks[0][0]
+
+
+def toy_trace() -> StepTrace:
+    """Forward saves 100 B of activations (+ 30 B of weight copies), backward frees them and makes 40 B of grads."""
+    events = [(0, 30), (1, 60), (2, 40), (3, 10), (3, -10), (1, -60), (4, 40), (2, -40), (0, -30)]
+    return StepTrace(2, 1000, events, {0: "weight_copy", 4: "grad"}, {"trunk_end": 3, "forward_end": 5})
+
+
+def test_strategies_divide_and_add_what_they_must() -> None:
+    trace, sizes = toy_trace(), NetworkSizes(params=10, largest=4, largest_unit=3, root=4)
+    assert trace.peak() == 140 and trace.peak(exclude=("grad",)) == 140 and trace.alive_at("trunk_end") == 130
+    single = estimate_memory(trace, sizes, Strategy("single"), "32-true")
+    assert (single.params, single.grads, single.optimizer, single.weight_copies) == (40, 40, 80, 30)
+    assert single.activations == 100 and single.head_buffer == 10 and single.peak == 40 + 80 + 140
+    buckets = estimate_memory(trace, sizes, Strategy("ddp"), "32-true")
+    assert buckets.peak == single.peak + 40  # gradient-sized buckets without gradient_as_bucket_view
+    assert estimate_memory(trace, sizes, Strategy("ddp", bucket_view=True), "32-true").peak == single.peak
+    # accumulation holds all gradients through every micro-batch
+    assert estimate_memory(trace, sizes, Strategy("single"), "32-true", accumulate=4).peak == 40 + 80 + 40 + 140
+    # the unfused CPU AdamW adds two temporaries of the largest parameter at its step
+    assert estimate_memory(trace, sizes, Strategy("single"), "32-true", fused_optimizer=False).buffers == 32
+    fsdp = estimate_memory(trace, sizes, Strategy("fsdp", shard=4), "bf16-mixed")
+    assert (fsdp.params, fsdp.grads, fsdp.optimizer) == (10, 10, 20)
+    assert fsdp.weight_copies == (4 + 2 * 3) * 2  # root + two blocks gathered in bf16, not autocast's copies
+    assert fsdp.buffers == 4 * (2 + 4)  # the root's unsharded bf16 gradients and their fp32 reduce copy
+    assert fsdp.peak == 10 + 20 + 10 + 20 + (140 - 30) + 24

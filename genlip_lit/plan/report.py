@@ -71,7 +71,8 @@ def format_plan(plan: Plan) -> str:
                  f"on the meta device); {counted[True] / 1e9:,.1f} with activation checkpointing (a recomputed forward)")
     if plan.packing_efficiency is not None:
         lines.append(f"packing   {plan.packing_efficiency:.1%} of the slots hold tokens at micro-batch "
-                     f"{plan.best.micro_batch} (rows of {run.max_tokens:,}): time counts the padding")
+                     f"{plan.best.micro_batch} (rows of {run.max_tokens:,}; mean-size samples, real ones pack a little "
+                     "worse): time counts the padding")
     lines.append(f"GPUs      {req.gpus} x {gpu.name}: {peak:,.1f} TFLOP/s peak, {gpu.memory_gib} GiB, "
                  f"{_gib(plan.usable)} usable (CUDA context and allocator headroom taken off)")
     lines.append(f"batch     global {plan.global_batch:,} = {req.gpus} GPUs x {plan.per_gpu_batch}; the config's "

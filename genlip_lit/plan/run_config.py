@@ -12,6 +12,7 @@ Defaults are those of GenLIPModule, GenLIPDataModule and Lightning's Trainer.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,10 +164,14 @@ def tokenizer_facts(run: RunConfig) -> tuple[int | None, int, str]:
         try:
             tok = getattr(tokenizers, name)(**_init_args(spec))
             vocab = tok.vocab_size
-        except GenLIPUserError:
+        except (GenLIPUserError, ImportError):
             tok = None
     if tok is None:
-        tok, vocab, how = tokenizers.OpenCLIPTokenizer(), None, "open_clip's BPE (the configured one is not here)"
+        vocab, how = None, "open_clip's BPE (the configured tokenizer cannot be built here)"
+        try:
+            tok = tokenizers.OpenCLIPTokenizer()
+        except ImportError:  # no open_clip either: BOS + one token per word or punctuation mark
+            return None, 1 + len(re.findall(r"\w+|[^\w\s]", run.prompt or "")), "a word count of the prompt"
     ids, mask = tokenizers.CaptionEncoder(tok, run.prompt, run.max_text_len).encode("a")
     head = mask.index(True) if True in mask else len(ids)
     return vocab, head, how
