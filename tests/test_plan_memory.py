@@ -82,7 +82,8 @@ def test_plan_matches_a_real_cpu_step(arch, image_size, batches, one_torch_threa
         flops, measured = measured_step(arch, image_size, batch, shape.text_tokens, shape.head_tokens)
         # the same counter over the same kernels: equal up to float rounding of the per-sample division
         assert plan.model_flops == pytest.approx(flops, rel=1e-2)
-        assert plan.at_config.peak == pytest.approx(measured, rel=0.25), (arch, batch, plan.at_config, measured)
+        # the issue asks for 25%; the model is within 1% here, so 10% catches a regression
+        assert plan.at_config.peak == pytest.approx(measured, rel=0.1), (arch, batch, plan.at_config, measured)
         peaks.append((plan.at_config.peak, measured))
     # and the model follows the batch: the activation slope is there in both
     assert peaks[1][1] > peaks[0][1] and peaks[1][0] > peaks[0][0]
@@ -91,7 +92,7 @@ def test_plan_matches_a_real_cpu_step(arch, image_size, batches, one_torch_threa
 def toy_trace() -> StepTrace:
     """Forward saves 100 B of activations (+ 30 B of weight copies), backward frees them and makes 40 B of grads."""
     events = [(0, 30), (1, 60), (2, 40), (3, 10), (3, -10), (1, -60), (4, 40), (2, -40), (0, -30)]
-    return StepTrace(2, 1000, events, {0: "weight_copy", 4: "grad"}, {"trunk_end": 3, "forward_end": 5})
+    return StepTrace(2, 1000, events, {0: "weight_copy", 4: "grad"}, {"start": 0, "trunk_end": 3, "forward_end": 5})
 
 
 def test_strategies_divide_and_add_what_they_must() -> None:
@@ -99,7 +100,8 @@ def test_strategies_divide_and_add_what_they_must() -> None:
     assert trace.peak() == 140 and trace.peak(exclude=("grad",)) == 140 and trace.alive_at("trunk_end") == 130
     single = estimate_memory(trace, sizes, Strategy("single"), "32-true")
     assert (single.params, single.grads, single.optimizer, single.weight_copies) == (40, 40, 80, 30)
-    assert single.activations == 100 and single.head_buffer == 10 and single.peak == 40 + 80 + 140
+    # the last step's gradients (40) are still there during the forward pass (Lightning zeroes them after it)
+    assert single.activations == 100 and single.head_buffer == 10 and single.peak == 40 + 80 + 40 + 140
     buckets = estimate_memory(trace, sizes, Strategy("ddp"), "32-true")
     assert buckets.peak == single.peak + 40  # gradient-sized buckets without gradient_as_bucket_view
     assert estimate_memory(trace, sizes, Strategy("ddp", bucket_view=True), "32-true").peak == single.peak

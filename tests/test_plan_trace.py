@@ -24,6 +24,7 @@ def real_step(config: GenLIPConfig, shape: SampleShape, batch: int, impl: str) -
     mask = torch.ones(batch, shape.text_tokens, dtype=torch.bool)
     mask[:, : shape.head_tokens] = False
     live = _LiveBytes({})
+    live.ignore([*model.parameters(), *model.buffers(), pixels, ids, mask])
     with flop_counter() as counter, live:
         model.loss(pixels, ids, mask).loss.backward()
     return counter.get_total_flops(), live

@@ -7,9 +7,11 @@ copies) comes from a meta-device trace of the step (plan/trace.py); what lives o
 here per strategy:
 
 - single device / DDP: fp32 parameters, gradients and AdamW's two states per parameter (bf16 for "*-true" half
-  precision); DDP adds a gradient-sized bucket copy unless `gradient_as_bucket_view`; with gradient
-  accumulation the gradients are held through every micro-batch. The optimizer step peaks at parameters +
-  gradients + states (+ two temporaries of the largest parameter for the unfused CPU AdamW).
+  precision); DDP adds a gradient-sized bucket copy unless `gradient_as_bucket_view`. Lightning's training
+  closure zeroes gradients (set to None) after the forward pass, before backward, so the previous step's
+  gradients are alive through every forward pass; with gradient accumulation they are held throughout. The
+  optimizer step peaks at parameters + gradients + states (+ two temporaries of the largest parameter for the
+  unfused CPU AdamW).
 - FSDP2 over N GPUs: parameters, gradients and states divided by N; autocast's weight copies are replaced by
   the gathered units: the root (embeddings, LM head, norms) stays gathered through forward and backward, two
   transformer blocks are gathered at a time (the one computing, the one prefetched), and one unit's gradients
@@ -110,8 +112,10 @@ def estimate_memory(trace: StepTrace, sizes: NetworkSizes, strategy: Strategy, p
         return MemoryEstimate(trace.micro_batch, checkpointing, params, grads, optimizer, gathered, activations,
                               head, buffers, peak)
     buckets = grads_all if strategy.kind == "ddp" and not strategy.bucket_view else 0.0
-    # gradients appear during backward (in the trace); accumulated ones are there from the second micro-batch
-    dynamic = grads_all + trace.peak(exclude=("grad",)) if accumulate > 1 else trace.peak()
+    if accumulate > 1:  # gradients are held through every micro-batch
+        dynamic = grads_all + trace.peak(exclude=("grad",))
+    else:  # the last step's gradients live through the forward pass; backward makes new ones (in the trace)
+        dynamic = max(grads_all + trace.peak_between("start", "forward_end"), trace.peak())
     step = params + optimizer + dynamic + buckets
     optimizer_step = params + optimizer + grads_all + buckets + optimizer_temps
     return MemoryEstimate(trace.micro_batch, checkpointing, params, grads_all, optimizer,

@@ -111,6 +111,12 @@ class _LiveBytes(TorchDispatchMode):
     def mark(self, name: str) -> None:
         self.marks[name] = len(self.events)
 
+    def ignore(self, tensors: Iterable[Tensor]) -> None:
+        """Storages that exist before the step (parameters, buffers, inputs): a view of one (a weight's `.t()`)
+        must not count it as new memory."""
+        for tensor in tensors:
+            self.numbers.setdefault(tensor.untyped_storage(), -1)
+
     def number_of(self, tensor: Tensor) -> int | None:
         return self.numbers.get(tensor.untyped_storage())
 
@@ -263,6 +269,7 @@ def trace_step(model: nn.Module, shape: SampleShape, micro_batch: int, half: tor
     loss_mask = torch.empty(b, shape.text_tokens, dtype=torch.bool, device="meta")
     # next_token_loss indexes with loss_mask[:, 1:]
     live = _LiveBytes({(b, shape.text_tokens - 1): b * shape.targets})
+    live.ignore([*model.parameters(), *model.buffers(), pixels, input_ids, loss_mask])
     kernels = _MetaKernels(half)
     hooks = _recompute_hooks(model, kernels)
     if isinstance(getattr(model, "norm", None), nn.Module):  # the blocks end at the final norm
@@ -271,6 +278,7 @@ def trace_step(model: nn.Module, shape: SampleShape, micro_batch: int, half: tor
     cfg.grad_checkpointing = checkpointing
     try:
         with flop_counter() as counter, live:
+            live.mark("start")
             with kernels:
                 out = model.loss(pixels, input_ids, loss_mask)
             live.mark("forward_end")
