@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import lightning as L
 import pytest
 import torch
@@ -95,3 +97,43 @@ def test_every_attention_kernel_runs_under_the_counter_unchanged(impl) -> None:
         counted = model.loss(x, ids, mask).loss
     torch.testing.assert_close(counted, plain)
     assert counter.get_total_flops() > 0
+
+
+@pytest.mark.parametrize(("device_name", "precision", "expected"), [
+    ("NVIDIA H100 80GB HBM3", "bf16-mixed", 989.4),
+    ("NVIDIA H200", "bf16-mixed", 989.4),  # Lightning's table: not found under this name, and 2,000 (sparse)
+    ("NVIDIA A100-SXM4-80GB", "bf16-mixed", 312.0),
+    ("NVIDIA A100-SXM4-40GB", "32-true", 19.5),
+    ("NVIDIA L4", "bf16-mixed", 121.0),  # not ours: Lightning's table answers
+    ("Some Future GPU", "bf16-mixed", None),
+])
+def test_auto_peak_reads_the_device_name(monkeypatch, device_name, precision, expected) -> None:
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: device_name)
+    callback = Throughput(peak_tflops="auto")
+    trainer = type("T", (), {"precision": precision})()
+    module = type("M", (), {"device": torch.device("cuda", 0)})()
+    with pytest.warns(UserWarning) if expected is None else contextlib.nullcontext():
+        callback.on_fit_start(trainer, module)
+    assert callback.peak_tflops == (pytest.approx(expected) if expected else None)
+
+
+def test_auto_peak_on_cpu_logs_no_mfu() -> None:
+    callback = Throughput(peak_tflops="auto")
+    with pytest.warns(UserWarning, match="no peak TFLOP/s known"):
+        callback.on_fit_start(type("T", (), {"precision": "32-true"})(), type("M", (), {"device": torch.device("cpu")})())
+    assert callback.peak_tflops is None
+    with pytest.raises(ValueError, match="'auto' or null"):
+        Throughput(peak_tflops="fast")
+
+
+def test_cuda_steps_are_timed_after_a_synchronize(monkeypatch) -> None:
+    order: list[str] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: order.append("sync"))
+    clock = iter(range(100))
+    monkeypatch.setattr("genlip_lit.callbacks.throughput.time.perf_counter", lambda: order.append("clock") or next(clock))
+    callback = Throughput(measure_flops=False, window=1)
+    module = type("M", (), {"device": torch.device("cuda", 0), "config": None})()
+    trainer = type("T", (), {"loggers": [], "global_step": 0, "world_size": 1})()
+    for step in range(2):
+        callback.on_train_batch_end(trainer, module, None, Items([1, 2]), step)
+    assert order == ["sync", "clock", "sync", "clock"]

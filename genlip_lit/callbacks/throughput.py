@@ -3,44 +3,31 @@
     trainer:
       callbacks:
         - class_path: genlip_lit.callbacks.Throughput
-          init_args: {peak_tflops: null}     # e.g. 989 for an H100 SXM in dense bf16; null = no MFU
+          init_args: {peak_tflops: auto}     # the device's dense peak (H100 / H200 989, A100 312); a number; or null
 
 FLOPs are counted, not modelled: one training step (forward, backward, whatever the module's loss does) runs
-under torch's `FlopCounterMode`, which counts the matrix products and attention kernels actually executed
-(a masked attention counts its full score matrix). The same count then serves GenLIP and every baseline, so
-"train FLOPs per sample" in a comparison table means the same thing for all of them. The counted step is left
-out of the timing (the counter slows it down).
+under torch's `FlopCounterMode` (plan/counting.py, the counter `genlip plan` uses on the meta device), which
+counts the matrix products and attention kernels actually executed (a masked attention counts its full score
+matrix; with activation checkpointing the recomputed forward counts too). The same count then serves GenLIP and
+every baseline, so "train FLOPs per sample" in a comparison table means the same thing for all of them. The
+counted step is left out of the timing (the counter slows it down). On CUDA the clock is read after
+`torch.cuda.synchronize()`, so a step's time is its kernels' time, not the time to queue them.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode
 
+from genlip_lit.plan.counting import flop_counter
+from genlip_lit.plan.devices import device_peak_tflops
 
-def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-def _cpu_sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
-                             **kwargs) -> int:
-    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
-
-
-def flop_counter() -> FlopCounterMode:
-    """torch's FlopCounterMode, also counting the CPU fused-attention kernels it does not know (torch 2.14
-    counts the CUDA flash / efficient / cuDNN kernels but not `_scaled_dot_product_flash_attention_for_cpu`)."""
-    aten = torch.ops.aten
-    mapping = {}
-    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
-        mapping[aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_sdpa_flops
-    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
-        mapping[aten._scaled_dot_product_flash_attention_for_cpu_backward] = _cpu_sdpa_backward_flops
-    return FlopCounterMode(display=False, custom_mapping=mapping)
+__all__ = ["Throughput", "flop_counter", "tokens_in"]
 
 
 class Throughput(L.Callback):
@@ -48,18 +35,22 @@ class Throughput(L.Callback):
 
     Args:
         peak_tflops: the device's peak dense TFLOP/s for the training precision; MFU = achieved / (peak x
-            devices). None: MFU is not logged.
+            devices). "auto": looked up from the CUDA device's name at the start of fit (plan/devices.py:
+            H100 / H200 989, A100 312 in bf16, else Lightning's table; none on CPU). None: MFU is not logged.
         measure_flops: count FLOPs on training step `measure_at_step` (default the first).
         window: steps averaged in each logged rate (wall clock between step ends: data loading included).
     """
 
-    def __init__(self, peak_tflops: float | None = None, measure_flops: bool = True, measure_at_step: int = 0,
-                 window: int = 20) -> None:
-        if peak_tflops is not None and peak_tflops <= 0:
+    def __init__(self, peak_tflops: float | str | None = None, measure_flops: bool = True,
+                 measure_at_step: int = 0, window: int = 20) -> None:
+        if isinstance(peak_tflops, str) and peak_tflops != "auto":
+            raise ValueError(f"Throughput: peak_tflops must be a number, 'auto' or null, got {peak_tflops!r}")
+        if not isinstance(peak_tflops, str) and peak_tflops is not None and peak_tflops <= 0:
             raise ValueError(f"Throughput: peak_tflops must be positive, got {peak_tflops}")
         if window < 1:
             raise ValueError(f"Throughput: window must be >= 1, got {window}")
-        self.peak_tflops = peak_tflops
+        self.auto_peak = peak_tflops == "auto"
+        self.peak_tflops = None if self.auto_peak else peak_tflops
         self.measure_flops = measure_flops
         self.measure_at_step = measure_at_step
         self.window = window
@@ -70,6 +61,13 @@ class Throughput(L.Callback):
         self._times: list[float] = []
         self._samples: list[int] = []
         self._tokens: list[int] = []
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if self.auto_peak:
+            self.peak_tflops = device_peak_tflops(pl_module.device, str(trainer.precision))
+            if self.peak_tflops is None:
+                warnings.warn(f"Throughput: no peak TFLOP/s known for {pl_module.device}; perf/mfu is not logged "
+                              "(give peak_tflops as a number)", stacklevel=2)
 
     # -- FLOP counting over exactly one optimizer step ---------------------------------------------------
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
@@ -102,6 +100,8 @@ class Throughput(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
         if self._counter is not None:  # the step produced no optimizer step (e.g. an empty batch): keep counting
             return
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)  # the step's kernels are queued, not done, when this runs
         now = time.perf_counter()
         if self._last_end is not None and len(batch):
             self._times.append(now - self._last_end)

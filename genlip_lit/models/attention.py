@@ -121,7 +121,9 @@ def flex_attend(q: Tensor, k: Tensor, v: Tensor, layout: PackedLayout) -> Tensor
         # default dynamic-shape handling: packed rows change length from step to step, so after the first
         # recompile the kernel is generated for symbolic lengths instead of once per length
         _compiled_flex = torch.compile(flex_attention)
-    return _compiled_flex(q, k, v, block_mask=layout.block_mask())
+    from genlip_lit.models.flex_pad import flex_any_head_dim  # zero-pads a head dim the kernel refuses (72)
+
+    return flex_any_head_dim(_compiled_flex, q, k, v, block_mask=layout.block_mask())
 
 
 def prefix_lm_mask(num_prefix: int, seq_len: int, device: torch.device | None = None) -> Tensor:

@@ -1,0 +1,140 @@
+"""`genlip plan`: what a run costs before it starts (FLOPs, memory per GPU, micro-batch, days, GPU-hours).
+
+    genlip plan --config experiments/stage1_corpus.yaml --config experiments/scale/ddp.yaml \
+        --model.init_args.arch so16 --gpus 64 --gpu h100 --global-batch 32768 --vocab-size 151936 \
+        --text-tokens 74 --samples 8e9 --mfu 0.4
+    genlip plan --config experiments/stage2_corpus.yaml --gpus 8 --throughput-log runs/stage2_b16/version_0
+
+Reads the same YAML files as `genlip fit` (several compose, later wins; `--section.key value` overrides as on
+the fit command line), builds the network on the meta device (no memory, no GPU) and prints the plan
+(genlip_lit/plan/). Argument parsing is kept apart from the work (`parse` / `run`) so another parser can drive it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from genlip_lit.errors import GenLIPUserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="genlip plan",
+        description="FLOPs, memory per GPU, the micro-batch that fits, and days / GPU-hours of a training config, "
+                    "without a GPU. Extra --section.key VALUE arguments override the config as in `genlip fit`.",
+    )
+    parser.add_argument("--config", action="append", required=True, help="a `genlip fit` YAML; repeat to compose")
+    parser.add_argument("--gpus", type=int, default=None,
+                        help="GPUs in the run (default: the config's trainer.devices x num_nodes)")
+    parser.add_argument("--gpu", default="h100", help="h100, h200, a100-80, a100-40, or custom (default h100)")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="peak dense TFLOP/s (custom GPU, or override)")
+    parser.add_argument("--memory-gib", type=float, default=None, help="GPU memory in GiB (custom GPU, or override)")
+    parser.add_argument("--samples", type=float, default=None,
+                        help="training samples, e.g. 8e9 (default: trainer.max_steps x global batch)")
+    measured = parser.add_mutually_exclusive_group()
+    measured.add_argument("--mfu", type=float, default=None, help="model FLOPs utilisation to assume (default 0.4)")
+    measured.add_argument("--throughput-log", default=None, metavar="RUN_DIR",
+                          help="take the MFU a previous run's Throughput callback logged (TensorBoard or CSV)")
+    parser.add_argument("--global-batch", type=int, default=None,
+                        help="samples per optimizer step (default: data.batch_size x accumulate x the config's GPUs)")
+    parser.add_argument("--vocab-size", type=int, default=None,
+                        help="LM-head vocabulary (default: the configured tokenizer's; Qwen3, as in the paper: 151936)")
+    parser.add_argument("--text-tokens", type=int, default=None,
+                        help="mean text positions per sample incl. BOS / prompt / EOS (default: max_text_len)")
+    parser.add_argument("--mean-patches", type=int, default=None,
+                        help="stage 2: mean patches per image (default: data.max_patches)")
+    return parser
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
+    """Known options, and the `--a.b.c value` / `--a.b.c=value` config overrides among the rest."""
+    args, rest = build_parser().parse_known_args(argv)
+    overrides: list[tuple[str, str]] = []
+    i = 0
+    while i < len(rest):
+        token = rest[i]
+        key, eq, value = token[2:].partition("=") if token.startswith("--") else ("", "", "")
+        if "." not in key:
+            raise GenLIPUserError(f"unrecognised argument {token!r} (config overrides look like --model.init_args.arch)")
+        if not eq:
+            if i + 1 >= len(rest):
+                raise GenLIPUserError(f"override {token} needs a value")
+            value, i = rest[i + 1], i + 1
+        overrides.append((key, value))
+        i += 1
+    return args, overrides
+
+
+def resolve_gpu(name: str, peak_tflops: float | None, memory_gib: float | None):
+    """A GPUSpec from --gpu, with --peak-tflops / --memory-gib overriding or (custom) supplying its figures."""
+    import dataclasses
+
+    from genlip_lit.plan.devices import GPUS, GPUSpec
+
+    key = name.lower()
+    if key in GPUS:
+        spec = GPUS[key]
+        changes = {}
+        if peak_tflops is not None:
+            changes.update(bf16_tflops=peak_tflops, fp32_tflops=peak_tflops)
+        if memory_gib is not None:
+            changes["memory_gib"] = memory_gib
+        return dataclasses.replace(spec, **changes)
+    if peak_tflops is None or memory_gib is None:
+        raise GenLIPUserError(f"unknown --gpu {name!r}: choose {', '.join(GPUS)}, or give --peak-tflops and "
+                              "--memory-gib (with --gpu custom)")
+    if peak_tflops <= 0 or memory_gib <= 0:
+        raise GenLIPUserError("--peak-tflops and --memory-gib must be positive")
+    return GPUSpec(name if key != "custom" else "custom GPU", peak_tflops, peak_tflops, memory_gib)
+
+
+def run(args: argparse.Namespace, overrides: list[tuple[str, str]]) -> str:
+    """Make the plan and return its report."""
+    from genlip_lit.plan import PlanRequest, format_plan, make_plan, read_run_config
+    from genlip_lit.plan.estimate import set_mfu
+
+    run_config = read_run_config(args.config, overrides)
+    gpus = args.gpus or run_config.world_size
+    if gpus is None:
+        raise GenLIPUserError("give --gpus N: the config's trainer.devices is 'auto'")
+    gpu = resolve_gpu(args.gpu, args.peak_tflops, args.memory_gib)
+    for flag, value in (("--samples", args.samples), ("--global-batch", args.global_batch),
+                        ("--vocab-size", args.vocab_size), ("--text-tokens", args.text_tokens),
+                        ("--mean-patches", args.mean_patches)):
+        if value is not None and value <= 0:
+            raise GenLIPUserError(f"{flag} must be positive, got {value}")
+    mfu = 0.4 if args.mfu is None else args.mfu
+    request = PlanRequest(run_config, gpu, gpus, args.samples, mfu if args.throughput_log is None else 1.0,
+                          "--mfu" if args.mfu is not None else "default", args.global_batch, args.vocab_size,
+                          args.text_tokens, args.mean_patches)
+    plan = make_plan(request)
+    if args.throughput_log is not None:
+        mfu, source = measured_mfu(args.throughput_log, plan)
+        set_mfu(plan, mfu, source)
+    return format_plan(plan)
+
+
+def measured_mfu(run_dir: str, plan) -> tuple[float, str]:
+    """MFU from a run's logs: perf/mfu as logged, or perf/samples_per_s x FLOPs per sample / this GPU's peak."""
+    from genlip_lit.plan.logs import read_throughput_log
+
+    log = read_throughput_log(run_dir)
+    if log.mfu is not None:
+        return log.mfu, f"perf/mfu median of {log.windows} windows in {log.source}"
+    flops = log.flops_per_sample or plan.counted_flops[plan.best.checkpointing]
+    what = "logged" if log.flops_per_sample else "this plan's"
+    peak = plan.request.gpu.peak_tflops(plan.request.run.precision) * 1e12
+    mfu = log.samples_per_s * flops / peak
+    return mfu, (f"perf/samples_per_s {log.samples_per_s:.4g} x {what} {flops:.4g} FLOP/sample / "
+                 f"{plan.request.gpu.name} peak, from {log.source}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = parse(list(sys.argv[1:] if argv is None else argv))
+    print(run(args, overrides))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
