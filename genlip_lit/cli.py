@@ -41,6 +41,14 @@ class GenLIPCLI(LightningCLI):
         parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "{step}"})
 
+    def _parse_ckpt_path(self) -> None:
+        # `--ckpt_path`: read weights-only, and the module class it names must be genlip_lit's (or this config's)
+        # BEFORE LightningCLI imports it and merges the file's hyper-parameters (modules/loading.py).
+        from genlip_lit.modules.loading import check_resume_checkpoint
+
+        check_resume_checkpoint(self.config)
+        super()._parse_ckpt_path()
+
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         # Rich progress by default, unless the user disabled the bar or configured another one.
         configured = list(config.get("callbacks") or []) + callbacks

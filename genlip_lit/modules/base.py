@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.modules.safety import TrainingSafety
 
 # Parameter names (substrings) that never get weight decay, besides every 1-D tensor (norms, biases, LayerScale).
 NO_DECAY_KEYS = ("tok_embed", "pos_image", "pos_text", "registers", "gate_proj", "patch_embed.bias")
@@ -46,8 +47,11 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: flo
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-class EncoderModule(L.LightningModule):
-    """Base LightningModule: optimizer/schedule from hyper-parameters, plus the encoder contract."""
+class EncoderModule(TrainingSafety, L.LightningModule):
+    """Base LightningModule: optimizer/schedule from hyper-parameters, plus the encoder contract.
+
+    `TrainingSafety` (modules/safety.py) adds the non-finite step guard, the training RNG kept in checkpoints,
+    and the weights' sha256 in checkpoints."""
 
     def __init__(
         self,
@@ -59,6 +63,10 @@ class EncoderModule(L.LightningModule):
         warmup_steps: int | None = None,
     ) -> None:
         super().__init__()
+        if not lr > 0:  # also NaN
+            raise GenLIPUserError(f"model.lr must be > 0, got {lr}")
+        if not min_lr >= 0:
+            raise GenLIPUserError(f"model.min_lr must be >= 0, got {min_lr}")
         if min_lr > lr:
             raise GenLIPUserError(f"min_lr ({min_lr}) must not exceed lr ({lr})")
         if not 0.0 <= warmup_ratio < 1.0:
@@ -107,6 +115,7 @@ class EncoderModule(L.LightningModule):
         """Module class and tokenizer (class, init args, state such as a compact vocabulary), so that
         `genlip_lit.modules.loading` rebuilds the module from the checkpoint file alone."""
         checkpoint["genlip_module_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        self.save_safety_state(checkpoint)  # weights sha256, training RNG states (modules/safety.py)
         tok = getattr(self, "tokenizer", None)
         if tok is not None:
             checkpoint["genlip_tokenizer"] = {
@@ -116,6 +125,7 @@ class EncoderModule(L.LightningModule):
             }
 
     def load_self_description(self, checkpoint: dict) -> None:
+        self.load_safety_state(checkpoint)  # refuses corrupted or NaN weights; takes back the training RNG
         if "genlip_tokenizer" in checkpoint and getattr(self, "tokenizer", None) is not None:
             self.tokenizer.load_state_dict(checkpoint["genlip_tokenizer"]["state"])
 
