@@ -218,3 +218,17 @@ def test_ddp_gradient_equals_one_process_with_unequal_token_counts(tmp_path) -> 
     for key in ("train/loss", "train/token_acc", "data/skipped_samples", "data/truncated_captions"):
         assert ddp["metrics"][key] == pytest.approx(one["metrics"][key], rel=1e-6, abs=1e-7), key
     assert (ddp["skipped"], ddp["truncated"]) == (one["skipped"], one["truncated"]) == (3, 5)
+
+
+def test_checkpoint_tokenizer_must_match_the_model_it_is_loaded_into() -> None:
+    module = GenLIPModule(arch_overrides=TINY, tokenizer=OpenCLIPTokenizer(compact_corpus="synthetic"))
+    ckpt = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(ckpt)
+    module.on_load_checkpoint(dict(ckpt))  # its own checkpoint: fine
+    fresh = GenLIPModule(arch_overrides=TINY, tokenizer=OpenCLIPTokenizer(compact_corpus="synthetic"))
+    other_class = {**ckpt, "genlip_tokenizer": {**ckpt["genlip_tokenizer"], "class_path": "subprocess.Popen"}}
+    with pytest.raises(GenLIPUserError, match="holds a 'subprocess.Popen' tokenizer"):
+        fresh.on_load_checkpoint(other_class)
+    emptied = {**ckpt, "genlip_tokenizer": {**ckpt["genlip_tokenizer"], "state": {}}}  # edited: full vocabulary
+    with pytest.raises(GenLIPUserError, match="49408-token vocabulary, this model has"):
+        fresh.on_load_checkpoint(emptied)

@@ -126,8 +126,7 @@ class EncoderModule(TrainingSafety, L.LightningModule):
 
     def load_self_description(self, checkpoint: dict) -> None:
         self.load_safety_state(checkpoint)  # refuses corrupted or NaN weights; takes back the training RNG
-        if "genlip_tokenizer" in checkpoint and getattr(self, "tokenizer", None) is not None:
-            self.tokenizer.load_state_dict(checkpoint["genlip_tokenizer"]["state"])
+        self.load_tokenizer_state(checkpoint)  # only into a tokenizer of the stored class and vocabulary size
 
     def require_unpacked(self, batch: object) -> None:
         """Packed native-resolution batches (data.resolution: native) are for GenLIPModule only."""

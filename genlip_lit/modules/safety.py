@@ -75,8 +75,8 @@ class TrainingSafety:
     def _safety(self) -> dict[str, Any]:
         state = self.__dict__.get("_safety_state")
         if state is None:
-            state = {"nonfinite_total": 0, "run": 0, "run_start": None, "finite_in_window": 0, "stop": None,
-                     "train_rng": None, "outside_rng": None}
+            state = {"nonfinite_total": 0, "run": 0, "run_start": None, "finite_in_window": 0,
+                     "nonfinite_in_window": 0, "stop": None, "train_rng": None, "outside_rng": None}
             self.__dict__["_safety_state"] = state
         return state
 
@@ -116,34 +116,24 @@ class TrainingSafety:
         if nonfinite is None:
             flag = (~torch.isfinite(loss.detach())).to(torch.float64).reshape(())
             nonfinite = bool(self.step_totals([flag])[0] > 0) if self._world_size() > 1 else bool(flag)
-        self._note_step(nonfinite)
+        state = self._safety()
+        if nonfinite:
+            state["nonfinite_total"] += 1
+            state["nonfinite_in_window"] += 1
+        else:
+            state["finite_in_window"] += 1
         self.log("train/nonfinite_steps", float(self.nonfinite_steps))
         if not nonfinite:
-            self._safety()["finite_in_window"] += 1
             return loss
         return None if self._world_size() == 1 else self.zero_gradient_loss()
 
-    def _note_step(self, nonfinite: bool) -> None:
-        """Count a non-finite step (1-based step numbers, as in checkpoint names); the run of them in a row ends
-        only when an update is made (`on_before_optimizer_step`), so finite losses with NaN gradients count too."""
-        if not nonfinite:
-            return
-        state = self._safety()
-        step = int(self.trainer.global_step) + 1 if getattr(self, "_trainer", None) is not None else 0
-        state["nonfinite_total"] += 1
-        state["run"] += 1
-        if state["run_start"] is None:
-            state["run_start"] = step
-        limit = int(self.max_nonfinite_steps or 0)
-        if limit > 0 and state["run"] >= limit and state["stop"] is None:
-            state["stop"] = (state["run_start"], step)
-
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """No update from a skipped step: drop every gradient (AdamW leaves parameters without one untouched,
-        momentum and weight decay included). Also skips a step whose gradients are NaN/inf."""
+        momentum and weight decay included). Also skips a step whose gradients are NaN/inf. Counts optimizer
+        steps skipped in a row (with gradient accumulation, a step is skipped when all its micro-batches were)."""
         state = self._safety()
-        skipped = state["finite_in_window"] == 0
-        state["finite_in_window"] = 0
+        skipped, nonfinite = state["finite_in_window"] == 0, state["nonfinite_in_window"] > 0
+        state["finite_in_window"] = state["nonfinite_in_window"] = 0
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if not skipped and grads and str(self.trainer.precision) not in FP16_SCALED:
             largest = torch.nn.utils.get_total_norm(grads, norm_type=float("inf"))
@@ -151,15 +141,28 @@ class TrainingSafety:
                 largest = largest.full_tensor()
             bad = (~torch.isfinite(largest)).to(torch.float64)
             if bool(self.step_totals([bad])[0] > 0):
-                skipped = True
-                self._note_step(True)
-                log.warning("step %d: NaN/inf gradients, no update", self.trainer.global_step)
+                skipped = nonfinite = True
+                state["nonfinite_total"] += 1
         if skipped:
             for group in optimizer.param_groups:
                 for p in group["params"]:
                     p.grad = None
-        else:  # an update is made: the run of non-finite steps is over
+        if not skipped:  # an update is made: the run of non-finite steps is over
             state["run"], state["run_start"] = 0, None
+        elif nonfinite:  # (a step of empty batches is skipped too, but neither counts nor ends a run)
+            self._note_nonfinite_step()
+
+    def _note_nonfinite_step(self) -> None:
+        state = self._safety()
+        step = int(self.trainer.global_step) + 1  # 1-based, as in checkpoint names (step=N: N steps done)
+        state["run"] += 1
+        if state["run_start"] is None:
+            state["run_start"] = step
+            log.warning("step %d: NaN/inf loss or gradients, no update (further ones are counted in "
+                        "train/nonfinite_steps)", step)
+        limit = int(self.max_nonfinite_steps or 0)
+        if limit > 0 and state["run"] >= limit and state["stop"] is None:
+            state["stop"] = (state["run_start"], step)
 
     def _stop_if_diverged(self) -> None:
         stop = self._safety()["stop"]
@@ -230,10 +233,35 @@ class TrainingSafety:
                                                for v in state.values()):
                 checkpoint[SHA_KEY] = weights_sha256(state)
 
+    def load_tokenizer_state(self, checkpoint: dict[str, Any]) -> None:
+        """The stored tokenizer state (e.g. a compact vocabulary), into this module's tokenizer: refused when the
+        checkpoint's tokenizer is of another class or the state would change the vocabulary the model was built
+        for (a resume with other tokenizer settings, or an edited file: otherwise an IndexError mid-run)."""
+        spec = checkpoint.get("genlip_tokenizer")
+        tokenizer = getattr(self, "tokenizer", None)
+        if spec is None or tokenizer is None:
+            return
+        source = self._checkpoint_source()
+        ours = f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}"
+        if not isinstance(spec, dict) or spec.get("class_path") != ours:
+            stored = spec.get("class_path") if isinstance(spec, dict) else spec
+            raise GenLIPUserError(f"{source} holds a {stored!r} tokenizer, this model has {ours!r}")
+        size = tokenizer.vocab_size
+        tokenizer.load_state_dict(spec.get("state") or {})
+        if tokenizer.vocab_size != size:
+            raise GenLIPUserError(
+                f"{source} was trained with a {tokenizer.vocab_size}-token vocabulary, this model has {size}: use "
+                "the tokenizer settings (e.g. compact_corpus) of the run that wrote it"
+            )
+
+    def _checkpoint_source(self) -> str:
+        trainer = getattr(self, "_trainer", None)
+        return str(getattr(trainer, "ckpt_path", None) or "the checkpoint") if trainer is not None else "checkpoint"
+
     def load_safety_state(self, checkpoint: dict[str, Any]) -> None:
         """Refuse corrupted or non-finite weights (also on `--ckpt_path` resume); take back RNG and counters."""
         trainer = getattr(self, "_trainer", None)
-        source = str(getattr(trainer, "ckpt_path", None) or "the checkpoint") if trainer is not None else "checkpoint"
+        source = self._checkpoint_source()
         verify_weights(checkpoint, source)
         state = self._safety()
         state["nonfinite_total"] = int(checkpoint.get(NONFINITE_KEY, 0) or 0)
