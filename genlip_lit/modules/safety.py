@@ -187,6 +187,8 @@ class TrainingSafety:
             return None
         path = os.path.join(callback.dirpath, callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION)
         if first_nonfinite(self.state_dict()) is None:
+            if trainer.is_global_zero and os.path.islink(path):  # save_last="link": never write through it
+                os.remove(path)
             trainer.save_checkpoint(path, weights_only=False)  # (a full checkpoint: optimizer, loops)
             return path
         return path if os.path.isfile(path) else None
