@@ -14,7 +14,10 @@ GenLIP, the encoder-decoder captioner and the contrastive baselines (GenLIP towe
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import logging
+import math
 import os
 from typing import Any
 
@@ -22,8 +25,12 @@ import torch
 from torch import Tensor, nn
 
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.integrity import first_nonfinite
+from genlip_lit.models.arch_checks import check_architecture
 from genlip_lit.models.config import GenLIPConfig
 from genlip_lit.models.transformer import GenLIP, image_tower
+
+log = logging.getLogger(__name__)
 
 FORMAT = "genlip_vision_encoder"
 FORMAT_VERSION = 1
@@ -38,7 +45,7 @@ class VisionEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.preprocessing = dict(preprocessing)
-        self.tower = image_tower(config)
+        self.tower = image_tower(_tower_config(config))
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         p = self.config.patch_size
@@ -93,38 +100,145 @@ def export_vision_encoder(ckpt: str, output: str) -> str:
         "source": {"checkpoint": os.path.abspath(ckpt), "module": type(module).__name__,
                    "objective": module.objective_name},
     }
+    # checked by load_vision_encoder: flipped bytes in the weights, or an edited architecture, are refused
+    description["sha256"] = {"model.safetensors": file_sha256(os.path.join(output, "model.safetensors")),
+                             "architecture": architecture_sha256(description["architecture"])}
     with open(os.path.join(output, "config.json"), "w") as f:
         json.dump(description, f, indent=1)
     return output
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few KB; anything this large is not one
+MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on its JSON header
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4, "I16": 2,
+                "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def architecture_sha256(architecture: dict[str, Any]) -> str:
+    """Digest of the architecture as config.json stores it (canonical JSON), binding it to the weights."""
+    return hashlib.sha256(json.dumps(architecture, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def safetensors_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors file's header alone (nothing else is read or allocated)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        prefix = fh.read(8)
+        n = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        if not 0 < n <= min(MAX_HEADER_BYTES, size - 8):
+            raise GenLIPUserError(f"{path} is not a safetensors file (bad header length)")
+        try:
+            header = json.loads(fh.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise GenLIPUserError(f"{path} is not a safetensors file (header: {err})") from None
+    if not isinstance(header, dict):
+        raise GenLIPUserError(f"{path} is not a safetensors file (header is not a JSON object)")
+    shapes = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        ok = isinstance(entry, dict) and entry.get("dtype") in _DTYPE_BYTES and isinstance(entry.get("shape"), list)
+        shape = entry.get("shape") if ok else None
+        offsets = entry.get("data_offsets") if ok else None
+        if not (ok and all(isinstance(d, int) and d >= 0 for d in shape) and isinstance(offsets, list)
+                and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= size - 8 - n
+                and offsets[1] - offsets[0] == math.prod(shape) * _DTYPE_BYTES[entry["dtype"]]):
+            raise GenLIPUserError(f"{path}: tensor {name!r} has an invalid header entry")
+        shapes[name] = tuple(shape)
+    return shapes
+
+
+def _buildable_config(arch: dict[str, Any], config_path: str) -> GenLIPConfig:
+    """The GenLIPConfig of an export, checked field by field; runtime switches reset (they change no output)."""
+    check_architecture(arch, f"{config_path}: architecture")
+    try:
+        return GenLIPConfig(**{**arch, **RUNTIME_FIELDS})
+    except (TypeError, GenLIPUserError) as err:
+        raise GenLIPUserError(f"{config_path}: incompatible architecture ({err})") from None
+
+
+def _tower_config(config: GenLIPConfig) -> GenLIPConfig:
+    # the tower drops the text parts; sized 1, a tampered vocab_size or max_text_len allocates nothing
+    return dataclasses.replace(config, vocab_size=1, max_text_len=1)
+
+
+def _check_against_weights(config: GenLIPConfig, weights_path: str, config_path: str) -> None:
+    """The weights file's tensor names and shapes (header only) must be exactly the described tower's,
+    checked on the meta device: a config declaring a huge width or depth allocates nothing."""
+    stored = safetensors_shapes(weights_path)
+    blocks = {int(k.split(".")[1]) for k in stored if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    if config.depth != len(blocks):
+        raise GenLIPUserError(f"{weights_path} does not match {config_path}: {len(blocks)} blocks stored, "
+                              f"depth {config.depth} described")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in image_tower(_tower_config(config)).state_dict().items()}
+    for name in sorted(set(expected) | set(stored)):
+        if expected.get(name) != stored.get(name):
+            raise GenLIPUserError(
+                f"{weights_path} does not match {config_path}: {name} is {list(stored.get(name, ())) or 'absent'} in "
+                f"the file, {list(expected.get(name, ())) or 'absent'} by the config"
+            )
+
+
 def load_vision_encoder(path: str, device: str | torch.device = "cpu") -> VisionEncoder:
-    """The exported encoder in eval mode; a wrong or incomplete directory raises an error naming it."""
+    """The exported encoder in eval mode; a wrong, incomplete or edited directory raises an error naming it.
+
+    Checked before any weight is allocated: config.json's fields (types, positive sizes and eps, known modes),
+    the weights file's tensor shapes against them (from its header), and the sha256 of the weights file and of
+    the architecture that `export_vision_encoder` recorded; after loading, that every weight is finite."""
     from safetensors.torch import load_file
 
     config_path, weights_path = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
     for needed in (config_path, weights_path):
         if not os.path.isfile(needed):
             raise GenLIPUserError(f"{path} is not an exported genlip vision encoder: {os.path.basename(needed)} missing")
-    with open(config_path) as f:
+    if os.path.getsize(config_path) > MAX_CONFIG_BYTES:
+        raise GenLIPUserError(f"{config_path} is larger than {MAX_CONFIG_BYTES} bytes: not an export config")
+    with open(config_path, "rb") as f:
         try:
-            description = json.load(f)
-        except json.JSONDecodeError as err:
+            description = json.loads(f.read())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise GenLIPUserError(f"{config_path} is not valid JSON ({err})") from None
-    if description.get("format") != FORMAT:
-        raise GenLIPUserError(f"{config_path} describes {description.get('format')!r}, not a {FORMAT}")
-    if description.get("format_version", 0) > FORMAT_VERSION:
-        raise GenLIPUserError(f"{config_path} has format version {description['format_version']}; this genlip_lit "
-                              f"reads up to {FORMAT_VERSION}")
+    if not isinstance(description, dict) or description.get("format") != FORMAT:
+        found = description.get("format") if isinstance(description, dict) else type(description).__name__
+        raise GenLIPUserError(f"{config_path} describes {found!r}, not a {FORMAT}")
+    version = description.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise GenLIPUserError(f"{config_path} has format version {version!r}; this genlip_lit reads up to "
+                              f"{FORMAT_VERSION}")
+    architecture = description.get("architecture", {})
+    if not isinstance(architecture, dict):
+        raise GenLIPUserError(f"{config_path}: architecture must be a JSON object")
     fields = {f.name for f in dataclasses.fields(GenLIPConfig)}
-    arch = {k: v for k, v in description.get("architecture", {}).items() if k in fields}
-    try:
-        config = GenLIPConfig(**arch)
-    except (TypeError, GenLIPUserError) as err:
-        raise GenLIPUserError(f"{config_path}: incompatible architecture ({err})") from None
-    encoder = VisionEncoder(config, description.get("preprocessing", {}))
+    config = _buildable_config({k: v for k, v in architecture.items() if k in fields}, config_path)
+    _check_against_weights(config, weights_path, config_path)
+    digests = description.get("sha256")
+    if isinstance(digests, dict):
+        if digests.get("architecture") != architecture_sha256(architecture):
+            raise GenLIPUserError(f"{config_path}: the architecture does not match the one exported (edited after "
+                                  "export? attn_mode, norm_eps and the like change the features silently)")
+        if digests.get("model.safetensors") != file_sha256(weights_path):
+            raise GenLIPUserError(f"{weights_path} does not match the sha256 recorded in {config_path} (corrupted "
+                                  "or replaced after export)")
+    else:
+        log.warning("%s records no sha256 (exported before genlip_lit checked them): integrity not verified",
+                    config_path)
+    preprocessing = description.get("preprocessing", {})
+    encoder = VisionEncoder(config, preprocessing if isinstance(preprocessing, dict) else {})
     try:
         encoder.tower.load_state_dict(load_file(weights_path), strict=True)
     except RuntimeError as err:
         raise GenLIPUserError(f"{weights_path} does not match {config_path}: {str(err).splitlines()[0]}") from None
+    bad = first_nonfinite(encoder.tower.state_dict())
+    if bad is not None:
+        raise GenLIPUserError(f"{weights_path}: weight {bad!r} holds NaN or inf (exported from a diverged run?)")
     return encoder.eval().to(device)

@@ -88,6 +88,14 @@ class GenLIPCLI(LightningCLI):
         if path and path not in CKPT_KEYWORDS and "://" not in path and not os.path.isfile(path):
             raise GenLIPUserError(f"checkpoint not found: {path} (--ckpt_path)")
 
+    def _parse_ckpt_path(self) -> None:
+        # `--ckpt_path`: read weights-only, and the module class it names must be genlip_lit's (or this config's)
+        # BEFORE LightningCLI imports it and merges the file's hyper-parameters (modules/loading.py).
+        from genlip_lit.modules.loading import check_resume_checkpoint
+
+        check_resume_checkpoint(self.config)
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
         check_output_dirs(self.config[self.config.subcommand] if self.config.get("subcommand") else self.config)
 

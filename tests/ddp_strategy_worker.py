@@ -39,7 +39,7 @@ def run(strategy: str, out: str) -> None:
 
         (last,) = glob(f"{out}/runs/*/version_*/checkpoints/last.ckpt")
         module, _ = load_checkpoint(last)
-        step = int(torch.load(last, map_location="cpu", weights_only=False)["global_step"])
+        step = int(torch.load(last, map_location="cpu", weights_only=True)["global_step"])
         sums = {k: float(v.double().sum()) for k, v in module.state_dict().items() if v.is_floating_point()}
         with open(os.path.join(out, "result.json"), "w") as f:
             json.dump({"step": step, "sums": sums}, f)

@@ -150,7 +150,7 @@ def test_captioner_trains_under_the_same_harness_and_callbacks(tmp_path) -> None
     (last,) = glob.glob(f"{tmp_path}/runs/*/version_*/checkpoints/last.ckpt")
     module, _ = load_checkpoint(last)
     assert type(module) is CaptionerModule and module.objective_name == "captioner (enc-dec)"
-    states = torch.load(last, weights_only=False)["callbacks"]
+    states = torch.load(last, weights_only=True)["callbacks"]
     captions = next(v for k, v in states.items() if k.startswith("CaptionSamples"))
     assert captions["history"][-1]["captions/cider"] >= 0.0
     sink = next(v for k, v in states.items() if k.startswith("AttentionSink"))

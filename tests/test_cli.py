@@ -41,7 +41,7 @@ def trained(tmp_path_factory):
 @pytest.mark.slow
 def test_fit_runs_and_checkpoints(trained):
     tmp, records = trained
-    ckpt = torch.load(_last_ckpt(tmp), map_location="cpu", weights_only=False)
+    ckpt = torch.load(_last_ckpt(tmp), map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 4
     assert ckpt["genlip_module_class"] == "genlip_lit.modules.genlip.GenLIPModule"
     assert ckpt["datamodule_hyper_parameters"]["image_size"] == 32
@@ -152,7 +152,7 @@ def test_stage1_corpus_config_runs_on_an_optimized_corpus(tmp_path):
     ]
     assert main(argv) == 0
     (last,) = glob.glob(f"{tmp_path}/runs/stage1_b16/version_*/checkpoints/last.ckpt")
-    assert torch.load(last, weights_only=False)["global_step"] == 3  # the max_steps stop is saved too
+    assert torch.load(last, weights_only=True)["global_step"] == 3  # the max_steps stop is saved too
 
 
 def _fit_configs() -> list[str]:

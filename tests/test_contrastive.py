@@ -83,6 +83,6 @@ def test_siglip_trains_under_the_same_harness_and_callbacks(tmp_path) -> None:
     (last,) = glob.glob(f"{tmp_path}/runs/*/version_*/checkpoints/last.ckpt")
     module, _ = load_checkpoint(last)
     assert type(module) is ContrastiveModule and module.loss_kind == "siglip"
-    states = torch.load(last, weights_only=False)["callbacks"]
+    states = torch.load(last, weights_only=True)["callbacks"]
     zero_shot = next(v for k, v in states.items() if k.startswith("ZeroShot"))
     assert 0.0 <= zero_shot["history"][-1]["zero_shot/top1"] <= 1.0

@@ -306,7 +306,7 @@ def test_trainer_checkpoint_holds_loader_state_and_hparams(data_dir, encoder, tm
     trainer.fit(_TinyModule(encoder), datamodule=dm)
     path = str(tmp_path / "last.ckpt")
     trainer.save_checkpoint(path)
-    ckpt = torch.load(path, weights_only=False)
+    ckpt = torch.load(path, weights_only=True)
     assert ckpt["datamodule_hyper_parameters"]["image_size"] == 32
     loader_states = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     assert loader_states[0]["num_samples_yielded"] == 24
@@ -353,7 +353,7 @@ def test_trainer_resume_continues_the_epoch_exactly(data_dir, encoder, tmp_path,
     assert len(full) == 14 * 8 and sorted(full[:64]) == sorted(f"0/{i}" for i in range(64))
     first = _fit(data_dir, encoder, 5, num_workers, ckpt_dir=tmp_path)
     assert os.path.exists(tmp_path / "last.ckpt")
-    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 5
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 5
     rest = _fit(data_dir, encoder, 14, num_workers, ckpt_path=str(tmp_path / "last.ckpt")).seen
     assert first.seen + rest == full
 

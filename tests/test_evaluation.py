@@ -67,7 +67,7 @@ def test_every_callback_logs_its_figures(fitted) -> None:
 
 def test_history_is_kept_in_checkpoints(fitted) -> None:
     (last,) = glob.glob(f"{fitted}/runs/quickstart/version_0/checkpoints/last.ckpt")
-    states = torch.load(last, weights_only=False)["callbacks"]
+    states = torch.load(last, weights_only=True)["callbacks"]
     assert "LinearProbe{'every_n_steps': 2, 'budget': 32, 'image_folder': None}" in states
     probe = next(v for k, v in states.items() if k.startswith("LinearProbe"))
     assert [h["step"] for h in probe["history"]] == [2, 4] and 0.0 <= probe["history"][0]["probe/linear_top1"] <= 1

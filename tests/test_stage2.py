@@ -63,14 +63,14 @@ def test_stage2_config_continues_from_stage1_weights(stage1, tmp_path):
     assert stage1_ckpt.endswith("last.ckpt")
     assert main(_stage2_args(tmp_path, stage1)) == 0
     (last,) = glob.glob(f"{tmp_path}/runs/stage2_quickstart/version_*/checkpoints/last.ckpt")
-    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    ckpt = torch.load(last, map_location="cpu", weights_only=True)
     # a new stage: its own step count, schedule and hyper-parameters (not resumed from stage 1)
     assert ckpt["global_step"] == 4
     assert ckpt["lr_schedulers"][0]["last_epoch"] == 4
     assert ckpt["hyper_parameters"]["lr"] == pytest.approx(1e-4)
     assert ckpt["datamodule_hyper_parameters"]["resolution"] == "native"
     # the weights moved away from stage 1 (it trained) ...
-    before = torch.load(stage1_ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    before = torch.load(stage1_ckpt, map_location="cpu", weights_only=True)["state_dict"]
     assert not torch.equal(before["model.patch_embed.weight"], ckpt["state_dict"]["model.patch_embed.weight"])
     # ... from exactly stage 1's weights
     module = GenLIPModule(arch="tiny", arch_overrides={"depth": 2, "width": 64, "ffn_hidden": 128},

@@ -11,6 +11,7 @@ from genlip_lit.callbacks.evaluation import (
     PatchReadout,
     ZeroShot,
 )
+from genlip_lit.callbacks.nonfinite import NonFiniteGuard
 from genlip_lit.callbacks.throughput import Throughput
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "EvalCallback",
     "EvalResult",
     "LinearProbe",
+    "NonFiniteGuard",
     "PatchReadout",
     "ResumableCheckpoint",
     "Throughput",

@@ -159,7 +159,18 @@ class GenLIPStreamingDataset(litdata.StreamingDataset):
         self.caption_encoder = caption_encoder
         self.source_dir = input_dir
         self.packed = isinstance(transform, NativeResTransform)  # its loader packs (PackingCollator)
+        self.stream_id = 0  # position in a mixture: salts the augmentation seeds (see `_augmentation_rng`)
         self._warned = False
+
+    def _augmentation_rng(self, index: Any) -> torch.Generator | None:
+        """The random crop's RNG for this sample: seeded by (data seed, stream, epoch, sample index), all part of
+        the loader's resumable state, so a resumed run crops every sample as the uninterrupted one (whatever
+        the worker count or prefetching); None for transforms without randomness."""
+        if not (isinstance(self.image_transform, FixedResTransform) and self.image_transform.train):
+            return None
+        sample = int(getattr(index, "index", index))
+        seq = np.random.SeedSequence([int(self.seed), int(self.stream_id), int(self.current_epoch), sample])
+        return torch.Generator().manual_seed(int(seq.generate_state(1, np.uint64)[0] >> np.uint64(1)))
 
     def __getitem__(self, index: Any) -> Any:
         raw = super().__getitem__(index)
@@ -193,7 +204,9 @@ class GenLIPStreamingDataset(litdata.StreamingDataset):
             return None
         truncated_before = self.caption_encoder.num_truncated
         ids, mask = self.caption_encoder.encode(str(raw["caption"]))
-        pixels = self.image_transform.to_uint8(image)  # normalized after the device transfer
+        rng = self._augmentation_rng(index)
+        pixels = (self.image_transform.to_uint8(image) if rng is None  # normalized after the device transfer
+                  else self.image_transform.to_uint8(image, generator=rng))
         # per-patch label maps describe the stored image: a resized or cropped one no longer matches them
         same_size = tuple(pixels.shape[1:]) == (image.size[1], image.size[0])
         return {
@@ -341,6 +354,11 @@ class GenLIPDataModule(L.LightningDataModule):
             if any(not w > 0 for w in weights):
                 raise GenLIPUserError(f"data.weights must all be positive, got {weights}")
         self.weights = [float(w) / sum(weights) for w in weights] if weights is not None else None
+        for key, value, low in (("batch_size", batch_size, 1), ("val_batch_size", val_batch_size, 1),
+                                ("num_workers", num_workers, 0)):
+            if (value is not None or key == "batch_size") and (
+                    isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise GenLIPUserError(f"data.{key} must be an integer >= {low}, got {value!r}")
         self.cache_dir = cache_dir
         self.image_size = image_size
         self.mean, self.std = tuple(mean), tuple(std)
@@ -529,6 +547,8 @@ class GenLIPDataModule(L.LightningDataModule):
         self._check_data_dir()
         if stage in (None, "fit") and self.train_dataset is None:
             parts = [self._dataset(d, "train", train=True) for d in self.data_dirs]
+            for stream_id, part in enumerate(parts):
+                part.stream_id = stream_id
             if len(parts) == 1:
                 self.train_dataset = parts[0]
             else:  # weighted: draw by weight until one runs out; unweighted: read all of every dataset

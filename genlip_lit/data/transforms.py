@@ -84,24 +84,26 @@ class FixedResTransform:
         new_w, new_h = max(s, round(w * scale)), max(s, round(h * scale))
         return img.resize((new_w, new_h), resample=Image.Resampling.BICUBIC)
 
-    def _crop(self, img: Image.Image) -> Image.Image:
+    def _crop(self, img: Image.Image, generator: torch.Generator | None = None) -> Image.Image:
         s = self.image_size
         w, h = img.size
         if (w, h) == (s, s):
             return img
         if self.train:
-            # torch's RNG: seeded per DataLoader worker, so crops differ across workers yet follow torch.manual_seed
-            left = int(torch.randint(0, w - s + 1, ()).item())
-            top = int(torch.randint(0, h - s + 1, ()).item())
+            # `generator`: the training loader passes one per sample (seeded by data seed, epoch and sample
+            # index, see GenLIPStreamingDataset), so crops survive a resume; without one, torch's global RNG
+            left = int(torch.randint(0, w - s + 1, (), generator=generator).item())
+            top = int(torch.randint(0, h - s + 1, (), generator=generator).item())
         else:
             left, top = (w - s) // 2, (h - s) // 2
         return img.crop((left, top, left + s, top + s))
 
-    def to_uint8(self, img: Image.Image) -> torch.Tensor:
-        """Resized and cropped, not yet normalized: uint8 [3, S, S] (what loaders ship; see Batch.normalized)."""
+    def to_uint8(self, img: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Resized and cropped, not yet normalized: uint8 [3, S, S] (what loaders ship; see Batch.normalized).
+        `generator` draws the random crop (train only)."""
         if img.mode != "RGB":
             img = img.convert("RGB")
-        img = self._crop(self._resize(img))
+        img = self._crop(self._resize(img), generator)
         array = np.asarray(img, dtype=np.uint8)  # [S, S, 3]
         return torch.from_numpy(array.transpose(2, 0, 1).copy())  # contiguous CHW
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import yaml
 
 from genlip_lit.eval.tables import markdown_table, write_table
@@ -104,6 +103,7 @@ def global_batch_size(config: dict[str, Any]) -> int:
 
 def collect_result(name: str, config_path: str, log_dir: Path) -> dict[str, Any]:
     """The numbers of one finished run (JSON-able): final metrics, curves over samples seen, sizes."""
+    from genlip_lit.integrity import read_checkpoint
     from genlip_lit.modules.loading import load_checkpoint
 
     config = yaml.safe_load((log_dir / "config.yaml").read_text())
@@ -111,7 +111,7 @@ def collect_result(name: str, config_path: str, log_dir: Path) -> dict[str, Any]
     scalars = read_scalars(log_dir)
     last = log_dir / "checkpoints" / "last.ckpt"
     module, _ = load_checkpoint(str(last))
-    steps = int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    steps = int(read_checkpoint(str(last), mmap=True)["global_step"])  # weights_only: nothing in it can run
     return {
         "name": name,
         "config": config_path,

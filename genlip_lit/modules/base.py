@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.modules.safety import TrainingSafety
 from genlip_lit.schedule import warmup_cosine
 
 __all__ = ["EncoderModule", "param_groups", "warmup_cosine"]
@@ -62,8 +63,11 @@ class _AppliesInitFrom(type):
         return module
 
 
-class EncoderModule(L.LightningModule, metaclass=_AppliesInitFrom):
+class EncoderModule(TrainingSafety, L.LightningModule, metaclass=_AppliesInitFrom):
     """Base LightningModule: AdamW + warmup/cosine from one set of arguments, `init_from`, the encoder contract.
+
+    `TrainingSafety` (modules/safety.py) adds the non-finite step guard, the training RNG kept in checkpoints,
+    and the weights' sha256 in checkpoints.
 
     Args:
         lr: peak learning rate.
@@ -91,6 +95,10 @@ class EncoderModule(L.LightningModule, metaclass=_AppliesInitFrom):
         init_from: str | None = None,
     ) -> None:
         super().__init__()
+        if not lr > 0:  # also NaN
+            raise GenLIPUserError(f"model.lr must be > 0, got {lr}")
+        if not min_lr >= 0:
+            raise GenLIPUserError(f"model.min_lr must be >= 0, got {min_lr}")
         if min_lr > lr:
             raise GenLIPUserError(f"min_lr ({min_lr}) must not exceed lr ({lr})")
         if not 0.0 <= warmup_ratio < 1.0:
@@ -165,6 +173,7 @@ class EncoderModule(L.LightningModule, metaclass=_AppliesInitFrom):
         """Module class and tokenizer (class, init args, state such as a compact vocabulary), so that
         `genlip_lit.modules.loading` rebuilds the module from the checkpoint file alone."""
         checkpoint["genlip_module_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        self.save_safety_state(checkpoint)  # weights sha256, training RNG states (modules/safety.py)
         tok = getattr(self, "tokenizer", None)
         if tok is not None:
             checkpoint["genlip_tokenizer"] = {
@@ -174,8 +183,8 @@ class EncoderModule(L.LightningModule, metaclass=_AppliesInitFrom):
             }
 
     def load_self_description(self, checkpoint: dict) -> None:
-        if "genlip_tokenizer" in checkpoint and getattr(self, "tokenizer", None) is not None:
-            self.tokenizer.load_state_dict(checkpoint["genlip_tokenizer"]["state"])
+        self.load_safety_state(checkpoint)  # refuses corrupted or NaN weights; takes back the training RNG
+        self.load_tokenizer_state(checkpoint)  # only into a tokenizer of the stored class and vocabulary size
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.save_self_description(checkpoint)  # subclasses that add entries call this too

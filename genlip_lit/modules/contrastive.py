@@ -32,6 +32,7 @@ from genlip_lit.data.batch import Batch
 from genlip_lit.data.tokenizer import CaptionEncoder, OpenCLIPTokenizer, Tokenizer
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.models import GenLIPConfig
+from genlip_lit.models.arch_checks import check_arch_args
 from genlip_lit.models.transformer import image_tower
 from genlip_lit.modules.base import EncoderModule
 
@@ -99,6 +100,7 @@ class ContrastiveModule(EncoderModule):
         """GenLIP's image tower of preset `arch` + a projection, and a small open_clip text tower."""
         from open_clip.transformer import TextTransformer
 
+        check_arch_args(arch, arch_overrides)  # one-line errors for bad types and ranges
         self.config = GenLIPConfig.from_name(arch, **(arch_overrides or {}))
         self.visual = image_tower(self.config)
         width = self.config.width
@@ -182,17 +184,20 @@ class ContrastiveModule(EncoderModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         self.require_unpacked(batch)
-        self.skipped_samples += batch.num_skipped
+        # global under DDP (one all-reduce), so the logged counter is every rank's
+        self.skipped_samples += int(self.step_totals([batch.num_skipped])[0]) if self._world_size() > 1 else (
+            batch.num_skipped)
         if len(batch) == 0:
             return None
         batch = batch.normalized()
         loss = self.compute_loss(self.embed_images(batch.pixel_values), self.embed_texts(batch.input_ids))
         n = len(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        # the mean over ranks: SigLIP's per-rank losses are parts of the global one (CLIP's are all equal)
+        self.log("train/loss", loss, prog_bar=True, batch_size=n, sync_dist=self._world_size() > 1)
         self.log("train/logit_scale", self.logit_scale.exp().detach(), batch_size=n)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
         self.log("data/skipped_samples", float(self.skipped_samples), batch_size=n)
-        return loss
+        return self.skip_if_nonfinite(loss)  # None / zero gradients (no update) when NaN/inf: modules/safety.py
 
     def _eval_step(self, batch: Batch) -> None:
         if len(batch) == 0:

@@ -20,6 +20,7 @@ from genlip_lit.data.packing import packing_stats
 from genlip_lit.data.tokenizer import CaptionEncoder, OpenCLIPTokenizer, Tokenizer
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.models import GenLIP, GenLIPConfig
+from genlip_lit.models.arch_checks import check_arch_args
 from genlip_lit.models.transformer import LossOutput
 from genlip_lit.modules.base import EncoderModule
 
@@ -52,6 +53,7 @@ class GenLIPModule(EncoderModule):
         super().__init__(**kwargs)
         self.tokenizer = tokenizer if tokenizer is not None else OpenCLIPTokenizer()
         self.caption_encoder = CaptionEncoder(self.tokenizer, prompt, max_text_len)
+        check_arch_args(arch, arch_overrides)  # one-line errors for bad types and ranges
         self.config = GenLIPConfig.from_name(arch, **{**(arch_overrides or {}), "vocab_size": self.tokenizer.vocab_size})
         self.model = self.build_model(self.config)
         self.caption_max_new_tokens = caption_max_new_tokens
@@ -80,6 +82,8 @@ class GenLIPModule(EncoderModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         batch = batch.normalized()  # a no-op after GenLIPDataModule.on_after_batch_transfer
+        if self._world_size() > 1:
+            return self._distributed_training_step(batch)
         self.skipped_samples += batch.num_skipped
         self.truncated_captions += batch.num_truncated
         if len(batch) == 0:  # every image of this batch failed to decode: nothing to learn from
@@ -96,7 +100,42 @@ class GenLIPModule(EncoderModule):
             stats = packing_stats(batch.segment_ids)
             self.log("data/packing_efficiency", stats.efficiency, batch_size=n)
             self.log("data/unpacked_efficiency", stats.unpacked_efficiency, batch_size=n)
-        return out.loss
+        return self.skip_if_nonfinite(out.loss)  # None (no update) when NaN/inf: modules/safety.py
+
+    def _distributed_training_step(self, batch: Batch) -> Tensor:
+        """One rank's step under DDP/FSDP, the same objective as one process at the same global batch.
+
+        Each rank's mean loss is rescaled by (its target tokens x world size / all ranks' target tokens): DDP
+        averages gradients over ranks, so the result is the gradient of the mean over every target token of the
+        global batch, whatever the ranks' token counts. Logged loss, accuracy and data counters are global sums
+        (one all-reduce); a rank whose batch is empty backpropagates zeros, and a NaN/inf on any rank skips the
+        step on all of them.
+        """
+        n = len(batch)
+        out = self.caption_loss(batch) if n else None
+        tokens = out.num_tokens.double() if out is not None else 0.0
+        loss_sum = out.loss.detach().double() * tokens if out is not None else 0.0
+        correct = out.num_correct if out is not None else 0
+        bad = (~torch.isfinite(out.loss.detach())).double() if out is not None else 0.0
+        totals = self.step_totals([tokens, loss_sum, correct, bad, n, batch.num_skipped, batch.num_truncated])
+        g_tokens, g_loss_sum, g_correct, g_bad, g_samples, g_skipped, g_truncated = totals.tolist()
+        self.skipped_samples += int(g_skipped)
+        self.truncated_captions += int(g_truncated)
+        self.log("data/skipped_samples", float(self.skipped_samples), batch_size=max(n, 1))
+        self.log("data/truncated_captions", float(self.truncated_captions), batch_size=max(n, 1))
+        if g_samples == 0 or g_tokens == 0:  # every rank's batch failed to decode: nothing to learn from
+            return self.zero_gradient_loss()
+        loss = self.zero_gradient_loss() if out is None else out.loss * (float(tokens) * self._world_size() / g_tokens)
+        mean = torch.tensor(g_loss_sum / g_tokens, device=self.device)
+        self.log("train/loss", mean, prog_bar=True, batch_size=max(n, 1))
+        self.log("train/token_acc", g_correct / g_tokens, batch_size=max(n, 1))
+        self.log("train/ppl", torch.exp(mean.clamp(max=20)), batch_size=max(n, 1))
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=max(n, 1))
+        if batch.is_packed and n:
+            stats = packing_stats(batch.segment_ids)
+            self.log("data/packing_efficiency", stats.efficiency, batch_size=n)
+            self.log("data/unpacked_efficiency", stats.unpacked_efficiency, batch_size=n)
+        return self.skip_if_nonfinite(loss, nonfinite=g_bad > 0)
 
     # ------------------------------------------------------------------ validation / test
     def _eval_step(self, batch: Batch) -> Tensor | None:

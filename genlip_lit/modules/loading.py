@@ -5,6 +5,11 @@
 A checkpoint written by a genlip module names its own class and carries its tokenizer (class, init args and
 state), so nothing but the file is needed. The data module's hyper-parameters (image size, mean/std) come back
 too, for preprocessing new images the way the model was trained.
+
+Nothing in the file can run code: it is read with `torch.load(weights_only=True)` (modules/integrity.py), the
+class names it holds are resolved only against genlip_lit's registry (genlip_lit/registry.py), the module is
+first built on the meta device so that sizes which do not match the stored tensors are refused before any
+memory is allocated, and the weights must match their stored sha256 and be finite.
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ from typing import Any
 import torch
 
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.integrity import read_checkpoint, verify_weights
 
 log = logging.getLogger(__name__)
 
 
 def import_class(class_path: str) -> type:
+    """Import a class named in a USER'S OWN config (evaluation specs); never use it for names read from a file
+    someone else wrote: those go through `genlip_lit.registry.resolve`."""
     module_name, _, name = class_path.rpartition(".")
     try:
         return getattr(importlib.import_module(module_name), name)
@@ -29,31 +37,99 @@ def import_class(class_path: str) -> type:
         raise GenLIPUserError(f"cannot import {class_path!r} named in the checkpoint ({err})") from None
 
 
+def _init_kwargs(cls: type, hparams: dict[str, Any], path: str) -> dict[str, Any]:
+    """The stored hyper-parameters the class accepts; an unknown one is an error naming it (not a TypeError)."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(hparams) - set(params))
+        if unknown:
+            raise GenLIPUserError(f"{path}: hyper-parameters {unknown} are not arguments of {cls.__name__}")
+    return hparams
+
+
+def _check_shapes(built: dict[str, Any], stored: dict[str, Any], path: str) -> None:
+    missing = sorted(set(built) - set(stored))
+    unexpected = sorted(set(stored) - set(built))
+    wrong = sorted(k for k in set(built) & set(stored)
+                   if not isinstance(stored[k], torch.Tensor) or tuple(built[k].shape) != tuple(stored[k].shape))
+    if missing or unexpected or wrong:
+        details = "; ".join(
+            f"{what}: {names[:4]}{' ...' if len(names) > 4 else ''}"
+            for what, names in (("missing", missing), ("unexpected", unexpected), ("shape differs", wrong))
+            if names
+        )
+        raise GenLIPUserError(f"{path}: the stored weights do not fit the architecture it describes ({details})")
+
+
 def load_checkpoint(path: str, device: str | torch.device = "cpu") -> tuple[Any, dict[str, Any]]:
     """(module in eval mode on `device`, the data module's hyper-parameters or {})."""
-    if not os.path.isfile(path):
-        raise GenLIPUserError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # a truncated or foreign file: say which one
-        raise GenLIPUserError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
+    from genlip_lit.registry import resolve
+
+    ckpt = read_checkpoint(path)
     if "genlip_module_class" not in ckpt:
         raise GenLIPUserError(f"{path} was not written by a genlip_lit module (no 'genlip_module_class' entry)")
-    cls = import_class(ckpt["genlip_module_class"])
+    verify_weights(ckpt, path)
+    cls = resolve("module", ckpt["genlip_module_class"], path)
     # LightningCLI adds private keys (_class_path, _instantiator): they are not init arguments.
-    hparams = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
+    stored_hparams = ckpt.get("hyper_parameters") or {}
+    if not isinstance(stored_hparams, dict):
+        raise GenLIPUserError(f"{path}: hyper_parameters is a {type(stored_hparams).__name__}, not a dict")
+    hparams = {k: v for k, v in stored_hparams.items() if not str(k).startswith("_")}
     if hparams.get("init_from"):
         hparams["init_from"] = None  # the weights below supersede the earlier stage's (which may be gone)
     spec = ckpt.get("genlip_tokenizer")
     if spec is not None:
-        tokenizer = import_class(spec["class_path"])(**spec["init_args"])
-        tokenizer.load_state_dict(spec["state"])
+        if not isinstance(spec, dict) or not isinstance(spec.get("init_args", {}), dict):
+            raise GenLIPUserError(f"{path}: genlip_tokenizer is not a {{class_path, init_args, state}} dict")
+        tok_cls = resolve("tokenizer", spec.get("class_path"), path)
+        try:
+            tokenizer = tok_cls(**_init_kwargs(tok_cls, dict(spec.get("init_args") or {}), path))
+        except TypeError as err:
+            raise GenLIPUserError(f"{path}: cannot rebuild its tokenizer {tok_cls.__name__} ({err})") from None
+        tokenizer.load_state_dict(spec.get("state") or {})
         hparams["tokenizer"] = tokenizer
-    module = cls(**hparams)
+    kwargs = _init_kwargs(cls, hparams, path)
+    try:
+        # sizes first, on the meta device: a file declaring a huge width allocates nothing before it is refused
+        with torch.device("meta"):
+            skeleton = cls(**kwargs)
+        _check_shapes(skeleton.state_dict(), ckpt["state_dict"], path)
+        del skeleton
+    except TypeError as err:
+        raise GenLIPUserError(f"{path}: cannot rebuild {cls.__name__} from its hyper-parameters ({err})") from None
+    except NotImplementedError:  # open_clip towers move themselves to a device while built: no meta pass
+        log.debug("%s: no meta-device size check for %s", path, cls.__name__)
+    module = cls(**kwargs)
     module.load_state_dict(ckpt["state_dict"])
     module.on_load_checkpoint(ckpt)
     module.eval().to(device)
-    return module, dict(ckpt.get("datamodule_hyper_parameters", {}))
+    return module, dict(ckpt.get("datamodule_hyper_parameters") or {})
+
+
+def check_resume_checkpoint(config: Any) -> None:
+    """Vet a LightningCLI config's `ckpt_path` before Lightning reads it: loadable weights-only (one line naming
+    the file otherwise) and naming a registered module class or the one the config itself names. Lightning is
+    then told to load it weights-only too (its default, made explicit)."""
+    from genlip_lit.registry import resolve
+
+    subcommand = config.get("subcommand") if config is not None else None
+    sub = config.get(subcommand) if subcommand else None
+    path = sub.get("ckpt_path") if sub is not None else None
+    if not path or not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
+        return  # none, or Lightning's "last"/"best"/"hpc" (Lightning resolves those; it loads weights-only)
+    ckpt = read_checkpoint(str(path), mmap=True)
+    hparams = ckpt.get("hyper_parameters") or {}
+    if not isinstance(hparams, dict):
+        raise GenLIPUserError(f"{path}: hyper_parameters is a {type(hparams).__name__}, not a dict")
+    class_path = hparams.get("_class_path")
+    if class_path is not None:
+        model = sub.get("model")
+        own = model.get("class_path") if hasattr(model, "get") else None
+        resolve("module", class_path, str(path), allow=(own,) if isinstance(own, str) else ())
+    if "weights_only" in sub and sub.get("weights_only") is None:
+        sub["weights_only"] = True
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -79,13 +155,9 @@ def load_initial_weights(module: Any, path: str) -> str:
     embedding and the LM head); a mismatch is an error naming it, never a partial load.
     """
     file = resolve_checkpoint(path)
-    try:
-        ckpt = torch.load(file, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise GenLIPUserError(f"{file} is not a readable checkpoint ({type(err).__name__}: {err})") from None
-    state = ckpt.get("state_dict")
-    if not isinstance(state, dict):
-        raise GenLIPUserError(f"{file} holds no state_dict")
+    ckpt = read_checkpoint(file)
+    verify_weights(ckpt, file)
+    state = ckpt["state_dict"]
     ours = module.state_dict()
     missing = sorted(set(ours) - set(state))
     unexpected = sorted(set(state) - set(ours))
