@@ -171,13 +171,17 @@ def _expected_any(entries: list[_Entry], leaf: _Entry) -> str:
     """`got 'bogus', expected one of 64, 32, '16-mixed', ...` from a union's `Expected a ...` alternatives."""
     siblings = [e.text for e in entries if e.depth == leaf.depth and e.text.startswith("Expected a ")]
     alternatives: list[str] = []
+    given = None
     for text in siblings:
         kind = text[len("Expected a "):].strip()
+        inline = re.match(r"(.*)\. Got value: (.*)$", kind)  # a flat Literal: `Expected a typing.Literal[..]. Got value: x`
+        if inline:
+            kind, given = inline.group(1), inline.group(2)
         literal = re.match(r"typing\.Literal\[(.*)\]$", kind)
         alternatives += [v.strip() for v in literal.group(1).split(",")] if literal else [_TYPE.sub(r"\1", kind)]
     alternatives = [a for a in dict.fromkeys(alternatives) if a != "NoneType"]
     after = entries[entries.index(leaf):]
-    given = next((e.text[len("Given value: "):] for e in after if e.text.startswith("Given value: ")), None)
+    given = next((e.text[len("Given value: "):] for e in after if e.text.startswith("Given value: ")), given)
     got = f"got {given!r}, " if given is not None else ""
     return f"{got}expected one of {', '.join(alternatives)}"
 

@@ -27,13 +27,19 @@ from genlip_lit.errors import GenLIPUserError
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
-def command_parser(name: str, description: str) -> Any:
-    """A jsonargparse parser for `genlip NAME` with `--config` (and jsonargparse's `--print_config`)."""
+def command_parser(name: str, description: str, config_flag: str = "--config", **kwargs: Any) -> Any:
+    """A jsonargparse parser for `genlip NAME` with `--config` (and jsonargparse's `--print_config`).
+
+    Parse errors raise (see `parse`) instead of printing a usage block. `config_flag`: the flag of the options
+    file, for a command whose `--config` already means something else (`genlip plan`: the fit config it plans).
+    """
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    parser = ArgumentParser(prog=f"genlip {name}", description=description, default_env=False)
-    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options (keys as "
+    kwargs.setdefault("exit_on_error", False)
+    parser = ArgumentParser(prog=f"genlip {name}", description=description, default_env=False, **kwargs)
+    parser.add_argument(config_flag, action=ActionConfigFile, help="a YAML file of these options (keys as "
                         "--print_config writes them); flags given after it win")
+    parser.genlip_config_flag = config_flag
     return parser
 
 
@@ -93,11 +99,82 @@ def merge_repeated(argv: Sequence[str], flags: Sequence[str]) -> list[str]:
 
 
 def parse(parser: Any, argv: Sequence[str] | None, repeatable: Sequence[str] = ()) -> Any:
-    """Parse `argv` (None: sys.argv[2:]-style callers pass their own) after merging repeated multi-value flags."""
+    """Parse `argv` (None: sys.argv[2:]-style callers pass their own) after merging repeated multi-value flags.
+
+    A mistake (unknown option or config key, wrong type, unreadable config file) raises GenLIPUserError with at
+    most a few lines naming the key, value or file (parse_errors.py), instead of jsonargparse's usage block.
+    """
     import sys
+    from argparse import ArgumentError
 
     args = list(sys.argv[2:] if argv is None else argv)
-    return parser.parse_args(merge_repeated(args, repeatable))
+    flag = getattr(parser, "genlip_config_flag", "--config")
+    files = config_files(args, flag)
+    for path in files:
+        check_config_file(path, flag)
+    try:
+        return parser.parse_args(merge_repeated(args, repeatable))
+    except ArgumentError as err:
+        raise GenLIPUserError(short_error(str(err), parser, files)) from None
+
+
+def short_error(message: str, parser: Any, files: Sequence[str] = ()) -> str:
+    """jsonargparse's message cut to `key: problem` + a hint; a bad key read from a config file names the file."""
+    from genlip_lit.parse_errors import short_parse_error
+
+    command = parser.prog.removeprefix("genlip ")
+    options = [o for action in parser._actions for o in action.option_strings]
+    text = short_parse_error(message, command=command, options=options)
+    key = text.split(":", 1)[0]
+    if files and not key.startswith("-"):  # a key, not a flag: it came from a config file
+        named = [path for path in files if _top_keys(path) & {key, key.replace("_", "-")}]
+        if named:
+            text = f"{named[-1]}: {text}"
+    return text
+
+
+def config_files(argv: Sequence[str], flag: str = "--config") -> list[str]:
+    """The files given as `--config FILE` / `--config=FILE` (inline YAML `{...}` is left to jsonargparse)."""
+    files = []
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith(flag + "="):
+            path = arg.split("=", 1)[1]
+        else:
+            continue
+        if not path.lstrip().startswith("{"):
+            files.append(path)
+    return files
+
+
+def check_config_file(path: str, flag: str = "--config") -> None:
+    """A config file exists and is YAML; else one line naming the file (and the line of a YAML error)."""
+    import yaml
+
+    if not os.path.isfile(path):
+        raise GenLIPUserError(f"{flag} {path}: file not found")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            yaml.safe_load(fh)
+    except OSError as err:
+        raise GenLIPUserError(f"{flag} {path}: cannot read it ({err.strerror or err})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise GenLIPUserError(f"{flag} {path}: not valid YAML: {problem}{where}") from None
+
+
+def _top_keys(path: str) -> set[str]:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError):
+        return set()
+    return set(data) if isinstance(data, dict) else set()
 
 
 def resolve_ckpt(path: str) -> str:

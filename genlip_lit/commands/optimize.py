@@ -11,27 +11,25 @@ exact command that finishes it.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shlex
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal
 
-from genlip_lit.data.shards import DEFAULT_CHUNK_BYTES, default_val_samples, optimize_synthetic
-from genlip_lit.data.synthetic import SceneConfig
+from genlip_lit.commands.common import command_parser, parse
 from genlip_lit.errors import GenLIPUserError
-from genlip_lit.ingest.cleaning import DEFAULT_MAX_CAPTION_CHARS, DEFAULT_MAX_PIXELS, ImagePolicy
-from genlip_lit.ingest.corpus import IngestOptions, optimize_corpus, summary_line
-from genlip_lit.ingest.layouts import FORMATS, open_source
-from genlip_lit.ingest.output_lock import output_lock
-from genlip_lit.ingest.safe_read import DEFAULT_MAX_BYTES, ReadLimits, parse_bytes
+
+MODE_FLAGS = ("--overwrite", "--append", "--resume")
 
 
-def _run_synthetic(args: argparse.Namespace) -> dict[str, Any]:
+def _run_synthetic(args: Any) -> dict[str, Any]:
+    from genlip_lit.data.shards import default_val_samples, optimize_synthetic
+    from genlip_lit.data.synthetic import SceneConfig
+
     try:
         scene = SceneConfig(
             image_size=args.image_size,
@@ -57,63 +55,74 @@ def _run_synthetic(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # built-in generator name -> writer (real corpora come in through --input)
-SOURCES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {"synthetic": _run_synthetic}
+SOURCES: dict[str, Callable[[Any], dict[str, Any]]] = {"synthetic": _run_synthetic}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="genlip optimize",
-        description="Write an image-caption corpus (or the embedded synthetic data) as litdata shards.",
-        epilog="Examples:\n"
-        "  genlip optimize --input shards/{00000..00099}.tar --output data/cc --max-side 512\n"
-        "  genlip optimize --input recap/*.parquet --caption-field re_caption org_caption --output data/recap\n"
-        "  genlip optimize --source synthetic --output data/shapes --num-samples 20000",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def build_parser() -> Any:
+    """The jsonargparse parser (abbreviated flags such as `--over` keep working, as they did with argparse)."""
+    from jsonargparse import ActionYesNo
+
+    from genlip_lit.data.shards import DEFAULT_CHUNK_BYTES
+    from genlip_lit.ingest.cleaning import DEFAULT_MAX_CAPTION_CHARS, DEFAULT_MAX_PIXELS
+    from genlip_lit.ingest.layouts import FORMATS
+    from genlip_lit.ingest.safe_read import DEFAULT_MAX_BYTES
+
+    p = command_parser(
+        "optimize",
+        "Write an image-caption corpus (or the embedded synthetic data) as litdata shards. Examples: "
+        "`genlip optimize --input shards/{00000..00099}.tar --output data/cc --max-side 512`; "
+        "`genlip optimize --input recap/*.parquet --caption-field re_caption org_caption --output data/recap`; "
+        "`genlip optimize --source synthetic --output data/shapes --num-samples 20000`.",
+        allow_abbrev=True,
     )
-    p.add_argument("--output", required=True, help="output directory (gets train/, val/, genlip_meta.json)")
-    p.add_argument("--num-workers", type=int, default=None, help="worker processes (default: all cores; 1 for synthetic)")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--overwrite", action="store_true", help="replace what genlip optimize wrote in --output")
-    mode.add_argument("--append", action="store_true", help="add --input to the finished dataset in --output")
-    mode.add_argument("--resume", action="store_true", help="finish an interrupted run (same command otherwise)")
+    p.add_argument("--output", type=str, required=True, help="output directory (gets train/, val/, "
+                   "genlip_meta.json)")
+    p.add_argument("--num-workers", type=int | None, default=None, help="worker processes (null: all cores; 1 "
+                   "for synthetic)")
+    p.add_argument("--overwrite", action=ActionYesNo, default=False, help="replace what genlip optimize wrote in "
+                   "--output")
+    p.add_argument("--append", action=ActionYesNo, default=False, help="add --input to the finished dataset in "
+                   "--output")
+    p.add_argument("--resume", action=ActionYesNo, default=False, help="finish an interrupted run (same command "
+                   "otherwise)")
 
     real = p.add_argument_group("real corpora")
-    real.add_argument("--input", nargs="+", metavar="SRC", help="files, folders, globs or {000..099} ranges")
-    real.add_argument("--format", default="auto", choices=["auto", *FORMATS], help="input layout (default: auto)")
+    real.add_argument("--input", nargs="+", type=str, default=None, help="files, folders, globs or {000..099} "
+                      "ranges")
+    real.add_argument("--format", type=Literal[("auto", *FORMATS)], default="auto", help="input layout")
     real.add_argument(
-        "--caption-field", nargs="+", metavar="NAME",
+        "--caption-field", nargs="+", type=str, default=None,
         help="caption column(s)/key(s), first non-empty wins (webdataset/folder: 'txt' = the .txt sidecar, "
-        "other names = keys of the .json sidecar; default: txt, or the first of caption/text/txt)",
+        "other names = keys of the .json sidecar; null: txt, or the first of caption/text/txt)",
     )
-    real.add_argument("--label-field", default=None, help="integer class label column/key (webdataset: .cls default)")
-    real.add_argument("--image-field", default=None, help="image column (parquet) or path column (manifest)")
-    real.add_argument("--classes", default=None, help="text file of class names, one per line, for string labels")
-    real.add_argument("--max-side", type=int, default=None, help="shrink so the longer side is at most PX")
-    real.add_argument("--min-side", type=int, default=16, help="skip images with a shorter side below PX (16)")
+    real.add_argument("--label-field", type=str | None, default=None, help="integer class label column/key "
+                      "(webdataset: .cls default)")
+    real.add_argument("--image-field", type=str | None, default=None, help="image column (parquet) or path column "
+                      "(manifest)")
+    real.add_argument("--classes", type=str | None, default=None, help="text file of class names, one per line, "
+                      "for string labels")
+    real.add_argument("--max-side", type=int | None, default=None, help="shrink so the longer side is at most PX")
+    real.add_argument("--min-side", type=int, default=16, help="skip images with a shorter side below PX")
     real.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="skip larger images (bombs)")
-    real.add_argument("--image-format", default="jpeg", choices=["jpeg", "png", "webp"], help="re-encoding format")
-    real.add_argument("--quality", type=int, default=95, help="jpeg/webp quality (95)")
-    real.add_argument("--val-fraction", type=float, default=0.01, help="share of images held out as val (0.01)")
-    real.add_argument("--chunk-bytes", default=DEFAULT_CHUNK_BYTES, help="litdata chunk size (64MB)")
-    real.add_argument(
-        "--max-bytes", default=f"{DEFAULT_MAX_BYTES // 2**20}MiB", metavar="SIZE",
-        help="skip any image, sidecar or tar member larger than this, judged before reading it (64MiB)",
-    )
-    real.add_argument(
-        "--allow-outside", action="store_true",
-        help="read symlinks and manifest/parquet paths that lead outside the input folders (refused by default)",
-    )
-    real.add_argument(
-        "--max-caption-chars", type=int, default=DEFAULT_MAX_CAPTION_CHARS, metavar="N",
-        help=f"cut longer captions, counting them in the report ({DEFAULT_MAX_CAPTION_CHARS}; 0: no limit)",
-    )
+    real.add_argument("--image-format", type=Literal["jpeg", "png", "webp"], default="jpeg",
+                      help="re-encoding format")
+    real.add_argument("--quality", type=int, default=95, help="jpeg/webp quality")
+    real.add_argument("--val-fraction", type=float, default=0.01, help="share of images held out as val")
+    real.add_argument("--chunk-bytes", type=str, default=DEFAULT_CHUNK_BYTES, help="litdata chunk size")
+    real.add_argument("--max-bytes", type=str, default=f"{DEFAULT_MAX_BYTES // 2**20}MiB",
+                      help="skip any image, sidecar or tar member larger than this SIZE, judged before reading it")
+    real.add_argument("--allow-outside", action=ActionYesNo, default=False,
+                      help="read symlinks and manifest/parquet paths that lead outside the input folders "
+                      "(refused by default)")
+    real.add_argument("--max-caption-chars", type=int, default=DEFAULT_MAX_CAPTION_CHARS,
+                      help="cut longer captions, counting them in the report (0: no limit)")
 
     syn = p.add_argument_group("embedded synthetic data")
-    syn.add_argument("--source", default=None, help="generate a built-in dataset: synthetic (the default without --input)")
-    syn.add_argument("--num-samples", type=int, default=None, help="synthetic: number of train samples")
-    syn.add_argument(
-        "--val-samples", type=int, default=None, help="synthetic: number of val samples (default: 2%%, min 200)"
-    )
+    syn.add_argument("--source", type=str | None, default=None, help="generate a built-in dataset: synthetic (the "
+                     "default without --input)")
+    syn.add_argument("--num-samples", type=int | None, default=None, help="synthetic: number of train samples")
+    syn.add_argument("--val-samples", type=int | None, default=None, help="synthetic: number of val samples "
+                     "(null: 2%%, min 200)")
     syn.add_argument("--seed", type=int, default=0, help="synthetic: dataset seed (val uses a disjoint stream)")
     syn.add_argument("--image-size", type=int, default=64, help="synthetic: image side in pixels")
     syn.add_argument("--patch-size", type=int, default=8, help="synthetic: patch side of the label maps")
@@ -121,18 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("--max-objects", type=int, default=3, help="synthetic: most objects per scene")
     syn.add_argument("--word-prob", type=float, default=0.0, help="synthetic: probability of a rendered word")
     syn.add_argument(
-        "--max-image-size",
-        type=int,
-        default=None,
+        "--max-image-size", type=int | None, default=None,
         help="synthetic: variable sizes / aspect ratios: width and height each a multiple of --patch-size "
-        "in [--image-size, this] (default: square --image-size scenes)",
+        "in [--image-size, this] (null: square --image-size scenes)",
     )
-    syn.add_argument(
-        "--word-font-px",
-        type=int,
-        default=None,
-        help="synthetic: draw the word at this pixel size, e.g. 10 (default: a quarter of the shorter side)",
-    )
+    syn.add_argument("--word-font-px", type=int | None, default=None,
+                     help="synthetic: draw the word at this pixel size, e.g. 10 (null: a quarter of the shorter "
+                     "side)")
     return p
 
 
@@ -149,8 +153,13 @@ def _read_classes(path: str | None) -> tuple[str, ...] | None:
     return names
 
 
-def run_corpus(args: argparse.Namespace, resume_command: str | None = None) -> dict[str, Any]:
+def run_corpus(args: Any, resume_command: str | None = None) -> dict[str, Any]:
     """`genlip optimize --input ...`: returns the report (also written to `--output`)."""
+    from genlip_lit.ingest.cleaning import ImagePolicy
+    from genlip_lit.ingest.corpus import IngestOptions, optimize_corpus
+    from genlip_lit.ingest.layouts import open_source
+    from genlip_lit.ingest.safe_read import ReadLimits, parse_bytes
+
     try:
         policy = ImagePolicy(
             max_side=args.max_side,
@@ -186,23 +195,24 @@ def run_corpus(args: argparse.Namespace, resume_command: str | None = None) -> d
                            resume_command=resume_command)
 
 
-MODE_FLAGS = ("--overwrite", "--append", "--resume")
-
-
-def resume_command(argv: list[str], parser: argparse.ArgumentParser) -> str:
+def resume_command(argv: Sequence[str], parser: Any) -> str:
     """The command line that finishes the run `argv` starts: the same arguments, --resume instead of a mode flag
-    (argparse accepts abbreviations, so `--over` counts as --overwrite)."""
+    (abbreviations count: `--over` is --overwrite). A mode set in a --config file is switched off on the line."""
     options = [o for o in parser._option_string_actions if o.startswith("--")]
+    modes = {*MODE_FLAGS, *(f"--no_{flag[2:]}" for flag in MODE_FLAGS)}
     kept = []
     for token in argv:
         name = token.split("=", 1)[0]
         if name.startswith("--") and len(name) > 2:
             matches = [o for o in options if o.startswith(name)]
             full = name if name in options else matches[0] if len(matches) == 1 else None
-            if full in MODE_FLAGS:
+            if full in modes:
                 continue
         kept.append(token)
-    return shlex.join(["genlip", "optimize", *kept, "--resume"])
+    from genlip_lit.commands.common import config_files
+
+    off = ["--no_overwrite", "--no_append"] if config_files(kept) else []
+    return shlex.join(["genlip", "optimize", *kept, *off, "--resume"])
 
 
 @contextlib.contextmanager
@@ -228,11 +238,16 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["optimize"]:
         argv = argv[1:]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv, repeatable=("--input", "--caption-field"))
+    modes = [flag for flag in MODE_FLAGS if getattr(args, flag[2:])]
+    if len(modes) > 1:
+        raise GenLIPUserError(f"{' and '.join(modes)} exclude each other: give one (or none for a new output)")
     out = os.path.abspath(os.path.expanduser(args.output))
     if args.input and args.source:
         raise GenLIPUserError("give either --input (a corpus) or --source synthetic, not both")
     if args.input:
+        from genlip_lit.ingest.corpus import summary_line
+
         with _sigterm_as_interrupt():
             report = run_corpus(args, resume_command(argv, parser))
         print(summary_line(report, out))
@@ -250,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         raise GenLIPUserError(f"--source synthetic needs --num-samples of at least 1, got {args.num_samples}")
     if args.num_workers is None:
         args.num_workers = 1
+    from genlip_lit.ingest.output_lock import output_lock
+
     with output_lock(out):
         meta = SOURCES[args.source](args)
     print(
