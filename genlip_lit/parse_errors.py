@@ -183,6 +183,8 @@ def _expected_any(entries: list[_Entry], leaf: _Entry) -> str:
     after = entries[entries.index(leaf):]
     given = next((e.text[len("Given value: "):] for e in after if e.text.startswith("Given value: ")), given)
     got = f"got {given!r}, " if given is not None else ""
+    if len(alternatives) == 1:
+        return f"{got}expected {alternatives[0]}"
     return f"{got}expected one of {', '.join(alternatives)}"
 
 

@@ -8,61 +8,101 @@
 Reads the same YAML files as `genlip fit` (several compose, later wins; `--section.key value` overrides as on
 the fit command line), builds the network on the meta device (no memory, no GPU) and prints the plan
 (genlip_lit/plan/). Argument parsing is kept apart from the work (`parse` / `run`) so another parser can drive it.
+
+Here `--config` is the fit config being planned (as in `genlip fit`), so this command's own options file is
+`--options FILE` (keys as `--print_config` writes them, `config:` included).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 from genlip_lit.errors import GenLIPUserError
 
+OVERRIDE_HINT = "config overrides look like --model.init_args.arch"
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="genlip plan",
-        description="FLOPs, memory per GPU, the micro-batch that fits, and days / GPU-hours of a training config, "
-                    "without a GPU. Extra --section.key VALUE arguments override the config as in `genlip fit`.",
+
+def build_parser() -> Any:
+    from genlip_lit.commands.common import command_parser
+
+    parser = command_parser(
+        "plan",
+        "FLOPs, memory per GPU, the micro-batch that fits, and days / GPU-hours of a training config, without a "
+        "GPU. Extra --section.key VALUE arguments override the config as in `genlip fit`.",
+        config_flag="--options",
     )
-    parser.add_argument("--config", action="append", required=True, help="a `genlip fit` YAML; repeat to compose")
-    parser.add_argument("--gpus", type=int, default=None,
-                        help="GPUs in the run (default: the config's trainer.devices x num_nodes)")
-    parser.add_argument("--gpu", default="h100", help="h100, h200, a100-80, a100-40, or custom (default h100)")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="peak dense TFLOP/s (custom GPU, or override)")
-    parser.add_argument("--memory-gib", type=float, default=None, help="GPU memory in GiB (custom GPU, or override)")
-    parser.add_argument("--samples", type=float, default=None,
-                        help="training samples, e.g. 8e9 (default: trainer.max_steps x global batch)")
-    measured = parser.add_mutually_exclusive_group()
-    measured.add_argument("--mfu", type=float, default=None, help="model FLOPs utilisation to assume (default 0.4)")
-    measured.add_argument("--throughput-log", default=None, metavar="RUN_DIR",
-                          help="take the MFU a previous run's Throughput callback logged (TensorBoard or CSV)")
-    parser.add_argument("--global-batch", type=int, default=None,
-                        help="samples per optimizer step (default: data.batch_size x accumulate x the config's GPUs)")
-    parser.add_argument("--vocab-size", type=int, default=None,
-                        help="LM-head vocabulary (default: the configured tokenizer's; Qwen3, as in the paper: 151936)")
-    parser.add_argument("--text-tokens", type=int, default=None,
-                        help="mean text positions per sample incl. BOS / prompt / EOS (default: max_text_len)")
-    parser.add_argument("--mean-patches", type=int, default=None,
-                        help="stage 2: mean patches per image (default: data.max_patches)")
+    parser.add_argument("--config", nargs="+", type=str, required=True,
+                        help="`genlip fit` YAML files; several compose, later wins (--config A B, or repeat the flag)")
+    parser.add_argument("--gpus", type=int | None, default=None,
+                        help="GPUs in the run (null: the config's trainer.devices x num_nodes)")
+    parser.add_argument("--gpu", type=str, default="h100", help="h100, h200, a100-80, a100-40, or custom")
+    parser.add_argument("--peak-tflops", type=float | None, default=None,
+                        help="peak dense TFLOP/s (custom GPU, or override)")
+    parser.add_argument("--memory-gib", type=float | None, default=None,
+                        help="GPU memory in GiB (custom GPU, or override)")
+    parser.add_argument("--samples", type=float | None, default=None,
+                        help="training samples, e.g. 8e9 (null: trainer.max_steps x global batch)")
+    parser.add_argument("--mfu", type=float | None, default=None,
+                        help="model FLOPs utilisation to assume (null: 0.4, or --throughput-log's)")
+    parser.add_argument("--throughput-log", type=str | None, default=None,
+                        help="RUN_DIR: take the MFU a previous run's Throughput callback logged (TensorBoard or "
+                        "CSV); not with --mfu")
+    parser.add_argument("--global-batch", type=int | None, default=None,
+                        help="samples per optimizer step (null: data.batch_size x accumulate x the config's GPUs)")
+    parser.add_argument("--vocab-size", type=int | None, default=None,
+                        help="LM-head vocabulary (null: the configured tokenizer's; Qwen3, as in the paper: 151936)")
+    parser.add_argument("--text-tokens", type=int | None, default=None,
+                        help="mean text positions per sample incl. BOS / prompt / EOS (null: max_text_len)")
+    parser.add_argument("--mean-patches", type=int | None, default=None,
+                        help="stage 2: mean patches per image (null: data.max_patches)")
     return parser
 
 
-def parse(argv: list[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
-    """Known options, and the `--a.b.c value` / `--a.b.c=value` config overrides among the rest."""
-    args, rest = build_parser().parse_known_args(argv)
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """(this command's arguments, the `--a.b.c value` / `--a.b.c=value` config overrides)."""
+    own: list[str] = []
     overrides: list[tuple[str, str]] = []
     i = 0
-    while i < len(rest):
-        token = rest[i]
+    argv = list(argv)
+    while i < len(argv):
+        token = argv[i]
         key, eq, value = token[2:].partition("=") if token.startswith("--") else ("", "", "")
         if "." not in key:
-            raise GenLIPUserError(f"unrecognised argument {token!r} (config overrides look like --model.init_args.arch)")
+            own.append(token)
+            i += 1
+            continue
         if not eq:
-            if i + 1 >= len(rest):
+            if i + 1 >= len(argv):
                 raise GenLIPUserError(f"override {token} needs a value")
-            value, i = rest[i + 1], i + 1
+            value, i = argv[i + 1], i + 1
         overrides.append((key, value))
         i += 1
+    return own, overrides
+
+
+def parse(argv: Sequence[str]) -> tuple[Any, list[tuple[str, str]]]:
+    """This command's options (jsonargparse), and the config overrides among the arguments."""
+    import re
+    from argparse import ArgumentError
+
+    from genlip_lit.commands.common import check_config_file, config_files, merge_repeated, short_error
+
+    own, overrides = split_overrides(argv)
+    parser = build_parser()
+    files = config_files(own, "--options")
+    for path in files:
+        check_config_file(path, "--options")
+    try:
+        args = parser.parse_args(merge_repeated(own, ["--config"]))
+    except ArgumentError as err:
+        stray = re.search(r"unrecognized arguments: (\S+)", str(err))
+        if stray and not stray.group(1).startswith("-"):
+            raise GenLIPUserError(f"unrecognised argument {stray.group(1)!r} ({OVERRIDE_HINT})") from None
+        raise GenLIPUserError(short_error(str(err), parser, files)) from None
+    if args.mfu is not None and args.throughput_log is not None:
+        raise GenLIPUserError("give --mfu or --throughput-log, not both")
     return args, overrides
 
 
@@ -89,7 +129,7 @@ def resolve_gpu(name: str, peak_tflops: float | None, memory_gib: float | None):
     return GPUSpec(name if key != "custom" else "custom GPU", peak_tflops, peak_tflops, memory_gib)
 
 
-def run(args: argparse.Namespace, overrides: list[tuple[str, str]]) -> str:
+def run(args: Any, overrides: list[tuple[str, str]]) -> str:
     """Make the plan and return its report."""
     from genlip_lit.plan import PlanRequest, format_plan, make_plan, read_run_config
     from genlip_lit.plan.estimate import set_mfu
