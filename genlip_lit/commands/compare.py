@@ -11,7 +11,8 @@ Re-invoking is safe: a finished run (DIR/<name>/result.json with the same config
 interrupted one resumes exactly from its last checkpoint. The last evaluation of every run, its measured training
 FLOPs per sample (the Throughput callback) and its wall time go to DIR/table.md and DIR/table.csv, and loss and
 metric curves over samples seen to DIR/curves.png (read back from each run's TensorBoard or CSV logs:
-`eval/compare_report.py`).
+`eval/compare_report.py`). Progress on stderr: runs done of all, and the steps of the run in training (read from
+the plain progress lines of its fit.log), each with an ETA.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -60,7 +62,6 @@ class RunSpec:
             "--trainer.logger.init_args.save_dir", str(output),
             "--trainer.logger.init_args.name", self.name,
             "--trainer.logger.init_args.version", LOG_VERSION,
-            "--trainer.enable_progress_bar", "false",
         ]
         if self.max_steps is not None:
             argv += ["--trainer.max_steps", str(self.max_steps)]
@@ -91,13 +92,48 @@ def plan_runs(configs: list[str], base: str | None, max_steps: int | None, extra
 # ---------------------------------------------------------------------------------------------------- running
 def run_all(specs: list[RunSpec], output: Path, rerun: set[str], fit_command: list[str]) -> list[dict[str, Any]]:
     """Run (or skip, or resume) every spec in order; returns each run's result dict (failed ones included)."""
+    from genlip_lit.progress import progress
+
     results = []
-    for i, spec in enumerate(specs, 1):
-        print(f"[{i}/{len(specs)}] {spec.name}: ", end="", flush=True)
-        result = run_one(spec, output, spec.name in rerun, fit_command)
-        print(result["status_line"], flush=True)
-        results.append(result)
+    with progress(total=len(specs), description="compare", unit="runs") as runs:
+        for i, spec in enumerate(specs, 1):
+            runs.set_postfix(f"now {spec.name}")
+            result = run_one(spec, output, spec.name in rerun, fit_command)
+            print(f"[{i}/{len(specs)}] {spec.name}: {result['status_line']}", flush=True)
+            results.append(result)
+            runs.advance()
+        runs.set_postfix("")
     return results
+
+
+# `genlip fit`'s plain progress line (callbacks/plain_progress.py), as the child writes it into fit.log
+_FIT_LINE = re.compile(r"^genlip: fit: ([\d,]+)/([\d,]+) steps", re.MULTILINE)
+POLL_S = 2.0
+
+
+def follow_fit(proc: subprocess.Popen, log_path: Path, description: str, total: int | None) -> int:
+    """Wait for a `genlip fit` child, showing its steps (read from the plain progress lines of its log) as a
+    stage of the comparison's progress; returns its exit code."""
+    from genlip_lit.progress import progress
+
+    offset = log_path.stat().st_size if log_path.exists() else 0
+    with progress(total=total, description=description, unit="steps") as steps:
+        while True:
+            try:
+                code = proc.wait(timeout=POLL_S)
+            except subprocess.TimeoutExpired:
+                code = None
+            with open(log_path, encoding="utf-8", errors="replace") as fh:
+                fh.seek(offset)
+                text = fh.read()
+            cut = text.rfind("\n") + 1  # a line still being written is read next time
+            offset += len(text[:cut].encode("utf-8", errors="replace"))
+            found = _FIT_LINE.findall(text[:cut])
+            if found:
+                done, planned = (int(v.replace(",", "")) for v in found[-1])
+                steps.update(completed=done, total=planned)
+            if code is not None:
+                return code
 
 
 def run_one(spec: RunSpec, output: Path, rerun: bool, fit_command: list[str]) -> dict[str, Any]:
@@ -126,19 +162,27 @@ def run_one(spec: RunSpec, output: Path, rerun: bool, fit_command: list[str]) ->
     resume_from = last if last.is_file() else None
     start = time.perf_counter()
     fit_argv = spec.fit_argv(output, resume_from)
-    with open(run_dir / "fit.log", "a") as log:
+    log_path = run_dir / "fit.log"
+    with open(log_path, "a") as log:
         log.write(f"\n$ genlip {' '.join(fit_argv)}\n")
         log.flush()
-        proc = subprocess.run([*fit_command, *fit_argv], stdout=log,
-                              stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        # the child writes plain progress lines into fit.log (its stderr is a file); follow_fit reads its steps
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "GENLIP_PROGRESS": "plain"}
+        proc = subprocess.Popen([*fit_command, *fit_argv], stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            returncode = follow_fit(proc, log_path, spec.name, spec.max_steps)
+        except BaseException:  # Ctrl-C: stop the child too; its last checkpoint lets a rerun resume
+            proc.terminate()
+            proc.wait()
+            raise
     seconds = time.perf_counter() - start
-    attempts.append({"fingerprint": fingerprint, "seconds": seconds, "returncode": proc.returncode,
+    attempts.append({"fingerprint": fingerprint, "seconds": seconds, "returncode": returncode,
                      "resumed_from": str(resume_from) if resume_from else None})
     attempts_path.write_text(json.dumps(attempts, indent=1))
-    if proc.returncode != 0:
-        tail = (run_dir / "fit.log").read_text().strip().splitlines()[-5:]
-        return {"name": spec.name, "status": "failed", "status_line": f"FAILED (exit {proc.returncode}); last lines of "
-                f"{run_dir / 'fit.log'}:\n    " + "\n    ".join(tail)}
+    if returncode != 0:
+        tail = log_path.read_text().strip().splitlines()[-5:]
+        return {"name": spec.name, "status": "failed", "status_line": f"FAILED (exit {returncode}); last lines of "
+                f"{log_path}:\n    " + "\n    ".join(tail)}
     from genlip_lit.eval.compare_report import collect_result
 
     try:

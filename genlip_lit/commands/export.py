@@ -22,9 +22,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
     from genlip_lit.commands.common import resolve_ckpt
     from genlip_lit.export import export_vision_encoder, load_vision_encoder
+    from genlip_lit.progress import progress
 
-    out = export_vision_encoder(resolve_ckpt(args.ckpt), args.output)
-    encoder = load_vision_encoder(out)
+    ckpt = resolve_ckpt(args.ckpt)
+    with progress(total=2, description="export", unit="steps") as bar:
+        bar.set_postfix("reading the checkpoint, writing the encoder")
+        out = export_vision_encoder(ckpt, args.output)
+        bar.advance()
+        bar.set_postfix("loading it back (a check)")
+        encoder = load_vision_encoder(out)
+        bar.advance()
+        bar.set_postfix("")
     n = sum(t.numel() for t in encoder.parameters())
     print(f"wrote {out}/model.safetensors ({n / 1e6:.2f}M parameters) and {out}/config.json")
     return 0

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.progress import progress
 
 DEFAULT_MAX_BYTES = 8 * 2**30  # patch features kept in host memory before extraction refuses
 
@@ -127,12 +128,14 @@ def extract_many(
     want_pooled: bool = True,
     pixels: bool = False,
     max_bytes: int | None = DEFAULT_MAX_BYTES,
+    description: str = "extracting features",
 ) -> tuple[dict[str, Features], Tensor, Tensor | None]:
     """One pass over `batches` through every encoder: ({name: Features}, labels [N], pixel features or None).
 
     Samples labelled -1 are dropped; at most `budget` samples are kept, and no batch is pulled once it is reached
     (iterators may decode lazily). With `pixels`, each image is also average-pooled to the first encoder's patch
-    grid (`pixel_grid_features`). `max_bytes` bounds the patch features kept, over all encoders.
+    grid (`pixel_grid_features`). `max_bytes` bounds the patch features kept, over all encoders. Progress (images
+    of `budget`) shows as `description`, a stage of the caller's progress when one is open.
     """
     if budget is not None and budget < 1:
         raise ValueError(f"budget must be a positive number of samples or None, got {budget}")
@@ -144,7 +147,8 @@ def extract_many(
     kept: dict[str, dict[str, list[Tensor]]] = {name: {"patches": [], "pooled": []} for name in encoders}
     labels, pixel_feats = [], []
     count = patch_bytes = 0
-    with ModeGuard(*encoders.values()), torch.no_grad():
+    with ModeGuard(*encoders.values()), torch.no_grad(), \
+            progress(total=budget, description=description, unit="images") as bar:
         for batch in batches:
             x, y = unpack(batch)
             keep = y >= 0  # -1 = unlabelled: nothing to probe with
@@ -171,6 +175,7 @@ def extract_many(
                 pixel_feats.append(pixel_grid_features(x, grid).cpu())
             labels.append(y.cpu())
             count += int(y.shape[0])
+            bar.advance(int(y.shape[0]))
             if budget is not None and count >= budget:
                 break  # before pulling another batch
     if count == 0:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import math
 import os
 import time
@@ -42,7 +43,10 @@ from genlip_lit.eval.llm_loading import (
     resolve_lm,
     step_order,
 )
+from genlip_lit.progress import progress
 from genlip_lit.schedule import warmup_cosine
+
+log = logging.getLogger(__name__)
 
 NO_IMAGE = "no image"
 # Sized for 3 encoders + the no-image row with SmolLM2-135M on 2 CPU cores: a step of 8 captions costs about
@@ -136,22 +140,22 @@ def _train(lm: Any, projector: Projector, params: list[dict[str, Any]], features
     warmup = max(1, len(order) // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, len(order), warmup, 0.1))
     trained = [p for group in params for p in group["params"]]
-    losses, start = [], time.perf_counter()
+    losses: list[float] = []
     every = max(1, len(order) // 5)
-    for step, idx in enumerate(order):
-        batch = text.batch([caption_ids[i] for i in idx])
-        nll, count = caption_nll(lm, projector, features[torch.as_tensor(idx)].to(device),
-                                 TextBatch(batch.ids.to(device), batch.targets.to(device)), text.bos)
-        loss = nll / max(count, 1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained, 1.0)
-        optimizer.step()
-        scheduler.step()
-        losses.append(float(loss.detach()))
-        if (step + 1) % every == 0 or step + 1 == len(order):
-            print(f"  {label}: step {step + 1}/{len(order)} loss {np.mean(losses[-every:]):.3f} "
-                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+    with progress(total=len(order), description=label, unit="steps") as bar:
+        for idx in order:
+            batch = text.batch([caption_ids[i] for i in idx])
+            nll, count = caption_nll(lm, projector, features[torch.as_tensor(idx)].to(device),
+                                     TextBatch(batch.ids.to(device), batch.targets.to(device)), text.bos)
+            loss = nll / max(count, 1)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trained, 1.0)
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(f"loss {np.mean(losses[-every:]):.3f}")
+            bar.advance()
     return losses
 
 
@@ -230,25 +234,46 @@ def run_probe(encoder_dirs: list[str], lm_spec: str, output: str, data: str | No
     lm, tokenizer = load_lm(source)
     lm.to(dev)
     load_seconds = time.perf_counter() - begin
-    print(f"LM {source.path}: {sum(p.numel() for p in lm.parameters()) / 1e6:.1f}M parameters "
-          f"({load_seconds:.0f} s to load)", flush=True)
+    log.info("LM %s: %.1fM parameters (%.0f s to load)", source.path,
+             sum(p.numel() for p in lm.parameters()) / 1e6, load_seconds)
     num_train = settings.steps * settings.batch_size
     train, held_out = load_caption_data(root, num_train, settings.num_eval, settings.seed)
     text = CaptionText(tokenizer, prompt, max_caption_tokens)
     train_ids, eval_ids = text.encode(train.captions), text.encode(held_out.captions)
     order = step_order(len(train_ids), settings.steps, settings.batch_size, settings.seed)
 
+    with progress(total=len(encoders) + 1, description="llm-probe", unit="encoders") as run:
+        rows = _probe_all(encoder_dirs, encoders, lm, train, held_out, train_ids, eval_ids, text, order, settings,
+                          dev, run)
+    result = {
+        "lm": {**lm_description(lm, source), "load_seconds": load_seconds},
+        "data": {"root": root, "synthetic": data is None, "train_samples": len(train.images),
+                 "eval_samples": len(held_out.images), "skipped": train.skipped + held_out.skipped,
+                 "eval_caption_tokens": sum(len(c) for c in eval_ids), "prompt": prompt},
+        "settings": dataclasses.asdict(settings),
+        "rows": rows,
+        "seconds": time.perf_counter() - begin,
+    }
+    write_reports(result, output)
+    return result
+
+
+def _probe_all(encoder_dirs: list[str], encoders: list[Any], lm: Any, train: Any, held_out: Any,
+               train_ids: list[list[int]], eval_ids: list[list[int]], text: CaptionText, order: list[np.ndarray],
+               settings: ProbeSettings, dev: torch.device, run: Any) -> list[dict[str, Any]]:
+    """The rows of the table: the no-image baseline first, then every encoder (`run` counts encoders done)."""
     rows: list[dict[str, Any]] = []
     names = _unique_names(encoder_dirs)
     for name, directory, encoder in zip(names, encoder_dirs, encoders):
+        run.set_postfix(name)
         start, cpu_start = time.perf_counter(), time.process_time()
         encoder.to(dev)
         train_feats = encode_images(encoder, train.images, dev)
         eval_feats = encode_images(encoder, held_out.images, dev)
         feature_seconds = time.perf_counter() - start
         count = len(train.images) + len(held_out.images)
-        print(f"{name}: features {tuple(train_feats.shape[1:])} for {count} images ({feature_seconds:.1f} s)",
-              flush=True)
+        log.info("%s: features %s for %d images (%.1f s)", name, tuple(train_feats.shape[1:]), count,
+                 feature_seconds)
         with open(os.path.join(directory, "config.json"), encoding="utf-8") as fh:
             objective = json.load(fh).get("source", {}).get("objective", "?")
         row = {"name": name, "dir": os.path.abspath(directory), "objective": objective,
@@ -262,7 +287,9 @@ def run_probe(encoder_dirs: list[str], lm_spec: str, output: str, data: str | No
         row["feature_seconds"] = feature_seconds
         rows.append(row)
         encoder.cpu()
+        run.advance()
     # no image: all-zero features shaped like the first encoder's, i.e. a learned constant prefix
+    run.set_postfix(NO_IMAGE)
     start, cpu_start = time.perf_counter(), time.process_time()
     m, w = rows[0]["num_patches"], rows[0]["width"]
     baseline = {"name": NO_IMAGE, "dir": None, "objective": "-", "vision_params": 0, "width": w,
@@ -273,18 +300,8 @@ def run_probe(encoder_dirs: list[str], lm_spec: str, output: str, data: str | No
     baseline["seconds"] = time.perf_counter() - start
     baseline["cpu_seconds"] = time.process_time() - cpu_start
     rows.insert(0, baseline)
-
-    result = {
-        "lm": {**lm_description(lm, source), "load_seconds": load_seconds},
-        "data": {"root": root, "synthetic": data is None, "train_samples": len(train.images),
-                 "eval_samples": len(held_out.images), "skipped": train.skipped + held_out.skipped,
-                 "eval_caption_tokens": sum(len(c) for c in eval_ids), "prompt": prompt},
-        "settings": dataclasses.asdict(settings),
-        "rows": rows,
-        "seconds": time.perf_counter() - begin,
-    }
-    write_reports(result, output)
-    return result
+    run.advance()
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------- reports

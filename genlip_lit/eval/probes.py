@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genlip_lit.eval.features import DEFAULT_MAX_BYTES, extract_features, extract_many, module_device
+from genlip_lit.progress import progress
 from genlip_lit.schedule import warmup_cosine
 
 __all__ = ["ProbeResult", "attentive_probe", "extract_features", "linear_probe", "run_probes", "stratified_split"]
@@ -347,27 +348,37 @@ def run_probes(
     splits = {}
     for name, batches in (("train", train_batches), ("test", test_batches)):
         splits[name] = extract_many(encoders, batches, device, budget, want_patches=attentive, want_pooled=True,
-                                    pixels=baselines, max_bytes=max_bytes)
+                                    pixels=baselines, max_bytes=max_bytes, description=f"extracting {name} features")
     (train, train_y, train_px), (test, test_y, test_px) = splits["train"], splits["test"]
     log.info("extracted %d train + %d test samples in %.1f s", len(train_y), len(test_y), time.perf_counter() - t0)
     if num_classes is None:
         num_classes = int(max(train_y.max(), test_y.max())) + 1
     probe_device = torch.device(device) if device is not None else module_device(module)
     results: dict[str, ProbeResult] = {}
-    for name in encoders:
-        prefix = "" if name == ENCODER else f"{name}_"
-        tr, te = train[name], test[name]
-        results[f"{prefix}linear"] = linear_probe(tr.pooled, train_y, te.pooled, test_y, num_classes,
-                                                 device=probe_device, **(linear_kwargs or {}))
-        if attentive:
-            results[f"{prefix}attentive"] = attentive_probe(tr.patches, train_y, te.patches, test_y, num_classes,
-                                                            device=probe_device, **(attentive_kwargs or {}))
-    if baselines:
-        assert train_px is not None and test_px is not None
-        result = linear_probe(train_px, train_y, test_px, test_y, num_classes, device=probe_device,
-                              **(linear_kwargs or {}))
-        result.hparams["features"] = f"pixels averaged per patch ({train_px.shape[1] // 3} patches x 3 channels)"
-        results[f"{PIXELS}_linear"] = result
+    total = len(encoders) * (2 if attentive else 1) + (1 if baselines else 0)
+    with progress(total=total, description="fitting probes", unit="probes") as bar:
+        for name in encoders:
+            prefix = "" if name == ENCODER else f"{name}_"
+            tr, te = train[name], test[name]
+            bar.set_postfix(f"{prefix}linear")
+            results[f"{prefix}linear"] = linear_probe(tr.pooled, train_y, te.pooled, test_y, num_classes,
+                                                     device=probe_device, **(linear_kwargs or {}))
+            bar.advance()
+            if attentive:
+                bar.set_postfix(f"{prefix}attentive")
+                results[f"{prefix}attentive"] = attentive_probe(tr.patches, train_y, te.patches, test_y,
+                                                                num_classes, device=probe_device,
+                                                                **(attentive_kwargs or {}))
+                bar.advance()
+        if baselines:
+            assert train_px is not None and test_px is not None
+            bar.set_postfix(f"{PIXELS}_linear")
+            result = linear_probe(train_px, train_y, test_px, test_y, num_classes, device=probe_device,
+                                  **(linear_kwargs or {}))
+            result.hparams["features"] = f"pixels averaged per patch ({train_px.shape[1] // 3} patches x 3 channels)"
+            results[f"{PIXELS}_linear"] = result
+            bar.advance()
+        bar.set_postfix("")
     return results
 
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 from genlip_lit.eval.data import EvalView
 from genlip_lit.eval.tables import clean, write_json
+from genlip_lit.progress import progress
 
 
 def slug(tag: str) -> str:
@@ -32,33 +33,44 @@ def run_evaluations(module: Any, evaluations: Sequence[Any], view: EvalView, out
     os.makedirs(output, exist_ok=True)
     report: dict[str, Any] = {"evaluations": {}}
     md = ["# genlip eval report", ""]
-    for ev in evaluations:
-        start = time.perf_counter()
-        with torch.no_grad():
-            result = ev.evaluate(module, view)
-        result.scalars[f"{ev.name}/seconds"] = time.perf_counter() - start
-        images = {}
-        for tag, image in result.images.items():
-            name = f"{slug(tag)}.png"
-            Image.fromarray(image).save(os.path.join(output, name))
-            images[tag] = name
-        report["evaluations"][ev.name] = {
-            "class": type(ev).__name__,
-            "scalars": clean(result.scalars),
-            "images": images,
-            "details": result.details,
-        }
-        md += [f"## {type(ev).__name__}", "", "| metric | value |", "|---|---|"]
-        md += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in result.scalars.items()
-               if not k.startswith("sink/") or k.endswith("_mean")]
-        md.append("")
-        md += [f"![{tag}]({name})" for tag, name in images.items()]
-        for tag, text in result.texts.items():
-            md += ["", f"**{tag}**", "", text]
-        if "skipped" in result.details:
-            md += ["", f"skipped: {result.details['skipped']}"]
-        md.append("")
+    with progress(total=len(evaluations), description="eval", unit="evaluations") as run:
+        for ev in evaluations:
+            run.set_postfix(f"now {ev.name}")
+            md += _run_one(module, ev, view, output, report)
+            run.advance()
+        run.set_postfix("")
     write_json(os.path.join(output, "report.json"), report)
     with open(os.path.join(output, "report.md"), "w", encoding="utf-8") as fh:
         fh.write("\n".join(md))
     return report
+
+
+def _run_one(module: Any, ev: Any, view: EvalView, output: str, report: dict[str, Any]) -> list[str]:
+    """Run one evaluation, save its images, add it to `report`; returns its report.md lines."""
+    md: list[str] = []
+    start = time.perf_counter()
+    with torch.no_grad():
+        result = ev.evaluate(module, view)
+    result.scalars[f"{ev.name}/seconds"] = time.perf_counter() - start
+    images = {}
+    for tag, image in result.images.items():
+        name = f"{slug(tag)}.png"
+        Image.fromarray(image).save(os.path.join(output, name))
+        images[tag] = name
+    report["evaluations"][ev.name] = {
+        "class": type(ev).__name__,
+        "scalars": clean(result.scalars),
+        "images": images,
+        "details": result.details,
+    }
+    md += [f"## {type(ev).__name__}", "", "| metric | value |", "|---|---|"]
+    md += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in result.scalars.items()
+           if not k.startswith("sink/") or k.endswith("_mean")]
+    md.append("")
+    md += [f"![{tag}]({name})" for tag, name in images.items()]
+    for tag, text in result.texts.items():
+        md += ["", f"**{tag}**", "", text]
+    if "skipped" in result.details:
+        md += ["", f"skipped: {result.details['skipped']}"]
+    md.append("")
+    return md

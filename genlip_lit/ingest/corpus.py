@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -250,13 +249,36 @@ def _run(source: Source, output_dir: str, options: IngestOptions, plan: dict[str
     planned = plan_units(plan)
     done = _done_units(output_dir)
     todo = [(uid, unit) for uid, unit in sorted(planned.items()) if uid not in done]
+    with _unit_progress(progress, len(planned), len(planned) - len(todo)) as bar:
+        return _run_units(source, output_dir, options, plan, num_workers, planned, done, todo, bar)
+
+
+def _unit_progress(enabled: bool, total: int, resumed: int) -> Any:
+    """Units done of all (a resumed run starts at the units done before; its rate counts new work only), with the
+    images read, kept and skipped so far after the counts. A unit's image count is known only once it is read."""
+    from genlip_lit.progress import progress
+
+    bar = progress(total=total, description="optimize", unit="units", mode=None if enabled else "off")
+    bar.resume_at(resumed)
+    return bar
+
+
+def _run_units(source: Source, output_dir: str, options: IngestOptions, plan: dict[str, Any], num_workers: int,
+               planned: dict[int, Unit], done: dict[int, dict[str, Any]], todo: list[tuple[int, Unit]],
+               bar: Any) -> dict[str, Any]:
     start = time.perf_counter()
     fresh: dict[int, dict[str, Any]] = {}
-    last_note = [start]
+    tally = {"kept": 0, "skipped": 0}
 
     def finished(uid: int, result: dict[str, Any]) -> None:
         fresh[uid] = result
-        last_note[0] = _note_progress(progress, fresh, len(todo), start, last_note[0])
+        tally["kept"] += sum(result["kept"].values())
+        tally["skipped"] += sum(result["skipped"].values())
+        images = tally["kept"] + tally["skipped"]
+        rate = images / max(time.perf_counter() - start, 1e-9)
+        bar.set_postfix(f"{images:,} images ({tally['kept']:,} kept, {tally['skipped']:,} skipped), "
+                        f"{rate:,.0f} images/s")
+        bar.advance()
 
     def stopped(what: str) -> IngestStopped:
         return IngestStopped(f"{what} after {len(done) + len(fresh)} of {len(planned)} units; the output "
@@ -302,16 +324,6 @@ def _run(source: Source, output_dir: str, options: IngestOptions, plan: dict[str
     }
     write_json(os.path.join(output_dir, META_FILE), meta)  # written last: its presence marks a complete dataset
     return report
-
-
-def _note_progress(enabled: bool, fresh: dict[int, Any], total: int, start: float, last: float) -> float:
-    now = time.perf_counter()
-    if not enabled or (now - last < 10.0 and len(fresh) < total):
-        return last
-    images = sum(sum(r["kept"].values()) + sum(r["skipped"].values()) for r in fresh.values())
-    print(f"  {len(fresh)}/{total} units, {images} images, {images / max(now - start, 1e-9):.0f} images/s",
-          file=sys.stderr, flush=True)
-    return now
 
 
 def _report(
