@@ -83,6 +83,7 @@ EXTRA_COMMANDS = {
     "export": "genlip_lit.export:export_main",
     "eval-res": "genlip_lit.eval.resolution:resolution_main",
     "llm-probe": "genlip_lit.eval.llm_probe:llm_probe_main",
+    "import": "genlip_lit.commands.import_checkpoint:main",
 }
 
 

@@ -22,12 +22,16 @@ NO_DECAY_KEYS = ("tok_embed", "pos_image", "pos_text", "registers", "gate_proj",
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Split parameters into decayed (matrices) and non-decayed (norms, biases, embeddings, gates, registers)."""
+    """Split parameters into decayed (matrices) and non-decayed (norms, biases, embeddings, gates, registers).
+
+    A model with `no_weight_decay()` names its exempt parameters itself (GenLIP: its `weight_decay_scope`).
+    """
+    exempt = model.no_weight_decay() if callable(getattr(model, "no_weight_decay", None)) else None
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim < 2 or any(key in name for key in NO_DECAY_KEYS):
+        if (name in exempt) if exempt is not None else (p.ndim < 2 or any(key in name for key in NO_DECAY_KEYS)):
             no_decay.append(p)
         else:
             decay.append(p)
