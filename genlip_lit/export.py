@@ -9,6 +9,8 @@ preprocessing the encoder was trained with (patch size, image size, mean/std). `
 as a plain torch module mapping normalized images [B, 3, H, W] (any H, W divisible by the patch size: M-RoPE
 places the grid) to the final-norm patch features [B, H/p * W/p, width] an MLLM consumes; no Lightning needed.
 GenLIP, the encoder-decoder captioner and the contrastive baselines (GenLIP tower) export the same way.
+Beside them: `timm/` (the same encoder as a timm NaFlexVit, convert/timm.py; left out, with the reason, for the
+ablations timm cannot express exactly) and a model card, `README.md` (model_card.py).
 """
 
 from __future__ import annotations
@@ -101,8 +103,17 @@ def export_vision_encoder(ckpt: str, output: str) -> str:
         "source": {"checkpoint": os.path.abspath(ckpt), "module": type(module).__name__,
                    "objective": module.objective_name},
     }
+    from genlip_lit.convert.timm import timm_incompatibility, write_timm_form
+    from genlip_lit.model_card import write_model_card
+
+    timm_note = timm_incompatibility(config)
+    description["timm"] = {"directory": "timm", "note": "timm.create_model('local-dir:DIR/timm', pretrained=True)"
+                           } if timm_note is None else {"directory": None, "note": f"not expressible: {timm_note}"}
     with open(os.path.join(output, "config.json"), "w") as f:
         json.dump(description, f, indent=1)
+    if timm_note is None:
+        write_timm_form(os.path.join(output, "timm"), state, config, preprocessing)
+    write_model_card(output, description, sum(t.numel() for t in state.values()), ckpt, timm_note)
     return output
 
 
@@ -146,5 +157,7 @@ def export_main(argv: list[str]) -> int:
     out = export_vision_encoder(args.ckpt, args.output)
     encoder = load_vision_encoder(out)
     n = sum(t.numel() for t in encoder.parameters())
-    print(f"wrote {out}/model.safetensors ({n / 1e6:.2f}M parameters) and {out}/config.json")
+    print(f"wrote {out}/model.safetensors ({n / 1e6:.2f}M parameters), {out}/config.json and {out}/README.md")
+    timm_form = json.load(open(os.path.join(out, "config.json")))["timm"]
+    print(f"timm form: {out}/timm" if timm_form["directory"] else f"no timm form: {timm_form['note']}")
     return 0

@@ -33,3 +33,11 @@ def test_warmup_then_cosine_to_min():
     mid = warmup_cosine(55, total, warm, min_ratio)
     assert mid == pytest.approx(min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert lrs[100] == pytest.approx(min_ratio) and lrs[104] == pytest.approx(min_ratio)
+
+
+def test_weight_decay_scope_all_decays_every_parameter():
+    """The authors' recipe: AdamW decays everything (no exemptions); the model names its exempt parameters."""
+    model = GenLIP(GenLIPConfig.from_name("tiny", vocab_size=30, depth=1, num_registers=2, weight_decay_scope="all"))
+    decay, no_decay = param_groups(model, 0.01)
+    assert not no_decay["params"] and len(decay["params"]) == len(list(model.parameters()))
+    assert model.no_weight_decay() == set()
