@@ -57,8 +57,9 @@ def model_card(description: dict[str, Any], num_params: int, facts: dict[str, An
             ("positions", f"M-RoPE {a['mrope_layout']} {a['mrope_section']}" if a["pos_embed"] == "mrope"
              else f"learned, grid up to {a['max_grid']}"),
             ("gated attention", a["gated_attn"]), ("registers", a["num_registers"]),
-            ("LayerScale", a["layer_scale_init"]), ("parameters", f"{num_params / 1e6:.2f}M")]
-    lines = [f"# GenLIP vision encoder ({source.get('objective', 'GenLIP')})", "",
+            ("LayerScale init", a["layer_scale_init"]), ("objective", source.get("objective", "GenLIP")),
+            ("parameters", f"{num_params / 1e6:.2f}M")]
+    lines = ["# GenLIP vision encoder", "",
              "The image tower of a GenLIP model (\"Let ViT Speak\", arXiv 2605.00809) exported by genlip_lit: "
              "normalized pixels in, final-norm patch features out (no [CLS], registers dropped).", "",
              "## Architecture", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
@@ -86,7 +87,7 @@ def model_card(description: dict[str, Any], num_params: int, facts: dict[str, An
         lines += ["With timm (>= 1.0.31), offline, from `timm/` here:", "", "```python", "import timm",
                   "model = timm.create_model(\"local-dir:THIS_DIR/timm\", pretrained=True)",
                   f"features = model.forward_features(pixels)[:, {a['num_registers']}:]   "
-                  "# drop the register tokens", "```", "",
+                  f"# drop the {a['num_registers']} register token(s)", "```", "",
                   "`NaFlexVit` with `rope_type='mrope'` and `attn_gated`: the same function (tested to 1e-5).", ""]
     else:
         lines += [f"No timm form: timm cannot express {timm_note}.", ""]
