@@ -5,6 +5,9 @@
 Image tokens attend bidirectionally among themselves; text tokens attend to all image tokens and causally to
 earlier text (prefix-LM). Without text the network is a plain ViT encoder: `encode_image` returns the final-norm
 patch features an MLLM consumes. No [CLS] token and no absolute position embedding unless the ablation asks.
+With a text bottleneck (`text_width` != width, the released L/16 and g/16) token embeddings and the LM head are
+text_width wide, `text_in_proj` widens the embeddings for the blocks and `text_out_proj` narrows the final-norm
+output for the LM head (`logits`); both belong to the text side, not to the image tower.
 """
 
 from __future__ import annotations
@@ -318,8 +321,8 @@ class GenLIP(nn.Module):
                                            self.cfg.loss_chunk_tokens, project=self.text_out_proj))
 
     # ---------------------------------------------------------------- generation and scoring
-    # The functions live in generate.py (which imports this module); these methods give GenLIP the same
-    # interface as the encoder-decoder baseline, so a LightningModule can hold either.
+    # The functions live in generate.py (imported here lazily, never the other way); these methods give GenLIP
+    # the same interface as the encoder-decoder baseline, so a LightningModule can hold either.
     def generate(self, pixel_values: Tensor, prompt_ids: Tensor | list[int], max_new_tokens: int, eos_id: int,
                  **kwargs):
         """KV-cache generation (see `generate.generate`)."""

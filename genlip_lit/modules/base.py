@@ -17,8 +17,9 @@ from torch import Tensor, nn
 
 from genlip_lit.errors import GenLIPUserError
 
-# Parameter names (substrings) that never get weight decay, besides every 1-D tensor (norms, biases, LayerScale).
-NO_DECAY_KEYS = ("tok_embed", "pos_image", "pos_text", "registers", "gate_proj", "patch_embed.bias")
+# NO_DECAY_KEYS: parameter names (substrings) that never get weight decay, besides every 1-D tensor, in models that
+# do not name their exempt parameters themselves (`no_weight_decay()`); one list, kept beside GenLIP's own rule.
+from genlip_lit.models.transformer import NO_DECAY_KEYS
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

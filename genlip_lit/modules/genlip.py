@@ -229,7 +229,9 @@ class GenLIPModule(EncoderModule):
     @torch.no_grad()
     def patch_word_scores(self, pixel_values: Tensor, words: list[str]) -> Tensor:
         """LM-head logits of each word's first token at each patch feature, [B, M, W]."""
-        patches = self.model.head_input(self.model.encode_image(pixel_values))
+        patches = self.model.encode_image(pixel_values)
+        head_input = getattr(self.model, "head_input", None)  # GenLIP's text bottleneck; the captioner has none
+        patches = head_input(patches) if head_input is not None else patches
         weight = self.model.lm_head.weight[torch.tensor(self.word_token_ids(words), device=patches.device)]
         return patches @ weight.T
 
