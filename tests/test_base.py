@@ -36,8 +36,15 @@ def test_warmup_then_cosine_to_min():
 
 
 def test_weight_decay_scope_all_decays_every_parameter():
-    """The authors' recipe: AdamW decays everything (no exemptions); the model names its exempt parameters."""
-    model = GenLIP(GenLIPConfig.from_name("tiny", vocab_size=30, depth=1, num_registers=2, weight_decay_scope="all"))
-    decay, no_decay = param_groups(model, 0.01)
+    """The authors' recipe: AdamW decays everything (no exemptions), for every objective on a GenLIP config."""
+    model = GenLIP(GenLIPConfig.from_name("tiny", vocab_size=30, depth=1, num_registers=2))
+    decay, no_decay = param_groups(model, 0.01, scope="all")
     assert not no_decay["params"] and len(decay["params"]) == len(list(model.parameters()))
-    assert model.no_weight_decay() == set()
+    from genlip_lit.data.tokenizer import OpenCLIPTokenizer
+    from genlip_lit.modules import CaptionerModule, ContrastiveModule, GenLIPModule
+
+    tok = OpenCLIPTokenizer("synthetic")
+    overrides = {"depth": 1, "weight_decay_scope": "all"}
+    for cls in (GenLIPModule, CaptionerModule, ContrastiveModule):
+        assert cls(arch="tiny", arch_overrides=overrides, tokenizer=tok).weight_decay_scope() == "all"
+    assert GenLIPModule(arch="tiny", tokenizer=tok).weight_decay_scope() == "matrices"

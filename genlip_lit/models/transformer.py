@@ -122,10 +122,8 @@ class GenLIP(nn.Module):
             trunc_normal_(m.weight, std=0.02)
 
     def no_weight_decay(self) -> set[str]:
-        """Names of the parameters AdamW must not decay (`weight_decay_scope`): none under "all" (the authors'
-        code); under "matrices" norms, biases, LayerScale, embeddings, gates and registers."""
-        if self.cfg.weight_decay_scope == "all":
-            return set()
+        """Names of the parameters AdamW must not decay under weight_decay_scope "matrices": norms, biases,
+        LayerScale, embeddings, gates and registers (under "all", the authors' recipe, none: modules/base.py)."""
         return {name for name, p in self.named_parameters() if p.ndim < 2 or any(k in name for k in NO_DECAY_KEYS)}
 
     def set_attn_impl(self, impl: str) -> None:

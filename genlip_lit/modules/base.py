@@ -22,12 +22,16 @@ from genlip_lit.errors import GenLIPUserError
 from genlip_lit.models.transformer import NO_DECAY_KEYS
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Split parameters into decayed (matrices) and non-decayed (norms, biases, embeddings, gates, registers).
+def param_groups(model: nn.Module, weight_decay: float, scope: str = "matrices") -> list[dict]:
+    """Split parameters into decayed and non-decayed groups.
 
-    A model with `no_weight_decay()` names its exempt parameters itself (GenLIP: its `weight_decay_scope`).
+    scope "all" (the authors' recipe): every parameter decays. "matrices": norms, biases, LayerScale, embeddings,
+    gates and registers do not; a model with `no_weight_decay()` names its exempt parameters itself (GenLIP).
     """
-    exempt = model.no_weight_decay() if callable(getattr(model, "no_weight_decay", None)) else None
+    if scope == "all":
+        exempt: set[str] | None = set()
+    else:
+        exempt = model.no_weight_decay() if callable(getattr(model, "no_weight_decay", None)) else None
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -79,7 +83,8 @@ class EncoderModule(L.LightningModule):
     def configure_optimizers(self):
         fused = self.device.type == "cuda"
         opt = torch.optim.AdamW(
-            param_groups(self.optimized_model(), self.weight_decay), lr=self.lr, betas=self.betas, fused=fused
+            param_groups(self.optimized_model(), self.weight_decay, self.weight_decay_scope()), lr=self.lr,
+            betas=self.betas, fused=fused
         )
         total = self.trainer.estimated_stepping_batches
         if math.isinf(total) or total <= 0:
@@ -89,6 +94,11 @@ class EncoderModule(L.LightningModule):
         min_ratio = self.min_lr / self.lr
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup, min_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def weight_decay_scope(self) -> str:
+        """`weight_decay_scope` of the module's GenLIP config (GenLIP, its captioner and contrastive baselines
+        alike, so a recipe in arch_overrides applies to every objective); "matrices" without one."""
+        return getattr(getattr(self, "config", None), "weight_decay_scope", "matrices")
 
     # ------------------------------------------------------------------ sharding
     def configure_model(self) -> None:
