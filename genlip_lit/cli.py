@@ -50,6 +50,7 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "eval-res": ("genlip_lit.commands.eval_res:main", "evaluate checkpoints at several input resolutions"),
     "llm-probe": ("genlip_lit.commands.llm_probe:main", "rate vision encoders by a frozen LM's caption perplexity"),
     "plan": ("genlip_lit.commands.plan:main", "estimate FLOPs, memory per GPU and cost of a config before running it"),
+    "import": ("genlip_lit.commands.import_checkpoint:main", "convert a released GenLIP checkpoint (official or open_clip) into a genlip checkpoint"),
 }
 
 VERBOSE_FLAGS = {"-v": 1, "--verbose": 1, "-vv": 2, "-q": -1, "--quiet": -1, "-qq": -2}

@@ -9,6 +9,8 @@ preprocessing the encoder was trained with (patch size, image size, mean/std). `
 as a plain torch module mapping normalized images [B, 3, H, W] (any H, W divisible by the patch size: M-RoPE
 places the grid) to the final-norm patch features [B, H/p * W/p, width] an MLLM consumes; no Lightning needed.
 GenLIP, the encoder-decoder captioner and the contrastive baselines (GenLIP tower) export the same way.
+Beside them: `timm/` (the same encoder as a timm NaFlexVit, convert/timm.py; left out, with the reason, for the
+ablations timm cannot express exactly) and a model card, `README.md` (model_card.py).
 """
 
 from __future__ import annotations
@@ -103,8 +105,17 @@ def export_vision_encoder(ckpt: str, output: str) -> str:
     # checked by load_vision_encoder: flipped bytes in the weights, or an edited architecture, are refused
     description["sha256"] = {"model.safetensors": file_sha256(os.path.join(output, "model.safetensors")),
                              "architecture": architecture_sha256(description["architecture"])}
+    from genlip_lit.convert.timm import timm_incompatibility, write_timm_form
+    from genlip_lit.model_card import write_model_card
+
+    timm_note = timm_incompatibility(config)
+    description["timm"] = {"directory": "timm", "note": "timm.create_model('local-dir:DIR/timm', pretrained=True)"
+                           } if timm_note is None else {"directory": None, "note": f"not expressible: {timm_note}"}
     with open(os.path.join(output, "config.json"), "w") as f:
         json.dump(description, f, indent=1)
+    if timm_note is None:
+        write_timm_form(os.path.join(output, "timm"), state, config, preprocessing)
+    write_model_card(output, description, sum(t.numel() for t in state.values()), ckpt, timm_note)
     return output
 
 

@@ -55,6 +55,7 @@ from genlip_lit.data.tokenizer import CaptionEncoder, OpenCLIPTokenizer, Tokeniz
 from genlip_lit.models import GenLIPConfig  # noqa: E402
 from genlip_lit.models.transformer import image_tower  # noqa: E402
 from genlip_lit.modules.base import EncoderModule  # noqa: E402
+from genlip_lit.registry import register  # noqa: E402
 
 
 class ColourNet(nn.Module):
@@ -75,6 +76,7 @@ class ColourNet(nn.Module):
         return self.tower.shard_units()
 
 
+@register  # checkpoints naming it may be loaded (genlip_lit/registry.py: nothing a file names is imported)
 class ColourObjective(EncoderModule):
     """Predict the mean colour of the image from the mean patch feature (a toy; lr, init_from... from the base)."""
 

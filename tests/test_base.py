@@ -193,3 +193,18 @@ def test_a_new_objective_is_one_module_file_and_one_overlay(tmp_path) -> None:
         torch.testing.assert_close(encoder(x), module.encode_patches(x), rtol=0, atol=1e-6)
     again = ColourObjective(arch_overrides={"depth": 2, "width": 64, "ffn_hidden": 128}, init_from=last)
     assert all(torch.equal(v, module.state_dict()[k]) for k, v in again.state_dict().items())
+
+
+def test_weight_decay_scope_all_decays_every_parameter():
+    """The authors' recipe: AdamW decays everything (no exemptions), for every objective on a GenLIP config."""
+    model = GenLIP(GenLIPConfig.from_name("tiny", vocab_size=30, depth=1, num_registers=2))
+    decay, no_decay = param_groups(model, 0.01, scope="all")
+    assert not no_decay["params"] and len(decay["params"]) == len(list(model.parameters()))
+    from genlip_lit.data.tokenizer import OpenCLIPTokenizer
+    from genlip_lit.modules import CaptionerModule, ContrastiveModule, GenLIPModule
+
+    tok = OpenCLIPTokenizer("synthetic")
+    overrides = {"depth": 1, "weight_decay_scope": "all"}
+    for cls in (GenLIPModule, CaptionerModule, ContrastiveModule):
+        assert cls(arch="tiny", arch_overrides=overrides, tokenizer=tok).weight_decay_scope() == "all"
+    assert GenLIPModule(arch="tiny", tokenizer=tok).weight_decay_scope() == "matrices"

@@ -14,7 +14,8 @@ def _model(**overrides):
 
 
 @pytest.mark.parametrize(
-    "overrides", [{}, {"gated_attn": False, "num_registers": 2}, {"pos_embed": "learned"}, {"attn_mode": "causal"}]
+    "overrides", [{}, {"gated_attn": False, "num_registers": 2}, {"pos_embed": "learned"}, {"attn_mode": "causal"},
+                  {"text_width": 32, "qkv_bias": False, "out_bias": False, "ffn_bias": False}]
 )
 def test_kv_cache_equals_recompute(overrides):
     model = _model(**overrides)

@@ -22,7 +22,7 @@ from genlip_lit.cli import main
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.eval import llm_loading, llm_probe
 from genlip_lit.eval.llm_loading import load_lm, resolve_lm
-from genlip_lit.export import FORMAT, FORMAT_VERSION, load_vision_encoder
+from genlip_lit.export import FORMAT, FORMAT_VERSION, architecture_sha256, file_sha256, load_vision_encoder
 from genlip_lit.models.config import GenLIPConfig
 from genlip_lit.models.transformer import image_tower
 
@@ -70,7 +70,9 @@ def write_tiny_encoder(path, seed: int = 0, width: int = 32, image_size: int = 3
     description = {"format": FORMAT, "format_version": FORMAT_VERSION, "architecture": arch,
                    "preprocessing": {"patch_size": 8, "image_size": image_size, "mean": list(mean),
                                      "std": list(std)},
-                   "source": {"objective": "GenLIP"}}
+                   "source": {"objective": "GenLIP"},
+                   "sha256": {"architecture": architecture_sha256(arch),
+                              "model.safetensors": file_sha256(os.path.join(path, "model.safetensors"))}}
     with open(os.path.join(path, "config.json"), "w") as fh:
         json.dump(description, fh)
     return str(path)

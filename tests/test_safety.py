@@ -91,6 +91,7 @@ def test_every_objective_skips_counts_and_stops(cls, tmp_path) -> None:
     module = cls(arch_overrides=TINY, tokenizer=OpenCLIPTokenizer(compact_corpus="synthetic"), **kwargs)
     data = GenLIPDataModule(synthetic={"num_train": 64, "num_val": 8, "image_size": 32, "word_prob": 0.5},
                             cache_dir=str(tmp_path / "cache"), image_size=32, batch_size=8, num_workers=0)
+    data.connect(**module.data_settings())  # what genlip fit does
     after_first = WeightsAfterStep(1)
     checkpoint = ResumableCheckpoint(dirpath=str(tmp_path / "ck"), save_last=True, every_n_train_steps=100)
     trainer = L.Trainer(max_steps=20, accelerator="cpu", logger=False, enable_progress_bar=False,

@@ -136,9 +136,63 @@ def test_hf_tokenizer_explicit_specials_and_errors(tmp_path) -> None:
         HFTokenizer(path, eos_token="nope")
     missing = str(tmp_path / "missing" / "tokenizer.json")
     with pytest.raises(GenLIPUserError, match="missing/tokenizer.json"):
-        HFTokenizer(missing)
+        _ = HFTokenizer(missing).vocab_size  # a missing file is named on first use (a checkpoint may supply it)
     with pytest.raises(GenLIPUserError, match="HFTokenizer"):
         OpenCLIPTokenizer().load_state_dict(tok.state_dict())
+
+
+def test_hf_tokenizer_travels_in_its_state(tmp_path) -> None:
+    """The tokenizer JSON is part of `state_dict()`: a tokenizer whose file is gone is rebuilt from the state
+    alone (what a checkpoint holds) and encodes, decodes and sizes exactly as the original."""
+    path = tmp_path / "tok.json"
+    _train_hf(str(path), CAPTIONS, with_specials=False)
+    tok = HFTokenizer(str(path), compact_corpus=None)
+    state = json.loads(json.dumps(tok.state_dict()))  # JSON-able, as checkpoints need
+    path.unlink()
+    rebuilt = HFTokenizer(**tok.init_args())
+    rebuilt.load_state_dict(state)
+    assert rebuilt.vocab_size == tok.vocab_size and rebuilt.state_dict() == tok.state_dict()
+    for c in CAPTIONS[:5]:
+        assert rebuilt.encode(c) == tok.encode(c) and rebuilt.decode(tok.encode(c)) == c
+
+
+def test_hf_tokenizer_ids_beyond_the_file(tmp_path) -> None:
+    """open_clip's GenLIP appends eos, pad, bos after the base vocabulary: given ids extend the vocabulary,
+    decode skips them."""
+    path = str(tmp_path / "tok.json")
+    _train_hf(path, CAPTIONS, with_specials=False)
+    base = HFTokenizer(path)
+    n = base.vocab_size
+    tok = HFTokenizer(path, eos_id=n, pad_id=n + 1, bos_id=n + 2)
+    assert (tok.eos_id, tok.pad_id, tok.bos_id, tok.vocab_size) == (n, n + 1, n + 2, n + 3)
+    ids = tok.encode(CAPTIONS[0])
+    assert tok.decode([n + 2, *ids, n, n + 1]) == CAPTIONS[0]
+    assert HFTokenizer(**tok.init_args()).bos_id == n + 2
+
+
+def test_official_template(tmp_path) -> None:
+    """The released models' text: prompt + caption + <|im_end|> + newline, no BOS; prompt not a target,
+    caption and both end tokens are; generation stops at <|im_end|>."""
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+
+    tok_json = Tokenizer(models.WordLevel({"[UNK]": 0, "<|endoftext|>": 1, "describe": 2, "a": 3, "cat": 4,
+                                           "\n": 5}, unk_token="[UNK]"))
+    tok_json.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok_json.add_special_tokens([AddedToken("<|im_end|>", special=True)])
+    tok_json.add_tokens([AddedToken("\n", normalized=False)])
+    tok_json.save(str(tmp_path / "t.json"))
+    tok = HFTokenizer(str(tmp_path / "t.json"))
+    im_end = tok._tok.token_to_id("<|im_end|>")
+    enc = CaptionEncoder(tok, prompt="describe", max_len=16, template="official")
+    ids, mask = enc.encode("a cat")
+    assert ids == [2, 3, 4, im_end, 5] and mask == [False, True, True, True, True]
+    assert enc.prompt_ids() == [2] and enc.stop_id == im_end
+    assert enc.encode("a cat", with_end=False) == ([2, 3, 4], [False, True, True])
+    with pytest.raises(GenLIPUserError, match="needs a prompt"):
+        CaptionEncoder(tok, prompt=None, template="official")
+    with pytest.raises(GenLIPUserError, match="unknown text template"):
+        CaptionEncoder(tok, prompt="x", template="chatml")
+    assert CaptionEncoder(tok, prompt="describe", max_len=16).encode("a cat")[0][0] == tok.bos_id
 
 
 def test_caption_encoder_masks(full: OpenCLIPTokenizer) -> None:

@@ -125,3 +125,37 @@ def test_compile_blocks_marks_every_block_for_compilation():
                                           compile_blocks=True))
     assert all(blk._compiled_call_impl is not None for blk in model.blocks)  # compiled lazily, on first call
     assert GenLIP(GenLIPConfig.from_name("tiny", vocab_size=50)).blocks[0]._compiled_call_impl is None
+
+
+def test_recipe_switches_drop_path_and_xavier_init():
+    """drop_path_schedule "uniform": every block drops at the full rate (the authors' code); attn_init "xavier":
+    q and gate come from one xavier-uniform [2d, d] draw (the official fused q_proj), k/v/o from [d, d] ones."""
+    model = _model(drop_path=0.2, drop_path_schedule="uniform", attn_init="xavier")
+    assert [blk.drop_path1.drop_prob for blk in model.blocks] == [0.2, 0.2]
+    ramp = _model(drop_path=0.2)
+    assert isinstance(ramp.blocks[0].drop_path1, torch.nn.Identity) and ramp.blocks[1].drop_path1.drop_prob == 0.2
+    attn, d = model.blocks[0].attn, 64
+    fused_bound, square_bound = (6 / (d + 2 * d)) ** 0.5, (6 / (2 * d)) ** 0.5
+    for w, bound in ((attn.q_proj.weight, fused_bound), (attn.gate_proj.weight, fused_bound),
+                     (attn.k_proj.weight, square_bound), (attn.o_proj.weight, square_bound)):
+        assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound  # uniform on [-bound, bound]
+    assert attn.q_proj.bias.abs().max() == 0
+    assert 0.015 < _model().blocks[0].attn.k_proj.weight.std() < 0.025  # default: N(0, 0.02)
+
+
+def test_text_bottleneck_projects_around_the_blocks():
+    model = _model(text_width=32)
+    assert model.tok_embed.weight.shape == (50, 32) and model.lm_head.weight.shape == (50, 32)
+    assert model.text_in_proj.weight.shape == (64, 32) and model.text_out_proj.weight.shape == (32, 64)
+    px, ids = _inputs()
+    out = model.forward_features(px, ids)
+    logits = model.text_logits(px, ids)
+    torch.testing.assert_close(logits, model.lm_head(model.text_out_proj(out.hidden[:, out.num_prefix :])))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    loss = model.loss(px, ids, mask).loss
+    torch.testing.assert_close(loss, F.cross_entropy(logits[:, :-1].reshape(-1, 50), ids[:, 1:].reshape(-1)))
+    # the image tower (what export writes) has no text parts
+    from genlip_lit.models.transformer import image_tower
+
+    tower = image_tower(model.cfg)
+    assert not any(n.startswith(("tok_embed", "text_", "lm_head")) for n, _ in tower.named_parameters())

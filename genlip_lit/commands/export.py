@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 from genlip_lit.commands.common import add_ckpt, add_output, command_parser, parse
@@ -14,7 +16,7 @@ from genlip_lit.commands.common import add_ckpt, add_output, command_parser, par
 def build_parser() -> Any:
     p = command_parser("export", "Export the vision encoder of a checkpoint (image tower only).")
     add_ckpt(p)
-    add_output(p, help="directory for model.safetensors and config.json")
+    add_output(p, help="directory for model.safetensors, config.json, README.md (model card) and timm/ (timm form)")
     return p
 
 
@@ -34,5 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         bar.advance()
         bar.set_postfix("")
     n = sum(t.numel() for t in encoder.parameters())
-    print(f"wrote {out}/model.safetensors ({n / 1e6:.2f}M parameters) and {out}/config.json")
+    print(f"wrote {out}/model.safetensors ({n / 1e6:.2f}M parameters), {out}/config.json and {out}/README.md")
+    with open(os.path.join(out, "config.json")) as f:
+        timm_form = json.load(f)["timm"]
+    print(f"timm form: {out}/timm" if timm_form["directory"] else f"no timm form: {timm_form['note']}")
     return 0

@@ -340,10 +340,8 @@ class GenLIPDataModule(L.LightningDataModule):
             raise GenLIPUserError("GenLIPDataModule needs data.data_dir (litdata shards) or data.synthetic")
         if data_dir is not None and synthetic is not None:
             raise GenLIPUserError("set only one of data.data_dir and data.synthetic")
-        for name, value, low in (("batch_size", batch_size, 1), ("val_batch_size", val_batch_size, 1),
-                                 ("num_workers", num_workers, 0), ("image_size", image_size, 1)):
-            if value is not None and value < low:
-                raise GenLIPUserError(f"data.{name} must be >= {low}, got {value}")
+        if image_size is not None and image_size < 1:
+            raise GenLIPUserError(f"data.image_size must be >= 1, got {image_size}")
         self.synthetic = synthetic_params(dict(synthetic)) if synthetic is not None else None
         dirs = [data_dir] if isinstance(data_dir, str) else list(data_dir or [])
         if data_dir is not None and not dirs:

@@ -1,4 +1,4 @@
-"""Tokenizer plug-ins and the caption text format (BOS, prompt, caption, EOS).
+"""Tokenizer plug-ins and the caption text format (BOS, prompt, caption, EOS; or the released models' template).
 
 Pick one from YAML, e.g. ``tokenizer: {class_path: genlip_lit.data.tokenizer.OpenCLIPTokenizer,
 init_args: {compact_corpus: synthetic}}``. Everything runs offline: open_clip ships its BPE merges file,
@@ -15,6 +15,7 @@ import abc
 import os
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -265,7 +266,11 @@ class HFTokenizer(_CompactableTokenizer):
     """Any Hugging Face `tokenizers` JSON file (e.g. Qwen3's tokenizer.json, as in the paper).
 
     Specials not given are looked up by common names; without a BOS token the EOS is reused as BOS (Qwen
-    style), without a pad token the EOS pads.
+    style), without a pad token the EOS pads. `bos_id` / `eos_id` / `pad_id` set ids outside the file's
+    vocabulary (open_clip's GenLIP appends eos, pad, bos after cl100k_base); the vocabulary then extends to them.
+
+    The tokenizer itself (canonical JSON) travels in `state_dict()`, so a checkpoint needs no file: a tokenizer
+    whose `path` is gone is rebuilt from the checkpoint's state, and only one used without such state fails.
     """
 
     def __init__(
@@ -275,36 +280,67 @@ class HFTokenizer(_CompactableTokenizer):
         eos_token: str | None = None,
         pad_token: str | None = None,
         compact_corpus: str | None = None,
+        bos_id: int | None = None,
+        eos_id: int | None = None,
+        pad_id: int | None = None,
     ) -> None:
         super().__init__(compact_corpus)
         try:
-            import tokenizers
+            import tokenizers  # noqa: F401
         except ImportError as exc:
             raise GenLIPUserError(
                 "HFTokenizer needs the `tokenizers` package: pip install genlip_lit[hf]"
             ) from exc
-        if not os.path.isfile(path):
-            raise GenLIPUserError(f"tokenizer file {path!r} does not exist (expected a tokenizers JSON file)")
-        try:
-            self._tok = tokenizers.Tokenizer.from_file(path)
-        except Exception as exc:  # the Rust side raises plain Exception subclasses for bad JSON
-            raise GenLIPUserError(f"cannot load tokenizer file {path!r}: {exc}") from exc
         self.path = path
         self._special_names = {"bos_token": bos_token, "eos_token": eos_token, "pad_token": pad_token}
-        vocab = self._tok.get_vocab(with_added_tokens=True)
-        eos = self._special(vocab, eos_token, _EOS_CANDIDATES, "eos_token")
+        self._special_ids = {"bos_id": bos_id, "eos_id": eos_id, "pad_id": pad_id}
+        self._loaded = None  # the tokenizers.Tokenizer, read from `path` now or from a checkpoint's state later
+        if os.path.isfile(path):
+            try:
+                self._set_tokenizer(tokenizers.Tokenizer.from_file(path))
+            except GenLIPUserError:
+                raise
+            except Exception as exc:  # the Rust side raises plain Exception subclasses for bad JSON
+                raise GenLIPUserError(f"cannot load tokenizer file {path!r}: {exc}") from exc
+
+    def _set_tokenizer(self, tok: Any) -> None:
+        vocab = tok.get_vocab(with_added_tokens=True)
+        self._loaded = tok
+        names, ids = self._special_names, self._special_ids
+        eos = ids["eos_id"] if ids["eos_id"] is not None else self._special(
+            vocab, names["eos_token"], _EOS_CANDIDATES, "eos_token")
         if eos is None:
             raise GenLIPUserError(
-                f"tokenizer {path!r} has none of the usual end-of-text tokens {list(_EOS_CANDIDATES)}: "
+                f"tokenizer {self.path!r} has none of the usual end-of-text tokens {list(_EOS_CANDIDATES)}: "
                 "pass eos_token explicitly"
             )
-        bos = self._special(vocab, bos_token, _BOS_CANDIDATES, "bos_token")
-        pad = self._special(vocab, pad_token, _PAD_CANDIDATES, "pad_token")
+        bos = ids["bos_id"] if ids["bos_id"] is not None else self._special(
+            vocab, names["bos_token"], _BOS_CANDIDATES, "bos_token")
+        pad = ids["pad_id"] if ids["pad_id"] is not None else self._special(
+            vocab, names["pad_token"], _PAD_CANDIDATES, "pad_token")
         self._specials = (eos if bos is None else bos, eos, eos if pad is None else pad)
-        self._vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        self._vocab_size = max(tok.get_vocab_size(with_added_tokens=True), max(self._specials) + 1)
+
+    @property
+    def _tok(self) -> Any:
+        if self._loaded is None:
+            raise GenLIPUserError(f"tokenizer file {self.path!r} does not exist (expected a tokenizers JSON file)")
+        return self._loaded
 
     def init_args(self) -> dict[str, Any]:
-        return {"path": self.path, **self._special_names, **super().init_args()}
+        given_ids = {k: v for k, v in self._special_ids.items() if v is not None}
+        return {"path": self.path, **self._special_names, **given_ids, **super().init_args()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "tokenizer_json": self._tok.to_str()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        text = state.get("tokenizer_json")
+        if text is not None:  # the checkpoint's own tokenizer wins over whatever `path` holds now
+            import tokenizers
+
+            self._set_tokenizer(tokenizers.Tokenizer.from_str(text))
+        super().load_state_dict({k: v for k, v in state.items() if k != "tokenizer_json"})
 
     def _special(
         self, vocab: dict[str, int], given: str | None, candidates: Sequence[str], key: str
@@ -319,57 +355,106 @@ class HFTokenizer(_CompactableTokenizer):
         return list(self._tok.encode(text, add_special_tokens=False).ids)
 
     def _base_decode(self, ids: list[int]) -> str:
-        return self._tok.decode(ids, skip_special_tokens=True)
+        n = self._tok.get_vocab_size(with_added_tokens=True)  # appended special ids are not in the file
+        return self._tok.decode([i for i in ids if i < n], skip_special_tokens=True)
 
     @property
     def _base_vocab_size(self) -> int:
+        self._tok  # noqa: B018 - a missing file is named here rather than as an AttributeError
         return self._vocab_size
 
     @property
     def _base_specials(self) -> tuple[int, int, int]:
+        self._tok  # noqa: B018
         return self._specials
 
 
+@dataclass(frozen=True)
+class TextTemplate:
+    """Where a sample's text starts and how it ends (what `CaptionEncoder` wraps around prompt and caption)."""
+
+    bos: bool  # the text starts with the tokenizer's BOS (not a target)
+    end_text: str | None  # appended after the caption, all its tokens targets; None = the tokenizer's EOS id
+    description: str
+
+
+TEXT_TEMPLATES = {
+    "genlip": TextTemplate(True, None, "[BOS] prompt caption [EOS]"),
+    # the released GenLIP models (authors' code: process_sample with no special tokens, then `<|im_end|>\n`)
+    "official": TextTemplate(False, "<|im_end|>\n", "prompt caption <|im_end|> \\n (no BOS)"),
+}
+
+
 class CaptionEncoder:
-    """The text format of one sample: `[BOS] + prompt + caption + [EOS]`, loss on caption and EOS only.
+    """The text format of one sample: by default `[BOS] + prompt + caption + [EOS]`, loss on caption and EOS only.
 
     It belongs to the model (the datamodule borrows it), because generation must start from the same
-    `prompt_ids()` the model was trained on.
+    `prompt_ids()` the model was trained on. `template` names a `TEXT_TEMPLATES` entry: "genlip" (ours, above)
+    or "official", the released models' `prompt + caption + <|im_end|> + newline` without BOS (both end tokens are
+    targets; generation stops at the first, `stop_id`). The model's hyper-parameters carry the name.
     """
 
-    def __init__(self, tokenizer: Tokenizer, prompt: str | None = None, max_len: int = 64) -> None:
+    def __init__(self, tokenizer: Tokenizer, prompt: str | None = None, max_len: int = 64,
+                 template: str = "genlip") -> None:
+        if template not in TEXT_TEMPLATES:
+            raise GenLIPUserError(f"unknown text template {template!r}; choose one of {sorted(TEXT_TEMPLATES)}")
         self.tokenizer = tokenizer
         self.prompt = prompt
         self.max_len = int(max_len)
+        self.template = template
+        self._template = TEXT_TEMPLATES[template]
+        if not self._template.bos and not prompt:
+            # the first token of a text is never a target (it would be predicted from the image, or in a packed
+            # row from the previous sample): without BOS, a prompt must come first
+            raise GenLIPUserError(f"text template {template!r} has no BOS: it needs a prompt")
         self.num_truncated = 0  # captions cut to fit max_len (counted per process)
         self._prompt: list[int] | None = None
+        self._end: list[int] | None = None
+
+    def end_ids(self) -> list[int]:
+        """The target tokens after the caption: [EOS], or the template's end text."""
+        if self._end is None:
+            text = self._template.end_text
+            self._end = [self.tokenizer.eos_id] if text is None else self.tokenizer.encode(text)
+            if not self._end:
+                raise GenLIPUserError(f"the end text {text!r} of template {self.template!r} encodes to no token")
+        return self._end
+
+    @property
+    def stop_id(self) -> int:
+        """The token that ends generation: the first end token (EOS, or `<|im_end|>` for "official")."""
+        return self.end_ids()[0]
 
     def _prompt_tokens(self) -> list[int]:
         if self._prompt is None:
             prompt = self.tokenizer.encode(self.prompt) if self.prompt else []
-            # at least one caption token must fit between the prompt and EOS
-            if 1 + len(prompt) + 2 > self.max_len:
+            head = int(self._template.bos) + len(prompt)
+            # at least one caption token must fit between the prompt and the end tokens
+            if head + 1 + len(self.end_ids()) > self.max_len:
                 raise GenLIPUserError(
-                    f"max_len={self.max_len} leaves no room for a caption after BOS and the {len(prompt)}-token "
-                    f"prompt {self.prompt!r}: raise max_len"
+                    f"max_len={self.max_len} leaves no room for a caption after the {head}-token start "
+                    f"(prompt {self.prompt!r}): raise max_len"
                 )
             self._prompt = prompt
         return self._prompt
 
     def prompt_ids(self) -> list[int]:
-        """`[BOS] + prompt`: what training sequences start with and generation starts from."""
-        return [self.tokenizer.bos_id, *self._prompt_tokens()]
+        """`[BOS] + prompt` (or the prompt alone): what training sequences start with and generation starts from."""
+        head = [self.tokenizer.bos_id] if self._template.bos else []
+        return [*head, *self._prompt_tokens()]
 
-    def encode(self, caption: str) -> tuple[list[int], list[bool]]:
-        """Ids and loss mask of one sample; a caption that does not fit is cut, keeping the EOS."""
+    def encode(self, caption: str, with_end: bool = True) -> tuple[list[int], list[bool]]:
+        """Ids and loss mask of one sample; a caption that does not fit is cut, keeping the end tokens.
+        `with_end=False` leaves the end tokens out (a caption's start, for scoring templates)."""
         head = self.prompt_ids()
+        end = self.end_ids() if with_end else []
         caption_ids = self.tokenizer.encode(caption)
-        room = self.max_len - len(head) - 1
+        room = self.max_len - len(head) - len(self.end_ids())
         if len(caption_ids) > room:
             caption_ids = caption_ids[:room]
             self.num_truncated += 1
-        ids = head + caption_ids + [self.tokenizer.eos_id]
-        mask = [False] * len(head) + [True] * (len(caption_ids) + 1)
+        ids = head + caption_ids + end
+        mask = [False] * len(head) + [True] * (len(caption_ids) + len(end))
         return ids, mask
 
     def collate_text(

@@ -4,7 +4,8 @@
 
 Gated attention (paper, against attention sinks): G = sigmoid(X W_g + b_g), out = o_proj(G * Attn(X)), one gate
 value per head channel. The official code computes [q ; gate] with one Linear(d, 2d); we keep W_g as its own
-`gate_proj` (the same function) so the optimizer can exempt the gate from weight decay.
+`gate_proj` (the same function: convert/official.py splits the fused weight) so the optimizer can exempt the
+gate from weight decay.
 
 Kernels (`impl`):
 - "sdpa": exact prefix-LM with fused kernels: the bidirectional prefix (registers + patches) runs one unmasked
@@ -224,15 +225,19 @@ def _attend_split(q: Tensor, k: Tensor, v: Tensor, layout: AttnLayout) -> Tensor
 class GatedAttention(nn.Module):
     """Multi-head self-attention with rotary positions and an optional per-channel sigmoid output gate."""
 
-    def __init__(self, width: int, num_heads: int, head_dim: int, gated: bool = True, qkv_bias: bool = True) -> None:
+    def __init__(
+        self, width: int, num_heads: int, head_dim: int, gated: bool = True, qkv_bias: bool = True,
+        out_bias: bool = True,
+    ) -> None:
         super().__init__()
         self.num_heads, self.head_dim, self.gated = num_heads, head_dim, gated
         inner = num_heads * head_dim
         self.q_proj = nn.Linear(width, inner, bias=qkv_bias)
-        self.gate_proj = nn.Linear(width, inner) if gated else None
+        # the gate is the second half of the official fused q projection: it has a bias exactly when q has
+        self.gate_proj = nn.Linear(width, inner, bias=qkv_bias) if gated else None
         self.k_proj = nn.Linear(width, inner, bias=qkv_bias)
         self.v_proj = nn.Linear(width, inner, bias=qkv_bias)
-        self.o_proj = nn.Linear(inner, width)
+        self.o_proj = nn.Linear(inner, width, bias=out_bias)
         self.impl = "auto"
 
     def _heads(self, x: Tensor) -> Tensor:

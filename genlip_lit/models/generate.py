@@ -4,6 +4,8 @@
 
 Generation prefills [patches ; BOS + prompt] once, then decodes one token per step attending to the cache.
 `use_cache=False` recomputes the whole sequence every step: the reference the cached path must equal.
+The functions take a `GenLIP` (models/transformer.py) without importing it: the transformer calls them from its
+own `generate` / `score` methods, so the import goes one way only.
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from genlip_lit.models.attention import KVCache
-from genlip_lit.models.transformer import GenLIP
 
 
 @dataclass
@@ -41,7 +42,7 @@ def sample_next(logits: Tensor, temperature: float, top_p: float, generator: tor
 
 @torch.no_grad()
 def generate(
-    model: GenLIP,
+    model: nn.Module,
     pixel_values: Tensor,
     prompt_ids: Tensor | list[int],
     max_new_tokens: int,
@@ -68,7 +69,7 @@ def generate(
             out = model.forward_features(pixel_values if step == 0 else None, step_input, cache)
         else:
             out = model.forward_features(pixel_values, text)
-        return model.lm_head(out.hidden[:, -1])
+        return model.logits(out.hidden[:, -1])
 
     return decode_loop(next_logits, prompt, max_new_tokens, eos_id, temperature, top_p, return_logits, generator)
 
@@ -129,7 +130,7 @@ def target_log_likelihood(logits: Tensor, input_ids: Tensor, loss_mask: Tensor) 
 
 
 @torch.no_grad()
-def score(model: GenLIP, pixel_values: Tensor, input_ids: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor]:
+def score(model: nn.Module, pixel_values: Tensor, input_ids: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor]:
     """Per-sample summed log-likelihood of the target tokens (loss_mask True) and their count.
 
     Used for zero-shot classification by caption likelihood: higher is a better match.
@@ -139,7 +140,7 @@ def score(model: GenLIP, pixel_values: Tensor, input_ids: Tensor, loss_mask: Ten
 
 
 @torch.no_grad()
-def score_texts(model: GenLIP, pixel_values: Tensor, input_ids: Tensor, loss_mask: Tensor) -> Tensor:
+def score_texts(model: nn.Module, pixel_values: Tensor, input_ids: Tensor, loss_mask: Tensor) -> Tensor:
     """Summed log-likelihood of each of T texts (`input_ids`/`loss_mask` [T, L]) for each image: [B, T].
 
     The image is encoded once into a KV cache; every text then runs only its own L tokens against the cached
@@ -159,6 +160,6 @@ def score_texts(model: GenLIP, pixel_values: Tensor, input_ids: Tensor, loss_mas
         cache.length = prefix  # rewind: the image keys stay, the previous text's are overwritten
         ids = input_ids[j : j + 1].to(device).expand(b, -1)
         hidden = model.forward_features(None, ids, cache).hidden
-        logits = model.lm_head(hidden[:, :-1])
+        logits = model.logits(hidden[:, :-1])
         scores[:, j] = target_log_likelihood(logits, ids, loss_mask[j : j + 1].to(device))
     return scores

@@ -14,6 +14,8 @@ plus one weight-sized gradient, instead of two tokens x vocabulary tensors. Loss
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -84,12 +86,17 @@ def lm_head_loss(hidden: Tensor, weight: Tensor, targets: Tensor, chunk_size: in
 
 
 def next_token_loss(
-    text_hidden: Tensor, weight: Tensor, input_ids: Tensor, loss_mask: Tensor, chunk_size: int = 0
+    text_hidden: Tensor, weight: Tensor, input_ids: Tensor, loss_mask: Tensor, chunk_size: int = 0,
+    project: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(mean cross-entropy, number of targets, number correct) of the tokens where loss_mask is True, each
     predicted from the hidden state one position earlier (text_hidden is aligned with input_ids). Only the
-    positions that predict a target go through the LM head."""
+    positions that predict a target go through the LM head (and through `project`, a text bottleneck's output
+    projection, applied before it)."""
     targets_mask = loss_mask[:, 1:]
     targets = input_ids[:, 1:][targets_mask]
-    loss, num_correct = lm_head_loss(text_hidden[:, :-1][targets_mask], weight, targets, chunk_size)
+    hidden = text_hidden[:, :-1][targets_mask]
+    if project is not None:
+        hidden = project(hidden)
+    loss, num_correct = lm_head_loss(hidden, weight, targets, chunk_size)
     return loss, targets.new_tensor(targets.numel()), num_correct

@@ -30,14 +30,18 @@ def rope_inv_freq(head_dim: int, theta: float = 10000.0) -> Tensor:
 
 
 def mrope_axis_map(head_dim: int, section: tuple[int, int, int], layout: str = "interleaved") -> Tensor:
-    """Which axis (0=t, 1=h, 2=w) drives each of the head_dim/2 frequency channels."""
+    """Which axis (0=t, 1=h, 2=w) drives each of the head_dim/2 frequency channels.
+
+    Interleaved is the authors' rule, slice for slice: h takes channels 1, 4, 7, ... below 3*s_h, w takes
+    2, 5, 8, ... below 3*s_w, t the rest; s_t is never read, and sections that do not sum to head_dim/2 (L/16's
+    (8, 12, 12) at head dim 72) are clamped exactly as there.
+    """
     half = head_dim // 2
     s_t, s_h, s_w = section
-    idx = torch.arange(half)
     axis = torch.full((half,), AXIS_T, dtype=torch.long)
     if layout == "interleaved":
-        axis[(idx % 3 == 1) & (idx < 3 * s_h)] = AXIS_H
-        axis[(idx % 3 == 2) & (idx < 3 * s_w)] = AXIS_W
+        axis[1 : 3 * s_h : 3] = AXIS_H
+        axis[2 : 3 * s_w : 3] = AXIS_W
     elif layout == "contiguous":
         axis[s_t : s_t + s_h] = AXIS_H
         axis[s_t + s_h :] = AXIS_W
@@ -47,7 +51,11 @@ def mrope_axis_map(head_dim: int, section: tuple[int, int, int], layout: str = "
 
 
 class MRoPE(nn.Module):
-    """Turns position triples into cos/sin tables of shape [..., N, head_dim]."""
+    """Turns position triples into cos/sin tables of shape [..., N, head_dim].
+
+    The frequencies stay float32 whatever the module is cast to (`.to(torch.bfloat16)`, Lightning's
+    `bf16-true`): at position ~1200 a bf16 inv_freq puts cos/sin off by up to 1.8.
+    """
 
     def __init__(
         self,
@@ -57,9 +65,15 @@ class MRoPE(nn.Module):
         layout: str = "interleaved",
     ) -> None:
         super().__init__()
-        self.head_dim = head_dim
+        self.head_dim, self.theta = head_dim, theta
         self.register_buffer("inv_freq", rope_inv_freq(head_dim, theta), persistent=False)
         self.register_buffer("axis", mrope_axis_map(head_dim, section, layout), persistent=False)
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 - nn.Module's signature
+        super()._apply(fn, recurse)
+        if self.inv_freq.dtype != torch.float32:  # a dtype cast reached the buffer: recompute it in float32
+            self.inv_freq = rope_inv_freq(self.head_dim, self.theta).to(self.inv_freq.device)
+        return self
 
     def forward(self, position_ids: Tensor) -> tuple[Tensor, Tensor]:
         """position_ids: [3, N] or [3, B, N] -> (cos, sin), each [N, D] or [B, N, D], float32."""

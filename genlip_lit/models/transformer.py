@@ -5,6 +5,9 @@
 Image tokens attend bidirectionally among themselves; text tokens attend to all image tokens and causally to
 earlier text (prefix-LM). Without text the network is a plain ViT encoder: `encode_image` returns the final-norm
 patch features an MLLM consumes. No [CLS] token and no absolute position embedding unless the ablation asks.
+With a text bottleneck (`text_width` != width, the released L/16 and g/16) token embeddings and the LM head are
+text_width wide, `text_in_proj` widens the embeddings for the blocks and `text_out_proj` narrows the final-norm
+output for the LM head (`logits`); both belong to the text side, not to the image tower.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from genlip_lit.models.config import GenLIPConfig
 from genlip_lit.models.lm_loss import next_token_loss
 from genlip_lit.models.rope import MRoPE, genlip_position_ids, text_position_ids, text_start
 
-TEXT_ONLY_PARTS = ("tok_embed", "lm_head", "pos_text")  # what an image-only tower of GenLIP does not have
-# Parameters (name substrings) that never get weight decay, besides every 1-D tensor (norms, biases, LayerScale):
-# embeddings, positions, registers and the attention gates.
+# what an image-only tower of GenLIP does not have
+TEXT_ONLY_PARTS = ("tok_embed", "text_in_proj", "text_out_proj", "lm_head", "pos_text")
+# Parameters (name substrings) that get no weight decay under weight_decay_scope "matrices", besides every 1-D
+# tensor (norms, biases, LayerScale): embeddings, positions, registers and the attention gates.
 NO_WEIGHT_DECAY_PARTS = ("tok_embed", "pos_image", "pos_text", "registers", "gate_proj", "patch_embed.bias")
 
 
@@ -34,14 +38,14 @@ class Block(nn.Module):
     def __init__(self, cfg: GenLIPConfig, drop_path: float) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
-        self.attn = GatedAttention(cfg.width, cfg.num_heads, cfg.head_dim, cfg.gated_attn, cfg.qkv_bias)
+        self.attn = GatedAttention(cfg.width, cfg.num_heads, cfg.head_dim, cfg.gated_attn, cfg.qkv_bias, cfg.out_bias)
         self.ls1 = LayerScale(cfg.width, cfg.layer_scale_init) if cfg.layer_scale_init else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         if cfg.ffn_type == "swiglu":
-            self.mlp = SwiGLU(cfg.width, cfg.ffn_hidden)
+            self.mlp = SwiGLU(cfg.width, cfg.ffn_hidden, bias=cfg.ffn_bias)
         else:
-            self.mlp = Mlp(cfg.width, cfg.ffn_hidden, act_layer=nn.GELU)
+            self.mlp = Mlp(cfg.width, cfg.ffn_hidden, act_layer=nn.GELU, bias=cfg.ffn_bias)
         self.ls2 = LayerScale(cfg.width, cfg.layer_scale_init) if cfg.layer_scale_init else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -83,7 +87,10 @@ class GenLIP(nn.Module):
         self.cfg = cfg
         d = cfg.width
         self.patch_embed = nn.Conv2d(cfg.in_chans, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
-        self.tok_embed = nn.Embedding(cfg.vocab_size, d)
+        self.tok_embed = nn.Embedding(cfg.vocab_size, cfg.text_width)
+        # text bottleneck (released L/16, g/16): text_width -> width before the blocks, back after the final norm
+        self.text_in_proj = nn.Linear(cfg.text_width, d) if cfg.has_text_bottleneck else None
+        self.text_out_proj = nn.Linear(d, cfg.text_width) if cfg.has_text_bottleneck else None
         self.registers = nn.Parameter(torch.zeros(cfg.num_registers, d)) if cfg.num_registers else None
         if cfg.pos_embed == "mrope":
             self.rope = MRoPE(cfg.head_dim, cfg.mrope_section, cfg.rope_theta, cfg.mrope_layout)
@@ -91,17 +98,19 @@ class GenLIP(nn.Module):
             self.rope = None
             self.pos_image = nn.Parameter(torch.zeros(cfg.max_grid, cfg.max_grid, d))
             self.pos_text = nn.Parameter(torch.zeros(cfg.max_text_len, d))
-        rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
-        self.blocks = nn.ModuleList([Block(cfg, r) for r in rates])
+        self.blocks = nn.ModuleList([Block(cfg, r) for r in cfg.drop_path_rates()])
         if cfg.compile_blocks:
             for blk in self.blocks:
                 blk.compile()  # per block: one compiled graph reused by every layer, and checkpointing still works
         self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
-        self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)  # untied from tok_embed, as in the paper
+        self.lm_head = nn.Linear(cfg.text_width, cfg.vocab_size, bias=False)  # untied from tok_embed (paper)
         self.apply(self._init_weights)
         for p in (self.registers, getattr(self, "pos_image", None), getattr(self, "pos_text", None)):
             if p is not None:
                 trunc_normal_(p, std=0.02)
+        if cfg.attn_init == "xavier":
+            for blk in self.blocks:
+                xavier_init_attention(blk.attn)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -130,8 +139,13 @@ class GenLIP(nn.Module):
             x = x + self.pos_image[:gh, :gw].reshape(gh * gw, -1)
         return x, grid
 
-    def embed_text(self, input_ids: Tensor, offset: int = 0) -> Tensor:
+    def embed_tokens(self, input_ids: Tensor) -> Tensor:
+        """Token embeddings at the blocks' width (through the text bottleneck when there is one)."""
         x = self.tok_embed(input_ids)
+        return x if self.text_in_proj is None else self.text_in_proj(x)
+
+    def embed_text(self, input_ids: Tensor, offset: int = 0) -> Tensor:
+        x = self.embed_tokens(input_ids)
         if self.rope is None:
             end = offset + input_ids.shape[1]
             if end > self.cfg.max_text_len:
@@ -227,7 +241,7 @@ class GenLIP(nn.Module):
         is_patch, is_text = token_kinds == PATCH, token_kinds == TEXT
         if int(is_patch.sum()) != patch_tokens.shape[0]:
             raise ValueError(f"{patch_tokens.shape[0]} patches for {int(is_patch.sum())} PATCH slots")
-        text_tokens = self.tok_embed(input_ids[is_text])
+        text_tokens = self.embed_tokens(input_ids[is_text])
         # under autocast the patch projection comes out in bf16 and the embedding in fp32: one common dtype, as
         # torch.cat promotes them on the unpacked path
         dtype = torch.promote_types(patch_tokens.dtype, text_tokens.dtype)
@@ -268,10 +282,18 @@ class GenLIP(nn.Module):
         out = self.forward_features(pixel_values)
         return out.hidden[:, self.cfg.num_registers :]
 
+    def head_input(self, hidden: Tensor) -> Tensor:
+        """Final-norm hidden states [..., width] -> what the LM head reads [..., text_width]."""
+        return hidden if self.text_out_proj is None else self.text_out_proj(hidden)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """LM-head logits [..., V] of final-norm hidden states (text positions, or patches for the readout)."""
+        return self.lm_head(self.head_input(hidden))
+
     def text_logits(self, pixel_values: Tensor, input_ids: Tensor) -> Tensor:
         """Logits [B, L, V] at every text position (position j predicts token j + 1)."""
         out = self.forward_features(pixel_values, input_ids)
-        return self.lm_head(out.hidden[:, out.num_prefix :])
+        return self.logits(out.hidden[:, out.num_prefix :])
 
     def forward(self, pixel_values: Tensor, input_ids: Tensor) -> Tensor:
         return self.text_logits(pixel_values, input_ids)
@@ -289,11 +311,11 @@ class GenLIP(nn.Module):
 
     def _next_token_loss(self, text_hidden: Tensor, input_ids: Tensor, loss_mask: Tensor) -> LossOutput:
         return LossOutput(*next_token_loss(text_hidden, self.lm_head.weight, input_ids, loss_mask,
-                                           self.cfg.loss_chunk_tokens))
+                                           self.cfg.loss_chunk_tokens, project=self.text_out_proj))
 
     # ---------------------------------------------------------------- generation and scoring
-    # The functions live in generate.py (which imports this module); these methods give GenLIP the same
-    # interface as the encoder-decoder baseline, so a LightningModule can hold either.
+    # The functions live in generate.py (imported here lazily, never the other way); these methods give GenLIP
+    # the same interface as the encoder-decoder baseline, so a LightningModule can hold either.
     def generate(self, pixel_values: Tensor, prompt_ids: Tensor | list[int], max_new_tokens: int, eos_id: int,
                  **kwargs):
         """KV-cache generation (see `generate.generate`)."""
@@ -333,6 +355,24 @@ class GenLIP(nn.Module):
             for name, p in self.named_parameters()
             if (include_text or not name.startswith(TEXT_ONLY_PARTS)) and (include_gate or ".gate_proj." not in name)
         )
+
+
+def xavier_init_attention(attn: GatedAttention) -> None:
+    """The authors' init of q/gate/k/v/o: xavier-uniform (q and gate as one fused [2d, d] matrix), zero biases."""
+    with torch.no_grad():
+        if attn.gate_proj is not None:
+            fused = torch.empty(2 * attn.q_proj.out_features, attn.q_proj.in_features)
+            nn.init.xavier_uniform_(fused)
+            q, gate = fused.chunk(2)
+            attn.q_proj.weight.copy_(q)
+            attn.gate_proj.weight.copy_(gate)
+        else:
+            nn.init.xavier_uniform_(attn.q_proj.weight)
+        for linear in (attn.k_proj, attn.v_proj, attn.o_proj):
+            nn.init.xavier_uniform_(linear.weight)
+        for linear in (attn.q_proj, attn.gate_proj, attn.k_proj, attn.v_proj, attn.o_proj):
+            if linear is not None and linear.bias is not None:
+                linear.bias.zero_()
 
 
 def image_tower(cfg: GenLIPConfig) -> GenLIP:

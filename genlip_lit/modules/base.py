@@ -31,10 +31,13 @@ from genlip_lit.schedule import warmup_cosine
 __all__ = ["EncoderModule", "param_groups", "warmup_cosine"]
 
 
-def param_groups(model: nn.Module, weight_decay: float, exempt: set[str] | None = None) -> list[dict]:
-    """Split parameters into decayed (matrices) and non-decayed (1-D tensors and the names in `exempt`).
+def param_groups(model: nn.Module, weight_decay: float, exempt: set[str] | None = None,
+                 scope: str = "matrices") -> list[dict]:
+    """Split parameters into decayed and non-decayed groups.
 
-    `exempt` defaults to the model's own `no_weight_decay()` (names relative to `model`), or none.
+    scope "matrices": 1-D tensors (norms, biases, LayerScale) and the names in `exempt` (default: the model's own
+    `no_weight_decay()`, names relative to `model`) get no decay. scope "all" (the authors' recipe): every
+    parameter decays.
     """
     if exempt is None:
         declared = getattr(model, "no_weight_decay", None)
@@ -43,7 +46,7 @@ def param_groups(model: nn.Module, weight_decay: float, exempt: set[str] | None 
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim < 2 or name in exempt:
+        if scope != "all" and (p.ndim < 2 or name in exempt):
             no_decay.append(p)
         else:
             decay.append(p)
@@ -129,7 +132,8 @@ class EncoderModule(TrainingSafety, L.LightningModule, metaclass=_AppliesInitFro
 
     def configure_optimizers(self):
         fused = self.device.type == "cuda"
-        groups = param_groups(self.optimized_model(), self.weight_decay, self.no_weight_decay())
+        groups = param_groups(self.optimized_model(), self.weight_decay, self.no_weight_decay(),
+                              self.weight_decay_scope())
         opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, fused=fused)
         total = self.trainer.estimated_stepping_batches
         if math.isinf(total) or total <= 0:
@@ -139,6 +143,11 @@ class EncoderModule(TrainingSafety, L.LightningModule, metaclass=_AppliesInitFro
         min_ratio = self.min_lr / self.lr
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup, min_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def weight_decay_scope(self) -> str:
+        """`weight_decay_scope` of the module's GenLIP config (GenLIP, its captioner and contrastive baselines
+        alike, so a recipe in arch_overrides applies to every objective); "matrices" without one."""
+        return getattr(getattr(self, "config", None), "weight_decay_scope", "matrices")
 
     # ------------------------------------------------------------------ sharding
     def configure_model(self) -> None:

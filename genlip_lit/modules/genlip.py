@@ -29,12 +29,16 @@ class GenLIPModule(EncoderModule):
     """Trains a GenLIP transformer; exposes it as a vision encoder and captioner through the encoder contract.
 
     Args:
-        arch: preset name of `GenLIPConfig` (tiny, s16, b16, l16, so16, g16).
-        arch_overrides: fields of `GenLIPConfig` to change, e.g. {"depth": 6, "gated_attn": false}.
+        arch: preset name of `GenLIPConfig` (tiny, s16, b16, l16, so16, g16, l16_paper, g16_paper).
+        arch_overrides: fields of `GenLIPConfig` to change, e.g. {"depth": 6, "gated_attn": false}. The
+            vocabulary follows the tokenizer; a `vocab_size` here may only make it larger (a padded LM head,
+            as the released models' 151,936 rows for Qwen3's 151,669 tokens).
         tokenizer: text tokenizer plug-in; default open_clip's bundled BPE (49,408 tokens).
         prompt: loss-free instruction between the image and the caption (the paper uses
             "Describe the image in detail."); None for none.
         max_text_len: BOS + prompt + caption + EOS are truncated to this many tokens.
+        text_template: "genlip" ([BOS] prompt caption [EOS]) or "official" (the released models' prompt caption
+            <|im_end|> newline, no BOS; see data/tokenizer.py TEXT_TEMPLATES).
         caption_max_new_tokens: default generation budget for `generate_captions`.
         **kwargs: the training arguments every objective shares (`EncoderModule`: lr, min_lr, weight_decay,
             betas, warmup_ratio, warmup_steps, init_from).
@@ -48,13 +52,19 @@ class GenLIPModule(EncoderModule):
         prompt: str | None = None,
         max_text_len: int = 64,
         caption_max_new_tokens: int = 64,
+        text_template: str = "genlip",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.tokenizer = tokenizer if tokenizer is not None else OpenCLIPTokenizer()
-        self.caption_encoder = CaptionEncoder(self.tokenizer, prompt, max_text_len)
+        self.caption_encoder = CaptionEncoder(self.tokenizer, prompt, max_text_len, text_template)
         check_arch_args(arch, arch_overrides)  # one-line errors for bad types and ranges
-        self.config = GenLIPConfig.from_name(arch, **{**(arch_overrides or {}), "vocab_size": self.tokenizer.vocab_size})
+        overrides = dict(arch_overrides or {})
+        vocab = int(overrides.pop("vocab_size", self.tokenizer.vocab_size))
+        if vocab < self.tokenizer.vocab_size:
+            raise GenLIPUserError(f"arch_overrides.vocab_size {vocab} is smaller than the tokenizer's vocabulary "
+                                  f"({self.tokenizer.vocab_size} tokens)")
+        self.config = GenLIPConfig.from_name(arch, **overrides, vocab_size=vocab)
         self.model = self.build_model(self.config)
         self.caption_max_new_tokens = caption_max_new_tokens
         self.val_loss = MeanMetric()
@@ -216,21 +226,21 @@ class GenLIPModule(EncoderModule):
             pixel_values,
             self.caption_encoder.prompt_ids(),
             max_new_tokens or self.caption_max_new_tokens,
-            eos_id=self.tokenizer.eos_id,
+            eos_id=self.caption_encoder.stop_id,
             temperature=temperature,
             top_p=top_p,
             generator=generator,
         )
-        # decode() drops special tokens, so the trailing EOS (and the EOS padding after it) vanish.
-        return [self.tokenizer.decode(t[:n].tolist()) for t, n in zip(out.tokens, out.lengths.tolist())]
+        # the stop token ends each sequence (and pads it): drop it; decode() drops the other special tokens
+        stop = self.caption_encoder.stop_id
+        return [self.tokenizer.decode([i for i in t[:n].tolist() if i != stop])
+                for t, n in zip(out.tokens, out.lengths.tolist())]
 
     @torch.no_grad()
     def text_match_scores(self, pixel_values: Tensor, texts: list[str]) -> Tensor:
         """Summed log-likelihood of each text as the start of a caption (no EOS: templates are fragments)."""
-        encoded = []
-        for text in texts:
-            ids, mask = self.caption_encoder.encode(text)
-            encoded.append((ids, mask[:-1] + [False]))  # the last target is EOS: leave it out
+        # the end tokens (EOS) are left out: templates are a caption's start
+        encoded = [self.caption_encoder.encode(text, with_end=False) for text in texts]
         ids, loss_mask, _ = self.caption_encoder.collate_text(encoded)
         return self.model.score_texts(pixel_values, ids, loss_mask)
 
@@ -248,6 +258,8 @@ class GenLIPModule(EncoderModule):
     def patch_word_scores(self, pixel_values: Tensor, words: list[str]) -> Tensor:
         """LM-head logits of each word's first token at each patch feature, [B, M, W]."""
         patches = self.model.encode_image(pixel_values)
+        head_input = getattr(self.model, "head_input", None)  # GenLIP's text bottleneck; the captioner has none
+        patches = head_input(patches) if head_input is not None else patches
         weight = self.model.lm_head.weight[torch.tensor(self.word_token_ids(words), device=patches.device)]
         return patches @ weight.T
 

@@ -1,0 +1,148 @@
+"""`genlip import`: a released GenLIP checkpoint (the authors' or open_clip's) as a genlip checkpoint.
+
+    genlip import /path/to/GenLIP-So16 --output imports/genlip_so16
+    genlip caption --ckpt imports/genlip_so16/genlip.ckpt photo.jpg
+
+SRC is a directory (config.json + model.safetensors, or shards with model.safetensors.index.json, bf16 or fp32;
+open_clip also a training checkpoint that loads with torch.load(weights_only=True)) or one weights file beside
+its config.json. DIR receives `genlip.ckpt` (what every command takes as --ckpt), `tokenizer.json` (also inside
+the checkpoint) and `model.yaml`, a `fit` overlay that starts from the imported weights (`init_from`).
+Nothing is downloaded: the user fetches the checkpoint directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from genlip_lit.errors import GenLIPUserError
+
+FORMATS = ("official", "open_clip")
+
+
+@dataclass
+class ImportResult:
+    path: str  # DIR/genlip.ckpt
+    format: str
+    arch: str  # the preset the hyper-parameters name, plus `overrides`
+    overrides: dict[str, Any]
+    num_params: int
+    text_template: str
+
+
+def detect_format(config: dict[str, Any], origin: str) -> str:
+    from genlip_lit.convert import official, open_clip
+
+    if official.is_official(config):
+        return "official"
+    if open_clip.is_open_clip(config):
+        return "open_clip"
+    raise GenLIPUserError(f"{origin} is neither an official GenLIP config (model_type 'genlip') nor an open_clip "
+                          "GenLIP model config (genlip_cfg): pass --format")
+
+
+def _config_path(directory: Path) -> Path:
+    for name in ("config.json", "open_clip_config.json"):
+        if (directory / name).is_file():
+            return directory / name
+    raise GenLIPUserError(f"{directory} has no config.json")
+
+
+def import_checkpoint(src: str, output: str, format: str | None = None, tokenizer: str | None = None,
+                      ema: bool = False, ignore_config_keys: Sequence[str] = ()) -> ImportResult:
+    """Convert SRC into DIR/genlip.ckpt (+ tokenizer.json, model.yaml)."""
+    from genlip_lit.convert import common, official, open_clip
+    from genlip_lit.data.tokenizer import HFTokenizer
+    from genlip_lit.modules.genlip import GenLIPModule
+
+    directory = common.source_dir(src)
+    config_path = _config_path(directory)
+    config = common.read_json(config_path)
+    fmt = format or detect_format(config, str(config_path))
+    if fmt not in FORMATS:
+        raise GenLIPUserError(f"--format must be one of {FORMATS}, got {fmt!r}")
+    ignore = tuple(ignore_config_keys)
+    tokenizer_file = Path(tokenizer).expanduser() if tokenizer else directory / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        hint = ("the authors ship Qwen3's tokenizer.json with the weights" if fmt == "official" else
+                "open_clip's GenLIP reads tiktoken cl100k_base, which needs a download: give a tokenizers JSON "
+                "of cl100k_base")
+        raise GenLIPUserError(f"no tokenizer file {tokenizer_file} ({hint}): pass --tokenizer PATH")
+    if fmt == "official":
+        cfg = official.config_from_official(config, str(config_path), ignore)
+        text = {"prompt": official.PROMPT, "text_template": official.TEMPLATE, "max_text_len": 512,
+                "caption_max_new_tokens": 256}
+        special_ids: dict[str, int] = {}
+        preprocessing = official.preprocessing_of(directory)
+    else:
+        cfg = open_clip.config_from_open_clip(config, str(config_path), ignore)
+        context = int((open_clip.model_config_of(config).get("text_cfg") or {}).get("context_length", 256))
+        text = {"prompt": None, "text_template": open_clip.TEMPLATE, "max_text_len": context,
+                "caption_max_new_tokens": min(256, context - 2)}
+        special_ids = open_clip.special_ids(config)
+        preprocessing = open_clip.preprocessing_of(config)
+    state, files = common.load_state(src, ema)
+    convert = official.convert_official_state if fmt == "official" else open_clip.convert_open_clip_state
+    weights = convert(state, cfg, str(src))
+
+    os.makedirs(output, exist_ok=True)
+    tokenizer_copy = os.path.abspath(os.path.join(output, "tokenizer.json"))
+    if os.path.abspath(tokenizer_file) != tokenizer_copy:
+        shutil.copyfile(tokenizer_file, tokenizer_copy)
+    tok = HFTokenizer(tokenizer_copy, **special_ids)
+    arch, overrides = common.preset_and_overrides(cfg)
+    module = GenLIPModule(arch=arch, arch_overrides=overrides, tokenizer=tok, **text)
+    module.model.load_state_dict(weights, strict=True)  # names and shapes were checked by the mapping
+    provenance = {"format": fmt, "source": os.path.abspath(src), "files": [os.path.abspath(f) for f in files],
+                  "config": config, "ema": ema}
+    path = common.write_checkpoint(module.eval(), output, preprocessing, provenance)
+    _write_fit_overlay(output, path, module, tok)
+    num_params = sum(p.numel() for p in module.parameters())
+    return ImportResult(path, fmt, arch, overrides, num_params, text["text_template"])
+
+
+def _write_fit_overlay(output: str, ckpt: str, module: Any, tok: Any) -> None:
+    """DIR/model.yaml: the imported architecture, tokenizer and text format as a `fit` config, weights via
+    init_from (compose after a run config: genlip fit --config RUN.yaml --config DIR/model.yaml)."""
+    import yaml
+
+    hp = dict(module.hparams)
+    init_args = {k: hp[k] for k in ("arch", "arch_overrides", "prompt", "text_template", "max_text_len",
+                                    "caption_max_new_tokens")}
+    init_args["tokenizer"] = {"class_path": "genlip_lit.data.tokenizer.HFTokenizer", "init_args": tok.init_args()}
+    init_args["init_from"] = os.path.abspath(ckpt)
+    doc = {"model": {"class_path": "genlip_lit.modules.GenLIPModule", "init_args": init_args}}
+    with open(os.path.join(output, "model.yaml"), "w") as f:
+        f.write(f"# written by `genlip import`: start a fit from {os.path.abspath(ckpt)}\n"
+                f"#   genlip fit --config experiments/stage2_corpus.yaml --config {os.path.join(output, 'model.yaml')}\n"
+                "# (weights only: optimizer and schedule start fresh; the run config's optimizer settings apply)\n")
+        yaml.safe_dump(doc, f, sort_keys=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="genlip import", description=(
+        "Convert a released GenLIP checkpoint (the authors' Hugging Face layout, or open_clip's NaFlexGenLip) "
+        "into a genlip checkpoint that every command accepts as --ckpt."))
+    p.add_argument("src", help="checkpoint directory (config.json + safetensors) or a weights file beside config.json")
+    p.add_argument("--output", required=True, help="directory for genlip.ckpt, tokenizer.json and model.yaml")
+    p.add_argument("--format", choices=FORMATS, default=None, help="default: detected from config.json")
+    p.add_argument("--tokenizer", default=None,
+                   help="a tokenizers JSON file (default: SRC/tokenizer.json; open_clip needs one for cl100k_base)")
+    p.add_argument("--ema", action="store_true", help="open_clip training checkpoint: take state_dict_ema")
+    p.add_argument("--ignore-config-key", action="append", default=[], metavar="KEY",
+                   help="a config key known not to change the architecture (repeatable)")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    res = import_checkpoint(args.src, args.output, args.format, args.tokenizer, args.ema, args.ignore_config_key)
+    print(f"wrote {res.path} ({res.format} checkpoint, {res.num_params / 1e6:.1f}M parameters, arch {res.arch!r} "
+          f"+ {len(res.overrides)} overrides, text template {res.text_template!r}), "
+          f"{os.path.join(args.output, 'tokenizer.json')} and {os.path.join(args.output, 'model.yaml')}")
+    return 0
