@@ -12,13 +12,12 @@ Nothing is downloaded: the user fetches the checkpoint directory.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from genlip_lit.errors import GenLIPUserError
 
@@ -57,8 +56,7 @@ def import_checkpoint(src: str, output: str, format: str | None = None, tokenize
                       ema: bool = False, ignore_config_keys: Sequence[str] = ()) -> ImportResult:
     """Convert SRC into DIR/genlip.ckpt (+ tokenizer.json, model.yaml)."""
     from genlip_lit.convert import common, official, open_clip
-    from genlip_lit.data.tokenizer import HFTokenizer
-    from genlip_lit.modules.genlip import GenLIPModule
+    from genlip_lit.progress import progress
 
     directory = common.source_dir(src)
     config_path = _config_path(directory)
@@ -86,9 +84,29 @@ def import_checkpoint(src: str, output: str, format: str | None = None, tokenize
                 "caption_max_new_tokens": min(256, context - 2)}
         special_ids = open_clip.special_ids(config)
         preprocessing = open_clip.preprocessing_of(config)
-    state, files = common.load_state(src, ema)
-    convert = official.convert_official_state if fmt == "official" else open_clip.convert_open_clip_state
-    weights = convert(state, cfg, str(src))
+    with progress(total=3, description="import", unit="steps") as bar:
+        bar.set_postfix("reading the weights")
+        state, files = common.load_state(src, ema)
+        bar.advance()
+        bar.set_postfix("converting")
+        convert = official.convert_official_state if fmt == "official" else open_clip.convert_open_clip_state
+        weights = convert(state, cfg, str(src))
+        bar.advance()
+        bar.set_postfix("building the model, writing genlip.ckpt")
+        result = _write(output, src, tokenizer_file, special_ids, cfg, text, weights, fmt, files, config, ema,
+                        preprocessing)
+        bar.advance()
+        bar.set_postfix("")
+    return result
+
+
+def _write(output: str, src: str, tokenizer_file: Path, special_ids: dict[str, int], cfg: Any,
+           text: dict[str, Any], weights: dict[str, Any], fmt: str, files: list[str], config: dict[str, Any],
+           ema: bool, preprocessing: Any) -> ImportResult:
+    """DIR/genlip.ckpt, tokenizer.json and model.yaml from converted weights."""
+    from genlip_lit.convert import common
+    from genlip_lit.data.tokenizer import HFTokenizer
+    from genlip_lit.modules.genlip import GenLIPModule
 
     os.makedirs(output, exist_ok=True)
     tokenizer_copy = os.path.abspath(os.path.join(output, "tokenizer.json"))
@@ -124,23 +142,30 @@ def _write_fit_overlay(output: str, ckpt: str, module: Any, tok: Any) -> None:
         yaml.safe_dump(doc, f, sort_keys=False)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="genlip import", description=(
-        "Convert a released GenLIP checkpoint (the authors' Hugging Face layout, or open_clip's NaFlexGenLip) "
-        "into a genlip checkpoint that every command accepts as --ckpt."))
-    p.add_argument("src", help="checkpoint directory (config.json + safetensors) or a weights file beside config.json")
-    p.add_argument("--output", required=True, help="directory for genlip.ckpt, tokenizer.json and model.yaml")
-    p.add_argument("--format", choices=FORMATS, default=None, help="default: detected from config.json")
-    p.add_argument("--tokenizer", default=None,
-                   help="a tokenizers JSON file (default: SRC/tokenizer.json; open_clip needs one for cl100k_base)")
-    p.add_argument("--ema", action="store_true", help="open_clip training checkpoint: take state_dict_ema")
-    p.add_argument("--ignore-config-key", action="append", default=[], metavar="KEY",
-                   help="a config key known not to change the architecture (repeatable)")
+def build_parser() -> Any:
+    from jsonargparse import ActionYesNo
+
+    from genlip_lit.commands.common import add_output, command_parser
+
+    p = command_parser("import", "Convert a released GenLIP checkpoint (the authors' Hugging Face layout, or "
+                       "open_clip's NaFlexGenLip) into a genlip checkpoint that every command accepts as --ckpt.")
+    p.add_argument("src", type=str, help="checkpoint directory (config.json + safetensors) or a weights file beside "
+                   "config.json")
+    add_output(p, help="directory for genlip.ckpt, tokenizer.json and model.yaml")
+    p.add_argument("--format", type=Literal[FORMATS] | None, default=None, help="null: detected from config.json")
+    p.add_argument("--tokenizer", type=str | None, default=None, help="a tokenizers JSON file (null: "
+                   "SRC/tokenizer.json; open_clip needs one for cl100k_base)")
+    p.add_argument("--ema", action=ActionYesNo, default=False, help="open_clip training checkpoint: take "
+                   "state_dict_ema")
+    p.add_argument("--ignore-config-key", nargs="+", type=str, default=[], help="config keys known not to change "
+                   "the architecture (several: --ignore-config-key A B, or repeat the flag)")
     return p
 
 
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    from genlip_lit.commands.common import parse
+
+    args = parse(build_parser(), argv, repeatable=("--ignore-config-key",))
     res = import_checkpoint(args.src, args.output, args.format, args.tokenizer, args.ema, args.ignore_config_key)
     print(f"wrote {res.path} ({res.format} checkpoint, {res.num_params / 1e6:.1f}M parameters, arch {res.arch!r} "
           f"+ {len(res.overrides)} overrides, text template {res.text_template!r}), "
