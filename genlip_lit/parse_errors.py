@@ -183,8 +183,8 @@ def _expected_any(entries: list[_Entry], leaf: _Entry) -> str:
     after = entries[entries.index(leaf):]
     given = next((e.text[len("Given value: "):] for e in after if e.text.startswith("Given value: ")), given)
     got = f"got {given!r}, " if given is not None else ""
-    if len(alternatives) == 1:
-        return f"{got}expected {alternatives[0]}"
+    if len(alternatives) == 1:  # `int | None`: worded as a plain int's error
+        return f"expected {alternatives[0]}" + (f", got {given!r}" if given is not None else "")
     return f"{got}expected one of {', '.join(alternatives)}"
 
 

@@ -73,3 +73,17 @@ def test_a_run_directory_is_a_checkpoint_everywhere(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(GenLIPUserError, match="no last.ckpt under"):
         resolve_ckpt(str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("name", ["optimize", "plan", "import"])
+def test_the_other_commands_parse_without_lightning_and_print_their_config(name, capsys) -> None:
+    code = (f"import sys, importlib; m = importlib.import_module({_module(name).__name__!r}); m.build_parser(); "
+            "print('lightning' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    required = {"optimize": ["--output", "o"], "plan": ["--config", "a.yaml"], "import": ["src", "--output", "o"]}
+    with pytest.raises(SystemExit) as info:
+        main([name, *required[name], "--print_config"])
+    assert info.value.code == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert "output" in config if name != "plan" else config["config"] == ["a.yaml"]

@@ -142,3 +142,20 @@ def test_safety_flags_reach_the_readers(tmp_path) -> None:
         opt.main([*base, "--output", str(tmp_path / "c"), "--max-bytes", "10"])
     with pytest.raises(GenLIPUserError, match="--max-bytes: 'lots' is not a size"):
         opt.main([*base, "--output", str(tmp_path / "d"), "--max-bytes", "lots"])
+
+
+def test_a_config_file_sets_options_and_the_resume_command_overrides_its_mode(tmp_path) -> None:
+    config = tmp_path / "optimize.yaml"
+    config.write_text(f"output: {tmp_path / 'syn'}\nnum_samples: 2\nval_samples: 1\nimage_size: 16\n"
+                      "overwrite: true\n")
+    assert opt.main(["--config", str(config)]) == 0
+    assert json.loads((tmp_path / "syn" / META_FILE).read_text())["num_train"] == 2
+    assert opt.main(["--config", str(config), "--num-samples", "3"]) == 0  # flags after it win
+    assert json.loads((tmp_path / "syn" / META_FILE).read_text())["num_train"] == 3
+    with pytest.raises(GenLIPUserError, match="--overwrite and --resume exclude each other"):
+        opt.main(["--config", str(config), "--resume"])
+    # a mode set in the config is switched off on the line that finishes an interrupted run
+    command = opt.resume_command(["--config", str(config), "--input", "in"], opt.build_parser())
+    assert command == f"genlip optimize --config {config} --input in --no_overwrite --no_append --resume"
+    args = opt.build_parser().parse_args(shlex.split(command)[2:])
+    assert (args.overwrite, args.append, args.resume) == (False, False, True)

@@ -137,3 +137,19 @@ def test_prompt_length_without_the_configured_tokenizer(monkeypatch) -> None:
 
     monkeypatch.setattr(tokenizers, "OpenCLIPTokenizer", missing)
     assert tokenizer_facts(run_config) == (None, 7, "a word count of the prompt")
+
+
+def test_plan_options_come_from_a_file_as_print_config_writes_them(tmp_path, capsys) -> None:
+    argv = [*SMALL, *CUSTOM, "--gpus", "2", "--global-batch", "32", "--samples", "1e6", "--mfu", "0.25"]
+    with pytest.raises(SystemExit):
+        main(["plan", *argv, "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["config"] == ["experiments/quickstart.yaml"] and printed["gpus"] == 2 and printed["mfu"] == 0.25
+    options = tmp_path / "plan.yaml"
+    options.write_text(yaml.safe_dump(printed))
+    args, overrides = parse(["--options", str(options), *SMALL[2:], "--gpus", "4"])
+    assert (args.gpus, args.global_batch, args.peak_tflops, args.config) == (4, 32, 100.0, printed["config"])
+    assert overrides == [("model.init_args.arch_overrides", "{depth: 2, width: 64, ffn_hidden: 128}"),
+                         ("data.init_args.image_size", "32")]
+    assert "give --mfu or --throughput-log, not both" in refusal(
+        capsys, [*argv, "--throughput-log", str(tmp_path)])

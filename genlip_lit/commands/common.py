@@ -115,17 +115,24 @@ def parse(parser: Any, argv: Sequence[str] | None, repeatable: Sequence[str] = (
     try:
         return parser.parse_args(merge_repeated(args, repeatable))
     except ArgumentError as err:
-        raise GenLIPUserError(short_error(str(err), parser, files)) from None
+        raise GenLIPUserError(short_error(str(err), parser, files, args)) from None
 
 
-def short_error(message: str, parser: Any, files: Sequence[str] = ()) -> str:
-    """jsonargparse's message cut to `key: problem` + a hint; a bad key read from a config file names the file."""
+def short_error(message: str, parser: Any, files: Sequence[str] = (), argv: Sequence[str] = ()) -> str:
+    """jsonargparse's message cut to `key: problem` + a hint; a bad key read from a config file names the file,
+    a bad value typed as a flag names the flag."""
     from genlip_lit.parse_errors import short_parse_error
 
     command = parser.prog.removeprefix("genlip ")
-    options = [o for action in parser._actions for o in action.option_strings]
+    # flags (`--max-steps`) and config keys (`--max_steps`) to suggest from; not the negations of yes/no flags
+    options = [o for action in parser._actions for o in [*action.option_strings, f"--{action.dest}"]
+               if not o.startswith("--no_")]
     text = short_parse_error(message, command=command, options=options)
     key = text.split(":", 1)[0]
+    typed = {token.split("=", 1)[0] for token in argv if token.startswith("--")}
+    flag = next((f for f in (f"--{key}", f"--{key.replace('_', '-')}") if f in typed), None)
+    if flag is not None and " " not in key:
+        return flag + text[len(key):]
     if files and not key.startswith("-"):  # a key, not a flag: it came from a config file
         named = [path for path in files if _top_keys(path) & {key, key.replace("_", "-")}]
         if named:

@@ -32,8 +32,10 @@ def build_parser() -> Any:
 
 def build_evaluations(specs: list[Any]) -> list[Any]:
     """Instantiate `[{class_path, init_args}, ...]`; a bare class path string is allowed too."""
+    import difflib
+    import importlib
+
     from genlip_lit.callbacks.evaluation import EvalCallback
-    from genlip_lit.modules.loading import import_class
 
     out = []
     for i, spec in enumerate(specs):
@@ -46,7 +48,15 @@ def build_evaluations(specs: list[Any]) -> list[Any]:
         path = spec["class_path"]
         if "." not in path:
             path = f"genlip_lit.callbacks.{path}"
-        cls = import_class(path)
+        module_name, _, name = path.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError, ValueError) as err:
+            import genlip_lit.callbacks as known
+
+            close = difflib.get_close_matches(name, known.__all__, n=1, cutoff=0.6)
+            hint = f"; did you mean genlip_lit.callbacks.{close[0]}?" if close else ""
+            raise GenLIPUserError(f"evaluations[{i}]: cannot import {path!r} ({err}){hint}") from None
         if not (isinstance(cls, type) and issubclass(cls, EvalCallback)):
             raise GenLIPUserError(f"evaluations[{i}]: {path} is not an evaluation callback (EvalCallback)")
         try:
@@ -54,6 +64,14 @@ def build_evaluations(specs: list[Any]) -> list[Any]:
         except TypeError as err:
             raise GenLIPUserError(f"evaluations[{i}] ({path}): {err}") from None
     return out
+
+
+def check_data_dirs(data: dict[str, Any] | None) -> None:
+    """Local `data.data_dir`s exist, checked before the checkpoint loads (remote URLs are the loader's job)."""
+    dirs = (data or {}).get("data_dir")
+    for d in [dirs] if isinstance(dirs, str) else list(dirs or []):
+        if "://" not in str(d) and not os.path.isdir(os.path.expanduser(str(d))):
+            raise GenLIPUserError(f"data.data_dir {d}: no such directory (write shards with `genlip optimize`)")
 
 
 def build_datamodule(module: Any, data_hparams: dict[str, Any], override: dict[str, Any] | None) -> Any:
@@ -79,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluations = build_evaluations(args.evaluations or [])
     if not evaluations:
         raise GenLIPUserError("no evaluations: list them under `evaluations:` in --config (see experiments/eval.yaml)")
+    check_data_dirs(args.data)
     from genlip_lit.commands.common import beside_checkpoint, load_module, resolve_ckpt, torch_threads
     from genlip_lit.eval.data import DataModuleView
     from genlip_lit.eval.report import run_evaluations

@@ -45,7 +45,11 @@ def build_parser() -> Any:
 def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv, repeatable=("--encoder",))
     from genlip_lit.commands.common import device, torch_threads
+    from genlip_lit.eval.llm_loading import data_root
     from genlip_lit.eval.llm_probe import ProbeSettings, run_probe
+
+    if args.data is not None:
+        data_root(args.data)  # a wrong --data fails before encoders and the LM load
 
     settings = ProbeSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lm_lr=args.lm_lr,
                              num_eval=args.num_eval, seed=args.seed, tune_lm=args.tune_lm)

@@ -100,7 +100,7 @@ def parse(argv: Sequence[str]) -> tuple[Any, list[tuple[str, str]]]:
         stray = re.search(r"unrecognized arguments: (\S+)", str(err))
         if stray and not stray.group(1).startswith("-"):
             raise GenLIPUserError(f"unrecognised argument {stray.group(1)!r} ({OVERRIDE_HINT})") from None
-        raise GenLIPUserError(short_error(str(err), parser, files)) from None
+        raise GenLIPUserError(short_error(str(err), parser, files, own)) from None
     if args.mfu is not None and args.throughput_log is not None:
         raise GenLIPUserError("give --mfu or --throughput-log, not both")
     return args, overrides

@@ -19,6 +19,7 @@ from genlip_lit.commands.common import (
     command_parser,
     parse,
 )
+from genlip_lit.errors import GenLIPUserError
 
 
 def build_parser() -> Any:
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     for flag, value in (("--budget", args.budget), ("--test-budget", args.test_budget),
                         ("--batch-size", args.batch_size)):
         at_least(flag, value, 1)
+    if not os.path.isdir(os.path.expanduser(args.data)):  # before the (slower) checkpoint load
+        raise GenLIPUserError(f"--data {args.data}: no such directory (an ImageFolder, or labelled shards from "
+                              "`genlip optimize`)")
     from genlip_lit.commands.common import load_module, torch_threads
     from genlip_lit.eval.data import labelled_view
     from genlip_lit.eval.evaluations import probe_evaluation

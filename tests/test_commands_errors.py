@@ -1,0 +1,161 @@
+"""User errors of the project commands (commands/*.py through cli.main), one test per kind: a bad key in a
+--config file, a value of the wrong type, an unknown class path, a missing checkpoint, data that cannot be read.
+Each message names the culprit (key, flag, file or value) in at most 5 lines, with exit status 2; `genlip fit`'s
+own are in tests/test_lightning_cli.py. Plus: plain progress lines with counts when stderr is not a terminal."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from genlip_lit.cli import EXTRA_COMMANDS, main
+
+MAX_LINES = 5
+
+
+def refused(capsys, argv: list[str]) -> str:
+    """The error text of `genlip ARGV`, checked to be a short `genlip: error:` message with exit status 2."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2, argv
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("genlip: error: "), err
+    assert len(err.splitlines()) <= MAX_LINES, err
+    assert "usage:" not in err and "Traceback" not in err, err
+    return err
+
+
+def _png(path) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 0, 0)).save(buffer, format="PNG")
+    path.write_bytes(buffer.getvalue())
+    return str(path)
+
+
+@pytest.mark.parametrize("name", sorted(EXTRA_COMMANDS))
+def test_an_unknown_key_in_a_config_file_names_the_key_and_the_file(name, tmp_path, capsys) -> None:
+    config = tmp_path / "options.yaml"
+    config.write_text("no_such_key: 1\n")
+    flag = "--options" if name == "plan" else "--config"  # plan's --config is the fit config it plans
+    err = refused(capsys, [name, flag, str(config)])
+    assert f"{config}: no_such_key: not an option" in err
+
+
+def test_a_misspelt_config_key_gets_the_closest_key(tmp_path, capsys) -> None:
+    config = tmp_path / "optimize.yaml"
+    config.write_text("output: out\nnum_sample: 3\n")
+    err = refused(capsys, ["optimize", "--config", str(config)])
+    assert "num_sample: not an option; did you mean 'num_samples'?" in err
+    assert "no_" not in err.split("did you mean")[1]  # never the negation of a yes/no flag
+
+
+@pytest.mark.parametrize("argv, culprit", [
+    (["optimize", "--output", "o", "--num-samples", "many"], "--num-samples: expected int, got 'many'"),
+    (["optimize", "--output", "o", "--input", "x", "--format", "zip"],
+     "--format: got 'zip', expected one of 'auto', 'webdataset'"),
+    (["caption", "--ckpt", "c", "a.png", "--temperature", "hot"], "--temperature: expected float, got 'hot'"),
+    (["probe", "--ckpt", "c", "--data", "d", "--test-budget=x"], "--test-budget: expected int, got 'x'"),
+    (["eval-res", "--ckpt", "c", "--output", "o", "--num-scenes", "x"], "--num-scenes: expected int, got 'x'"),
+    (["llm-probe", "--encoder", "e", "--output", "o", "--lr", "fast"], "--lr: expected float, got 'fast'"),
+    (["compare", "a.yaml", "--output", "o", "--max-steps", "x"], "--max-steps: expected int, got 'x'"),
+    (["plan", "--config", "a.yaml", "--gpus", "x"], "--gpus: expected int, got 'x'"),
+    (["import", "src", "--output", "o", "--format", "zip"], "--format: got 'zip', expected one of 'official'"),
+])
+def test_a_value_of_the_wrong_type_names_the_flag_and_the_value(argv, culprit, capsys) -> None:
+    assert culprit in refused(capsys, argv)
+
+
+def test_a_wrong_type_in_a_config_file_names_the_file(tmp_path, capsys) -> None:
+    config = tmp_path / "probe.yaml"
+    config.write_text("budget: lots\n")
+    err = refused(capsys, ["probe", "--config", str(config), "--ckpt", "c", "--data", "d"])
+    assert f"{config}: budget: expected int, got 'lots'" in err
+
+
+def test_an_unknown_flag_gets_the_closest_flag(capsys) -> None:
+    err = refused(capsys, ["export", "--ckpt", "c", "--output", "o", "--outptu", "p"])
+    assert "--outptu: not an option; did you mean '--output'?" in err
+    err = refused(capsys, ["plan", "--config", "a.yaml", "--gpuz", "3"])
+    assert "--gpuz: not an option; did you mean '--gpu'?" in err
+
+
+def test_config_files_that_cannot_be_read_are_named(tmp_path, capsys) -> None:
+    missing = tmp_path / "missing.yaml"
+    assert f"--config {missing}: file not found" in refused(capsys, ["probe", "--config", str(missing)])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("budget: [1, 2\n")
+    err = refused(capsys, ["probe", "--config", str(broken)])
+    assert f"--config {broken}: not valid YAML" in err and "line 2" in err
+    assert f"--options {missing}: file not found" in refused(capsys, ["plan", "--options", str(missing)])
+
+
+@pytest.mark.parametrize("class_path, culprit", [
+    ("LinearProbes", "evaluations[0]: cannot import 'genlip_lit.callbacks.LinearProbes'"),
+    ("nowhere.Thing", "evaluations[0]: cannot import 'nowhere.Thing' (No module named 'nowhere')"),
+    ("genlip_lit.callbacks.Throughput", "genlip_lit.callbacks.Throughput is not an evaluation callback"),
+])
+def test_an_unknown_class_path_is_named(class_path, culprit, capsys) -> None:
+    err = refused(capsys, ["eval", "--ckpt", "c", "--evaluations", f"[{{class_path: {class_path}}}]"])
+    assert culprit in err
+    if class_path == "LinearProbes":
+        assert "did you mean genlip_lit.callbacks.LinearProbe?" in err
+
+
+def test_a_missing_checkpoint_is_named(tmp_path, capsys) -> None:
+    ckpt = str(tmp_path / "nope.ckpt")
+    image = _png(tmp_path / "a.png")
+    (tmp_path / "images").mkdir()
+    for argv in (
+        ["caption", "--ckpt", ckpt, image],
+        ["caption-eval", "--ckpt", ckpt],
+        ["eval", "--ckpt", ckpt, "--evaluations", "[LinearProbe]"],
+        ["probe", "--ckpt", ckpt, "--data", str(tmp_path / "images")],
+        ["eval-res", "--ckpt", ckpt, "--output", str(tmp_path / "res")],
+        ["export", "--ckpt", ckpt, "--output", str(tmp_path / "enc")],
+    ):
+        assert f"checkpoint not found: '{ckpt}'" in refused(capsys, argv), argv
+    (tmp_path / "run").mkdir()  # a run directory without a last.ckpt
+    assert "no last.ckpt under" in refused(capsys, ["export", "--ckpt", str(tmp_path / "run"), "--output", "o"])
+
+
+def test_data_that_cannot_be_read_is_named_before_anything_loads(tmp_path, capsys) -> None:
+    nowhere = str(tmp_path / "nowhere")
+    # the checkpoint does not exist either: the data is checked first, and named
+    err = refused(capsys, ["probe", "--ckpt", "missing.ckpt", "--data", nowhere])
+    assert f"--data {nowhere}: no such directory" in err
+    err = refused(capsys, ["eval", "--ckpt", "missing.ckpt", "--evaluations", "[LinearProbe]",
+                           "--data", f"{{data_dir: {nowhere}}}"])
+    assert f"data.data_dir {nowhere}: no such directory" in err
+    err = refused(capsys, ["llm-probe", "--encoder", "missing", "--data", nowhere, "--output", str(tmp_path / "o")])
+    assert f"--data '{nowhere}' does not exist" in err
+    err = refused(capsys, ["optimize", "--input", nowhere, "--output", str(tmp_path / "shards")])
+    assert f"--input '{nowhere}'" in err and "does not exist" in err
+    assert f"image file not found: {nowhere}.png" in refused(capsys, ["caption", "--ckpt", "c", f"{nowhere}.png"])
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"<html>404</html>")
+    assert f"{garbage} is not a readable image" in refused(capsys, ["caption", "--ckpt", "c", str(garbage)])
+
+
+def test_progress_is_plain_lines_with_counts_when_stderr_is_not_a_terminal(tmp_path, capsys, monkeypatch) -> None:
+    from genlip_lit.ingest import sources
+
+    monkeypatch.setattr(sources, "FILES_PER_UNIT", 2)
+    monkeypatch.delenv("GENLIP_PROGRESS", raising=False)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(6):
+        _png(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text(f"red box {i}")
+    assert main(["optimize", "--input", str(folder), "--output", str(tmp_path / "out"), "--num-workers", "1",
+                 "--val-fraction", "0"]) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("genlip: optimize:")]
+    # one line per 5% at most (here every unit), each with the count, the total, the rate and an ETA
+    assert [line.split(" (")[0] for line in lines[:3]] == [
+        "genlip: optimize: 1/3 units", "genlip: optimize: 2/3 units", "genlip: optimize: 3/3 units"]
+    assert len(lines) == 4 and "ETA" in lines[0] and "2 images (2 kept, 0 skipped)" in lines[0]
+    assert lines[-1].startswith("genlip: optimize: done, 3 units in ") and "6 images (6 kept, 0 skipped)" in lines[-1]
+    assert "\r" not in captured.err and "genlip: optimize:" not in captured.out  # no animation; not on stdout
