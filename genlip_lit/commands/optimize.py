@@ -122,7 +122,7 @@ def build_parser() -> Any:
                      "default without --input)")
     syn.add_argument("--num-samples", type=int | None, default=None, help="synthetic: number of train samples")
     syn.add_argument("--val-samples", type=int | None, default=None, help="synthetic: number of val samples "
-                     "(null: 2%%, min 200)")
+                     "(null: 2 percent of --num-samples, at least 200)")
     syn.add_argument("--seed", type=int, default=0, help="synthetic: dataset seed (val uses a disjoint stream)")
     syn.add_argument("--image-size", type=int, default=64, help="synthetic: image side in pixels")
     syn.add_argument("--patch-size", type=int, default=8, help="synthetic: patch side of the label maps")
