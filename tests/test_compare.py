@@ -145,3 +145,27 @@ def test_compare_runs_tabulates_skips_finished_and_resumes_interrupted(tmp_path,
         compare_main(argv)
     assert compare_main([*argv[: argv.index("--")], "--rerun", "siglip", *argv[argv.index("--") :]]) == 0
     assert len(json.loads((out / "siglip" / "attempts.json").read_text())) == 1
+
+
+def test_the_steps_of_the_run_in_training_are_read_from_its_log(tmp_path, caplog) -> None:
+    """compare follows each `genlip fit` child through the plain progress lines it writes into fit.log."""
+    import logging
+    import subprocess
+    import sys
+
+    from genlip_lit.commands.compare import follow_fit
+
+    log = tmp_path / "fit.log"
+    log.write_text("$ genlip fit ... (an earlier attempt)\ngenlip: fit: 1/9 steps (11.1%)\n")
+    child = ("import sys, time\n"
+             "with open(sys.argv[1], 'a') as f:\n"
+             "    for line in ('genlip: fit > validate: done, 2 batches', 'genlip: fit: 4/10 steps (40.0%), ETA 0:01',\n"
+             "                 'genlip: fit: 10/10 steps (100.0%)'):\n"
+             "        f.write(line + '\\n'); f.flush(); time.sleep(0.2)\n"
+             "sys.exit(3)\n")
+    caplog.set_level(logging.INFO, logger="genlip_lit.progress")
+    proc = subprocess.Popen([sys.executable, "-c", child, str(log)])
+    assert follow_fit(proc, log, "siglip", total=None) == 3  # the child's exit code
+    lines = [r.getMessage() for r in caplog.records if r.name == "genlip_lit.progress"]
+    assert lines[-1].startswith("siglip: done, 10 steps in ")  # the total came from the log: 10, not 9
+    assert not any("1/9" in line for line in lines)  # lines of an earlier attempt are not this run's
