@@ -58,7 +58,8 @@ def test_eval_config_errors_are_named(checkpoint, tmp_path, capsys) -> None:
     bad.write_text("evaluation: []\n")
     with pytest.raises(SystemExit):
         main(["eval", "--ckpt", checkpoint, "--config", str(bad)])
-    assert "'evaluation'" in capsys.readouterr().err  # the command's parser names the unknown key
+    # the command's parser names the unknown key, its file and the closest key
+    assert f"{bad}: evaluation: not an option; did you mean 'evaluations'?" in capsys.readouterr().err
     bad.write_text("evaluations: []\n")
     with pytest.raises(SystemExit):
         main(["eval", "--ckpt", checkpoint, "--config", str(bad)])
