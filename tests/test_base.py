@@ -109,6 +109,7 @@ def test_every_objective_runs_the_whole_encoder_contract(name) -> None:
     rng = torch.get_rng_state()
     a, b = m.fresh_copy(seed=3), m.fresh_copy(seed=3)
     assert torch.equal(rng, torch.get_rng_state()) and type(a) is type(m)
+    assert getattr(a, "tokenizer", None) is getattr(m, "tokenizer", None)  # the same vocabulary (an import's own)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not torch.equal(a.encode_patches(px), m.encode_patches(px))
 

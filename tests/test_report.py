@@ -122,3 +122,18 @@ def test_torch_threads_sets_and_restores() -> None:
     assert resolve_device("auto").type in ("cpu", "cuda")
     with pytest.raises(GenLIPUserError, match="--device 'gpu'"):
         resolve_device("gpu")
+
+
+def test_eval_data_block_as_in_a_fit_config_and_a_grid_mismatch_is_a_named_skip(checkpoint, tmp_path) -> None:
+    """A `data:` block copied from a fit config (class_path + init_args) is read as its init_args; label maps made
+    for another patch size skip the readout with the reason instead of failing the report."""
+    config = tmp_path / "eval.yaml"
+    config.write_text(
+        "evaluations:\n  - {class_path: PatchReadout, init_args: {budget: 8, batch_size: 8}}\n"
+        "data:\n  class_path: genlip_lit.data.datamodule.GenLIPDataModule\n  init_args:\n"
+        f"    synthetic: {{num_train: 16, num_val: 16, image_size: 32, patch_size: 16}}\n"
+        f"    image_size: 32\n    batch_size: 8\n    cache_dir: {tmp_path / 'cache'}\n")
+    out = tmp_path / "report"
+    assert main(["eval", "--ckpt", checkpoint, "--config", str(config), "--output", str(out), "--device", "cpu"]) == 0
+    readout = json.loads((out / "report.json").read_text())["evaluations"]["readout"]
+    assert "label maps are 2x2 but the model makes 16 patches" in json.dumps(readout)

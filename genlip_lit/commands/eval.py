@@ -78,6 +78,10 @@ def build_datamodule(module: Any, data_hparams: dict[str, Any], override: dict[s
     """The checkpoint's data module (with `override` applied), connected to the module and set up."""
     from genlip_lit.data.datamodule import GenLIPDataModule
 
+    if override and "init_args" in override:  # a fit config's `data:` block (class_path + init_args), copied
+        if override.get("class_path", "GenLIPDataModule").rpartition(".")[2] != "GenLIPDataModule":
+            raise GenLIPUserError(f"data: genlip eval reads GenLIPDataModule data, not {override['class_path']!r}")
+        override = dict(override["init_args"] or {})
     # LightningCLI adds private keys (_class_path, _instantiator): they are not init arguments
     args = {k: v for k, v in {**data_hparams, **(override or {})}.items() if not k.startswith("_")}
     if override and "data_dir" in override:

@@ -101,6 +101,10 @@ def readout_evaluation(
     label_words = view.vocabulary.patch_label_words
     full = {name: torch.cat(parts) for name, parts in maps.items()
             if name in label_words and sum(len(p) for p in parts) == len(all_scores)}
+    grid = next(iter(full.values())).shape[1:] if full else None
+    if grid is not None and grid[0] * grid[1] != all_scores.shape[1]:
+        return skipped(f"{view}: the data's patch label maps are {grid[0]}x{grid[1]} but the model makes "
+                       f"{all_scores.shape[1]} patches per image (label maps made for another patch size)")
     if full:
         r = readout(all_scores, words, full, {n: label_words[n] for n in full}, k=k)
         result.scalars.update({"readout/accuracy": r.accuracy, "readout/chance_uniform": r.chance_uniform,

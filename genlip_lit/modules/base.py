@@ -214,7 +214,7 @@ class EncoderModule(TrainingSafety, L.LightningModule, metaclass=_AppliesInitFro
         this module's device: the "random init" baseline row of the probes. The tokenizer is shared."""
         hparams = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
         hparams.update({name: None for name in self.weight_sources if name in hparams})
-        if getattr(self, "tokenizer", None) is not None and "tokenizer" in inspect.signature(type(self)).parameters:
+        if getattr(self, "tokenizer", None) is not None and "tokenizer" in inspect.signature(type(self).__init__).parameters:
             hparams["tokenizer"] = self.tokenizer  # saved apart from the hyper-parameters
         with torch.random.fork_rng(devices=[]):  # seeded without moving the caller's RNG
             torch.manual_seed(seed)
