@@ -129,6 +129,9 @@ def test_data_that_cannot_be_read_is_named_before_anything_loads(tmp_path, capsy
     err = refused(capsys, ["eval", "--ckpt", "missing.ckpt", "--evaluations", "[LinearProbe]",
                            "--data", f"{{data_dir: {nowhere}}}"])
     assert f"data.data_dir {nowhere}: no such directory" in err
+    err = refused(capsys, ["eval", "--ckpt", "missing.ckpt", "--evaluations", "[LinearProbe]",
+                           "--data", f"{{class_path: GenLIPDataModule, init_args: {{data_dir: [{nowhere}]}}}}"])
+    assert f"data.data_dir {nowhere}: no such directory" in err  # a fit config's data block, copied
     err = refused(capsys, ["llm-probe", "--encoder", "missing", "--data", nowhere, "--output", str(tmp_path / "o")])
     assert f"--data '{nowhere}' does not exist" in err
     err = refused(capsys, ["optimize", "--input", nowhere, "--output", str(tmp_path / "shards")])

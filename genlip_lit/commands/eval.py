@@ -68,7 +68,10 @@ def build_evaluations(specs: list[Any]) -> list[Any]:
 
 def check_data_dirs(data: dict[str, Any] | None) -> None:
     """Local `data.data_dir`s exist, checked before the checkpoint loads (remote URLs are the loader's job)."""
-    dirs = (data or {}).get("data_dir")
+    block = data or {}
+    if "init_args" in block:  # a fit config's `data:` block (class_path + init_args)
+        block = block.get("init_args") or {}
+    dirs = block.get("data_dir")
     for d in [dirs] if isinstance(dirs, str) else list(dirs or []):
         if "://" not in str(d) and not os.path.isdir(os.path.expanduser(str(d))):
             raise GenLIPUserError(f"data.data_dir {d}: no such directory (write shards with `genlip optimize`)")
