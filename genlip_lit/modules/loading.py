@@ -14,7 +14,6 @@ memory is allocated, and the weights must match their stored sha256 and be finit
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from typing import Any
@@ -25,16 +24,6 @@ from genlip_lit.errors import GenLIPUserError
 from genlip_lit.integrity import read_checkpoint, verify_weights
 
 log = logging.getLogger(__name__)
-
-
-def import_class(class_path: str) -> type:
-    """Import a class named in a USER'S OWN config (evaluation specs); never use it for names read from a file
-    someone else wrote: those go through `genlip_lit.registry.resolve`."""
-    module_name, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError) as err:
-        raise GenLIPUserError(f"cannot import {class_path!r} named in the checkpoint ({err})") from None
 
 
 def _init_kwargs(cls: type, hparams: dict[str, Any], path: str) -> dict[str, Any]:
