@@ -10,7 +10,7 @@ names, words and templates are the data's own.
 Each run says what it does (`genlip_lit.progress`: a rich row on a terminal, plain lines in a log file): a line
 when it starts, the samples read so far with rate and ETA, and its headline figures when it ends:
 
-    genlip: end of fit: linear probe (up to 1,000 train + 500 val samples)
+    genlip: end of fit: linear probe (1,000 train + 500 val samples)
     genlip: end of fit: linear probe: 750/1,500 samples (50.0%), 61.2 samples/s, elapsed 0:12, ETA 0:12
     genlip: end of fit: linear probe: features read, training the probes
     genlip: end of fit: linear probe: done, 1,500 samples in 0:41 (36.6 samples/s), probe/linear_top1 0.912, ...
@@ -38,6 +38,7 @@ from genlip_lit.progress import progress
 
 log = logging.getLogger(__name__)
 
+FEW_SAMPLES = 50  # below this many samples the start line warns that the figure is noisy
 EVAL_PERCENT_STEP = 25.0  # an evaluation takes seconds to a few minutes: a line per quarter (or per 30 s) is enough
 
 __all__ = ["AttentionSink", "CaptionSamples", "EvalCallback", "EvalResult", "LinearProbe", "PatchReadout", "ZeroShot"]
@@ -71,11 +72,34 @@ class _CountingView:
 
     def _counted(self, items: Iterator[Any], size: Any) -> Iterator[Any]:
         for item in items:
-            self._bar.advance(size(item))
             yield item
+            self._bar.advance(size(item))  # counted when the evaluation asks for more: it has used this one
         self._reads -= 1
         if self._reads == 0 and self._then:
             log.info("%s: %s", self._bar.label, self._then)
+
+
+def _stored_samples(view: Any, split: str) -> int | None:
+    """How many samples a data module view's split holds (litdata's index of its first dataset), else None."""
+    import json
+    import os
+
+    base = getattr(getattr(view, "datamodule", None), "data_dirs", [None])[0]
+    if not isinstance(base, str) or "://" in base:
+        return None
+    try:
+        with open(os.path.join(base, split, "index.json"), encoding="utf-8") as fh:
+            return sum(int(chunk["chunk_size"]) for chunk in json.load(fh)["chunks"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _reads(view: Any, split: str, budget: int) -> tuple[int, str]:
+    """(samples at most, "256 val" or "up to 256 val" when the split's size is unknown)."""
+    stored = _stored_samples(view, split)
+    if stored is None:
+        return budget, f"up to {budget:,} {split}"
+    return min(budget, stored), f"{min(budget, stored):,} {split}"
 
 
 def _headline(result: EvalResult, keys: tuple[str, ...]) -> str:
@@ -112,9 +136,10 @@ class EvalCallback(L.Callback):
         """The view this evaluation reads, given the trainer's (an evaluation on other data swaps it here)."""
         return view
 
-    def plan(self) -> tuple[str, int, int, str]:
-        """(what it reads, e.g. "up to 256 val samples"; samples at most; passes over data; what follows them)."""
-        return f"up to {self.budget:,} val samples", self.budget, 1, ""
+    def plan(self, view: EvalView) -> tuple[str, int, int, str]:
+        """(what it reads, e.g. "256 val samples"; samples at most; passes over the data; what follows them)."""
+        most, text = _reads(view, "val", self.budget)
+        return f"{text} samples", most, 1, ""
 
     # -- scheduling -----------------------------------------------------------------------------------
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
@@ -141,9 +166,10 @@ class EvalCallback(L.Callback):
         if not trainer.is_global_zero or trainer.datamodule is None:
             return None
         view = self.data_view(DataModuleView(trainer.datamodule, pl_module.device))
-        reads, most, passes, then = self.plan()
+        reads, most, passes, then = self.plan(view)
         label = f"{when or f'step {trainer.global_step}'}: {self.title}"
-        log.info("%s (%s)", label, reads)
+        noisy = f"; under {FEW_SAMPLES} samples: a noisy figure" if most < FEW_SAMPLES else ""
+        log.info("%s (%s%s)", label, reads, noisy)
         was_training = pl_module.training
         pl_module.eval()
         start = time.perf_counter()
@@ -292,10 +318,10 @@ class LinearProbe(EvalCallback):
             return ImageFolderView(self.image_folder, Preprocessing(dm.image_size, dm.mean, dm.std), view.device)
         return view
 
-    def plan(self) -> tuple[str, int, int, str]:
-        test = self.test_budget or self.budget
-        return (f"up to {self.budget:,} train + {test:,} val samples", self.budget + test, 2,
-                "features read, training the probes")
+    def plan(self, view: EvalView) -> tuple[str, int, int, str]:
+        train, train_text = _reads(view, "train", self.budget)
+        test, test_text = _reads(view, "val", self.test_budget or self.budget)
+        return f"{train_text} + {test_text} samples", train + test, 2, "features read, training the probes"
 
     def evaluate(self, module: Any, view: EvalView) -> EvalResult:
         view = self.data_view(view)
