@@ -5,7 +5,7 @@
     genlip fit --config experiments/quickstart.yaml
     genlip -q fit --config experiments/quickstart.yaml     # -q: warnings only; -v: debug lines and tracebacks
     genlip optimize --source synthetic --output data/scenes --num-samples 20000
-    genlip caption --ckpt runs/quickstart/version_0/checkpoints/last.ckpt scene.png
+    genlip caption --ckpt runs/quickstart scene.png photos/
 
 `fit | validate | test | predict` go through LightningCLI (`genlip_lit/lightning_cli.py`: model and data are
 class_path plug-ins; several `--config` files compose, later ones win). Every other command lives in

@@ -12,13 +12,19 @@ Imported only for these four commands (it pulls in torch and Lightning). What it
 - `--optimizer`/`--lr_scheduler` are refused: the modules build AdamW with their own no-decay parameter groups
   and warmup-cosine schedule, which LightningCLI's automatic optimizer would silently replace;
 - `None` on the command line means null, as `null` does (jsonargparse re-reads nested class arguments, e.g.
-  `--model.init_args.tokenizer.init_args.compact_corpus=null`, from their printed form, where null is `None`).
+  `--model.init_args.tokenizer.init_args.compact_corpus=null`, from their printed form, where null is `None`);
+- a fit that finishes ends with one line (rank 0) naming its checkpoint and the commands that use it:
+      genlip: done. checkpoint: runs/quickstart/version_3/checkpoints/last.ckpt. next: genlip caption --ckpt
+      runs/quickstart/version_3 IMAGE | genlip eval --ckpt runs/quickstart/version_3 --config experiments/eval.yaml
+      | genlip export --ckpt runs/quickstart/version_3 --output DIR
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import shlex
 import sys
 from argparse import ArgumentError
 from typing import Any, NoReturn
@@ -36,6 +42,8 @@ from genlip_lit.callbacks.plain_progress import PlainProgressBar
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.modules.base import EncoderModule
 from genlip_lit.parse_errors import OPTIMIZER_REFUSAL, is_optimizer_flag, short_parse_error
+
+log = logging.getLogger(__name__)
 
 # Values of --ckpt_path that Lightning resolves itself (not file names).
 CKPT_KEYWORDS = {"last", "best", "hpc", "registry"}
@@ -114,6 +122,11 @@ class GenLIPCLI(LightningCLI):
         if callable(connect) and isinstance(self.model, EncoderModule):
             connect(**self.model.data_settings())
 
+    def after_fit(self) -> None:
+        # LightningCLI calls it when trainer.fit returned (a crash, a user error or Ctrl-C never get here)
+        if self.trainer.is_global_zero:
+            log.info("%s", end_of_fit_line(self.trainer))
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         try:
             return super().instantiate_trainer(**kwargs)
@@ -134,6 +147,32 @@ class GenLIPCLI(LightningCLI):
             else:
                 callbacks = [*callbacks, default_progress_bar()]
         return super()._instantiate_trainer(config, callbacks)
+
+
+def _shown(path: str) -> str:
+    """A path as the user should type it: relative to the working directory when below it, quoted if needed."""
+    relative = os.path.relpath(path)
+    return shlex.quote(path if relative.startswith("..") else relative)
+
+
+def end_of_fit_line(trainer: Trainer) -> str:
+    """`done. checkpoint: FILE. next: genlip caption --ckpt RUN IMAGE | genlip eval ... | genlip export ...`.
+
+    RUN is the run directory (the folder above checkpoints/): every command reads its newest last.ckpt, so no
+    one types a version number.
+    """
+    callback = trainer.checkpoint_callback
+    ckpt = ""
+    if callback is not None:
+        ckpt = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
+    if not ckpt or not os.path.isfile(ckpt):
+        return "done (no checkpoint was written: set checkpoint.save_last: true to keep one)"
+    folder = os.path.dirname(os.path.abspath(ckpt))
+    run = os.path.dirname(folder) if os.path.basename(folder) == "checkpoints" else folder
+    target = _shown(run) if os.path.basename(ckpt) == "last.ckpt" else _shown(ckpt)
+    return (f"done. checkpoint: {_shown(ckpt)}. next: genlip caption --ckpt {target} IMAGE | "
+            f"genlip eval --ckpt {target} --config experiments/eval.yaml | "
+            f"genlip export --ckpt {target} --output DIR")
 
 
 def default_progress_bar() -> ProgressBar:

@@ -150,3 +150,81 @@ def test_fit_on_a_ten_class_corpus_probes_its_classes_and_logs_through_csv(digit
     printed = capsys.readouterr().out
     assert "10 classes, chance 10.0%" in printed
     assert all(row in printed for row in ("| encoder |", "| raw pixels (patch-grid means) |", "| random init |"))
+
+
+# ---------------------------------------------------------------------------------------------- progress lines
+class _Brightness(EvalCallback):
+    """Reads the train split, then the val split, and reports the mean pixel: a stand-in with two passes."""
+
+    name = "bright"
+    title = "brightness"
+    headline = ("bright/mean",)
+
+    def plan(self, view):
+        return f"up to {self.budget} train + {self.budget} val samples", 2 * self.budget, 2, "both read, averaging"
+
+    def evaluate(self, module, view):
+        from genlip_lit.eval.result import EvalResult
+
+        seen = [pixels for pixels, _ in view.labelled("train", self.budget, self.batch_size)]
+        seen += [b.pixel_values for b in view.batches("val", self.budget, self.batch_size)]
+        return EvalResult({"bright/mean": float(torch.cat(seen).mean())})
+
+
+class _FakeModule(torch.nn.Module):
+    device = torch.device("cpu")
+
+
+def _fake_trainer(step: int):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(global_step=step, is_global_zero=True, datamodule=object(), loggers=[],
+                           strategy=object(), sanity_checking=False)
+
+
+def test_each_run_says_what_it_reads_with_counts_eta_and_its_figures(monkeypatch, caplog) -> None:
+    from genlip_lit.callbacks import evaluation
+    from genlip_lit.eval.data import EvalBatch, EvalView, Vocabulary
+
+    class HalfGrey(EvalView):
+        def __init__(self, datamodule, device):
+            super().__init__(Vocabulary(), device, "fake")
+
+        def _batches(self, split, batch_size):
+            for _ in range(10):  # 40 samples a split in batches of 4
+                yield EvalBatch(torch.full((4, 3, 2, 2), 0.5), torch.zeros(4, dtype=torch.long))
+
+    monkeypatch.setattr(evaluation, "DataModuleView", HalfGrey)
+    monkeypatch.setenv("GENLIP_PROGRESS", "plain")
+    caplog.set_level("INFO", logger="genlip_lit")
+    module = _FakeModule().train()
+    callback = _Brightness(every_n_steps=3, budget=20, batch_size=4)
+    callback.on_fit_end(_fake_trainer(step=7), module)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "end of fit: brightness (up to 20 train + 20 val samples; under 50 samples: a noisy figure)"
+    assert any(line.startswith("end of fit: brightness: 12/40 samples (30.0%), ") and "ETA" in line
+               for line in lines), lines  # a line per quarter: 12 samples is the first batch past 25%
+    # counted once used: the line after a batch was evaluated, not when it was handed out
+    assert "end of fit: brightness: both read, averaging" in lines  # after its two passes over the data
+    assert lines[-1].startswith("end of fit: brightness: done, 40 samples in ") and lines[-1].endswith(
+        "bright/mean 0.5")
+    assert module.training and callback.history[0]["step"] == 7 and callback.history[0]["bright/mean"] == 0.5
+    caplog.clear()
+    callback.on_train_batch_end(_fake_trainer(step=9), module, None, None, 0)  # every 3 steps: a mid-run one
+    assert caplog.records[0].getMessage().startswith("step 9: brightness (up to 20 train + 20 val samples; ")
+
+
+def test_counts_are_capped_by_what_the_split_holds(tmp_path) -> None:
+    import json
+    from types import SimpleNamespace
+
+    from genlip_lit.callbacks.evaluation import LinearProbe, PatchReadout
+
+    for split, sizes in (("train", [100, 20]), ("val", [7])):
+        (tmp_path / split).mkdir()
+        (tmp_path / split / "index.json").write_text(json.dumps({"chunks": [{"chunk_size": n} for n in sizes]}))
+    view = SimpleNamespace(datamodule=SimpleNamespace(data_dirs=[str(tmp_path)]))
+    assert PatchReadout(budget=256).plan(view) == ("7 val samples", 7, 1, "")
+    assert LinearProbe(budget=1000, test_budget=500).plan(view)[:3] == ("120 train + 7 val samples", 127, 2)
+    remote = SimpleNamespace(datamodule=SimpleNamespace(data_dirs=["s3://bucket/shards"]))
+    assert PatchReadout(budget=256).plan(remote) == ("up to 256 val samples", 256, 1, "")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import glob
 import io
 import os
 import sys
@@ -193,6 +194,7 @@ def test_fit_in_a_log_file_prints_plain_progress_lines(tmp_path, capsys):
         "--trainer.enable_progress_bar=true",
         "--trainer.callbacks+=genlip_lit.callbacks.plain_progress.PlainProgressBar",
         "--trainer.callbacks.init_args.percent_step=50",
+        "--trainer.callbacks+=genlip_lit.callbacks.PatchReadout", "--trainer.callbacks.budget=8",
     ])
     assert main(argv) == 0
     err = capsys.readouterr().err
@@ -201,3 +203,31 @@ def test_fit_in_a_log_file_prints_plain_progress_lines(tmp_path, capsys):
     assert any(line.startswith("genlip: fit > validate: done, 1 batches in ") for line in lines)
     assert lines[-1].startswith("genlip: fit: done, 4 steps in ")
     assert "\r" not in err  # no redrawn bars in a log file
+    # then the end-of-fit evaluation says what it does, and the run ends with one line naming what to run next
+    ours = [line for line in err.splitlines() if line.startswith("genlip: ")]
+    start = ours.index("genlip: end of fit: patch readout (8 val samples; under 50 samples: a noisy figure)")
+    assert ours[start + 1:-1][-1].startswith("genlip: end of fit: patch readout: done, 8 samples in ")
+    run = glob.glob(f"{tmp_path}/runs/quickstart/version_*")[0]
+    assert ours[-1] == (f"genlip: done. checkpoint: {run}/checkpoints/last.ckpt. next: genlip caption --ckpt {run} "
+                        f"IMAGE | genlip eval --ckpt {run} --config experiments/eval.yaml | genlip export --ckpt "
+                        f"{run} --output DIR")
+
+
+def test_end_of_fit_line_names_the_run_directory_relative_to_here(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from genlip_lit.lightning_cli import end_of_fit_line
+    from genlip_lit.modules.loading import resolve_checkpoint
+
+    folder = tmp_path / "runs" / "quickstart" / "version_3" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "last.ckpt").write_bytes(b"weights")
+    monkeypatch.chdir(tmp_path)
+    trainer = SimpleNamespace(checkpoint_callback=SimpleNamespace(last_model_path=str(folder / "last.ckpt")))
+    line = end_of_fit_line(trainer)
+    assert line == ("done. checkpoint: runs/quickstart/version_3/checkpoints/last.ckpt. next: genlip caption "
+                    "--ckpt runs/quickstart/version_3 IMAGE | genlip eval --ckpt runs/quickstart/version_3 --config "
+                    "experiments/eval.yaml | genlip export --ckpt runs/quickstart/version_3 --output DIR")
+    assert resolve_checkpoint("runs/quickstart/version_3") == "runs/quickstart/version_3/checkpoints/last.ckpt"
+    trainer.checkpoint_callback.last_model_path = ""  # checkpointing off: says so instead of naming a file
+    assert end_of_fit_line(trainer).startswith("done (no checkpoint was written")

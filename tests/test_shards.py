@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
+import time
 
 import numpy as np
 import pytest
@@ -62,10 +64,15 @@ def test_refuses_existing_dir_unless_overwrite(shards, tmp_path) -> None:
     assert (other / "notes.txt").read_text() == "keep me"  # overwrite only replaces what optimize writes
 
 
-def test_start_method_unchanged(shards, tmp_path, monkeypatch) -> None:
+def test_start_method_unchanged_and_progress_reported(shards, tmp_path, monkeypatch, caplog) -> None:
+    monkeypatch.setenv("GENLIP_PROGRESS", "plain")
+    caplog.set_level(logging.INFO, logger="genlip_lit.progress")
     before = multiprocessing.get_start_method()
     opt.optimize_synthetic(str(tmp_path / "d"), num_train=3, num_val=2, scene=SCENE)
     assert multiprocessing.get_start_method() == before
+    lines = [r.getMessage() for r in caplog.records if r.name == "genlip_lit.progress"]
+    assert lines[-2].startswith("synthetic data: 5/5 samples (100.0%)")  # counts, rate, elapsed, ETA
+    assert "ETA" in lines[-2] and lines[-1].startswith("synthetic data: done, 5 samples in ")
     # even a litdata that forces spawn (its default) leaves the process as it was
     import litdata
 
@@ -102,3 +109,26 @@ def test_variable_size_scenes_round_trip_through_shards(tmp_path) -> None:
         assert sample["caption"] == ref.caption
         shapes.add(sample["patch_shape"].shape)
     assert len(shapes) > 5  # the maps really vary in shape from sample to sample
+
+
+def _slow_sample(index: int) -> dict:
+    time.sleep(0.02)
+    return {"x": index}
+
+
+def test_workers_report_their_counts_to_the_parent_while_writing(tmp_path) -> None:
+    """litdata's workers are other processes: their counts reach the parent while they write, whatever the
+    start method (files, not shared memory), and the last report is the total."""
+    counts: list[int] = []
+    opt.write_shards(_slow_sample, 120, str(tmp_path / "s"), num_workers=2, on_count=counts.append)
+    assert counts[-1] == 120 and counts == sorted(counts)
+    assert any(0 < c < 120 for c in counts), counts  # reported during the ~1.2 s of work, not only at the end
+
+
+def test_counted_fn_survives_pickling_and_counts_per_process(tmp_path) -> None:
+    import pickle
+
+    counted = pickle.loads(pickle.dumps(opt._Counted(_slow_sample, str(tmp_path), every_s=0.0)))
+    assert [counted(i) for i in range(3)] == [{"x": 0}, {"x": 1}, {"x": 2}]
+    (tmp_path / "999999").write_text("4")  # another worker's count
+    assert opt._counted_so_far(str(tmp_path)) == 3 + 4

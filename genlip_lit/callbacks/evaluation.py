@@ -7,6 +7,14 @@ rank 0 only; it logs scalars to every logger (and images, tables and text to the
 same objects once on a checkpoint. Data comes as a view of the trainer's data module (`eval/data.py`), so class
 names, words and templates are the data's own.
 
+Each run says what it does (`genlip_lit.progress`: a rich row on a terminal, plain lines in a log file): a line
+when it starts, the samples read so far with rate and ETA, and its headline figures when it ends:
+
+    genlip: end of fit: linear probe (1,000 train + 500 val samples)
+    genlip: end of fit: linear probe: 750/1,500 samples (50.0%), 61.2 samples/s, elapsed 0:12, ETA 0:12
+    genlip: end of fit: linear probe: features read, training the probes
+    genlip: end of fit: linear probe: done, 1,500 samples in 0:41 (36.6 samples/s), probe/linear_top1 0.912, ...
+
     trainer:
       callbacks:
         - class_path: genlip_lit.callbacks.PatchReadout
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
@@ -25,8 +34,12 @@ import torch
 from genlip_lit.eval import evaluations
 from genlip_lit.eval.data import DataModuleView, EvalView, ImageFolderView
 from genlip_lit.eval.result import EvalResult
+from genlip_lit.progress import progress
 
 log = logging.getLogger(__name__)
+
+FEW_SAMPLES = 50  # below this many samples the start line warns that the figure is noisy
+EVAL_PERCENT_STEP = 25.0  # an evaluation takes seconds to a few minutes: a line per quarter (or per 30 s) is enough
 
 __all__ = ["AttentionSink", "CaptionSamples", "EvalCallback", "EvalResult", "LinearProbe", "PatchReadout", "ZeroShot"]
 
@@ -38,10 +51,71 @@ def _shards_parameters(trainer: L.Trainer) -> bool:
     return isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy))
 
 
+class _CountingView:
+    """A view that advances a progress by the samples of each batch it hands out (the evaluations stay unaware);
+    after `reads` passes over the data it says `then` (what the evaluation does with what it read)."""
+
+    def __init__(self, view: EvalView, bar: Any, reads: int = 0, then: str = "") -> None:
+        self._view, self._bar, self._reads, self._then = view, bar, reads, then
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._view, name)
+
+    def __repr__(self) -> str:
+        return repr(self._view)
+
+    def batches(self, split: str, budget: int, batch_size: int = 64) -> Iterator[Any]:
+        yield from self._counted(self._view.batches(split, budget, batch_size), len)
+
+    def labelled(self, split: str, budget: int, batch_size: int = 64) -> Iterator[Any]:
+        yield from self._counted(self._view.labelled(split, budget, batch_size), lambda pair: len(pair[1]))
+
+    def _counted(self, items: Iterator[Any], size: Any) -> Iterator[Any]:
+        for item in items:
+            yield item
+            self._bar.advance(size(item))  # counted when the evaluation asks for more: it has used this one
+        self._reads -= 1
+        if self._reads == 0 and self._then:
+            log.info("%s: %s", self._bar.label, self._then)
+
+
+def _stored_samples(view: Any, split: str) -> int | None:
+    """How many samples a data module view's split holds (litdata's index of its first dataset), else None."""
+    import json
+    import os
+
+    base = getattr(getattr(view, "datamodule", None), "data_dirs", [None])[0]
+    if not isinstance(base, str) or "://" in base:
+        return None
+    try:
+        with open(os.path.join(base, split, "index.json"), encoding="utf-8") as fh:
+            return sum(int(chunk["chunk_size"]) for chunk in json.load(fh)["chunks"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _reads(view: Any, split: str, budget: int) -> tuple[int, str]:
+    """(samples at most, "256 val" or "up to 256 val" when the split's size is unknown)."""
+    stored = _stored_samples(view, split)
+    if stored is None:
+        return budget, f"up to {budget:,} {split}"
+    return min(budget, stored), f"{min(budget, stored):,} {split}"
+
+
+def _headline(result: EvalResult, keys: tuple[str, ...]) -> str:
+    """`probe/linear_top1 0.912, ...` of the keys the result has (finite), or why it was skipped."""
+    if "skipped" in result.details:
+        return f"skipped: {result.details['skipped']}"
+    scalars = result.finite_scalars()
+    return ", ".join(f"{k} {scalars[k]:.4g}" for k in keys if k in scalars)
+
+
 class EvalCallback(L.Callback):
     """Scheduling, eval-mode bookkeeping, logging and checkpointed history shared by the evaluations."""
 
     name = "eval"
+    title = "evaluation"  # what progress lines call it
+    headline: tuple[str, ...] = ()  # scalars shown in its closing progress line
 
     def __init__(self, every_n_steps: int = 0, at_fit_end: bool = True, budget: int = 256, batch_size: int = 64):
         if every_n_steps < 0 or budget < 1 or batch_size < 1:
@@ -58,6 +132,15 @@ class EvalCallback(L.Callback):
     def evaluate(self, module: Any, view: EvalView) -> EvalResult:
         raise NotImplementedError
 
+    def data_view(self, view: EvalView) -> EvalView:
+        """The view this evaluation reads, given the trainer's (an evaluation on other data swaps it here)."""
+        return view
+
+    def plan(self, view: EvalView) -> tuple[str, int, int, str]:
+        """(what it reads, e.g. "256 val samples"; samples at most; passes over the data; what follows them)."""
+        most, text = _reads(view, "val", self.budget)
+        return f"{text} samples", most, 1, ""
+
     # -- scheduling -----------------------------------------------------------------------------------
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
         step = trainer.global_step
@@ -66,9 +149,11 @@ class EvalCallback(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         if self.at_fit_end and trainer.global_step != self._last_step and not trainer.sanity_checking:
-            self.run(trainer, pl_module)
+            self.run(trainer, pl_module, when="end of fit")
 
-    def run(self, trainer: L.Trainer, pl_module: Any) -> EvalResult | None:
+    def run(self, trainer: L.Trainer, pl_module: Any, when: str | None = None) -> EvalResult | None:
+        """Evaluate now (rank 0), log the result, keep it in the history; `when` names the moment in progress
+        lines (default: the step)."""
         self._last_step = trainer.global_step
         if _shards_parameters(trainer):
             # Under FSDP every forward is collective, but rank 0 evaluates alone (and generation stops at data-
@@ -80,13 +165,20 @@ class EvalCallback(L.Callback):
             return None
         if not trainer.is_global_zero or trainer.datamodule is None:
             return None
-        view = DataModuleView(trainer.datamodule, pl_module.device)
+        view = self.data_view(DataModuleView(trainer.datamodule, pl_module.device))
+        reads, most, passes, then = self.plan(view)
+        label = f"{when or f'step {trainer.global_step}'}: {self.title}"
+        noisy = f"; under {FEW_SAMPLES} samples: a noisy figure" if most < FEW_SAMPLES else ""
+        log.info("%s (%s%s)", label, reads, noisy)
         was_training = pl_module.training
         pl_module.eval()
         start = time.perf_counter()
+        bar = progress(total=most, description=label, unit="samples", percent_step=EVAL_PERCENT_STEP)
+        bar.percent_step = EVAL_PERCENT_STEP  # also as a stage of the fit's progress (mid-training runs)
         try:
-            with torch.no_grad():
-                result = self.evaluate(pl_module, view)
+            with bar, torch.no_grad():
+                result = self.evaluate(pl_module, _CountingView(view, bar, passes, then))  # type: ignore[arg-type]
+                bar.set_postfix(_headline(result, self.headline))
         finally:
             pl_module.train(was_training)
         result.scalars[f"{self.name}/seconds"] = time.perf_counter() - start
@@ -118,6 +210,8 @@ class AttentionSink(EvalCallback):
     """Per-layer attention mass on the first token (from image and from text queries) and from text to image."""
 
     name = "sink"
+    title = "attention sink"
+    headline = ("sink/vision_to_first_mean", "sink/text_to_first_mean")
 
     def __init__(self, every_n_steps: int = 0, at_fit_end: bool = True, budget: int = 32, batch_size: int = 32):
         super().__init__(every_n_steps, at_fit_end, budget, batch_size)
@@ -133,6 +227,8 @@ class PatchReadout(EvalCallback):
     """
 
     name = "readout"
+    title = "patch readout"
+    headline = ("readout/accuracy",)
 
     def __init__(self, every_n_steps: int = 0, at_fit_end: bool = True, budget: int = 256, batch_size: int = 64,
                  k: int = 5, words: list[str] | None = None, grid_images: int = 8):
@@ -154,6 +250,8 @@ class ZeroShot(EvalCallback):
     """
 
     name = "zero_shot"
+    title = "zero-shot classification"
+    headline = ("zero_shot/top1",)
 
     def __init__(self, every_n_steps: int = 0, at_fit_end: bool = True, budget: int = 128, batch_size: int = 64,
                  class_names: list[str] | None = None, templates: list[str] | None = None):
@@ -170,6 +268,8 @@ class CaptionSamples(EvalCallback):
     """Greedy captions for a fixed held-out set (the first `budget` val samples), with CIDEr-D and BLEU-4."""
 
     name = "captions"
+    title = "captions"
+    headline = ("captions/cider", "captions/bleu4")
 
     def __init__(self, every_n_steps: int = 0, at_fit_end: bool = True, budget: int = 64, batch_size: int = 64,
                  max_new_tokens: int | None = None, show: int = 8):
@@ -194,6 +294,8 @@ class LinearProbe(EvalCallback):
     """
 
     name = "probe"
+    title = "linear probe"
+    headline = ("probe/linear_top1", "probe/attentive_top1")
 
     def __init__(self, every_n_steps: int = 0, at_fit_end: bool = True, budget: int = 2000, batch_size: int = 64,
                  image_folder: str | None = None, test_budget: int | None = 500, attentive_epochs: int | None = None,
@@ -208,12 +310,21 @@ class LinearProbe(EvalCallback):
     def _key_fields(self) -> dict[str, Any]:
         return {**super()._key_fields(), "image_folder": self.image_folder}
 
-    def evaluate(self, module: Any, view: EvalView) -> EvalResult:
+    def data_view(self, view: EvalView) -> EvalView:
         if self.image_folder and isinstance(view, DataModuleView):
             from genlip_lit.data.transforms import Preprocessing
 
             dm = view.datamodule
-            view = ImageFolderView(self.image_folder, Preprocessing(dm.image_size, dm.mean, dm.std), view.device)
+            return ImageFolderView(self.image_folder, Preprocessing(dm.image_size, dm.mean, dm.std), view.device)
+        return view
+
+    def plan(self, view: EvalView) -> tuple[str, int, int, str]:
+        train, train_text = _reads(view, "train", self.budget)
+        test, test_text = _reads(view, "val", self.test_budget or self.budget)
+        return f"{train_text} + {test_text} samples", train + test, 2, "features read, training the probes"
+
+    def evaluate(self, module: Any, view: EvalView) -> EvalResult:
+        view = self.data_view(view)
         result = evaluations.probe_evaluation(
             module, view, budget=self.budget, test_budget=self.test_budget or self.budget,
             batch_size=self.batch_size, attentive_epochs=self.attentive_epochs, baselines=self.baselines,
