@@ -306,6 +306,9 @@ class _RichDisplay:
             TimeRemainingColumn(),
             TextColumn("{task.fields[postfix]}"),
             console=Console(stderr=True),
+            # rich would route print() through its stderr console: results piped or redirected to a file
+            # (`genlip caption DIR > captions.tsv`) must stay on stdout, so redirect only when both are terminals
+            redirect_stdout=sys.stdout.isatty(),
         )
         self._progress.start()
 

@@ -169,3 +169,20 @@ def test_progress_object_without_with():
     assert bar.percent == 100.0
     bar.close()
     assert progress._open == []
+
+
+def test_results_printed_under_rich_bars_stay_on_a_redirected_stdout(monkeypatch):
+    """Bars on a terminal (stderr), results to a file (stdout): rich must not route print() to stderr."""
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen, results = Tty(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", screen)
+    monkeypatch.setattr(sys, "stdout", results)
+    monkeypatch.delenv("GENLIP_PROGRESS", raising=False)
+    with progress.progress(total=2, description="caption", unit="images") as bar:
+        assert bar.mode == "rich"
+        print("a.png\ta red circle")
+        bar.advance(2)
+    assert results.getvalue() == "a.png\ta red circle\n" and "a red circle" not in screen.getvalue()
