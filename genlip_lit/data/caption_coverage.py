@@ -47,7 +47,8 @@ def shard_captions(data_dir: str, limit: int) -> tuple[list[str], int]:
     try:
         dataset = litdata.StreamingDataset(input_dir=split)
     except (ValueError, KeyError, OSError) as err:
-        raise GenLIPUserError(f"{split} is not a readable litdata index ({type(err).__name__}: {err}); "
+        raise GenLIPUserError(f"{os.path.join(split, 'index.json')} is not a readable litdata index "
+                              f"({type(err).__name__}: {err}); "
                               "write the shards again with `genlip optimize`") from err
     total = len(dataset)
     count = min(total, max(0, int(limit)))
