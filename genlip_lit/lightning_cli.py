@@ -105,7 +105,10 @@ class GenLIPCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
-        check_output_dirs(self.config[self.config.subcommand] if self.config.get("subcommand") else self.config)
+        config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+        check_output_dirs(config)
+        check_accelerator(config)
+        fill_data_corpus(config)
 
     def instantiate_classes(self) -> None:
         try:
@@ -238,6 +241,48 @@ def check_output_dirs(config: Any) -> None:
             raise GenLIPUserError(f"{key}: cannot create {path} ({err.strerror or err})") from None
         if not os.access(path, os.W_OK):
             raise GenLIPUserError(f"{key}: {path} is not writable")
+
+
+def check_accelerator(config: Any) -> None:
+    """A GPU config on a machine without one fails before the model is built (a B/16 takes a while), naming the
+    CPU configs."""
+    accelerator = str((config.get("trainer") or {}).get("accelerator") or "auto")
+    if accelerator not in ("gpu", "cuda"):
+        return
+    import torch
+
+    if torch.cuda.is_available() or (accelerator == "gpu" and torch.backends.mps.is_available()):
+        return
+    raise GenLIPUserError(
+        f"trainer.accelerator is {accelerator!r} but this machine has no GPU: on a CPU train your own data with "
+        "experiments/corpus_cpu.yaml (or the embedded data with experiments/quickstart.yaml), or pass "
+        "--trainer.accelerator cpu"
+    )
+
+
+COMPACT_CORPUS_KEY = "model.init_args.tokenizer.init_args.compact_corpus"
+
+
+def fill_data_corpus(config: Any) -> None:
+    """`compact_corpus: data`: the compact vocabulary of the training corpus. The model (whose LM head the
+    vocabulary sizes) is built before the data module, so the data_dir is put in its place here; the run's
+    config.yaml then names it."""
+    try:
+        value = config.get(COMPACT_CORPUS_KEY)
+    except (KeyError, AttributeError, TypeError):
+        return
+    from genlip_lit.data.caption_coverage import DATA_CORPUS
+
+    if value != DATA_CORPUS:
+        return
+    data_dir = config.get("data.init_args.data_dir") if config.get("data") else None
+    dirs = [data_dir] if isinstance(data_dir, str) else list(data_dir or [])
+    if len(dirs) != 1 or "://" in str(dirs[0]) or str(dirs[0]).startswith("local:"):
+        raise GenLIPUserError(
+            f"{COMPACT_CORPUS_KEY}: data builds the vocabulary from one local data.init_args.data_dir (a `genlip "
+            f"optimize` output), got {data_dir!r}: set data_dir, or give compact_corpus a directory or null"
+        )
+    config[COMPACT_CORPUS_KEY] = str(dirs[0])
 
 
 def os_error(err: OSError) -> str:

@@ -42,7 +42,7 @@ class GradRecorder(L.Callback):
         self.grads = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}
 
 
-def batch_of(indices: range | list[int], encoder: CaptionEncoder, skipped: int, truncated: int):
+def batch_of(indices: range | list[int], encoder: CaptionEncoder, skipped: int, truncated: int, unknown: int = 0):
     g = torch.Generator().manual_seed(0)
     pixels = torch.randint(0, 256, (len(CAPTIONS), 3, 16, 16), dtype=torch.uint8, generator=g)
     items = []
@@ -51,7 +51,7 @@ def batch_of(indices: range | list[int], encoder: CaptionEncoder, skipped: int, 
         items.append({"pixel_values": pixels[i], "input_ids": ids, "loss_mask": mask, "truncated": False,
                       "key": f"s{i}", "caption": CAPTIONS[i], "label": -1, "patch_shape": None, "patch_color": None})
     batch = BatchCollator(encoder, 16)(items)
-    batch.num_skipped, batch.num_truncated = skipped, truncated
+    batch.num_skipped, batch.num_truncated, batch.num_unknown = skipped, truncated, unknown
     return batch
 
 
@@ -63,9 +63,10 @@ def main(mode: str, out: str) -> None:
                           max_text_len=24, lr=1e-3, warmup_steps=0)
     encoder = module.caption_encoder
     if mode == "single":
-        batch = batch_of(range(len(CAPTIONS)), encoder, skipped=3, truncated=5)
-    else:  # rank 0: 2 short captions, 1 skipped sample; rank 1: 4 long ones, 2 skipped; 5 truncated in all
-        batch = batch_of(list(range(6))[RANK_SLICES[rank]], encoder, skipped=1 + rank, truncated=2 + rank)
+        batch = batch_of(range(len(CAPTIONS)), encoder, skipped=3, truncated=5, unknown=9)
+    else:  # rank 0: 2 short captions, 1 skipped sample; rank 1: 4 long ones, 2 skipped; 5 truncated, 9 unknown in all
+        batch = batch_of(list(range(6))[RANK_SLICES[rank]], encoder, skipped=1 + rank, truncated=2 + rank,
+                         unknown=4 + rank)
     recorder = GradRecorder()
     trainer = L.Trainer(
         accelerator="cpu", devices=2 if mode == "ddp" else 1, strategy="ddp" if mode == "ddp" else "auto",
@@ -78,7 +79,7 @@ def main(mode: str, out: str) -> None:
     if rank == 0:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         torch.save({"grads": recorder.grads, "metrics": metrics, "skipped": module.skipped_samples,
-                    "truncated": module.truncated_captions}, os.path.join(out, f"{mode}.pt"))
+                    "truncated": module.truncated_captions, "unknown": module.unknown_tokens}, os.path.join(out, f"{mode}.pt"))
 
 
 if __name__ == "__main__":

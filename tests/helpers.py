@@ -104,3 +104,34 @@ class ColourObjective(EncoderModule):
         loss = nn.functional.mse_loss(guess, batch.pixel_values.mean((2, 3)))
         self.log("train/loss", loss, batch_size=len(batch))
         return loss
+
+
+# ---------------------------------------------------------------------------------------------- a real-caption corpus
+# Captions in words the embedded scenes never use: what a compact `synthetic` vocabulary turns into <unk>.
+REAL_CAPTIONS = (
+    "a black dog runs on a sandy beach.",
+    "two people ride bicycles past a bakery.",
+    "a cup of coffee beside an open laptop.",
+    "a red kite flies over green hills.",
+)
+
+
+def real_caption_sample(index: int) -> dict:
+    """One stored sample (16 px noise PNG, a real caption, a label), as `genlip optimize` writes them."""
+    import numpy as np
+    from PIL import Image
+
+    from genlip_lit.data.shards import encode_png
+
+    pixels = np.random.default_rng(index).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    return {"image": encode_png(Image.fromarray(pixels)), "caption": REAL_CAPTIONS[index % len(REAL_CAPTIONS)],
+            "key": f"real/{index}", "label": index % 2}
+
+
+def write_real_corpus(root, num_train: int = 12, num_val: int = 4) -> str:
+    """train/ and val/ litdata shards of `real_caption_sample`s under `root` (the project's shard writer)."""
+    from genlip_lit.data.shards import write_shards
+
+    for split, n in (("train", num_train), ("val", num_val)):
+        write_shards(real_caption_sample, n, str(root / split))
+    return str(root)

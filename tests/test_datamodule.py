@@ -470,6 +470,31 @@ def test_long_captions_are_cut_and_counted(data_dir) -> None:
     assert all(b.input_ids.shape[1] <= 8 for b in batches)
 
 
+def test_unknown_caption_tokens_are_counted_per_batch(tmp_path) -> None:
+    """Batch.num_unknown holds the caption tokens the tokenizer mapped to its unknown token (fixed and packed
+    batches); a byte-level BPE counts none. setup("validate"): fit would refuse this vocabulary outright."""
+    from helpers import write_real_corpus
+
+    from genlip_lit.data.packing import PackingCollator
+
+    real = write_real_corpus(tmp_path / "real", num_train=4, num_val=8)
+    compact = CaptionEncoder(OpenCLIPTokenizer(compact_corpus="synthetic"), max_len=32)
+    counted = {}
+    for name, encoder in (("compact", compact), ("full", CaptionEncoder(OpenCLIPTokenizer(), max_len=32))):
+        dm = GenLIPDataModule(data_dir=real, image_size=16, batch_size=4, num_workers=0, shuffle=False,
+                              caption_encoder=encoder)
+        dm.setup("validate")
+        batches = list(dm.val_dataloader())
+        captions = [c for b in batches for c in b.captions]
+        unk = encoder.tokenizer.unk_id
+        counted[name] = (sum(b.num_unknown for b in batches),
+                         sum(encoder.tokenizer.encode(c).count(unk) for c in captions) if unk is not None else 0)
+        samples = [dm.val_dataset[i] for i in range(3)]
+        packed = PackingCollator(encoder, patch_size=8, num_registers=0, max_tokens=128)([*samples, None])
+        assert packed.num_unknown == sum(s["unknown"] for s in samples) and packed.num_skipped == 1
+    assert counted["compact"][0] == counted["compact"][1] > 8 and counted["full"] == (0, 0)
+
+
 # ---------------------------------------------------------------------------------------------- stage 2
 NATIVE_SCENE = SceneConfig(image_size=32, max_image_size=64, patch_size=8, word_prob=1.0, word_font_px=8)
 

@@ -42,6 +42,30 @@ def test_checkpoint_round_trip_rebuilds_everything(tmp_path):
     assert loaded.generate_captions(px, 6) == m.generate_captions(px, 6)
 
 
+def test_unknown_caption_tokens_are_logged_and_checkpointed():
+    """data/unknown_tokens: the running count of the batches' unknown caption tokens, kept across a resume."""
+    from genlip_lit.data.datamodule import BatchCollator
+
+    m = _module(lr=1e-3, warmup_steps=0)
+    enc = m.caption_encoder
+    captions = ["a red zebra rides a bicycle", "a small red circle.", "two purple kites over the hills"]
+    items = [{"pixel_values": torch.zeros(3, 32, 32, dtype=torch.uint8), **dict(zip(("input_ids", "loss_mask"),
+              enc.encode(c))), "caption": c, "key": None, "label": -1, "unknown": 0} for c in captions]
+    batch = BatchCollator(enc, 32)(items)
+    batch.num_unknown = expected = sum(m.tokenizer.encode(c).count(m.tokenizer.unk_id) for c in captions)
+    assert expected >= 4
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_val_batches=0)
+    trainer.fit(m, train_dataloaders=torch.utils.data.DataLoader([batch, batch], batch_size=None))
+    assert trainer.callback_metrics["data/unknown_tokens"] == 2 * expected == m.unknown_tokens
+    ckpt = {"state_dict": m.state_dict()}
+    m.on_save_checkpoint(ckpt)
+    fresh = _module()
+    fresh.on_load_checkpoint(ckpt)
+    assert fresh.unknown_tokens == 2 * expected
+
+
 def test_bad_schedule_settings_are_user_errors():
     from genlip_lit.errors import GenLIPUserError
 

@@ -231,3 +231,56 @@ def test_end_of_fit_line_names_the_run_directory_relative_to_here(tmp_path, monk
     assert resolve_checkpoint("runs/quickstart/version_3") == "runs/quickstart/version_3/checkpoints/last.ckpt"
     trainer.checkpoint_callback.last_model_path = ""  # checkpointing off: says so instead of naming a file
     assert end_of_fit_line(trainer).startswith("done (no checkpoint was written")
+
+
+# ------------------------------------------------------------------ your own corpus on a CPU
+def _corpus_args(tmp_path, corpus: str, *extra: str) -> list[str]:
+    return tiny_fit_args(tmp_path, max_steps=2, extra=["--data.init_args.synthetic=null",
+                                                       f"--data.init_args.data_dir={corpus}", *extra])
+
+
+def test_compact_synthetic_vocabulary_on_a_real_corpus_is_one_line(tmp_path, capsys):
+    from helpers import write_real_corpus
+
+    corpus = write_real_corpus(tmp_path / "real")
+    lines = _error_lines(_error(capsys, _corpus_args(tmp_path, corpus)))
+    assert len(lines) == 1 and f"data_dir {corpus}: 12 of 12 sampled captions (of 12) hold unknown" in lines[0]
+
+
+@pytest.mark.slow
+def test_compact_corpus_data_is_the_training_corpus(tmp_path, capsys):
+    """`compact_corpus: data` (experiments/corpus_cpu.yaml) = the data_dir: the vocabulary spells every caption,
+    nothing is counted unknown, and the checkpoint and config.yaml name the directory."""
+    import glob
+
+    import torch
+    from helpers import REAL_CAPTIONS, write_real_corpus
+
+    from genlip_lit.data.tokenizer import OpenCLIPTokenizer
+
+    corpus = write_real_corpus(tmp_path / "real")
+    assert main(_corpus_args(tmp_path, corpus, "--model.init_args.tokenizer.init_args.compact_corpus=data")) == 0
+    assert "compact vocabulary: " in capsys.readouterr().err
+    ckpt = torch.load(glob.glob(f"{tmp_path}/runs/**/last.ckpt", recursive=True)[0], weights_only=True)
+    tokenizer = ckpt["genlip_tokenizer"]
+    assert tokenizer["init_args"] == {"compact_corpus": corpus}
+    full = OpenCLIPTokenizer()
+    assert sorted(tokenizer["state"]["compact_base_ids"]) == sorted({i for c in REAL_CAPTIONS for i in full.encode(c)})
+    assert ckpt["genlip_unknown_tokens"] == 0
+    config = open(glob.glob(f"{tmp_path}/runs/**/config.yaml", recursive=True)[0]).read()
+    assert f"compact_corpus: {corpus}" in config
+
+
+def test_compact_corpus_data_needs_one_local_data_dir(tmp_path, capsys):
+    argv = tiny_fit_args(tmp_path, extra=["--model.init_args.tokenizer.init_args.compact_corpus=data"])
+    lines = _error_lines(_error(capsys, argv))  # the quickstart trains on synthetic data: no data_dir
+    assert len(lines) == 1 and "compact_corpus: data builds the vocabulary from one local" in lines[0]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpu_recipe_on_a_cpu_machine_is_one_line_naming_the_cpu_config(tmp_path, capsys):
+    argv = ["fit", "--config", "experiments/stage1_corpus.yaml", f"--trainer.logger.init_args.save_dir={tmp_path}"]
+    lines = _error_lines(_error(capsys, argv))
+    assert lines == ["genlip: error: trainer.accelerator is 'gpu' but this machine has no GPU: on a CPU train your "
+                     "own data with experiments/corpus_cpu.yaml (or the embedded data with experiments/quickstart.yaml)"
+                     ", or pass --trainer.accelerator cpu"]

@@ -43,10 +43,25 @@ def test_genlip_eval_writes_both_reports(checkpoint, tmp_path, capsys) -> None:
     assert "## PatchReadout" in md and "![readout/top_word_per_patch](readout_top_word_per_patch.png)" in md
     assert "| captions/cider |" in md and "**captions/samples**" in md
     assert (out / "readout_top_word_per_patch.png").exists() and (out / "sink_per_layer.png").exists()
-    assert "wrote" in capsys.readouterr().out
+    # every evaluation names its held-out count; under 50 images the report and the output say it is rough
+    counts = {name: entry["details"]["num_images"] for name, entry in report["evaluations"].items()}
+    assert counts == {"probe": 32, "readout": 16, "captions": 16, "zero_shot": 16, "sink": 16}
+    rough = "on 16 held-out images only: fewer than 50, a rough figure"
+    assert report["evaluations"]["captions"]["held_out"].startswith(rough)
+    assert f"Scored {rough}" in md
+    printed = capsys.readouterr().out
+    assert f"captions: {rough}" in printed and "wrote" in printed
     # the default output sits beside the checkpoint
     assert main(["eval", "--ckpt", checkpoint, "--config", str(config), "--device", "cpu"]) == 0
     assert os.path.exists(os.path.join(os.path.dirname(checkpoint), "eval", "report.md"))
+
+
+def test_held_out_note_flags_fewer_than_50_images() -> None:
+    from genlip_lit.eval.result import held_out_note
+
+    assert held_out_note({"num_images": 120}) == "on 120 held-out images"
+    assert held_out_note({"num_images": 1}).startswith("on 1 held-out image only: fewer than 50, a rough figure")
+    assert held_out_note({"num_images": 3, "skipped": "no labels"}) is None and held_out_note({}) is None
 
 
 def test_eval_config_errors_are_named(checkpoint, tmp_path, capsys) -> None:

@@ -216,9 +216,11 @@ def test_ddp_gradient_equals_one_process_with_unequal_token_counts(tmp_path) -> 
     assert one["grads"].keys() == ddp["grads"].keys() and len(one["grads"]) > 10
     worst = max(float((one["grads"][k] - ddp["grads"][k]).abs().max()) for k in one["grads"])
     assert worst <= 1e-5, worst
-    for key in ("train/loss", "train/token_acc", "data/skipped_samples", "data/truncated_captions"):
+    for key in ("train/loss", "train/token_acc", "data/skipped_samples", "data/truncated_captions",
+                "data/unknown_tokens"):
         assert ddp["metrics"][key] == pytest.approx(one["metrics"][key], rel=1e-6, abs=1e-7), key
-    assert (ddp["skipped"], ddp["truncated"]) == (one["skipped"], one["truncated"]) == (3, 5)
+    assert (ddp["skipped"], ddp["truncated"], ddp["unknown"]) == (one["skipped"], one["truncated"], one["unknown"]) \
+        == (3, 5, 9)
 
 
 def test_checkpoint_tokenizer_must_match_the_model_it_is_loaded_into() -> None:

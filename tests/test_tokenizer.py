@@ -195,6 +195,38 @@ def test_official_template(tmp_path) -> None:
     assert CaptionEncoder(tok, prompt="describe", max_len=16).encode("a cat")[0][0] == tok.bos_id
 
 
+def test_unknown_tokens_are_counted_for_every_tokenizer(compact, full, tmp_path) -> None:
+    """CaptionEncoder counts caption tokens mapped to the tokenizer's unknown token (the whole caption, also the
+    part a cut drops); a byte-level BPE has none and counts 0."""
+    caption = "a red zebra rides a purple bicycle past a bakery"
+    enc = CaptionEncoder(compact, max_len=8)  # cut: the count is the tokenizer's, not the kept part's
+    ids, _ = enc.encode(caption)
+    expected = compact.encode(caption).count(compact.unk_id)
+    assert expected >= 3 and enc.num_unknown == expected and enc.num_truncated == 1
+    assert ids.count(compact.unk_id) < expected
+    enc.encode(CAPTIONS[0])
+    assert enc.num_unknown == expected  # a caption inside the vocabulary adds nothing
+    for byte_level in (full, _hf(tmp_path / "bpe.json", with_specials=False)):
+        assert byte_level.unk_id is None
+        counting = CaptionEncoder(byte_level, max_len=64)
+        counting.encode(caption)
+        assert counting.num_unknown == 0
+    word_level = _hf(tmp_path / "wl.json", with_specials=True)  # WordLevel with [UNK]: full mode counts it too
+    assert word_level.unk_id == word_level._tok.token_to_id("[UNK]")
+    counting = CaptionEncoder(word_level, max_len=64)
+    counting.encode("a red zebra")
+    assert counting.num_unknown == 1 == word_level.num_unknown
+    # compact over a base with its own unknown token: both kinds of unknown become the compact one
+    comp = HFTokenizer(str(tmp_path / "wl.json"), compact_corpus="synthetic")
+    assert comp.encode("a red zebra")[-1] == comp.unk_id == 3
+    assert word_level.unk_id not in comp._kept
+
+
+def _hf(path, with_specials: bool) -> HFTokenizer:
+    _train_hf(str(path), CAPTIONS, with_specials=with_specials)
+    return HFTokenizer(str(path))
+
+
 def test_caption_encoder_masks(full: OpenCLIPTokenizer) -> None:
     enc = CaptionEncoder(full, prompt="Describe the image.", max_len=64)
     prompt = full.encode("Describe the image.")

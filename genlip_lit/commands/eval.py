@@ -120,5 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))
         if "skipped" in entry["details"]:
             print(f"{name}: skipped ({entry['details']['skipped']})")
+        elif entry.get("held_out"):
+            print(f"{name}: {entry['held_out']}")
     print(f"wrote {os.path.join(output, 'report.json')} and report.md")
     return 0

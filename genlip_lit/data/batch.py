@@ -39,6 +39,7 @@ class Batch:
     keys: list[str] = field(default_factory=list)  # sample keys from the shards (empty if the shards have none)
     num_skipped: int = 0  # samples dropped from this batch because they failed to decode
     num_truncated: int = 0  # captions in this batch cut to the model's max_text_len
+    num_unknown: int = 0  # caption tokens in this batch the tokenizer mapped to its unknown token
     position_ids: torch.Tensor | None = None  # packed: M-RoPE ids [3, R, T]
     segment_ids: torch.Tensor | None = None  # packed: [R, T] 1 + sample index, 0 = padding
     token_kinds: torch.Tensor | None = None  # packed: [R, T] int8 PAD/REGISTER/PATCH/TEXT (data/packing.py)

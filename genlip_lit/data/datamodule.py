@@ -12,7 +12,8 @@ count are the model's: `connect(**module.data_settings())` hands them over (`gen
 builds a data module call it); values given to `__init__` win.
 
 Samples whose image fails to decode are dropped from their batch and counted in `Batch.num_skipped`; captions
-cut to the model's length are counted in `Batch.num_truncated`. The train loader is a litdata
+cut to the model's length are counted in `Batch.num_truncated`, caption tokens the tokenizer cannot spell (its
+unknown token; never for a byte-level BPE) in `Batch.num_unknown`. The train loader is a litdata
 `StreamingDataLoader`, whose position Lightning stores in checkpoints: resuming continues mid-epoch exactly.
 Under DDP, litdata gives every rank its own part of each epoch; by default (`drop_last` unset) the remainder
 that would leave ranks with unequal step counts is dropped (the count is logged), `drop_last: false` keeps it.
@@ -44,6 +45,7 @@ import torch
 from torch.utils.data import default_collate
 
 from genlip_lit.data.batch import Batch
+from genlip_lit.data.caption_coverage import check_caption_coverage
 from genlip_lit.data.packing import PackingCollator
 from genlip_lit.data.shards import optimize_synthetic, unfinished_dataset
 from genlip_lit.data.synthetic import SceneConfig
@@ -202,7 +204,7 @@ class GenLIPStreamingDataset(litdata.StreamingDataset):
                     exc,
                 )
             return None
-        truncated_before = self.caption_encoder.num_truncated
+        truncated_before, unknown_before = self.caption_encoder.num_truncated, self.caption_encoder.num_unknown
         ids, mask = self.caption_encoder.encode(str(raw["caption"]))
         rng = self._augmentation_rng(index)
         pixels = (self.image_transform.to_uint8(image) if rng is None  # normalized after the device transfer
@@ -214,6 +216,7 @@ class GenLIPStreamingDataset(litdata.StreamingDataset):
             "input_ids": ids,
             "loss_mask": mask,
             "truncated": self.caption_encoder.num_truncated > truncated_before,
+            "unknown": self.caption_encoder.num_unknown - unknown_before,
             "key": None if key is None else str(key),
             "caption": str(raw["caption"]),
             "label": int(raw.get("label", -1)),
@@ -268,6 +271,7 @@ class BatchCollator:
             keys=[x["key"] for x in kept] if all(x.get("key") is not None for x in kept) else [],
             num_skipped=len(items) - len(kept),
             num_truncated=sum(bool(x.get("truncated")) for x in kept),
+            num_unknown=sum(int(x.get("unknown") or 0) for x in kept),
             pixel_mean=self.mean,
             pixel_std=self.std,
         )
@@ -544,6 +548,8 @@ class GenLIPDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self._check_data_dir()
         if stage in (None, "fit") and self.train_dataset is None:
+            if self.synthetic is None:  # a compact vocabulary must spell the corpus: refuse now, not a quiet <unk>
+                check_caption_coverage(self._encoder().tokenizer, self.data_dirs)
             parts = [self._dataset(d, "train", train=True) for d in self.data_dirs]
             for stream_id, part in enumerate(parts):
                 part.stream_id = stream_id

@@ -135,6 +135,7 @@ class PackItem:
     key: str | None = None
     label: int = -1
     truncated: bool = False
+    unknown: int = 0  # caption tokens mapped to the tokenizer's unknown token
 
 
 @dataclass
@@ -213,6 +214,7 @@ def pack_items(
         captions=[it.caption for it in ordered],
         keys=[it.key for it in ordered] if all(it.key is not None for it in ordered) else [],
         num_truncated=sum(bool(it.truncated) for it in ordered),
+        num_unknown=sum(int(it.unknown) for it in ordered),
         position_ids=positions,
         segment_ids=segments,
         token_kinds=kinds,
@@ -249,6 +251,7 @@ class PackingCollator:
                 key=s.get("key"),
                 label=s["label"],
                 truncated=bool(s.get("truncated")),
+                unknown=int(s.get("unknown") or 0),
             )
             for s in kept
         ]

@@ -5,13 +5,19 @@ init_args: {compact_corpus: synthetic}}``. Everything runs offline: open_clip sh
 and `HFTokenizer` reads a local `tokenizer.json`.
 
 Compact mode keeps only the base tokens that occur in a corpus, renumbered densely, so a tiny CPU model does
-not pay for a 49k- or 152k-row LM head. The kept base ids travel in `state_dict()`, so a checkpoint stays
-decodable after the corpus file is gone.
+not pay for a 49k- or 152k-row LM head. The corpus: "synthetic" (the embedded scenes' words), a text file of
+captions, a `genlip optimize` output directory (up to 100,000 of its train captions, evenly spread), or "data"
+(`genlip fit` puts the training data_dir there). Words outside it become `<unk>` (counted in training as
+`data/unknown_tokens`; `genlip fit` refuses a compact vocabulary that cannot spell its corpus:
+data/caption_coverage.py). The kept base ids travel in `state_dict()`, so a checkpoint stays decodable after
+the corpus is gone.
 """
 
 from __future__ import annotations
 
 import abc
+import json
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -21,6 +27,8 @@ from typing import Any
 import torch
 
 from genlip_lit.errors import GenLIPUserError
+
+log = logging.getLogger(__name__)
 
 UNK_TEXT = "<unk>"
 # Compact ids: these four first, then the kept base tokens in base-id order.
@@ -35,6 +43,12 @@ class Tokenizer(abc.ABC):
     bos_id: int
     eos_id: int
     pad_id: int
+
+    @property
+    def unk_id(self) -> int | None:
+        """The id `encode` gives text the vocabulary cannot spell; None when every text has a spelling (byte-level
+        BPE). Counted per caption in training (`data/unknown_tokens`)."""
+        return None
 
     @abc.abstractmethod
     def encode(self, text: str) -> list[int]:
@@ -68,9 +82,10 @@ class _CompactableTokenizer(Tokenizer):
 
     def __init__(self, compact_corpus: str | None) -> None:
         self.compact_corpus = compact_corpus
-        self.num_unknown = 0  # compact mode: base tokens outside the kept set, mapped to unk
+        self.num_unknown = 0  # unk ids `encode` returned (compact mode: base tokens outside the kept set too)
         self._kept: list[int] | None = None  # kept base ids (compact mode), sorted
         self._to_compact: dict[int, int] = {}
+        self._corpus_note = ""  # what a vocabulary built from shards was read from (logged once)
 
     def init_args(self) -> dict[str, Any]:
         return {"compact_corpus": self.compact_corpus}
@@ -90,6 +105,11 @@ class _CompactableTokenizer(Tokenizer):
     @abc.abstractmethod
     def _base_specials(self) -> tuple[int, int, int]: ...
 
+    @property
+    def _base_unk_id(self) -> int | None:
+        """The base tokenizer's own unknown token, if it has one (WordPiece, WordLevel, some BPEs)."""
+        return None
+
     # -- compact vocabulary ----------------------------------------------------------------------
     @property
     def is_compact(self) -> bool:
@@ -108,18 +128,36 @@ class _CompactableTokenizer(Tokenizer):
             for word in caption_vocabulary():
                 texts += [word, f"{word}.", f"{word},", f"a {word}", f"a {word}.", f"a {word},"]
             return texts
+        from genlip_lit.data import caption_coverage as coverage
+
+        if corpus == coverage.DATA_CORPUS:
+            raise GenLIPUserError(
+                "compact_corpus 'data' stands for the training data's directory, which `genlip fit` fills in from "
+                "data.init_args.data_dir; outside genlip fit pass that directory itself"
+            )
+        if os.path.isdir(corpus):
+            if not coverage.is_shard_dir(corpus):
+                raise GenLIPUserError(f"compact_corpus {corpus!r} is a directory without `genlip optimize` shards "
+                                      "(train/index.json)")
+            texts, total = coverage.shard_captions(corpus, coverage.VOCAB_CAPTIONS)
+            self._corpus_note = f"{len(texts):,} of the {total:,} train captions of {corpus}"
+            return texts
         if not os.path.isfile(corpus):
             raise GenLIPUserError(
-                f"compact_corpus {corpus!r} is neither 'synthetic' nor an existing text file (one caption per line)"
+                f"compact_corpus {corpus!r} is neither 'synthetic', 'data', a `genlip optimize` output directory nor "
+                "an existing text file (one caption per line)"
             )
         with open(corpus, encoding="utf-8") as fh:
             return [line.strip() for line in fh if line.strip()]
 
     def _ensure_compact(self) -> None:
         if self._kept is None and self.compact_corpus is not None:
-            specials = set(self._base_specials)
+            specials = {*self._base_specials, self._base_unk_id}  # the base unk maps to the compact one
             kept = {i for text in self._corpus_texts() for i in self._base_encode(text)} - specials
             self._set_kept(sorted(kept))
+            if self._corpus_note:  # a corpus read from shards: say what the vocabulary is made of
+                log.info("compact vocabulary: %d tokens (%d kept BPE tokens + 4 specials) from %s",
+                         self.vocab_size, len(kept), self._corpus_note)
 
     def _set_kept(self, kept: list[int]) -> None:
         self._kept = [int(i) for i in kept]
@@ -147,16 +185,21 @@ class _CompactableTokenizer(Tokenizer):
 
     @property
     def unk_id(self) -> int | None:
-        """Id that stands for base tokens outside the compact vocabulary (None in full mode)."""
-        return _COMPACT_UNK if self.is_compact else None
+        """Compact mode: the id of base tokens outside the kept vocabulary (and of the base unknown token); full
+        mode: the base tokenizer's unknown token, None for byte-level BPEs (open_clip's, Qwen's)."""
+        return _COMPACT_UNK if self.is_compact else self._base_unk_id
 
     def encode(self, text: str) -> list[int]:
         ids = self._base_encode(text)
         self._ensure_compact()
         if self._kept is None:
+            unk = self._base_unk_id
+            if unk is not None:
+                self.num_unknown += ids.count(unk)
             return ids
-        out = [self._to_compact.get(i, _COMPACT_UNK) for i in ids]
-        self.num_unknown += sum(1 for i in out if i == _COMPACT_UNK)
+        base_unk = self._base_unk_id
+        out = [_COMPACT_UNK if i == base_unk else self._to_compact.get(i, _COMPACT_UNK) for i in ids]
+        self.num_unknown += out.count(_COMPACT_UNK)
         return out
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -320,6 +363,7 @@ class HFTokenizer(_CompactableTokenizer):
             vocab, names["pad_token"], _PAD_CANDIDATES, "pad_token")
         self._specials = (eos if bos is None else bos, eos, eos if pad is None else pad)
         self._vocab_size = max(tok.get_vocab_size(with_added_tokens=True), max(self._specials) + 1)
+        self._unk = _model_unk_id(tok, vocab)
 
     @property
     def _tok(self) -> Any:
@@ -368,6 +412,22 @@ class HFTokenizer(_CompactableTokenizer):
         self._tok  # noqa: B018
         return self._specials
 
+    @property
+    def _base_unk_id(self) -> int | None:
+        self._tok  # noqa: B018
+        return self._unk
+
+
+def _model_unk_id(tok: Any, vocab: dict[str, int]) -> int | None:
+    """The unknown token of a `tokenizers.Tokenizer`'s model: `unk_token` (BPE, WordPiece, WordLevel) or `unk_id`
+    (Unigram), read from its JSON form, which every model type has; None when it has none (byte-level BPE)."""
+    model = json.loads(tok.to_str()).get("model") or {}
+    token = model.get("unk_token")
+    if isinstance(token, str) and token in vocab:
+        return vocab[token]
+    unk = model.get("unk_id")
+    return unk if isinstance(unk, int) and not isinstance(unk, bool) else None
+
 
 @dataclass(frozen=True)
 class TextTemplate:
@@ -408,6 +468,7 @@ class CaptionEncoder:
             # row from the previous sample): without BOS, a prompt must come first
             raise GenLIPUserError(f"text template {template!r} has no BOS: it needs a prompt")
         self.num_truncated = 0  # captions cut to fit max_len (counted per process)
+        self.num_unknown = 0  # caption tokens the tokenizer mapped to its unknown token (per process, before any cut)
         self._prompt: list[int] | None = None
         self._end: list[int] | None = None
 
@@ -449,6 +510,9 @@ class CaptionEncoder:
         head = self.prompt_ids()
         end = self.end_ids() if with_end else []
         caption_ids = self.tokenizer.encode(caption)
+        unk = self.tokenizer.unk_id
+        if unk is not None:
+            self.num_unknown += caption_ids.count(unk)
         room = self.max_len - len(head) - len(self.end_ids())
         if len(caption_ids) > room:
             caption_ids = caption_ids[:room]

@@ -7,7 +7,8 @@ Each takes an encoder (the contract of `modules/base.py`) and a data view (`eval
 `torch.no_grad()`, and returns an `EvalResult` (scalars, images, tables, text). What the data means (class
 names, candidate words, prompt templates, patch label maps) comes from the view's vocabulary, never from a
 particular dataset; an evaluation that does not apply (no labels, no captions, a non-generative model) says so in
-`details["skipped"]` instead of failing.
+`details["skipped"]` instead of failing. Every result names the number of held-out images it was scored on
+(`details["num_images"]`); reports flag fewer than 50 (`result.held_out_note`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def probe_evaluation(
     header, shown, raw = probe_table(everything)
     num_classes = results["linear"].num_classes
     details = {"source": view.source, "num_classes": num_classes, "class_names": names,
+               "num_images": results["linear"].num_test, "num_train_images": results["linear"].num_train,
                **{k: r.to_dict() for k, r in everything.items()}, "baselines": {k: r.to_dict() for k, r in rows.items()}}
     text = "\n".join([_markdown(header, shown), "", f"{results['linear'].num_train} train / "
                       f"{results['linear'].num_test} test images, {num_classes} classes, chance "
@@ -113,6 +115,7 @@ def readout_evaluation(
         result.details = {"num_patches": r.num_patches, "k": r.k}
     else:  # no label maps: still show what each patch says
         grid_words = top_words(all_scores, words, (side, side))
+    result.details["num_images"] = int(all_scores.shape[0])
     patch = pictures[0].shape[0] // side if pictures else 1
     tiles = [label_patches(p, grid_words[i], patch) for i, p in enumerate(pictures)]
     result.images["readout/top_word_per_patch"] = image_grid(tiles, columns=4)
@@ -206,4 +209,5 @@ def sink_evaluation(module: Any, view: EvalView, *, budget: int = 32, batch_size
         scalars[f"sink/{k}_mean"] = float(np.mean(finite)) if finite else float("nan")
         for i, v in enumerate(values):
             scalars[f"sink/{k}/layer{i:02d}"] = v
-    return EvalResult(scalars, {"sink/per_layer": sink_plot(masses)}, details={"masses": masses.as_dict()})
+    return EvalResult(scalars, {"sink/per_layer": sink_plot(masses)},
+                      details={"masses": masses.as_dict(), "num_images": total})

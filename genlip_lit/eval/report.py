@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from genlip_lit.eval.data import EvalView
+from genlip_lit.eval.result import held_out_note
 from genlip_lit.eval.tables import clean, write_json
 from genlip_lit.progress import progress
 
@@ -57,13 +58,16 @@ def _run_one(module: Any, ev: Any, view: EvalView, output: str, report: dict[str
         name = f"{slug(tag)}.png"
         Image.fromarray(image).save(os.path.join(output, name))
         images[tag] = name
+    note = held_out_note(result.details)
     report["evaluations"][ev.name] = {
         "class": type(ev).__name__,
         "scalars": clean(result.scalars),
         "images": images,
         "details": result.details,
+        **({"held_out": note} if note else {}),
     }
-    md += [f"## {type(ev).__name__}", "", "| metric | value |", "|---|---|"]
+    md += [f"## {type(ev).__name__}", ""] + ([f"Scored {note}.", ""] if note else [])
+    md += ["| metric | value |", "|---|---|"]
     md += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in result.scalars.items()
            if not k.startswith("sink/") or k.endswith("_mean")]
     md.append("")

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+MIN_RELIABLE_IMAGES = 50  # fewer held-out images than this and a figure moves by several points per image
+
 
 @dataclass
 class EvalResult:
@@ -22,6 +24,19 @@ class EvalResult:
     def finite_scalars(self) -> dict[str, float]:
         """The scalars a metrics logger can plot (NaN marks "does not apply")."""
         return {k: float(v) for k, v in self.scalars.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def held_out_note(details: dict[str, Any]) -> str | None:
+    """How many held-out images a result was scored on (`details["num_images"]`, which every evaluation sets),
+    with a warning under `MIN_RELIABLE_IMAGES`; None when the evaluation was skipped or names no count."""
+    n = details.get("num_images")
+    if not isinstance(n, int) or "skipped" in details:
+        return None
+    images = f"{n:,} held-out image{'s' if n != 1 else ''}"
+    if n < MIN_RELIABLE_IMAGES:
+        return (f"on {images} only: fewer than {MIN_RELIABLE_IMAGES}, a rough figure (hold out more: `genlip optimize "
+                "--val-fraction`)")
+    return f"on {images}"
 
 
 def skipped(reason: str) -> EvalResult:

@@ -94,6 +94,7 @@ class ContrastiveModule(EncoderModule):
         self.val_loss = MeanMetric()
         self.val_i2t = MeanMetric()
         self.skipped_samples = 0
+        self.unknown_tokens = 0  # caption tokens the tokenizer mapped to its unknown token (data/unknown_tokens)
 
     def _init_matched_towers(self, arch, arch_overrides, embed_dim, text_width, text_layers, text_heads,
                              max_text_len) -> None:
@@ -184,9 +185,11 @@ class ContrastiveModule(EncoderModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         self.require_unpacked(batch)
-        # global under DDP (one all-reduce), so the logged counter is every rank's
-        self.skipped_samples += int(self.step_totals([batch.num_skipped])[0]) if self._world_size() > 1 else (
-            batch.num_skipped)
+        # global under DDP (one all-reduce), so the logged counters are every rank's
+        counts = [batch.num_skipped, batch.num_unknown]
+        skipped, unknown = self.step_totals(counts).tolist() if self._world_size() > 1 else counts
+        self.skipped_samples += int(skipped)
+        self.unknown_tokens += int(unknown)
         if len(batch) == 0:
             return None
         batch = batch.normalized()
@@ -197,6 +200,7 @@ class ContrastiveModule(EncoderModule):
         self.log("train/logit_scale", self.logit_scale.exp().detach(), batch_size=n)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
         self.log("data/skipped_samples", float(self.skipped_samples), batch_size=n)
+        self.log("data/unknown_tokens", float(self.unknown_tokens), batch_size=n)
         return self.skip_if_nonfinite(loss)  # None / zero gradients (no update) when NaN/inf: modules/safety.py
 
     def _eval_step(self, batch: Batch) -> None:

@@ -72,6 +72,7 @@ class GenLIPModule(EncoderModule):
         self.val_tokens = SumMetric()
         self.skipped_samples = 0
         self.truncated_captions = 0
+        self.unknown_tokens = 0  # caption tokens the tokenizer mapped to its unknown token (data/unknown_tokens)
 
     def build_model(self, config: GenLIPConfig) -> nn.Module:
         """The network trained on captions (subclasses swap in another, e.g. the encoder-decoder baseline)."""
@@ -96,6 +97,7 @@ class GenLIPModule(EncoderModule):
             return self._distributed_training_step(batch)
         self.skipped_samples += batch.num_skipped
         self.truncated_captions += batch.num_truncated
+        self.unknown_tokens += batch.num_unknown
         if len(batch) == 0:  # every image of this batch failed to decode: nothing to learn from
             return None
         out = self.caption_loss(batch)
@@ -106,6 +108,7 @@ class GenLIPModule(EncoderModule):
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
         self.log("data/skipped_samples", float(self.skipped_samples), batch_size=n)
         self.log("data/truncated_captions", float(self.truncated_captions), batch_size=n)
+        self.log("data/unknown_tokens", float(self.unknown_tokens), batch_size=n)
         if batch.is_packed:
             stats = packing_stats(batch.segment_ids)
             self.log("data/packing_efficiency", stats.efficiency, batch_size=n)
@@ -127,12 +130,15 @@ class GenLIPModule(EncoderModule):
         loss_sum = out.loss.detach().double() * tokens if out is not None else 0.0
         correct = out.num_correct if out is not None else 0
         bad = (~torch.isfinite(out.loss.detach())).double() if out is not None else 0.0
-        totals = self.step_totals([tokens, loss_sum, correct, bad, n, batch.num_skipped, batch.num_truncated])
-        g_tokens, g_loss_sum, g_correct, g_bad, g_samples, g_skipped, g_truncated = totals.tolist()
+        totals = self.step_totals([tokens, loss_sum, correct, bad, n, batch.num_skipped, batch.num_truncated,
+                                   batch.num_unknown])
+        g_tokens, g_loss_sum, g_correct, g_bad, g_samples, g_skipped, g_truncated, g_unknown = totals.tolist()
         self.skipped_samples += int(g_skipped)
         self.truncated_captions += int(g_truncated)
+        self.unknown_tokens += int(g_unknown)
         self.log("data/skipped_samples", float(self.skipped_samples), batch_size=max(n, 1))
         self.log("data/truncated_captions", float(self.truncated_captions), batch_size=max(n, 1))
+        self.log("data/unknown_tokens", float(self.unknown_tokens), batch_size=max(n, 1))
         if g_samples == 0 or g_tokens == 0:  # every rank's batch failed to decode: nothing to learn from
             return self.zero_gradient_loss()
         loss = self.zero_gradient_loss() if out is None else out.loss * (float(tokens) * self._world_size() / g_tokens)
@@ -191,11 +197,13 @@ class GenLIPModule(EncoderModule):
         self.save_self_description(checkpoint)
         checkpoint["genlip_skipped_samples"] = self.skipped_samples
         checkpoint["genlip_truncated_captions"] = self.truncated_captions
+        checkpoint["genlip_unknown_tokens"] = self.unknown_tokens
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.load_self_description(checkpoint)
         self.skipped_samples = checkpoint.get("genlip_skipped_samples", 0)
         self.truncated_captions = checkpoint.get("genlip_truncated_captions", 0)
+        self.unknown_tokens = checkpoint.get("genlip_unknown_tokens", 0)
 
     # ------------------------------------------------------------------ encoder contract
     @property
