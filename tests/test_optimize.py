@@ -159,3 +159,13 @@ def test_a_config_file_sets_options_and_the_resume_command_overrides_its_mode(tm
     assert command == f"genlip optimize --config {config} --input in --no_overwrite --no_append --resume"
     args = opt.build_parser().parse_args(shlex.split(command)[2:])
     assert (args.overwrite, args.append, args.resume) == (False, False, True)
+
+
+def test_a_small_val_split_is_flagged(tmp_path, caplog) -> None:
+    """Few held-out images make every evaluation a rough figure: the run says so and names the flag."""
+    folder = _folder(tmp_path / "in", n=4)
+    with caplog.at_level("WARNING", logger="genlip_lit"):
+        opt.main(["--input", folder, "--num-workers", "1", "--val-fraction", "0.5", "--output", str(tmp_path / "o")])
+    kept = json.loads((tmp_path / "o" / "genlip_report.json").read_text())["kept"]
+    assert 0 < kept["val"] < opt.SMALL_VAL
+    assert f"only {kept['val']} val images" in caplog.text and "--val-fraction" in caplog.text

@@ -12,6 +12,7 @@ exact command that finishes it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shlex
 import signal
@@ -56,6 +57,9 @@ def _run_synthetic(args: Any) -> dict[str, Any]:
 
 # built-in generator name -> writer (real corpora come in through --input)
 SOURCES: dict[str, Callable[[Any], dict[str, Any]]] = {"synthetic": _run_synthetic}
+
+
+SMALL_VAL = 50  # held-out images below which an evaluation's figure is noise more than signal
 
 
 def build_parser() -> Any:
@@ -251,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         with _sigterm_as_interrupt():
             report = run_corpus(args, resume_command(argv, parser))
         print(summary_line(report, out))
+        val = report["kept"]["val"]
+        if 0 < val < SMALL_VAL:  # e.g. 200 images at the default 1%: every evaluation would score on 2 of them
+            logging.getLogger("genlip_lit").warning(
+                "only %d val images: evaluations on fewer than ~%d samples are rough figures; raise --val-fraction "
+                "(with --overwrite)", val, SMALL_VAL)
         return 0
     if args.source is None and args.num_samples is None:
         raise GenLIPUserError("nothing to read: pass --input SRC [SRC ...] (or --num-samples N for synthetic data)")
