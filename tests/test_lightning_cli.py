@@ -202,6 +202,12 @@ def test_fit_in_a_log_file_prints_plain_progress_lines(tmp_path, capsys):
     assert lines[0].startswith("genlip: fit: 2/4 steps (50.0%), ") and "ETA " in lines[0] and "loss" in lines[0]
     assert any(line.startswith("genlip: fit > validate: done, 1 batches in ") for line in lines)
     assert lines[-1].startswith("genlip: fit: done, 4 steps in ")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(glob.glob(f"{tmp_path}/runs/quickstart/version_*")[0])
+    events.Reload()
+    assert len(events.Scalars("val/loss")) == 2  # steps 2 and 4: the closing line has the last one's loss
+    assert f"val/loss {events.Scalars('val/loss')[-1].value:.4g}" in lines[-1], lines[-1]
     assert "\r" not in err  # no redrawn bars in a log file
     # then the end-of-fit evaluation says what it does, and the run ends with one line naming what to run next
     ours = [line for line in err.splitlines() if line.startswith("genlip: ")]

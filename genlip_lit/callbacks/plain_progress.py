@@ -83,6 +83,8 @@ class PlainProgressBar(ProgressBar):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._main is not None:
+            # the last validation ran after the last batch's line: its val/* figures belong in the closing line
+            self._main.postfix = self._metrics_text(trainer, pl_module)
             self._main.close()
             self._main = None
 
@@ -115,6 +117,8 @@ class PlainProgressBar(ProgressBar):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._eval_end()
+        if self._main is not None:
+            self._main.postfix = self._metrics_text(trainer, pl_module)  # fresh val/* in the next fit line
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._eval_start("test", sum(trainer.num_test_batches))
