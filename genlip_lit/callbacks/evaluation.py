@@ -85,7 +85,9 @@ class EvalCallback(L.Callback):
         pl_module.eval()
         start = time.perf_counter()
         try:
-            with torch.no_grad():
+            # fork_rng: an evaluation leaves the training's random streams (drop-path, dropout) where they were
+            cuda = [pl_module.device] if pl_module.device.type == "cuda" else []
+            with torch.no_grad(), torch.random.fork_rng(devices=cuda):
                 result = self.evaluate(pl_module, view)
         finally:
             pl_module.train(was_training)
