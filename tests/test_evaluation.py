@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers import tiny_fit_args
 
-from genlip_lit.callbacks.evaluation import EvalCallback
+from genlip_lit.callbacks.evaluation import EvalCallback, EvalResult
 from genlip_lit.cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,6 +74,52 @@ def test_history_is_kept_in_checkpoints(fitted) -> None:
     cb = EvalCallback()
     cb.load_state_dict(probe)
     assert cb.history == probe["history"] and cb.state_dict()["last_step"] == 4
+
+
+class _DrawsRandomNumbers(EvalCallback):
+    def evaluate(self, module, view) -> EvalResult:
+        return EvalResult(scalars={"draw": float(torch.rand(()))})  # e.g. a probe's init or a sample order
+
+
+def test_an_evaluation_leaves_the_global_rng_where_it_was(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    trainer = SimpleNamespace(global_step=2, strategy=None, is_global_zero=True, loggers=[],
+                              datamodule=SimpleNamespace(data_dirs=[str(tmp_path)], synthetic=True))
+    module = torch.nn.Linear(2, 2)
+    module.device = torch.device("cpu")
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    result = _DrawsRandomNumbers().run(trainer, module)
+    assert torch.equal(torch.random.get_rng_state(), before) and module.training
+    assert result.scalars["draw"] == torch.rand(()).item()  # the draw the training would have made next
+
+
+def _fit_weights(tmp: Path, extra: list[str]) -> dict[str, torch.Tensor]:
+    # drop-path 0.1 in every block: training draws from the global RNG, so an evaluation that moved it would show
+    args = tiny_fit_args(tmp, max_steps=3, extra=[
+        "--model.init_args.arch_overrides={depth: 2, width: 64, ffn_hidden: 128, drop_path: 0.1, "
+        "drop_path_schedule: uniform}", *extra])
+    assert main(args) == 0
+    (last,) = glob.glob(f"{tmp}/runs/quickstart/version_0/checkpoints/last.ckpt")
+    return torch.load(last, weights_only=True)["state_dict"]
+
+
+@pytest.mark.slow
+def test_callbacks_do_not_change_training(tmp_path) -> None:
+    # Every evaluation (at step 2, between training steps, and at the end; probe baselines included) and the
+    # Throughput callback's FLOP-counted step 0: the weights are bit for bit those of a fit without them.
+    os.chdir(REPO)
+    plain = _fit_weights(tmp_path / "plain", [])
+    callbacks = []
+    for name in CALLBACKS:
+        callbacks += [f"--trainer.callbacks+=genlip_lit.callbacks.{name}", "--trainer.callbacks.every_n_steps=2",
+                      "--trainer.callbacks.budget=16", "--trainer.callbacks.batch_size=16"]
+        if name == "LinearProbe":
+            callbacks += ["--trainer.callbacks.test_budget=16", "--trainer.callbacks.attentive_epochs=1"]
+    evaluated = _fit_weights(tmp_path / "evaluated", [*callbacks, "--trainer.callbacks+=genlip_lit.callbacks.Throughput"])
+    assert plain.keys() == evaluated.keys()
+    assert [k for k in plain if not torch.equal(plain[k], evaluated[k])] == []
 
 
 # ---------------------------------------------------------------------------------------------- 10 labelled classes

@@ -176,7 +176,9 @@ class EvalCallback(L.Callback):
         bar = progress(total=most, description=label, unit="samples", percent_step=EVAL_PERCENT_STEP)
         bar.percent_step = EVAL_PERCENT_STEP  # also as a stage of the fit's progress (mid-training runs)
         try:
-            with bar, torch.no_grad():
+            # fork_rng: an evaluation leaves the training's random streams (drop-path, dropout) where they were
+            cuda = [pl_module.device] if pl_module.device.type == "cuda" else []
+            with bar, torch.no_grad(), torch.random.fork_rng(devices=cuda):
                 result = self.evaluate(pl_module, _CountingView(view, bar, passes, then))  # type: ignore[arg-type]
                 bar.set_postfix(_headline(result, self.headline))
         finally:
