@@ -30,6 +30,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = "experiments/quickstart.yaml"
+GENLIP = [sys.executable, "-m", "genlip_lit.cli"]  # `genlip` of this interpreter (no activated venv needed)
 
 # section -> (README table it re-measures, how)
 SECTIONS: dict[str, tuple[str, str]] = {
@@ -82,10 +83,10 @@ def quickstart(seeds: list[int], out: Path, config: str, reuse_cache: bool) -> l
         if not reuse_cache:
             env["GENLIP_CACHE"] = str(out / f"cache_seed{seed}")  # fresh: data generation is in the time
         run_dir = out / "quickstart" / f"seed{seed}"
-        fit = ["genlip", "fit", "--config", config, "--seed_everything", str(seed),
+        fit = [*GENLIP, "fit", "--config", config, "--seed_everything", str(seed),
                "--trainer.logger.init_args.save_dir", str(out), "--trainer.logger.init_args.version", f"seed{seed}"]
         wall, cpu = _run(fit, env, out / f"fit_seed{seed}.log")
-        _run(["genlip", "caption-eval", "--ckpt", str(run_dir), "--objects", "1", "2", "3", "--output", str(run_dir)],
+        _run([*GENLIP, "caption-eval", "--ckpt", str(run_dir), "--objects", "1", "2", "3", "--output", str(run_dir)],
              env, out / f"caption_eval_seed{seed}.log")
         accuracy = {r["objects_per_scene"]: 100 * r["object_accuracy"]
                     for r in json.loads((run_dir / "caption_eval.json").read_text())}
@@ -155,16 +156,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{args.config}, commit {_commit()}, {os.cpu_count()} CPUs\n" + quickstart_table(rows))
     elif section == "digits":
         data = write_digits(out / "digits") if not (out / "digits").exists() else out / "digits"
-        _run(["genlip", "probe", "--ckpt", args.ckpt, "--data", str(data), "--output", str(out / "digits_probe")])
+        _run([*GENLIP, "probe", "--ckpt", args.ckpt, "--data", str(data), "--output", str(out / "digits_probe")])
     elif section == "eval":
-        _run(["genlip", "eval", "--ckpt", args.ckpt, "--config", "experiments/eval.yaml", "--output",
+        _run([*GENLIP, "eval", "--ckpt", args.ckpt, "--config", "experiments/eval.yaml", "--output",
               str(out / "eval")])
     elif section in ("compare", "ablations"):
         configs = (sorted(str(p.relative_to(REPO)) for p in (REPO / "experiments/compare").glob("*.yaml"))
                    if section == "compare" else ["experiments/compare/genlip.yaml",
                                                  *sorted(str(p.relative_to(REPO))
                                                          for p in (REPO / "experiments/ablations").glob("*.yaml"))])
-        _run(["genlip", "compare", *configs, "--output", str(out / section)])
+        _run([*GENLIP, "compare", *configs, "--output", str(out / section)])
         print((out / section / "table.md").read_text())
     else:
         scripts = {"parity": ["parity_fixtures.py"], "plan": ["plan_paper_runs.py"],
