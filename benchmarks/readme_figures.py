@@ -13,7 +13,7 @@ val/loss, the share of objects named with the right colour and shape in 1/2/3-ob
 value of each evaluation callback (zero-shot, CIDEr-D, probes). Other sections call the command or benchmark
 script that made their README table. The quickstart figures are per commit: a change of the recipe, the model
 or of float rounding (thread count, library versions) moves them by a few points, so the README states the
-commit and `tests/test_readme.py` keeps its quickstart block naming the committed config's steps and batch.
+commit and `tests/test_readme_figures.py` keeps its quickstart block naming the committed config's steps and batch.
 """
 
 from __future__ import annotations
