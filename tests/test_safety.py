@@ -125,7 +125,7 @@ def test_rng_states_round_trip_through_a_weights_only_file(tmp_path) -> None:
     assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2:] == expected[2:]
 
 
-WORDS = ["a red circle", "a blue square", "a green triangle", "two small red squares", "a large blue circle"]
+WORDS = ["a red circle", "a blue square", "a green triangle", "a small red square", "a large blue circle"]  # spelt by the compact vocabulary
 
 
 def _noise_sample(i: int) -> dict:
