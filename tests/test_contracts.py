@@ -4,10 +4,10 @@ Each test pins one behaviour our code builds on, so that an upgrade beyond `cons
 suite ran with) fails here, loudly and by name, instead of silently changing a result elsewhere:
 - litdata: BinaryWriter names chunks and its index after DATA_OPTIMIZER_GLOBAL_RANK (ingest/unit_writer.py), the index
   layout merge_split writes, and StreamingDataLoader's `restore` flag around load_state_dict
-  (data/datamodule.py ResumableStreamingDataLoader);
+  (data/streaming.py ResumableStreamingDataLoader);
 - torch: `_python_dispatch._get_current_dispatch_mode` (models/attention.py), the CPU flash-attention ops and
   flop-count helpers the Throughput callback maps, DataLoader's `_iterator._shutdown_workers`
-  (data/datamodule.py shutdown_workers), FSDP2 and FlexAttention imports;
+  (data/streaming.py shutdown_workers), FSDP2 and FlexAttention imports;
 - open_clip: SimpleTokenizer's `encoder`, `bpe`, `pat` and special ids (data/tokenizer.py's fast ASCII path);
 - Lightning: ModelCheckpoint internals ResumableCheckpoint calls, LightningCLI's `_instantiate_trainer` and the
   `_device_mesh` attribute ModelParallelStrategy sets (modules/base.py).
