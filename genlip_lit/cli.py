@@ -41,12 +41,12 @@ LIGHTNING_ENTRY = "genlip_lit.lightning_cli:main"
 # the command name and returns an exit code (None = 0). Register a command with one line here.
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "optimize": ("genlip_lit.commands.optimize:main", "turn images with captions (or synthetic scenes) into litdata shards"),
-    "caption": ("genlip_lit.commands.caption:main", "print a caption for each image file, from a checkpoint"),
+    "caption": ("genlip_lit.commands.caption:main", "caption image files, folders and globs with a checkpoint (bad files skipped)"),
     "caption-eval": ("genlip_lit.commands.caption_eval:main", "score captions of held-out synthetic scenes"),
     "eval": ("genlip_lit.commands.eval:main", "run the configured evaluations on a checkpoint; write a report"),
     "probe": ("genlip_lit.commands.probe:main", "linear and attentive probes of frozen features on an image folder"),
     "compare": ("genlip_lit.commands.compare:main", "train several configs and compare their evaluations in one table"),
-    "export": ("genlip_lit.commands.export:main", "write a checkpoint's vision encoder as safetensors + config"),
+    "export": ("genlip_lit.commands.export:main", "write a checkpoint's vision encoder: safetensors + config, a timm form, a model card"),
     "eval-res": ("genlip_lit.commands.eval_res:main", "evaluate checkpoints at several input resolutions"),
     "llm-probe": ("genlip_lit.commands.llm_probe:main", "rate vision encoders by a frozen LM's caption perplexity"),
     "plan": ("genlip_lit.commands.plan:main", "estimate FLOPs, memory per GPU and cost of a config before running it"),
