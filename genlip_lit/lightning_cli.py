@@ -291,28 +291,13 @@ def os_error(err: OSError) -> str:
 
 
 def check_config_files(argv: list[str]) -> None:
-    """Each `--config FILE` exists and is YAML; else one line naming the file (and the line of a YAML error)."""
-    for i, arg in enumerate(argv):
-        if arg in ("-c", "--config") and i + 1 < len(argv):
-            path = argv[i + 1]
-        elif arg.startswith("--config="):
-            path = arg.split("=", 1)[1]
-        else:
-            continue
-        if path.lstrip().startswith("{"):  # an inline config, checked by jsonargparse
-            continue
-        if not os.path.isfile(path):
-            raise GenLIPUserError(f"config file not found: {path}")
-        try:
-            with open(path, encoding="utf-8") as fh:
-                yaml.safe_load(fh)
-        except OSError as err:
-            raise GenLIPUserError(f"cannot read config file {path}: {err.strerror or err}") from None
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise GenLIPUserError(f"{path} is not valid YAML: {problem}{where}") from None
+    """Each `--config FILE` / `-c FILE` exists and is YAML; else one line naming the file (and the line of a YAML
+    error): the same check as every project command's (commands/common.py)."""
+    from genlip_lit.commands.common import check_config_file, config_files
+
+    for flag in ("--config", "-c"):
+        for path in config_files(argv, flag):
+            check_config_file(path, flag)
 
 
 def _null_on_command_line() -> None:

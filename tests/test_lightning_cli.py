@@ -89,11 +89,11 @@ def test_unknown_class_path_is_named_with_the_expected_base(tmp_path, capsys):
 
 def test_config_file_missing_or_not_yaml_is_named(tmp_path, capsys):
     err = _error(capsys, ["fit", "--config", str(tmp_path / "nope.yaml")])
-    assert _error_lines(err) == [f"genlip: error: config file not found: {tmp_path / 'nope.yaml'}"]
+    assert _error_lines(err) == [f"genlip: error: --config {tmp_path / 'nope.yaml'}: file not found"]
     broken = tmp_path / "broken.yaml"
     broken.write_text("trainer: [unclosed\n")
     err = _error(capsys, ["fit", "--config", str(broken)])
-    assert _error_lines(err)[0].startswith(f"genlip: error: {broken} is not valid YAML: ")
+    assert _error_lines(err)[0].startswith(f"genlip: error: --config {broken}: not valid YAML: ")
     assert "(line 2, column 1)" in err
 
 
