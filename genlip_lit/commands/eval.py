@@ -66,12 +66,19 @@ def build_evaluations(specs: list[Any]) -> list[Any]:
     return out
 
 
+def data_arguments(data: dict[str, Any] | None) -> dict[str, Any]:
+    """The GenLIPDataModule arguments of a `data:` block: given bare, or copied from a fit config (class_path +
+    init_args)."""
+    if not data or "init_args" not in data:
+        return dict(data or {})
+    if str(data.get("class_path", "GenLIPDataModule")).rpartition(".")[2] != "GenLIPDataModule":
+        raise GenLIPUserError(f"data: genlip eval reads GenLIPDataModule data, not {data['class_path']!r}")
+    return dict(data["init_args"] or {})
+
+
 def check_data_dirs(data: dict[str, Any] | None) -> None:
     """Local `data.data_dir`s exist, checked before the checkpoint loads (remote URLs are the loader's job)."""
-    block = data or {}
-    if "init_args" in block:  # a fit config's `data:` block (class_path + init_args)
-        block = block.get("init_args") or {}
-    dirs = block.get("data_dir")
+    dirs = data_arguments(data).get("data_dir")
     for d in [dirs] if isinstance(dirs, str) else list(dirs or []):
         if "://" not in str(d) and not os.path.isdir(os.path.expanduser(str(d))):
             raise GenLIPUserError(f"data.data_dir {d}: no such directory (write shards with `genlip optimize`)")
@@ -81,10 +88,7 @@ def build_datamodule(module: Any, data_hparams: dict[str, Any], override: dict[s
     """The checkpoint's data module (with `override` applied), connected to the module and set up."""
     from genlip_lit.data.datamodule import GenLIPDataModule
 
-    if override and "init_args" in override:  # a fit config's `data:` block (class_path + init_args), copied
-        if override.get("class_path", "GenLIPDataModule").rpartition(".")[2] != "GenLIPDataModule":
-            raise GenLIPUserError(f"data: genlip eval reads GenLIPDataModule data, not {override['class_path']!r}")
-        override = dict(override["init_args"] or {})
+    override = data_arguments(override)
     # LightningCLI adds private keys (_class_path, _instantiator): they are not init arguments
     args = {k: v for k, v in {**data_hparams, **(override or {})}.items() if not k.startswith("_")}
     if override and "data_dir" in override:
