@@ -24,7 +24,20 @@ import torch
 from genlip_lit.errors import GenLIPUserError
 
 SHA_KEY = "genlip_weights_sha256"
-VERIFIED_KEY = "_genlip_weights_verified"  # set in memory by a loader that checked the weights already
+# Set in memory by `verify_weights` so a second check of the same dict (the loader, then the module's
+# on_load_checkpoint) is skipped. Only a `_Verified` object holding that very state dict counts: a file can carry
+# this key too (with any plain value), and a file's say-so never switches a check off.
+VERIFIED_KEY = "_genlip_weights_verified"
+
+
+class _Verified:
+    """In-memory proof that `state` (this object, not an equal one) passed `verify_weights`. Never in a file:
+    `torch.load(weights_only=True)` cannot build it, and `read_checkpoint` drops the key whatever it holds."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
 
 
 def _refusal(err: Exception) -> str | None:
@@ -60,6 +73,7 @@ def read_checkpoint(path: str, mmap: bool = False) -> dict[str, Any]:
         raise GenLIPUserError(f"{path} is not a readable checkpoint ({type(err).__name__}: {first})") from None
     if not isinstance(ckpt, dict):
         raise GenLIPUserError(f"{path} is not a checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
+    ckpt.pop(VERIFIED_KEY, None)  # verification state is never read from a file
     return ckpt
 
 
@@ -90,8 +104,13 @@ def first_nonfinite(state_dict: Mapping[str, Any]) -> str | None:
 
 def verify_weights(ckpt: dict[str, Any], source: str) -> None:
     """Refuse a checkpoint whose weights are not a dict of tensors, differ from their stored digest, or hold
-    NaN/inf. Checkpoints written before digests existed carry none and are only checked for finiteness."""
-    if ckpt.get(VERIFIED_KEY):
+    NaN/inf. Checkpoints written before digests existed carry none and are only checked for finiteness.
+
+    A dict this function passed before (same dict, same state_dict object) is not checked twice; whatever else
+    the dict holds under VERIFIED_KEY (a file's `true`) is ignored and removed."""
+    marker = ckpt.pop(VERIFIED_KEY, None)
+    if isinstance(marker, _Verified) and marker.state is ckpt.get("state_dict"):
+        ckpt[VERIFIED_KEY] = marker
         return
     state = ckpt.get("state_dict")
     if not isinstance(state, Mapping):
@@ -107,4 +126,5 @@ def verify_weights(ckpt: dict[str, Any], source: str) -> None:
         raise GenLIPUserError(
             f"{source}: weight {bad!r} holds NaN or inf (a diverged run); use an earlier checkpoint of the run"
         )
-    ckpt[VERIFIED_KEY] = True
+    ckpt[VERIFIED_KEY] = _Verified(state)
+

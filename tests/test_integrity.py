@@ -114,3 +114,33 @@ def test_resolve_never_imports_an_unregistered_module(tmp_path, monkeypatch) -> 
     with pytest.raises(GenLIPUserError):
         registry.resolve("module", "sideeffect_mod.X", "f.ckpt")
     assert not marker.exists() and not os.path.exists(marker)
+
+
+def test_a_file_cannot_mark_its_own_weights_verified(tmp_path) -> None:
+    from genlip_lit.integrity import VERIFIED_KEY
+
+    state = {"w": torch.ones(3)}
+    digest = weights_sha256(state)
+    nan = {"w": torch.tensor([1.0, float("nan"), 2.0])}
+    cases = {  # what a hostile or unlucky file carries beside the key that used to switch the checks off
+        "nan": ({"state_dict": nan, "genlip_weights_sha256": weights_sha256(nan)}, "holds NaN or inf"),
+        "stale": ({"state_dict": {"w": torch.full((3,), 2.0)}, "genlip_weights_sha256": digest}, "do not match"),
+    }
+    for name, (ckpt, expected) in cases.items():
+        for flag in (True, 1, "yes", {"state": "x"}):
+            with pytest.raises(GenLIPUserError, match=expected):
+                verify_weights({**ckpt, VERIFIED_KEY: flag}, f"{name}.ckpt")
+        path = tmp_path / f"{name}.ckpt"
+        torch.save({**ckpt, VERIFIED_KEY: True}, path)
+        loaded = read_checkpoint(str(path))
+        assert VERIFIED_KEY not in loaded  # dropped on read
+        with pytest.raises(GenLIPUserError, match=expected):
+            verify_weights(loaded, str(path))
+    # a dict verified in this process is not checked twice, but only while it holds the same state_dict
+    good = {"state_dict": state, "genlip_weights_sha256": digest}
+    verify_weights(good, "good.ckpt")
+    good["state_dict"]["w"].fill_(float("nan"))  # (in place: same object, still counted as checked)
+    verify_weights(good, "good.ckpt")
+    good["state_dict"] = dict(nan)  # another object: checked again
+    with pytest.raises(GenLIPUserError, match="do not match"):
+        verify_weights(good, "good.ckpt")

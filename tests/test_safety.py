@@ -235,3 +235,27 @@ def test_checkpoint_tokenizer_must_match_the_model_it_is_loaded_into() -> None:
     emptied = {**ckpt, "genlip_tokenizer": {**ckpt["genlip_tokenizer"], "state": {}}}  # edited: full vocabulary
     with pytest.raises(GenLIPUserError, match="49408-token vocabulary, this model has"):
         fresh.on_load_checkpoint(emptied)
+
+
+def test_a_diverged_run_names_an_existing_last_ckpt_only_when_it_is_finite(tmp_path) -> None:
+    """Weights already NaN (e.g. resumed from a bad file): the old last.ckpt is named only after it is checked."""
+    from types import SimpleNamespace
+
+    from genlip_lit.integrity import SHA_KEY, weights_sha256
+
+    module = GenLIPModule(arch_overrides=TINY, tokenizer=OpenCLIPTokenizer(compact_corpus="synthetic"))
+    finite = {k: v.clone() for k, v in module.state_dict().items()}
+    with torch.no_grad():
+        next(module.parameters()).fill_(float("nan"))
+    callback = SimpleNamespace(save_last=True, dirpath=str(tmp_path), CHECKPOINT_NAME_LAST="last",
+                               FILE_EXTENSION=".ckpt")
+    trainer = SimpleNamespace(checkpoint_callback=callback, is_global_zero=True)
+    last = tmp_path / "last.ckpt"
+    assert module._save_finite_last(trainer) is None  # none there
+    nan_state = module.state_dict()
+    torch.save({"state_dict": nan_state, SHA_KEY: weights_sha256(nan_state)}, last)
+    assert module._save_finite_last(trainer) is None  # NaN: not "the last finite weights"
+    torch.save({"state_dict": finite, SHA_KEY: weights_sha256(nan_state)}, last)
+    assert module._save_finite_last(trainer) is None  # edited under a stale digest
+    torch.save({"state_dict": finite, SHA_KEY: weights_sha256(finite), "_genlip_weights_verified": True}, last)
+    assert module._save_finite_last(trainer) == str(last)

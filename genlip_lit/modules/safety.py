@@ -66,6 +66,21 @@ def restore_rng(state: dict[str, Any], device: torch.device | None = None) -> No
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def _finite_checkpoint(path: str) -> bool:
+    """An existing last.ckpt may be named as "the last finite weights" only when it is one: readable weights-only,
+    matching its digest, finite (a run resumed from a bad file, or an older diverged run, may have left it)."""
+    from genlip_lit.integrity import read_checkpoint
+
+    if not os.path.isfile(path):
+        return False
+    try:
+        verify_weights(read_checkpoint(path, mmap=True), path)
+    except GenLIPUserError as err:
+        log.warning("not naming %s as the last finite weights: %s", path, err)
+        return False
+    return True
+
+
 class TrainingSafety:
     """Mixin of `EncoderModule` (a LightningModule): non-finite guard, training RNG, checkpoint fields."""
 
@@ -191,7 +206,7 @@ class TrainingSafety:
                 os.remove(path)
             trainer.save_checkpoint(path, weights_only=False)  # (a full checkpoint: optimizer, loops)
             return path
-        return path if os.path.isfile(path) else None
+        return path if _finite_checkpoint(path) else None
 
     # ------------------------------------------------------------------ training RNG window
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
