@@ -16,7 +16,7 @@ import hashlib
 import os
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -48,11 +48,13 @@ def _refusal(err: Exception) -> str | None:
     return found.group(0).rstrip(".") if found else None
 
 
-def read_checkpoint(path: str, mmap: bool = False) -> dict[str, Any]:
-    """The checkpoint dict of `path`, loaded with `weights_only=True` onto the CPU.
+def read_checkpoint(path: str, mmap: bool = False, allow: Iterable[str] = ()) -> dict[str, Any]:
+    """The checkpoint dict of `path`, loaded with `weights_only=True` onto the CPU, its class names vetted.
 
     A file whose unpickling would build arbitrary Python objects (and so could run code) is refused; a
-    truncated or foreign file is named. Either way one line, no traceback.
+    truncated or foreign file is named; a class path anywhere in it that genlip_lit/registry.py does not know
+    (nor `allow`, the classes the user's own config names) is refused before any caller can import it
+    (`registry.vet_class_paths`). Each of these is one line, no traceback.
     """
     if not os.path.isfile(path):
         raise GenLIPUserError(f"checkpoint not found: {path}")
@@ -74,6 +76,9 @@ def read_checkpoint(path: str, mmap: bool = False) -> dict[str, Any]:
     if not isinstance(ckpt, dict):
         raise GenLIPUserError(f"{path} is not a checkpoint (it holds a {type(ckpt).__name__}, not a dict)")
     ckpt.pop(VERIFIED_KEY, None)  # verification state is never read from a file
+    from genlip_lit.registry import vet_class_paths
+
+    vet_class_paths(ckpt, path, allow)
     return ckpt
 
 

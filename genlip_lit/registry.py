@@ -16,6 +16,9 @@ Your own LightningModule or Tokenizer subclass becomes loadable by registering i
 from __future__ import annotations
 
 import importlib
+import re
+import sys
+from collections.abc import Iterable
 
 from genlip_lit.errors import GenLIPUserError
 
@@ -105,4 +108,72 @@ def resolve(kind: str, name: object, source: str, allow: tuple[str, ...] = ()) -
     raise GenLIPUserError(
         f"{source} names {kind} class {name!r}, which is not a registered genlip_lit class (refused: loading it "
         f"could run code); register your own with genlip_lit.registry.register(cls)"
+    )
+
+
+# ------------------------------------------------------------------------------------------- checkpoint vetting
+# Class paths a genlip checkpoint holds besides modules and tokenizers: the data module LightningCLI records in
+# `datamodule_hyper_parameters._class_path`, and the function LightningCLI records as `_instantiator`. Only
+# compared as names here: vetting imports nothing.
+_DATA_CLASSES = {"genlip_lit.data.datamodule.GenLIPDataModule", "genlip_lit.data.GenLIPDataModule"}
+_INSTANTIATORS = {"lightning.pytorch.cli.instantiate_module"}
+CLASS_KEYS = ("class_path", "_class_path", "genlip_module_class")
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+# where a bare string may be taken for a class path (LightningCLI parses hyper_parameters with jsonargparse; a
+# tokenizer is rebuilt from its init_args); elsewhere (a compact vocabulary, file paths) strings are only data
+_PARSED = ("hyper_parameters", "datamodule_hyper_parameters", "genlip_tokenizer.init_args")
+_TENSOR_ENTRIES = {"state_dict", "optimizer_states", "state_dict_ema"}  # tensors and numbers only: not walked
+
+
+def _importable_top_level(name: str) -> bool:
+    """Whether the first component of a dotted string names a module Python could import (found, not imported:
+    `find_spec` of a top-level name only asks the path finders)."""
+    import importlib.util
+
+    top = name.split(".", 1)[0]
+    if top in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def vet_class_paths(ckpt: object, source: str, allow: Iterable[str] = ()) -> None:
+    """Refuse a checkpoint that names, anywhere in it, a class or callable this registry does not know.
+
+    One pass over every nested dict and list (hyper-parameters, the tokenizer spec, data module settings,
+    callback states; not the tensors): a `class_path` / `_class_path` / `genlip_module_class` value must be a
+    registered module or tokenizer class (or an alias), genlip's data module, or one of `allow` (the classes the
+    user's own config names); `_instantiator` must be LightningCLI's; and in the hyper-parameters and tokenizer
+    init_args any other string shaped like a dotted Python name whose package exists (`thatmodule.Zen` as a bare
+    tokenizer value, which jsonargparse would import as a class path) is refused too. Run before Lightning or
+    jsonargparse sees the dict; imports nothing."""
+    trusted = {*known("module"), *known("tokenizer"), *_DATA_CLASSES, *allow}
+    stack: list[tuple[str, object]] = [("", ckpt)]
+    while stack:
+        where, node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if not where and key in _TENSOR_ENTRIES:
+                    continue
+                here = f"{where}.{key}" if where else str(key)
+                if key in CLASS_KEYS or key == "_instantiator":
+                    if not isinstance(value, str) or value not in (
+                            _INSTANTIATORS if key == "_instantiator" else trusted):
+                        _refuse(source, here, value)
+                    continue
+                stack.append((here, value))
+        elif isinstance(node, (list, tuple)):
+            stack.extend((f"{where}[{i}]", value) for i, value in enumerate(node))
+        elif isinstance(node, str) and where.startswith(_PARSED) and len(node) < 300 and _DOTTED.fullmatch(node):
+            if node not in trusted and _importable_top_level(node):
+                _refuse(source, where, node)
+
+
+def _refuse(source: str, where: str, name: object) -> None:
+    shown = name if isinstance(name, str) else f"a {type(name).__name__}"
+    raise GenLIPUserError(
+        f"{source} names class {shown!r} at {where}, which is not a registered genlip_lit class (refused: "
+        "loading it could run code); register your own with genlip_lit.registry.register(cls)"
     )

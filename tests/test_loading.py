@@ -157,3 +157,33 @@ def test_resume_with_ckpt_path_loads_weights_only(clean_ckpt, tmp_path) -> None:
     assert main(tiny_fit_args(tmp_path, max_steps=3, extra=extra)) == 0
     (last,) = glob.glob(f"{tmp_path}/runs/*/version_*/checkpoints/last.ckpt")
     assert torch.load(last, weights_only=True)["global_step"] == 3
+
+
+def test_nested_class_paths_are_vetted_before_anything_imports_them(clean_ckpt, tmp_path, capsys, monkeypatch):
+    """At 74076bd `fit --ckpt_path` vetted only the top-level class: a tokenizer class path nested in the
+    hyper-parameters reached jsonargparse, which imported its module (its import-time code ran)."""
+    os.chdir(REPO)
+    marker = tmp_path / "imported"
+    (tmp_path / "thatmodule.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass Zen:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ckpt = torch.load(clean_ckpt, weights_only=True)
+    nested = {**ckpt, "hyper_parameters": {**ckpt["hyper_parameters"], "tokenizer": {"class_path": "thatmodule.Zen"}}}
+    bare = {**ckpt, "hyper_parameters": {**ckpt["hyper_parameters"], "tokenizer": "thatmodule.Zen"}}
+    data = {**ckpt, "datamodule_hyper_parameters": {**ckpt["datamodule_hyper_parameters"],
+                                                    "_class_path": "thatmodule.Zen"}}
+    for name, tampered in (("nested", nested), ("bare", bare), ("data", data)):
+        path = str(tmp_path / f"{name}.ckpt")
+        torch.save(tampered, path)
+        argvs = {
+            "fit --ckpt_path": tiny_fit_args(tmp_path, max_steps=4, extra=[f"--ckpt_path={path}"]),
+            "init_from": tiny_fit_args(tmp_path, max_steps=4, extra=[f"--model.init_args.init_from={path}"]),
+            **{k: v for k, v in _commands(path, tmp_path).items() if k in ("caption", "export", "eval", "probe")},
+        }
+        for command, argv in argvs.items():
+            capsys.readouterr()
+            with pytest.raises(SystemExit) as info:
+                main(argv)
+            err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+            assert info.value.code == 2 and len(err) == 1, (name, command, err)
+            assert err[0].startswith(f"genlip: error: {path} names class 'thatmodule.Zen' at "), (command, err)
+            assert not marker.exists() and "thatmodule" not in __import__("sys").modules, (name, command)

@@ -108,17 +108,34 @@ def check_resume_checkpoint(config: Any) -> None:
     path = sub.get("ckpt_path") if sub is not None else None
     if not path or not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
         return  # none, or Lightning's "last"/"best"/"hpc" (Lightning resolves those; it loads weights-only)
-    ckpt = read_checkpoint(str(path), mmap=True)
+    model = sub.get("model")
+    own = model.get("class_path") if hasattr(model, "get") else None
+    # every class path in the file, nested ones included (a tokenizer's), before jsonargparse parses them
+    ckpt = read_checkpoint(str(path), mmap=True, allow=config_class_paths(sub))
     hparams = ckpt.get("hyper_parameters") or {}
     if not isinstance(hparams, dict):
         raise GenLIPUserError(f"{path}: hyper_parameters is a {type(hparams).__name__}, not a dict")
     class_path = hparams.get("_class_path")
     if class_path is not None:
-        model = sub.get("model")
-        own = model.get("class_path") if hasattr(model, "get") else None
         resolve("module", class_path, str(path), allow=(own,) if isinstance(own, str) else ())
     if "weights_only" in sub and sub.get("weights_only") is None:
         sub["weights_only"] = True
+
+
+def config_class_paths(config: Any) -> set[str]:
+    """Every `class_path` the user's own (parsed) config names: classes the user chose, so trusted by name."""
+    found: set[str] = set()
+    stack = [config.as_dict() if hasattr(config, "as_dict") else config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            value = node.get("class_path")
+            if isinstance(value, str):
+                found.add(value)
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+    return found
 
 
 def resolve_checkpoint(path: str) -> str:
