@@ -50,10 +50,13 @@ CKPT_KEYWORDS = {"last", "best", "hpc", "registry"}
 
 
 class GenLIPArgumentParser(LightningArgumentParser):
-    """Parse errors come back as exceptions (shortened by `main`) instead of a usage block and an exit."""
+    """Parse errors come back as exceptions (shortened by `main`) instead of a usage block and an exit; no
+    abbreviated options (argparse's allow_abbrev would take `--trainer.max_step` for `--trainer.max_steps`: a
+    typo must be an unknown option with its did-you-mean line, never silently another option)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("exit_on_error", False)
+        kwargs["allow_abbrev"] = False
         super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:

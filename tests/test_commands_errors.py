@@ -160,3 +160,14 @@ def test_progress_is_plain_lines_with_counts_when_stderr_is_not_a_terminal(tmp_p
     assert len(lines) == 4 and "ETA" in lines[0] and "2 images (2 kept, 0 skipped)" in lines[0]
     assert lines[-1].startswith("genlip: optimize: done, 3 units in ") and "6 images (6 kept, 0 skipped)" in lines[-1]
     assert "\r" not in captured.err and "genlip: optimize:" not in captured.out  # no animation; not on stdout
+
+
+@pytest.mark.parametrize("argv, prefix, full", [
+    (["export", "--ckp", "c", "--output", "o"], "--ckp", "--ckpt"),
+    (["optimize", "--output", "o", "--num-sample", "3"], "--num-sample", "--num-samples"),
+    (["eval-res", "--ckpt", "c", "--output", "o", "--num-scene=3"], "--num-scene", "--num-scenes"),
+    (["import", "src", "--output", "o", "--overwrit"], "--overwrit", "--overwrite"),
+])
+def test_a_prefix_of_a_flag_is_an_unknown_flag_never_the_flag(argv, prefix, full, capsys) -> None:
+    err = refused(capsys, argv)
+    assert err.startswith(f"genlip: error: {prefix}") and f"did you mean '{full}'?" in err, err

@@ -290,3 +290,12 @@ def test_gpu_recipe_on_a_cpu_machine_is_one_line_naming_the_cpu_config(tmp_path,
     assert lines == ["genlip: error: trainer.accelerator is 'gpu' but this machine has no GPU: on a CPU train your "
                      "own data with experiments/corpus_cpu.yaml (or the embedded data with experiments/quickstart.yaml)"
                      ", or pass --trainer.accelerator cpu"]
+
+
+@pytest.mark.parametrize("typo", [["--trainer.max_step", "10"], ["--trainer.max_step=10"], ["--checkpoint.save_las=1"]])
+def test_a_prefix_of_an_option_is_an_unknown_option_never_the_option(tmp_path, capsys, typo):
+    """At 74076bd argparse's allow_abbrev took `--trainer.max_step 10` for `--trainer.max_steps 10`."""
+    err = _error(capsys, tiny_fit_args(tmp_path, extra=typo))
+    flag = typo[0].split("=")[0]
+    full = {"--trainer.max_step": "--trainer.max_steps", "--checkpoint.save_las": "--checkpoint.save_last"}[flag]
+    assert _error_lines(err)[0].startswith(f"genlip: error: {flag}") and f"did you mean '{full}'?" in err

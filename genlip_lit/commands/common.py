@@ -8,7 +8,7 @@ of its options; flags after it win) and `--print_config`, and shows typed option
     --device auto|cpu|cuda  auto = CUDA when available (also cuda:N)
     --threads N             torch CPU threads (0 = torch's choice)
     --seed N                the random stream a command draws from
-    --output DIR            where a command writes its files
+    --output DIR            where a command writes its files (--overwrite: into a folder it did not write)
 
 Options that take several values (`--ckpt A B`) may also be repeated (`--ckpt A --ckpt B`). Heavy modules (torch,
 Lightning, the model code) are imported inside functions, so `genlip caption --help` stays fast.
@@ -36,6 +36,7 @@ def command_parser(name: str, description: str, config_flag: str = "--config", *
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     kwargs.setdefault("exit_on_error", False)
+    kwargs["allow_abbrev"] = False  # a prefix of an option is an unknown option (with did-you-mean), never the option
     parser = ArgumentParser(prog=f"genlip {name}", description=description, default_env=False, **kwargs)
     parser.add_argument(config_flag, action=ActionConfigFile, help="a YAML file of these options (keys as "
                         "--print_config writes them); flags given after it win")
@@ -61,10 +62,15 @@ def add_threads(parser: Any) -> None:
 
 
 def add_output(parser: Any, required: bool = True, help: str = "output directory") -> None:
+    """`--output DIR` and `--overwrite`: a non-empty DIR this command did not write is refused without it
+    (commands/output.py has the rules, `claim_output` / `staged_output` apply them)."""
+    from genlip_lit.commands.output import add_overwrite
+
     if required:
         parser.add_argument("--output", type=str, required=True, help=help)
     else:
         parser.add_argument("--output", type=str, default=None, help=help)
+    add_overwrite(parser)
 
 
 def merge_repeated(argv: Sequence[str], flags: Sequence[str]) -> list[str]:

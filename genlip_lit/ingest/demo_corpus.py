@@ -132,7 +132,7 @@ def write_demo_corpus(output: str, num_images: int = 200, layouts: tuple[str, ..
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--output", required=True)
     p.add_argument("--num-images", type=int, default=200)
     p.add_argument("--layout", default="all", choices=["all", *LAYOUTS])
