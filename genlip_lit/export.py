@@ -69,13 +69,14 @@ def vision_tower_of(module: Any) -> GenLIP:
     return tower()
 
 
-def export_vision_encoder(ckpt: str, output: str) -> str:
-    """Write DIR/model.safetensors and DIR/config.json; returns the directory."""
+def export_vision_encoder(ckpt: str, output: str, loaded: tuple[Any, dict[str, Any]] | None = None) -> str:
+    """Write DIR/model.safetensors and DIR/config.json; returns the directory. `loaded`: what
+    `load_checkpoint(ckpt)` returned, when the caller loaded it already."""
     from safetensors.torch import save_file
 
     from genlip_lit.modules.loading import load_checkpoint
 
-    module, data_hparams = load_checkpoint(ckpt)
+    module, data_hparams = loaded if loaded is not None else load_checkpoint(ckpt)
     tower = vision_tower_of(module)
     config = dataclasses.replace(tower.cfg, **RUNTIME_FIELDS)
     reference = image_tower(config)  # exactly the parameters the loader will expect

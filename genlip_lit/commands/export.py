@@ -23,18 +23,26 @@ def build_parser() -> Any:
 def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
     from genlip_lit.commands.common import resolve_ckpt
+    from genlip_lit.commands.output import check_output, staged_output
     from genlip_lit.export import export_vision_encoder, load_vision_encoder
     from genlip_lit.progress import progress
 
+    check_output(args.output, "export", args.overwrite)  # before the checkpoint is read
+    from genlip_lit.modules.loading import load_checkpoint
+
     ckpt = resolve_ckpt(args.ckpt)
-    with progress(total=2, description="export", unit="steps") as bar:
-        bar.set_postfix("reading the checkpoint, writing the encoder")
-        out = export_vision_encoder(ckpt, args.output)
+    loaded = load_checkpoint(ckpt)  # a refused checkpoint: its one line, before any progress display
+    # written beside --output and moved there only once loaded back: a refusal leaves no partial export
+    with staged_output(args.output, "export", args.overwrite) as staging, \
+            progress(total=2, description="export", unit="steps") as bar:
+        bar.set_postfix("writing the encoder")
+        export_vision_encoder(ckpt, staging, loaded)
         bar.advance()
         bar.set_postfix("loading it back (a check)")
-        encoder = load_vision_encoder(out)
+        encoder = load_vision_encoder(staging)
         bar.advance()
         bar.set_postfix("")
+    out = args.output
     n = sum(t.numel() for t in encoder.parameters())
     print(f"wrote {out}/model.safetensors ({n / 1e6:.2f}M parameters), {out}/config.json and {out}/README.md")
     with open(os.path.join(out, "config.json")) as f:

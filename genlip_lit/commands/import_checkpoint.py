@@ -53,14 +53,24 @@ def _config_path(directory: Path) -> Path:
 
 
 def import_checkpoint(src: str, output: str, format: str | None = None, tokenizer: str | None = None,
-                      ema: bool = False, ignore_config_keys: Sequence[str] = ()) -> ImportResult:
-    """Convert SRC into DIR/genlip.ckpt (+ tokenizer.json, model.yaml)."""
+                      ema: bool = False, ignore_config_keys: Sequence[str] = (), overwrite: bool = False,
+                      max_bytes: int | None = None) -> ImportResult:
+    """Convert SRC into DIR/genlip.ckpt (+ tokenizer.json, model.yaml).
+
+    Everything that can be judged cheaply is judged before a weight is read or a module built: --output (see
+    commands/output.py), the sizes of config.json and tokenizer.json (`max_bytes` lifts the caps of
+    convert/common.py), the architecture against sane caps, the shard paths (inside SRC), and every weight name
+    and shape against the config (the converter run on meta tensors from the file headers). The result is
+    written beside DIR and moved there whole, so a refusal leaves DIR as it was."""
+    from genlip_lit.commands.output import check_output, staged_output
     from genlip_lit.convert import common, official, open_clip
+    from genlip_lit.data.tokenizer import HFTokenizer
     from genlip_lit.progress import progress
 
+    check_output(output, "import", overwrite)
     directory = common.source_dir(src)
     config_path = _config_path(directory)
-    config = common.read_json(config_path)
+    config = common.read_json(config_path, max_bytes or common.MAX_JSON_BYTES)
     fmt = format or detect_format(config, str(config_path))
     if fmt not in FORMATS:
         raise GenLIPUserError(f"--format must be one of {FORMATS}, got {fmt!r}")
@@ -71,12 +81,14 @@ def import_checkpoint(src: str, output: str, format: str | None = None, tokenize
                 "open_clip's GenLIP reads tiktoken cl100k_base, which needs a download: give a tokenizers JSON "
                 "of cl100k_base")
         raise GenLIPUserError(f"no tokenizer file {tokenizer_file} ({hint}): pass --tokenizer PATH")
+    common.check_size(tokenizer_file, max_bytes or common.MAX_TOKENIZER_BYTES, "tokenizer file")
     if fmt == "official":
         cfg = official.config_from_official(config, str(config_path), ignore)
         text = {"prompt": official.PROMPT, "text_template": official.TEMPLATE, "max_text_len": 512,
                 "caption_max_new_tokens": 256}
         special_ids: dict[str, int] = {}
         preprocessing = official.preprocessing_of(directory)
+        convert = official.convert_official_state
     else:
         cfg = open_clip.config_from_open_clip(config, str(config_path), ignore)
         context = int((open_clip.model_config_of(config).get("text_cfg") or {}).get("context_length", 256))
@@ -84,47 +96,53 @@ def import_checkpoint(src: str, output: str, format: str | None = None, tokenize
                 "caption_max_new_tokens": min(256, context - 2)}
         special_ids = open_clip.special_ids(config)
         preprocessing = open_clip.preprocessing_of(config)
-    with progress(total=3, description="import", unit="steps") as bar:
+        convert = open_clip.convert_open_clip_state
+    common.check_caps(cfg, str(config_path))
+    shapes = common.weight_shapes(src, ema)  # headers only
+    depth = common.stored_depth(shapes)
+    if depth != cfg.depth:
+        raise GenLIPUserError(f"{config_path} describes {cfg.depth} layers, the weights in {src} hold {depth}")
+    convert(shapes, cfg, str(src))  # every name and shape, on the meta device: nothing read, nothing allocated
+    tok = HFTokenizer(str(tokenizer_file), **special_ids)  # read from SRC (size checked), copied only at the end
+    with staged_output(output, "import", overwrite) as staging, \
+            progress(total=3, description="import", unit="steps") as bar:
         bar.set_postfix("reading the weights")
         state, files = common.load_state(src, ema)
         bar.advance()
         bar.set_postfix("converting")
-        convert = official.convert_official_state if fmt == "official" else open_clip.convert_open_clip_state
         weights = convert(state, cfg, str(src))
         bar.advance()
         bar.set_postfix("building the model, writing genlip.ckpt")
-        result = _write(output, src, tokenizer_file, special_ids, cfg, text, weights, fmt, files, config, ema,
-                        preprocessing)
+        result = _write(staging, output, tokenizer_file, tok, cfg, text, weights, fmt, files, config, ema,
+                        preprocessing, src)
         bar.advance()
         bar.set_postfix("")
     return result
 
 
-def _write(output: str, src: str, tokenizer_file: Path, special_ids: dict[str, int], cfg: Any,
-           text: dict[str, Any], weights: dict[str, Any], fmt: str, files: list[str], config: dict[str, Any],
-           ema: bool, preprocessing: Any) -> ImportResult:
-    """DIR/genlip.ckpt, tokenizer.json and model.yaml from converted weights."""
+def _write(staging: str, output: str, tokenizer_file: Path, tok: Any, cfg: Any, text: dict[str, Any],
+           weights: dict[str, Any], fmt: str, files: list[str], config: dict[str, Any], ema: bool,
+           preprocessing: Any, src: str) -> ImportResult:
+    """STAGING/genlip.ckpt, tokenizer.json and model.yaml from converted weights; every path written into
+    them is the final one in `output` (STAGING is moved there)."""
     from genlip_lit.convert import common
-    from genlip_lit.data.tokenizer import HFTokenizer
     from genlip_lit.modules.genlip import GenLIPModule
 
-    os.makedirs(output, exist_ok=True)
-    tokenizer_copy = os.path.abspath(os.path.join(output, "tokenizer.json"))
-    if os.path.abspath(tokenizer_file) != tokenizer_copy:
-        shutil.copyfile(tokenizer_file, tokenizer_copy)
-    tok = HFTokenizer(tokenizer_copy, **special_ids)
+    shutil.copyfile(tokenizer_file, os.path.join(staging, "tokenizer.json"))
+    tok.path = os.path.abspath(os.path.join(output, "tokenizer.json"))  # where the copy will be
     arch, overrides = common.preset_and_overrides(cfg)
     module = GenLIPModule(arch=arch, arch_overrides=overrides, tokenizer=tok, **text)
     module.model.load_state_dict(weights, strict=True)  # names and shapes were checked by the mapping
     provenance = {"format": fmt, "source": os.path.abspath(src), "files": [os.path.abspath(f) for f in files],
                   "config": config, "ema": ema}
-    path = common.write_checkpoint(module.eval(), output, preprocessing, provenance)
-    _write_fit_overlay(output, path, module, tok)
+    common.write_checkpoint(module.eval(), staging, preprocessing, provenance)
+    path = os.path.join(output, common.CHECKPOINT_NAME)
+    _write_fit_overlay(staging, path, module, tok)
     num_params = sum(p.numel() for p in module.parameters())
     return ImportResult(path, fmt, arch, overrides, num_params, text["text_template"])
 
 
-def _write_fit_overlay(output: str, ckpt: str, module: Any, tok: Any) -> None:
+def _write_fit_overlay(directory: str, ckpt: str, module: Any, tok: Any) -> None:
     """DIR/model.yaml: the imported architecture, tokenizer and text format as a `fit` config, weights via
     init_from (compose after a run config: genlip fit --config RUN.yaml --config DIR/model.yaml)."""
     import yaml
@@ -135,9 +153,10 @@ def _write_fit_overlay(output: str, ckpt: str, module: Any, tok: Any) -> None:
     init_args["tokenizer"] = {"class_path": "genlip_lit.data.tokenizer.HFTokenizer", "init_args": tok.init_args()}
     init_args["init_from"] = os.path.abspath(ckpt)
     doc = {"model": {"class_path": "genlip_lit.modules.GenLIPModule", "init_args": init_args}}
-    with open(os.path.join(output, "model.yaml"), "w") as f:
+    with open(os.path.join(directory, "model.yaml"), "w") as f:
+        overlay = os.path.join(os.path.dirname(ckpt), "model.yaml")
         f.write(f"# written by `genlip import`: start a fit from {os.path.abspath(ckpt)}\n"
-                f"#   genlip fit --config experiments/stage2_corpus.yaml --config {os.path.join(output, 'model.yaml')}\n"
+                f"#   genlip fit --config experiments/stage2_corpus.yaml --config {overlay}\n"
                 "# (weights only: optimizer and schedule start fresh; the run config's optimizer settings apply)\n")
         yaml.safe_dump(doc, f, sort_keys=False)
 
@@ -157,6 +176,8 @@ def build_parser() -> Any:
                    "SRC/tokenizer.json; open_clip needs one for cl100k_base)")
     p.add_argument("--ema", action=ActionYesNo, default=False, help="open_clip training checkpoint: take "
                    "state_dict_ema")
+    p.add_argument("--max-bytes", type=str | None, default=None, help="size cap of config.json and "
+                   "tokenizer.json, e.g. 256MiB (null: 4MiB for config files, 64MiB for the tokenizer)")
     p.add_argument("--ignore-config-key", nargs="+", type=str, default=[], help="config keys known not to change "
                    "the architecture (several: --ignore-config-key A B, or repeat the flag)")
     return p
@@ -166,7 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     from genlip_lit.commands.common import parse
 
     args = parse(build_parser(), argv, repeatable=("--ignore-config-key",))
-    res = import_checkpoint(args.src, args.output, args.format, args.tokenizer, args.ema, args.ignore_config_key)
+    from genlip_lit.ingest.safe_read import parse_bytes
+
+    try:
+        max_bytes = parse_bytes(args.max_bytes) if args.max_bytes is not None else None
+    except ValueError as err:
+        raise GenLIPUserError(f"--max-bytes: {err}") from None
+    res = import_checkpoint(args.src, args.output, args.format, args.tokenizer, args.ema, args.ignore_config_key,
+                            args.overwrite, max_bytes)
     print(f"wrote {res.path} ({res.format} checkpoint, {res.num_params / 1e6:.1f}M parameters, arch {res.arch!r} "
           f"+ {len(res.overrides)} overrides, text template {res.text_template!r}), "
           f"{os.path.join(args.output, 'tokenizer.json')} and {os.path.join(args.output, 'model.yaml')}")

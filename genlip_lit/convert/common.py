@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -28,17 +30,52 @@ PREFERRED_WEIGHTS = ("model.safetensors", "open_clip_model.safetensors", "open_c
 _NOT_ARCHITECTURE = {"loss_chunk_tokens", "grad_checkpointing", "compile_blocks"}
 
 
-def read_json(path: str | os.PathLike) -> dict[str, Any]:
+# Size caps, judged from `stat` before a byte is read (`genlip import --max-bytes` lifts both): a config file is a
+# few KB, Qwen3's tokenizer.json 11 MB; a file far beyond that is not one, and reading it costs ~10x its size.
+MAX_JSON_BYTES = 4 * 2**20
+MAX_TOKENIZER_BYTES = 64 * 2**20
+# Architecture caps, checked before anything is built: far above any released model (ViT-22B: depth 48, width
+# 6144; Qwen3's vocabulary 151,669), far below what a hand-edited config.json could ask the meta device to build.
+ARCH_CAPS = {"depth": 1024, "width": 65536, "num_heads": 1024, "ffn_hidden": 1 << 20, "vocab_size": 1 << 23,
+             "text_width": 65536}
+
+
+def check_size(path: str | os.PathLike, max_bytes: int, what: str) -> int:
+    """The size of a regular file `path` if at most `max_bytes`; else one line naming it (nothing is read)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        info = os.stat(path)
     except FileNotFoundError:
         raise GenLIPUserError(f"{path} not found") from None
-    except json.JSONDecodeError as err:
+    except OSError as err:
+        raise GenLIPUserError(f"{path}: cannot read it ({err.strerror or err})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise GenLIPUserError(f"{path} is not a regular file")
+    if info.st_size > max_bytes:
+        raise GenLIPUserError(f"{path} has {info.st_size} bytes, over the {max_bytes}-byte cap for a {what} "
+                              "(--max-bytes lifts it)")
+    return info.st_size
+
+
+def read_json(path: str | os.PathLike, max_bytes: int = MAX_JSON_BYTES) -> dict[str, Any]:
+    """A JSON object from a file no bigger than `max_bytes` (checked before it is read)."""
+    check_size(path, max_bytes, "JSON config file")
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read(max_bytes + 1))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise GenLIPUserError(f"{path} is not valid JSON ({err})") from None
     if not isinstance(data, dict):
         raise GenLIPUserError(f"{path} does not hold a JSON object")
     return data
+
+
+def check_caps(cfg: GenLIPConfig, origin: str) -> None:
+    """Refuse an architecture beyond ARCH_CAPS (one line naming the field) before anything is built."""
+    for name, cap in ARCH_CAPS.items():
+        value = getattr(cfg, name)
+        if value is not None and value > cap:
+            raise GenLIPUserError(f"{origin}: {name} {value} is beyond any GenLIP model (at most {cap}): "
+                                  "not a real checkpoint config")
 
 
 def source_dir(src: str | os.PathLike) -> Path:
@@ -67,9 +104,9 @@ def _read_safetensors(files: Iterable[Path]) -> dict[str, Tensor]:
     return state
 
 
-def _read_torch_file(file: Path, ema: bool) -> dict[str, Tensor]:
+def _read_torch_file(file: Path, ema: bool, mmap: bool = False) -> dict[str, Tensor]:
     try:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
+        obj = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # pickles that need code (or are not checkpoints) are refused, not run
         raise GenLIPUserError(f"{file} does not load with torch.load(weights_only=True) "
                               f"({type(err).__name__}): convert it to safetensors first") from None
@@ -87,40 +124,109 @@ def _read_torch_file(file: Path, ema: bool) -> dict[str, Tensor]:
     return dict(obj)
 
 
+def _source_roots(directory: Path) -> tuple[str, ...]:
+    """Where files read for SRC may lie: SRC itself; for a Hugging Face cache snapshot (…/snapshots/REV) also
+    the cache's blobs/ folder, which its file links point to."""
+    roots = [os.path.realpath(directory)]
+    absolute = Path(os.path.abspath(directory))
+    if absolute.parent.name == "snapshots":
+        roots.append(os.path.realpath(absolute.parent.parent / "blobs"))
+    return tuple(roots)
+
+
+def _inside_source(file: Path, directory: Path, origin: str) -> Path:
+    """`file` (in SRC) unless a symlink takes it outside SRC: then one line naming both."""
+    from genlip_lit.ingest.safe_read import is_inside
+
+    if not is_inside(str(file), _source_roots(directory)):
+        raise GenLIPUserError(f"{origin}: {file} leads to {os.path.realpath(file)}, outside {directory}: the "
+                              "weights must be files inside the checkpoint directory")
+    return file
+
+
+def _shard_path(directory: Path, name: object, index: Path) -> Path:
+    """A shard named by the index: a plain relative path below SRC (no absolute name, no `..`, no link out)."""
+    if (not isinstance(name, str) or not name or os.path.isabs(name) or name.startswith(("/", "\\"))
+            or re.match(r"^[A-Za-z]:", name) or ".." in re.split(r"[/\\]", name)):
+        raise GenLIPUserError(f"{index} names shard {name!r}: shards must be files inside {directory} "
+                              "(no absolute path, no '..')")
+    file = directory / name
+    if not file.is_file():
+        raise GenLIPUserError(f"{index} names shard {name}, which is not in {directory}")
+    return _inside_source(file, directory, str(index))
+
+
+def weight_files(src: str | os.PathLike) -> tuple[list[Path], dict[str, Any] | None]:
+    """The weights files of a checkpoint (SRC a directory or one weights file) and, for shards, the index's
+    weight_map; every file checked to lie inside SRC. Nothing is read but the index."""
+    path = Path(src).expanduser()
+    if path.is_file():
+        return [path], None
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise GenLIPUserError(f"{index} has no weight_map")
+        names = sorted(set(weight_map.values()), key=str)
+        return [_shard_path(path, name, index) for name in names], weight_map
+    preferred = [path / n for n in PREFERRED_WEIGHTS if (path / n).is_file()]
+    files = preferred[:1] or sorted(path.glob("*.safetensors"))
+    if not files:
+        files = sorted(p for ext in ("*.pt", "*.pth", "*.bin") for p in path.glob(ext))
+    if len(files) != 1:
+        what = "no weights file" if not files else f"several weights files ({', '.join(f.name for f in files)})"
+        raise GenLIPUserError(f"{path} holds {what}: name the file (SRC may be a weights file)")
+    return [_inside_source(files[0], path, str(path))], None
+
+
+def _check_listed(keys: Iterable[str], weight_map: dict[str, Any] | None, files: list[Path]) -> None:
+    if weight_map is not None:
+        unlisted = sorted(set(keys) - set(weight_map))
+        if unlisted:
+            raise GenLIPUserError(f"shards hold tensor {unlisted[0]!r}, which "
+                                  f"{files[0].parent / 'model.safetensors.index.json'} does not list")
+
+
 def load_state(src: str | os.PathLike, ema: bool = False) -> tuple[dict[str, Tensor], list[str]]:
     """All tensors of a checkpoint (single or sharded safetensors with an index, or a weights-only torch file)
     and the files read. SRC is a directory or one weights file."""
-    path = Path(src).expanduser()
-    if path.is_file():
-        files = [path]
-    else:
-        index = path / "model.safetensors.index.json"
-        if index.is_file():
-            weight_map = read_json(index).get("weight_map")
-            if not isinstance(weight_map, dict) or not weight_map:
-                raise GenLIPUserError(f"{index} has no weight_map")
-            files = [path / name for name in sorted(set(weight_map.values()))]
-            missing = [f.name for f in files if not f.is_file()]
-            if missing:
-                raise GenLIPUserError(f"{index} names shard {missing[0]}, which is not in {path}")
-            state = _read_safetensors(files)
-            unlisted = sorted(set(state) - set(weight_map))
-            if unlisted:
-                raise GenLIPUserError(f"shards hold tensor {unlisted[0]!r}, which {index.name} does not list")
-            return state, [str(f) for f in files]
-        preferred = [path / n for n in PREFERRED_WEIGHTS if (path / n).is_file()]
-        files = preferred[:1] or sorted(path.glob("*.safetensors"))
-        if not files:
-            files = sorted(p for ext in ("*.pt", "*.pth", "*.bin") for p in path.glob(ext))
-        if len(files) != 1:
-            what = "no weights file" if not files else f"several weights files ({', '.join(f.name for f in files)})"
-            raise GenLIPUserError(f"{path} holds {what}: name the file (SRC may be a weights file)")
+    files, weight_map = weight_files(src)
     file = files[0]
-    if file.suffix == ".safetensors":
+    if weight_map is not None or file.suffix == ".safetensors":
         if ema:
             raise GenLIPUserError(f"{file} is a safetensors file: it holds no separate EMA weights")
-        return _read_safetensors(files), [str(file)]
+        state = _read_safetensors(files)
+        _check_listed(state, weight_map, files)
+        return state, [str(f) for f in files]
     return _read_torch_file(file, ema), [str(file)]
+
+
+def weight_shapes(src: str | os.PathLike, ema: bool = False) -> dict[str, Tensor]:
+    """The checkpoint's tensors as meta tensors (names and shapes, no data): from the safetensors headers
+    alone, or a torch file opened memory-mapped. A converter run on them checks every name and shape before
+    any weight is read or any module built."""
+    from genlip_lit.export import safetensors_shapes
+
+    files, weight_map = weight_files(src)
+    if weight_map is None and files[0].suffix != ".safetensors":
+        import zipfile
+
+        state = _read_torch_file(files[0], ema, mmap=zipfile.is_zipfile(files[0]))  # (legacy files: no mmap)
+        return {k: torch.empty(tuple(v.shape), dtype=v.dtype, device="meta") for k, v in state.items()}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        for key, shape in safetensors_shapes(str(file)).items():
+            if key in shapes:
+                raise GenLIPUserError(f"{file}: tensor {key!r} also appears in another shard")
+            shapes[key] = shape
+    _check_listed(shapes, weight_map, files)
+    return {k: torch.empty(shape, device="meta") for k, shape in shapes.items()}
+
+
+def stored_depth(shapes: Iterable[str]) -> int:
+    """How many transformer layers the weights hold (distinct i in `….layers.{i}.…`)."""
+    found = {int(m.group(1)) for key in shapes for m in [re.search(r"(?:^|\.)layers\.(\d+)\.", key)] if m}
+    return len(found)
 
 
 class StateMapper:
