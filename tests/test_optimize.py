@@ -102,7 +102,7 @@ def test_a_stopped_run_names_the_exact_command_that_finishes_it(tmp_path, monkey
 
     monkeypatch.setattr(corpus, "process_unit", stopping)
     monkeypatch.chdir(tmp_path)
-    argv = ["--input", "in", "--output", "out dir", "--over", "--max-side", "24", "--num-workers", "1"]
+    argv = ["--input", "in", "--output", "out dir", "--overwrite", "--max-side", "24", "--num-workers", "1"]
     with pytest.raises(IngestStopped) as info:
         opt.main(argv)
     command = "genlip optimize --input in --output 'out dir' --max-side 24 --num-workers 1 --resume"
@@ -111,7 +111,7 @@ def test_a_stopped_run_names_the_exact_command_that_finishes_it(tmp_path, monkey
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler was only there during the run
     # a plain rerun says the same; the command itself finishes the run
     monkeypatch.setattr(corpus, "process_unit", real)
-    plain = [a for a in argv if a != "--over"]
+    plain = [a for a in argv if a != "--overwrite"]
     with pytest.raises(GenLIPUserError, match=re.escape(f"finish it with `{command}`")):
         opt.main(plain)
     assert opt.main(shlex.split(command)[2:]) == 0
@@ -120,10 +120,9 @@ def test_a_stopped_run_names_the_exact_command_that_finishes_it(tmp_path, monkey
 
 
 def test_resume_command_drops_mode_flags_in_any_spelling() -> None:
-    parser = opt.build_parser()
-    assert opt.resume_command(["--input", "a b", "--output=o", "--append"], parser) == \
+    assert opt.resume_command(["--input", "a b", "--output=o", "--append"]) == \
         "genlip optimize --input 'a b' --output=o --resume"
-    assert opt.resume_command(["--ov", "--input", "x", "--output", "o", "--res"], parser) == \
+    assert opt.resume_command(["--overwrite", "--input", "x", "--output", "o", "--no_append"]) == \
         "genlip optimize --input x --output o --resume"
 
 
@@ -155,7 +154,7 @@ def test_a_config_file_sets_options_and_the_resume_command_overrides_its_mode(tm
     with pytest.raises(GenLIPUserError, match="--overwrite and --resume exclude each other"):
         opt.main(["--config", str(config), "--resume"])
     # a mode set in the config is switched off on the line that finishes an interrupted run
-    command = opt.resume_command(["--config", str(config), "--input", "in"], opt.build_parser())
+    command = opt.resume_command(["--config", str(config), "--input", "in"])
     assert command == f"genlip optimize --config {config} --input in --no_overwrite --no_append --resume"
     args = opt.build_parser().parse_args(shlex.split(command)[2:])
     assert (args.overwrite, args.append, args.resume) == (False, False, True)

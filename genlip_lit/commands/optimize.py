@@ -63,7 +63,7 @@ SMALL_VAL = 50  # held-out images below which an evaluation's figure is noise mo
 
 
 def build_parser() -> Any:
-    """The jsonargparse parser (abbreviated flags such as `--over` keep working, as they did with argparse)."""
+    """The jsonargparse parser (no abbreviated flags: `--over` is an unknown option, see commands/common.py)."""
     from jsonargparse import ActionYesNo
 
     from genlip_lit.data.shards import DEFAULT_CHUNK_BYTES
@@ -199,20 +199,12 @@ def run_corpus(args: Any, resume_command: str | None = None) -> dict[str, Any]:
                            resume_command=resume_command)
 
 
-def resume_command(argv: Sequence[str], parser: Any) -> str:
+def resume_command(argv: Sequence[str]) -> str:
     """The command line that finishes the run `argv` starts: the same arguments, --resume instead of a mode flag
-    (abbreviations count: `--over` is --overwrite). A mode set in a --config file is switched off on the line."""
-    options = [o for o in parser._option_string_actions if o.startswith("--")]
+    (as spelt in full: the parser takes no abbreviations). A mode set in a --config file is switched off on the
+    line."""
     modes = {*MODE_FLAGS, *(f"--no_{flag[2:]}" for flag in MODE_FLAGS)}
-    kept = []
-    for token in argv:
-        name = token.split("=", 1)[0]
-        if name.startswith("--") and len(name) > 2:
-            matches = [o for o in options if o.startswith(name)]
-            full = name if name in options else matches[0] if len(matches) == 1 else None
-            if full in modes:
-                continue
-        kept.append(token)
+    kept = [token for token in argv if token.split("=", 1)[0] not in modes]
     from genlip_lit.commands.common import config_files
 
     off = ["--no_overwrite", "--no_append"] if config_files(kept) else []
@@ -253,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         from genlip_lit.ingest.corpus import summary_line
 
         with _sigterm_as_interrupt():
-            report = run_corpus(args, resume_command(argv, parser))
+            report = run_corpus(args, resume_command(argv))
         print(summary_line(report, out))
         val = report["kept"]["val"]
         if 0 < val < SMALL_VAL:  # e.g. 200 images at the default 1%: every evaluation would score on 2 of them
