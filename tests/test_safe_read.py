@@ -178,3 +178,29 @@ def test_sparse_tar_member_over_the_cap_is_never_inflated(tmp_path) -> None:
     # a normal member over a small cap is refused the same way
     small = WebDatasetSource([str(path)], limits=ReadLimits(max_bytes=100))
     assert [r.error_reason for r in small.read(Unit(str(path)))] == ["too_many_bytes", "too_many_bytes"]
+
+
+def test_a_member_declaring_100_gb_in_a_plain_tar_file_is_skipped_by_seeking(tmp_path) -> None:
+    """At 74076bd the member was skipped correctly but read through (147 s for 100 GB of holes): a file-backed
+    plain tar is read seekable, so skipping it is one seek."""
+    import time
+
+    declared = 100 * 10**9
+    path = tmp_path / "00000.tar"
+    with open(path, "wb") as fh:
+        big = tarfile.TarInfo("000000001.jpg")
+        big.size = declared
+        fh.write(big.tobuf(format=tarfile.GNU_FORMAT))
+        fh.seek(-(-declared // 512) * 512, os.SEEK_CUR)  # the member's data: a hole, never written
+        with tarfile.open(fileobj=fh, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for name, data in (("000000001.txt", b"huge"), ("000000002.jpg", _jpeg()), ("000000002.txt", b"fine")):
+                member = tarfile.TarInfo(name)
+                member.size = len(data)
+                tar.addfile(member, io.BytesIO(data))
+    assert os.path.getsize(path) > declared and os.stat(path).st_blocks * 512 < 10**6  # sparse on disk
+    start = time.perf_counter()
+    records = list(WebDatasetSource([str(path)]).read(Unit(str(path))))
+    assert time.perf_counter() - start < 5
+    assert [(r.key, r.error_reason if r.image is None else r.caption) for r in records] == [
+        ("00000.tar/000000001", "too_many_bytes"), ("00000.tar/000000002", b"fine")]
+    assert f"declares {declared} bytes" in records[0].error

@@ -274,7 +274,7 @@ class WebDatasetSource(_SidecarCaptions, Source):
         too_big: str | None = None
         cap = self.limits.max_bytes
         try:
-            with tarfile.open(unit.path, mode="r|*") as tar:  # streaming mode: one pass, no seeking
+            with tarfile.open(unit.path, mode=_tar_mode(unit.path)) as tar:
                 for member in tar:
                     if not member.isfile():
                         continue
@@ -296,6 +296,21 @@ class WebDatasetSource(_SidecarCaptions, Source):
         if not _ends_like_a_tar(unit.path):
             # cut at a member boundary, tarfile just sees a shorter archive: the missing end marker tells
             raise ShardReadError(unit.path, EOFError("no end-of-archive marker: the file is truncated"))
+
+
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz
+
+
+def _tar_mode(path: str) -> str:
+    """`r:` for a plain tar file: tarfile then seeks over the members it skips, so a member declaring 100 GB
+    over --max-bytes costs a seek, not a 100 GB read. A compressed shard cannot seek (a seek decompresses up
+    to the target anyway): one streaming pass, `r|*`."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+    except OSError:
+        return "r|*"  # the open below names the error
+    return "r|*" if head.startswith(_COMPRESSED_MAGIC) else "r:"
 
 
 def _ends_like_a_tar(path: str) -> bool:
