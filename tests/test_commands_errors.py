@@ -171,3 +171,48 @@ def test_progress_is_plain_lines_with_counts_when_stderr_is_not_a_terminal(tmp_p
 def test_a_prefix_of_a_flag_is_an_unknown_flag_never_the_flag(argv, prefix, full, capsys) -> None:
     err = refused(capsys, argv)
     assert err.startswith(f"genlip: error: {prefix}") and f"did you mean '{full}'?" in err, err
+
+
+OUTPUT_COMMANDS = {  # every command with --output; "O" is replaced by the directory under test
+    "export": ["export", "--ckpt", "c", "--output", "O"],
+    "import": ["import", "src", "--output", "O"],
+    "eval": ["eval", "--ckpt", "c", "--config", "EVAL", "--output", "O"],
+    "probe": ["probe", "--ckpt", "c", "--data", "DATA", "--output", "O"],
+    "eval-res": ["eval-res", "--ckpt", "c", "--output", "O"],
+    "compare": ["compare", "a.yaml", "--output", "O"],
+    "llm-probe": ["llm-probe", "--encoder", "e", "--output", "O"],
+    "caption": ["caption", "--ckpt", "c", "a.png", "--output", "O"],
+    "caption-eval": ["caption-eval", "--ckpt", "c", "--output", "O"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(OUTPUT_COMMANDS))
+def test_an_output_the_command_did_not_write_is_refused_before_any_work(name, tmp_path, capsys) -> None:
+    """At 74076bd `export --output DIR` replaced a user's README.md and config.json, `import` a genlip.ckpt; an
+    --output that was a file gave a FileExistsError traceback."""
+    import json
+    import os
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "data").mkdir()
+
+    def argv(output) -> list[str]:
+        swap = {"O": str(output), "EVAL": os.path.join(repo, "experiments", "eval.yaml"), "DATA": str(tmp_path / "data")}
+        return [swap.get(a, a) for a in OUTPUT_COMMANDS[name]]
+
+    (tmp_path / "file").write_text("x")
+    err = refused(capsys, argv(tmp_path / "file"))
+    assert err == f"genlip: error: --output {tmp_path / 'file'}: is a file, not a directory: name a directory " \
+                  "(new or empty)"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    err = refused(capsys, argv(mine))
+    assert err == f"genlip: error: --output {mine}: the directory is not empty (notes.txt) and genlip {name} did " \
+                  "not write it: choose a new directory, or pass --overwrite to write into it"
+    other = "export" if name != "export" else "import"
+    (mine / ".genlip_output.json").write_text(json.dumps({"command": other, "files": []}))
+    assert f"(written by genlip {other})" in refused(capsys, argv(mine))
+    assert (mine / "notes.txt").read_text() == "mine"
+    err = refused(capsys, [*argv(mine), "--overwrite"])  # lifted: the command goes on to its next check
+    assert "--output" not in err.split(":")[1]

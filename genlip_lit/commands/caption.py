@@ -86,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     from genlip_lit.ingest.safe_read import parse_bytes
 
     at_least("--batch-size", args.batch_size, 1)
+    if args.output:
+        from genlip_lit.commands.output import check_output
+
+        check_output(args.output, "caption", args.overwrite)  # before the inputs are listed or a model loads
     at_least("--max-pixels", args.max_pixels, 1)
     try:
         max_bytes = parse_bytes(args.max_bytes)
@@ -97,9 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from genlip_lit.commands.common import load_module, torch_threads
+    from genlip_lit.commands.output import claim_output
 
     with torch_threads(args.threads):
         module, preprocessing, _ = load_module(args.ckpt, args.device)
+        if args.output:
+            claim_output(args.output, "caption", args.overwrite)
         if not module.is_generative:
             raise GenLIPUserError(f"checkpoint {args.ckpt} holds a {type(module).__name__}, which does not "
                                   "generate captions")
@@ -129,7 +136,7 @@ def caption_files(files: list[str], transform: Any, caption: Any, batch_size: in
     # that writes to stderr, which would take results out of `genlip caption ... > captions.tsv`.
     results = sys.stdout
     table = None
-    if output:
+    if output:  # (created and marked by main: commands/output.py)
         os.makedirs(output, exist_ok=True)
         table = open(os.path.join(output, "captions.tsv"), "w", encoding="utf-8")  # noqa: SIM115 - closed below
     captioned = skipped = 0

@@ -44,10 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     from genlip_lit.commands.common import load_module, torch_threads
+    from genlip_lit.commands.output import check_output, claim_output
     from genlip_lit.errors import GenLIPUserError
     from genlip_lit.eval.captions import evaluate_scene_captions, scene_config_of
     from genlip_lit.eval.tables import write_json
 
+    if args.output:
+        check_output(args.output, "caption-eval", args.overwrite)
     with torch_threads(args.threads):
         module, preprocessing, data_hparams = load_module(args.ckpt, args.device)
         if not module.is_generative:
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             for ex in res["examples"]:
                 print(f"    ref: {ex['reference']}\n    gen: {ex['generated']}")
     if args.output:
-        os.makedirs(args.output, exist_ok=True)
+        claim_output(args.output, "caption-eval", args.overwrite)
         write_json(os.path.join(args.output, "caption_eval.json"), results)
         print(f"wrote {os.path.join(args.output, 'caption_eval.json')}")
     return 0

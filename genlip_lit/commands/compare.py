@@ -221,12 +221,14 @@ def main(argv: list[str] | None = None) -> int:
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1 :]
     args = parse(build_parser(), argv, repeatable=("--rerun",))
+    from genlip_lit.commands.output import check_output, claim_output
+
+    check_output(args.output, "compare", args.overwrite)
     specs = plan_runs(args.configs, args.base, args.max_steps, extra)
     unknown = sorted(set(args.rerun) - {s.name for s in specs})
     if unknown:
         raise GenLIPUserError(f"--rerun names no run of this comparison: {unknown}; runs: {[s.name for s in specs]}")
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
+    output = Path(claim_output(args.output, "compare", args.overwrite))  # a rerun resumes its own runs/
     results = run_all(specs, output, set(args.rerun), [sys.executable, "-m", "genlip_lit.cli"])
 
     from genlip_lit.eval.compare_report import write_reports

@@ -110,14 +110,19 @@ def main(argv: list[str] | None = None) -> int:
         raise GenLIPUserError("no evaluations: list them under `evaluations:` in --config (see experiments/eval.yaml)")
     check_data_dirs(args.data)
     from genlip_lit.commands.common import beside_checkpoint, load_module, resolve_ckpt, torch_threads
+    from genlip_lit.commands.output import check_output, claim_output
     from genlip_lit.eval.data import DataModuleView
     from genlip_lit.eval.report import run_evaluations
 
+    if args.output:
+        check_output(args.output, "eval", args.overwrite)  # before the (slower) checkpoint and data load
     ckpt = resolve_ckpt(args.ckpt)
+    output = args.output or beside_checkpoint(ckpt, "eval")
+    check_output(output, "eval", args.overwrite)
     with torch_threads(args.threads):
         module, _, data_hparams = load_module(ckpt, args.device)
         datamodule = build_datamodule(module, data_hparams, args.data)
-        output = args.output or beside_checkpoint(ckpt, "eval")
+        claim_output(output, "eval", args.overwrite)
         report = run_evaluations(module, evaluations, DataModuleView(datamodule, module.device), output)
     for name, entry in report["evaluations"].items():
         shown = {k: v for k, v in entry["scalars"].items() if "/layer" not in k}

@@ -120,6 +120,7 @@ def _run(args: Any) -> int:
     import torch
 
     from genlip_lit.commands.common import load_module, resolve_ckpt
+    from genlip_lit.commands.output import check_output, claim_output
     from genlip_lit.data.synthetic import SceneConfig
     from genlip_lit.eval.resolution import CellOptions, evaluate_cell, model_patch_size
     from genlip_lit.eval.resolution_io import (
@@ -131,6 +132,7 @@ def _run(args: Any) -> int:
         write_outputs,
     )
 
+    check_output(args.output, "eval-res", args.overwrite)  # before the checkpoints load
     paths = [resolve_ckpt(p) for p in args.ckpt]
     names = _names(paths, args.name)
     loaded = [load_module(p, args.device) for p in paths]
@@ -147,8 +149,7 @@ def _run(args: Any) -> int:
         raise GenLIPUserError(f"scene options: {err}") from None
     opts = CellOptions(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, examples=args.examples,
                        attentive_epochs=args.attentive_epochs, readout_k=args.readout_k, patch_size=scene_patch)
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
+    output = Path(claim_output(args.output, "eval-res", args.overwrite))
     probe_seed = args.seed + PROBE_SEED_OFFSET
     t0 = time.perf_counter()
     scenes = make_scenes(args.seed, args.num_scenes, config)

@@ -45,15 +45,18 @@ def build_parser() -> Any:
 def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv, repeatable=("--encoder",))
     from genlip_lit.commands.common import device, torch_threads
+    from genlip_lit.commands.output import check_output, claim_output
     from genlip_lit.eval.llm_loading import data_root
     from genlip_lit.eval.llm_probe import ProbeSettings, run_probe
 
+    check_output(args.output, "llm-probe", args.overwrite)  # before the encoders and the LM load
     if args.data is not None:
         data_root(args.data)  # a wrong --data fails before encoders and the LM load
 
     settings = ProbeSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lm_lr=args.lm_lr,
                              num_eval=args.num_eval, seed=args.seed, tune_lm=args.tune_lm)
     with torch_threads(args.threads):
+        claim_output(args.output, "llm-probe", args.overwrite)
         result = run_probe(args.encoder, args.lm, args.output, args.data, settings, args.prompt,
                            args.max_caption_tokens, device(args.device))
     with open(os.path.join(args.output, "table.md"), encoding="utf-8") as fh:

@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         raise GenLIPUserError(f"--data {args.data}: no such directory (an ImageFolder, or labelled shards from "
                               "`genlip optimize`)")
     from genlip_lit.commands.common import load_module, torch_threads
+    from genlip_lit.commands.output import check_output, claim_output
+
+    if args.output:
+        check_output(args.output, "probe", args.overwrite)
     from genlip_lit.eval.data import labelled_view
     from genlip_lit.eval.evaluations import probe_evaluation
 
@@ -67,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.output:
         from genlip_lit.eval.tables import fmt, write_json, write_table
 
+        claim_output(args.output, "probe", args.overwrite)
         header, raw = result.tables["probe/table"]
         shown = [[label, *(fmt(v, "pct", "-") for v in values)] for label, *values in raw]
         footer = result.texts["probe/table"].splitlines()[-1:]
