@@ -118,7 +118,8 @@ def resolve(kind: str, name: object, source: str, allow: tuple[str, ...] = ()) -
 _DATA_CLASSES = {"genlip_lit.data.datamodule.GenLIPDataModule", "genlip_lit.data.GenLIPDataModule"}
 _INSTANTIATORS = {"lightning.pytorch.cli.instantiate_module"}
 CLASS_KEYS = ("class_path", "_class_path", "genlip_module_class")
-_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+# `pkg.mod.Class`: a dotted name ending in a capitalised class name (file names such as `tokenizer.json` are not)
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\.[A-Z]\w*")
 # where a bare string may be taken for a class path (LightningCLI parses hyper_parameters with jsonargparse; a
 # tokenizer is rebuilt from its init_args); elsewhere (a compact vocabulary, file paths) strings are only data
 _PARSED = ("hyper_parameters", "datamodule_hyper_parameters", "genlip_tokenizer.init_args")
@@ -146,7 +147,7 @@ def vet_class_paths(ckpt: object, source: str, allow: Iterable[str] = ()) -> Non
     callback states; not the tensors): a `class_path` / `_class_path` / `genlip_module_class` value must be a
     registered module or tokenizer class (or an alias), genlip's data module, or one of `allow` (the classes the
     user's own config names); `_instantiator` must be LightningCLI's; and in the hyper-parameters and tokenizer
-    init_args any other string shaped like a dotted Python name whose package exists (`thatmodule.Zen` as a bare
+    init_args any other string shaped like a dotted class name whose package exists (`thatmodule.Zen` as a bare
     tokenizer value, which jsonargparse would import as a class path) is refused too. Run before Lightning or
     jsonargparse sees the dict; imports nothing."""
     trusted = {*known("module"), *known("tokenizer"), *_DATA_CLASSES, *allow}

@@ -144,3 +144,52 @@ def test_a_file_cannot_mark_its_own_weights_verified(tmp_path) -> None:
     good["state_dict"] = dict(nan)  # another object: checked again
     with pytest.raises(GenLIPUserError, match="do not match"):
         verify_weights(good, "good.ckpt")
+
+
+def test_every_class_path_anywhere_in_a_checkpoint_is_vetted_without_importing_it(tmp_path, monkeypatch) -> None:
+    marker = tmp_path / "imported"
+    (tmp_path / "thatmodule.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass Zen: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    clean = {  # what `genlip fit` writes (LightningCLI's private keys included)
+        "state_dict": {"w": torch.ones(2)},
+        "genlip_module_class": "genlip_lit.modules.genlip.GenLIPModule",
+        "hyper_parameters": {"_class_path": "genlip_lit.modules.GenLIPModule", "arch": "tiny",
+                             "_instantiator": "lightning.pytorch.cli.instantiate_module",
+                             "tokenizer": {"class_path": "genlip_lit.data.tokenizer.HFTokenizer",
+                                           "init_args": {"path": "tokenizer.json"}}},
+        "datamodule_hyper_parameters": {"_class_path": "genlip_lit.data.datamodule.GenLIPDataModule",
+                                        "data_dir": "data.Train", "cache_dir": "/tmp/x"},
+        "genlip_tokenizer": {"class_path": "genlip_lit.data.tokenizer.OpenCLIPTokenizer", "init_args": {},
+                             "state": {"words": ["subprocess.Popen", "os.system"]}},  # data, never a class
+    }
+    registry.vet_class_paths(clean, "clean.ckpt")
+    hostile = {
+        "hyper_parameters.tokenizer.class_path": lambda c: c["hyper_parameters"]["tokenizer"].update(
+            class_path="thatmodule.Zen"),
+        "hyper_parameters.tokenizer": lambda c: c["hyper_parameters"].update(tokenizer="thatmodule.Zen"),
+        "hyper_parameters.extra[1].class_path": lambda c: c["hyper_parameters"].update(
+            extra=[1, {"class_path": "thatmodule.Zen"}]),
+        "hyper_parameters._instantiator": lambda c: c["hyper_parameters"].update(_instantiator="thatmodule.Zen"),
+        "datamodule_hyper_parameters._class_path": lambda c: c["datamodule_hyper_parameters"].update(
+            _class_path="thatmodule.Zen"),
+        "callbacks.X.class_path": lambda c: c.update(callbacks={"X": {"class_path": "thatmodule.Zen"}}),
+        "genlip_module_class": lambda c: c.update(genlip_module_class="thatmodule.Zen"),
+    }
+    import copy
+
+    for where, change in hostile.items():
+        ckpt = copy.deepcopy(clean)
+        change(ckpt)
+        with pytest.raises(GenLIPUserError) as info:
+            registry.vet_class_paths(ckpt, "h.ckpt")
+        assert str(info.value).startswith(f"h.ckpt names class 'thatmodule.Zen' at {where}, which is not a "
+                                          "registered genlip_lit class"), str(info.value)
+        if "_instantiator" not in where:  # a class the user's own config names is trusted by name
+            registry.vet_class_paths(ckpt, "h.ckpt", allow=("thatmodule.Zen",))
+    path = tmp_path / "nested.ckpt"
+    ckpt = copy.deepcopy(clean)
+    hostile["hyper_parameters.tokenizer.class_path"](ckpt)
+    torch.save(ckpt, path)
+    with pytest.raises(GenLIPUserError, match="thatmodule.Zen"):
+        read_checkpoint(str(path))  # every reader vets
+    assert not marker.exists() and "thatmodule" not in __import__("sys").modules

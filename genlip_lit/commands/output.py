@@ -120,7 +120,7 @@ def staged_output(path: str, command: str, overwrite: bool = False) -> Iterator[
     Checked first (check_output). An exception in the block removes the temporary directory and leaves `path`
     untouched (not even created)."""
     check_output(path, command, overwrite)
-    target = os.path.abspath(path)
+    target = os.path.realpath(path) if os.path.islink(path) else os.path.abspath(path)  # (a link: its folder)
     parent = os.path.dirname(target)
     try:
         os.makedirs(parent, exist_ok=True)

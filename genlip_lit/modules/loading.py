@@ -160,8 +160,13 @@ def load_initial_weights(module: Any, path: str) -> str:
     name and shape, and the tokenizer must be the one the weights were trained with (the token ids index the
     embedding and the LM head); a mismatch is an error naming it, never a partial load.
     """
+    from genlip_lit.registry import class_path
+
     file = resolve_checkpoint(path)
-    ckpt = read_checkpoint(file)
+    tokenizer = getattr(module, "tokenizer", None)
+    # the classes of the module being built are the user's choice: trusted by name, like their config's
+    own = {class_path(type(module)), *([class_path(type(tokenizer))] if tokenizer is not None else [])}
+    ckpt = read_checkpoint(file, allow=own)
     verify_weights(ckpt, file)
     state = ckpt["state_dict"]
     ours = module.state_dict()
@@ -176,7 +181,6 @@ def load_initial_weights(module: Any, path: str) -> str:
         )
         raise GenLIPUserError(f"{file} does not fit this model ({details}): use the same arch and arch_overrides")
     spec = ckpt.get("genlip_tokenizer")
-    tokenizer = getattr(module, "tokenizer", None)
     if spec is not None and tokenizer is not None and spec["state"] != tokenizer.state_dict():
         raise GenLIPUserError(
             f"{file} was trained with another tokenizer vocabulary than this model's: use the same tokenizer "
