@@ -86,7 +86,8 @@ def quickstart(seeds: list[int], out: Path, config: str, reuse_cache: bool) -> l
         fit = [*GENLIP, "fit", "--config", config, "--seed_everything", str(seed),
                "--trainer.logger.init_args.save_dir", str(out), "--trainer.logger.init_args.version", f"seed{seed}"]
         wall, cpu = _run(fit, env, out / f"fit_seed{seed}.log")
-        _run([*GENLIP, "caption-eval", "--ckpt", str(run_dir), "--objects", "1", "2", "3", "--output", str(run_dir)],
+        _run([*GENLIP, "caption-eval", "--ckpt", str(run_dir), "--objects", "1", "2", "3", "--output", str(run_dir),
+              "--overwrite"],  # beside the run's own files
              env, out / f"caption_eval_seed{seed}.log")
         accuracy = {r["objects_per_scene"]: 100 * r["object_accuracy"]
                     for r in json.loads((run_dir / "caption_eval.json").read_text())}

@@ -132,7 +132,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     if args.objects:
         result_file = out_dir / "caption_eval.json"
         caption_eval_main(["--ckpt", str(ckpt), "--objects", *map(str, args.objects),
-                           "--num-scenes", str(args.num_scenes), "--output", str(out_dir)])
+                           "--num-scenes", str(args.num_scenes), "--output", str(out_dir), "--overwrite"])
         for res in json.loads(result_file.read_text()):
             accuracy[str(res["objects_per_scene"])] = round(100 * res["object_accuracy"], 1)
     eval_cpu = time.process_time() - e0
