@@ -108,6 +108,7 @@ class GenLIPCLI(LightningCLI):
         config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
         check_output_dirs(config)
         check_accelerator(config)
+        check_data_dirs(config)  # before the model (and a compact vocabulary read from data_dir) is built
         fill_data_corpus(config)
 
     def instantiate_classes(self) -> None:
@@ -258,6 +259,21 @@ def check_accelerator(config: Any) -> None:
         "experiments/corpus_cpu.yaml (or the embedded data with experiments/quickstart.yaml), or pass "
         "--trainer.accelerator cpu"
     )
+
+
+def check_data_dirs(config: Any) -> None:
+    """Each local `data.init_args.data_dir` holds `genlip optimize` train shards; else one line naming it as
+    data_dir, before anything slow starts (the model, a compact vocabulary read from the same directory)."""
+    from genlip_lit.data.datamodule import data_dir_problem
+
+    try:
+        data_dir = config.get("data.init_args.data_dir") if config.get("data") else None
+    except (KeyError, AttributeError, TypeError):
+        return
+    for d in [data_dir] if isinstance(data_dir, str) else list(data_dir or []):
+        problem = data_dir_problem(str(d))
+        if problem:
+            raise GenLIPUserError(problem)
 
 
 COMPACT_CORPUS_KEY = "model.init_args.tokenizer.init_args.compact_corpus"
