@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1, help="runs per cell (the table shows the best)")
     p.add_argument("--cache", default=os.path.join(os.environ.get("GENLIP_CACHE", "/tmp"), "bench_threads"))
     p.add_argument("--json", default=None, help="also write the figures here")
+    p.add_argument("--no-competitor", action="store_true", help="skip the runs beside `yes` (on a machine that "
+                   "is busy already, its own load is the competitor)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child is not None:
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     loads: list[float] = []
     for _ in range(args.repeats):
         for name, (threads, env) in SETTINGS.items():  # settings take turns, so a load change hits them all
-            for busy in (False, True):
+            for busy in (False,) if args.no_competitor else (False, True):
                 loads.append(os.getloadavg()[0])
                 rate = run_one(threads, env, busy, args)
                 cell = results.setdefault(name, {})
@@ -109,11 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     base = results["threads 0 (torch: 1/core)"]["idle"]
     print(f"\nquickstart fit steps/s ({args.steps} timed steps, best of {args.repeats}; {os.cpu_count()} cores; "
           f"1-min load average before the runs {min(loads):.2f}-{max(loads):.2f})\n")
-    print("| setting | idle | beside 1 busy process | busy/idle | idle vs threads 0 |")
+    print("| setting | no competitor | beside 1 busy process | busy/no competitor | no competitor vs threads 0 |")
     print("|---|---|---|---|---|")
     for name, cell in results.items():
-        print(f"| {name} | {cell['idle']:.2f} | {cell['busy']:.2f} | {cell['busy'] / cell['idle']:.2f}x | "
-              f"{cell['idle'] / base:.2f}x |")
+        busy = cell.get("busy")
+        shown = (f"{busy:.2f} | {busy / cell['idle']:.2f}x" if busy is not None else "- | -")
+        print(f"| {name} | {cell['idle']:.2f} | {shown} | {cell['idle'] / base:.2f}x |")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"results": results, "load_average": loads, "steps": args.steps}, fh, indent=2)

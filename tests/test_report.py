@@ -37,6 +37,9 @@ def test_genlip_eval_writes_both_reports(checkpoint, tmp_path, capsys) -> None:
     assert main(["eval", "--ckpt", checkpoint, "--config", str(config), "--output", str(out), "--device", "cpu"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert set(report["evaluations"]) == {"probe", "readout", "captions", "zero_shot", "sink"}
+    # which checkpoint it scored: the model card of `genlip export` matches reports by the weights digest
+    assert report["checkpoint"]["path"] == os.path.abspath(checkpoint) and report["checkpoint"]["global_step"] == 2
+    assert len(report["checkpoint"]["weights_sha256"]) == 64
     scalars = report["evaluations"]["zero_shot"]["scalars"]
     assert 0 <= scalars["zero_shot/top1"] <= 1 and scalars["zero_shot/seconds"] > 0
     md = (out / "report.md").read_text()
