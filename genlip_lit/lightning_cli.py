@@ -27,7 +27,7 @@ import re
 import shlex
 import sys
 from argparse import ArgumentError
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import yaml
 from jsonargparse import get_loader, set_loader
@@ -39,6 +39,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from genlip_lit import logs
 from genlip_lit.callbacks.checkpoint import ResumableCheckpoint
 from genlip_lit.callbacks.plain_progress import PlainProgressBar
+from genlip_lit.callbacks.threads import AdaptiveThreads
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.modules.base import EncoderModule
 from genlip_lit.parse_errors import OPTIMIZER_REFUSAL, is_optimizer_flag, short_parse_error
@@ -90,6 +91,10 @@ class GenLIPCLI(LightningCLI):
         # ResumableCheckpoint also saves the step where max_steps stops, so a resume loses no work.
         parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "{step}"})
+        # the project commands' --threads, plus `auto`: follow the cores other processes leave free
+        parser.add_argument("--threads", type=int | Literal["auto"], default="auto",
+                            help="torch CPU threads: auto (the cores other processes leave free, re-checked every "
+                            "5 s: 1 beside a busy process on 2 cores), N, or 0 (torch's choice)")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
@@ -109,8 +114,10 @@ class GenLIPCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
+        self._adaptive_threads = apply_threads(config.get("threads", 0))
         check_output_dirs(config)
         check_accelerator(config)
+        check_data_dirs(config)  # before the model (and a compact vocabulary read from data_dir) is built
         fill_data_corpus(config)
 
     def instantiate_classes(self) -> None:
@@ -144,6 +151,8 @@ class GenLIPCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         if str(config.get("accelerator")) == "cpu":
             logs.mute_gpu_unused_warning()  # a CPU run chosen on purpose
+        if getattr(self, "_adaptive_threads", False):
+            callbacks = [*callbacks, AdaptiveThreads()]
         configured = list(config.get("callbacks") or []) + callbacks
         if config.get("enable_progress_bar", True) is not False and not any(
             isinstance(c, ProgressBar) for c in configured
@@ -246,6 +255,20 @@ def check_output_dirs(config: Any) -> None:
             raise GenLIPUserError(f"{key}: {path} is not writable")
 
 
+def apply_threads(value: int | str) -> bool:
+    """`--threads`: N sets torch's CPU threads now, 0 leaves torch's choice; True for `auto` (a callback adapts
+    them during training: callbacks/threads.py)."""
+    if value == "auto":
+        return True
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise GenLIPUserError(f"--threads must be auto or an integer >= 0 (0 = torch's choice), got {value!r}")
+    if value > 0:
+        import torch
+
+        torch.set_num_threads(value)
+    return False
+
+
 def check_accelerator(config: Any) -> None:
     """A GPU config on a machine without one fails before the model is built (a B/16 takes a while), naming the
     CPU configs."""
@@ -261,6 +284,21 @@ def check_accelerator(config: Any) -> None:
         "experiments/corpus_cpu.yaml (or the embedded data with experiments/quickstart.yaml), or pass "
         "--trainer.accelerator cpu"
     )
+
+
+def check_data_dirs(config: Any) -> None:
+    """Each local `data.init_args.data_dir` holds `genlip optimize` train shards; else one line naming it as
+    data_dir, before anything slow starts (the model, a compact vocabulary read from the same directory)."""
+    from genlip_lit.data.datamodule import data_dir_problem
+
+    try:
+        data_dir = config.get("data.init_args.data_dir") if config.get("data") else None
+    except (KeyError, AttributeError, TypeError):
+        return
+    for d in [data_dir] if isinstance(data_dir, str) else list(data_dir or []):
+        problem = data_dir_problem(str(d))
+        if problem:
+            raise GenLIPUserError(problem)
 
 
 COMPACT_CORPUS_KEY = "model.init_args.tokenizer.init_args.compact_corpus"

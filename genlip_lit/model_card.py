@@ -3,12 +3,18 @@
     genlip export --ckpt CKPT --output DIR     # DIR/README.md
 
 It says what the encoder is (architecture, parameters), how to feed it (preprocessing), what it was trained on
-(the data module's settings, or the checkpoint it was imported from), the last figures of each evaluation the
-run logged (kept in the checkpoint's callback states), and how to load it with genlip_lit and with timm.
+(the data module's settings, or the checkpoint it was imported from), its evaluation figures, and how to load it
+with genlip_lit and with timm. Figures come from two places, each named in the card: the newest `genlip eval`
+report of this checkpoint (a `report.json` in a folder beside the checkpoint or beside its checkpoints/ folder,
+e.g. the default `checkpoints/eval/`, whose recorded weights digest is this checkpoint's), and the last figures
+the run's evaluation callbacks logged during fit (kept in the checkpoint's callback states).
 """
 
 from __future__ import annotations
 
+import datetime
+import glob
+import json
 import os
 from typing import Any
 
@@ -30,7 +36,71 @@ def checkpoint_facts(ckpt: str) -> dict[str, Any]:
         if history:
             figures.update({k: v for k, v in history[-1].items() if not k.endswith("/seconds")})
     return {"global_step": raw.get("global_step"), "data": raw.get("datamodule_hyper_parameters") or {},
-            "imported": raw.get("genlip_import"), "figures": figures}
+            "imported": raw.get("genlip_import"), "figures": figures,
+            "weights_sha256": raw.get("genlip_weights_sha256"), "report": latest_eval_report(ckpt, raw)}
+
+
+def report_identity(ckpt: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """What `genlip eval` records in report.json about the checkpoint it scored (matched by the model card)."""
+    return {"path": os.path.abspath(ckpt), "global_step": raw.get("global_step"),
+            "weights_sha256": raw.get("genlip_weights_sha256")}
+
+
+def latest_eval_report(ckpt: str, raw: dict[str, Any]) -> dict[str, Any] | None:
+    """The newest `genlip eval` report.json of this checkpoint beside it, as {"path", "written", "figures"}.
+
+    A report counts when its recorded weights digest is the checkpoint's; one written before reports recorded
+    it counts only at the default place (`eval/` beside the checkpoint) and when newer than the checkpoint.
+    """
+    folder = os.path.dirname(os.path.abspath(ckpt))
+    places = {*glob.glob(os.path.join(folder, "*", "report.json"))}
+    if os.path.basename(folder) == "checkpoints":
+        places |= set(glob.glob(os.path.join(os.path.dirname(folder), "*", "report.json")))
+    digest = raw.get("genlip_weights_sha256")
+    found = []
+    for path in places:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                report = json.load(fh)
+            written = os.path.getmtime(path)
+        except (OSError, ValueError):
+            continue
+        if not isinstance(report, dict) or not isinstance(report.get("evaluations"), dict):
+            continue
+        recorded = (report.get("checkpoint") or {}).get("weights_sha256")
+        default_place = os.path.dirname(path) == os.path.join(folder, "eval")
+        if recorded is not None and recorded == digest or (
+                recorded is None and default_place and written >= os.path.getmtime(ckpt)):
+            found.append((written, path, report))
+    if not found:
+        return None
+    written, path, report = max(found)
+    figures = {k: v for entry in report["evaluations"].values() if isinstance(entry, dict)
+               for k, v in (entry.get("scalars") or {}).items()
+               if not k.endswith("/seconds") and "/layer" not in k}
+    return {"path": path, "written": written, "figures": figures}
+
+
+def figures_source(facts: dict[str, Any], ckpt: str) -> str:
+    """One line naming where the card's figures came from (printed by `genlip export`)."""
+    parts = []
+    report = facts.get("report")
+    if report:
+        parts.append(f"the genlip eval report {os.path.relpath(report['path'])} ({_when(report['written'])})")
+    if facts.get("figures"):
+        parts.append(f"the end-of-fit evaluation callbacks (step {facts.get('global_step')})")
+    return "model card figures: " + (" and ".join(parts) if parts else
+                                     f"none recorded (run `genlip eval --ckpt {ckpt} --config experiments/eval.yaml`"
+                                     " before exporting to include them)")
+
+
+def _when(timestamp: float) -> str:
+    return f"{datetime.datetime.fromtimestamp(timestamp, tz=datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
+
+
+def _figure_rows(figures: dict[str, Any]) -> list[str]:
+    return ["| metric | value |", "|---|---|",
+            *[f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in figures.items()]]
 
 
 def _data_lines(facts: dict[str, Any]) -> list[str]:
@@ -73,13 +143,17 @@ def model_card(description: dict[str, Any], num_params: int, facts: dict[str, An
     step = facts.get("global_step")
     if step is not None and not facts.get("imported"):
         lines += [f"Checkpoint: `{source.get('checkpoint')}` at step {step}.", ""]
-    lines += ["## Last evaluation figures", ""]
-    figures = facts.get("figures") or {}
+    lines += ["## Evaluation figures", ""]
+    report, figures = facts.get("report"), facts.get("figures") or {}
+    if report:
+        lines += [f"From `genlip eval` (`{report['path']}`, written {_when(report['written'])}):", "",
+                  *_figure_rows(report["figures"]), ""]
     if figures:
-        lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in figures.items()]
-    else:
-        lines.append("None recorded in the checkpoint (run `genlip eval --ckpt CKPT --config experiments/eval.yaml`).")
+        lines += [f"Logged by the run's evaluation callbacks during fit (last figures, step "
+                  f"{facts.get('global_step')}):", "", *_figure_rows(figures)]
+    if not report and not figures:
+        lines.append("None recorded: no `genlip eval` report beside the checkpoint and no evaluation callbacks in "
+                     "the run (run `genlip eval --ckpt CKPT --config experiments/eval.yaml`, then export again).")
     lines += ["", "## Loading", "", "```python", "import genlip_lit",
               "encoder = genlip_lit.load_vision_encoder(\"THIS_DIR\")   # torch module, eval mode",
               "features = encoder(pixels)                               # [B, rows * cols, width]", "```", ""]

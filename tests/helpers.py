@@ -41,6 +41,7 @@ def tiny_fit_args(tmp_path, max_steps: int = 4, extra: list[str] | None = None) 
         "--data.init_args.image_size=32",
         "--data.init_args.batch_size=16",
         "--data.init_args.num_workers=0",
+        "--threads=0",  # the caller's thread count, fixed: `auto` could pick another between two compared runs
         *(extra or []),
     ]
 

@@ -194,8 +194,9 @@ def test_fit_on_a_ten_class_corpus_probes_its_classes_and_logs_through_csv(digit
     assert main(["probe", "--ckpt", last, "--data", str(tmp / "corpus"), "--budget", "120", "--test-budget", "60",
                  "--attentive-epochs", "2", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    assert "10 classes, chance 10.0%" in printed
-    assert all(row in printed for row in ("| encoder |", "| raw pixels (patch-grid means) |", "| random init |"))
+    assert "| uniform chance (1/10) | 10.0% | 10.0% |" in printed
+    assert all(row in printed for row in ("| encoder |", "| raw pixels (patch-grid means) |", "| random init |",
+                                          "| majority class ("))
 
 
 # ---------------------------------------------------------------------------------------------- progress lines

@@ -193,9 +193,24 @@ def test_run_probes_extracts_once_and_reports_both() -> None:
     results = run_probes(
         enc, _image_batches(6), _image_batches(3, seed=1), C, budget=20, attentive_kwargs={"epochs": 2}
     )
-    assert set(results) == {"linear", "attentive"}
+    assert set(results) == {"majority", "linear", "attentive"}
     assert enc.seen == 20 + 12  # one pass per split: the pooled vector is the patch mean, not a second pass
     for r in results.values():
         assert isinstance(r, ProbeResult) and 0.0 <= r.top1 <= 1.0
         assert (r.num_train, r.num_test, r.num_classes) == (20, 12, C)
         assert r.to_dict()["top1"] == r.top1
+
+
+def test_majority_class_and_the_table_floors() -> None:
+    from genlip_lit.eval.probes import majority_class, probe_table
+
+    train_y = torch.tensor([2, 2, 2, 0, 1, 1])
+    test_y = torch.tensor([2, 0, 2, 1, 1, 1, 1, 2])
+    majority = majority_class(train_y, test_y, 4)
+    assert majority.top1 == 3 / 8 and majority.hparams == {"class": 2, "train_share": 0.5}
+    assert majority_class(torch.tensor([1, 0, 0, 1]), test_y, 4).hparams["class"] == 0  # a tie: the lower id
+    linear = ProbeResult(0.625, 6, 8, 4)
+    header, shown, raw = probe_table({"linear": linear, "majority": majority}, ["a", "b", "c", "d"])
+    assert shown == [["encoder", "62.5%", "-"], ["majority class (c)", "37.5%", "37.5%"],
+                     ["uniform chance (1/4)", "25.0%", "25.0%"]]
+    assert raw[1:] == [["majority class (c)", 0.375, 0.375], ["uniform chance (1/4)", 0.25, 0.25]]

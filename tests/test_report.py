@@ -37,6 +37,9 @@ def test_genlip_eval_writes_both_reports(checkpoint, tmp_path, capsys) -> None:
     assert main(["eval", "--ckpt", checkpoint, "--config", str(config), "--output", str(out), "--device", "cpu"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert set(report["evaluations"]) == {"probe", "readout", "captions", "zero_shot", "sink"}
+    # which checkpoint it scored: the model card of `genlip export` matches reports by the weights digest
+    assert report["checkpoint"]["path"] == os.path.abspath(checkpoint) and report["checkpoint"]["global_step"] == 2
+    assert len(report["checkpoint"]["weights_sha256"]) == 64
     scalars = report["evaluations"]["zero_shot"]["scalars"]
     assert 0 <= scalars["zero_shot/top1"] <= 1 and scalars["zero_shot/seconds"] > 0
     md = (out / "report.md").read_text()
@@ -108,8 +111,10 @@ def test_probe_command_on_scikit_learn_digits(checkpoint, tmp_path, capsys) -> N
                  "--attentive-epochs", "5", "--device", "cpu", "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     rows = {line.split("|")[1].strip(): line for line in printed.splitlines() if line.startswith("| ")}
-    assert list(rows)[1:] == ["encoder", "raw pixels (patch-grid means)", "random init"]
-    assert "400 train / 120 test images, 10 classes, chance 10.0%" in printed
+    assert list(rows)[1:5] == ["encoder", "random init", "raw pixels (patch-grid means)", "majority class (digit_0)"]
+    assert list(rows)[5] == "uniform chance (1/10)" and "| uniform chance (1/10) | 10.0% | 10.0% |" in printed
+    assert (f"probe settings: 400 train / 120 test images of {root} (its val/ folder or a seeded 20% held-out split "
+            "(seed 0)); attentive probe 5 epochs, seed 0; random init seed 0") in printed
     details = json.loads((out / "probe.json").read_text())
     assert details["num_classes"] == 10 and details["class_names"][:2] == ["digit_0", "digit_1"]
     for key in ("linear", "attentive", "pixels_linear", "random_init_linear", "random_init_attentive"):
@@ -118,7 +123,7 @@ def test_probe_command_on_scikit_learn_digits(checkpoint, tmp_path, capsys) -> N
     assert details["linear"]["top1"] > 0.3 and details["pixels_linear"]["top1"] > 0.8
     assert re.search(r"\| encoder \| [0-9.]+% \| [0-9.]+% \|", printed)
     csv_rows = (out / "probe.csv").read_text().splitlines()
-    assert csv_rows[0] == "features,linear probe top-1,attentive probe top-1" and len(csv_rows) == 4
+    assert csv_rows[0] == "features,linear probe top-1,attentive probe top-1" and len(csv_rows) == 6
 
 
 def test_torch_threads_sets_and_restores() -> None:

@@ -297,7 +297,9 @@ class LinearProbe(EvalCallback):
 
     name = "probe"
     title = "linear probe"
-    headline = ("probe/linear_top1", "probe/attentive_top1")
+    # the end-of-fit line carries every row of the report: encoder, random init, raw pixels, majority, chance
+    headline = ("probe/linear_top1", "probe/attentive_top1", "probe/random_init_linear_top1",
+                "probe/random_init_attentive_top1", "probe/pixels_linear_top1", "probe/majority_top1", "probe/chance")
 
     def __init__(self, every_n_steps: int = 0, at_fit_end: bool = True, budget: int = 2000, batch_size: int = 64,
                  image_folder: str | None = None, test_budget: int | None = 500, attentive_epochs: int | None = None,

@@ -123,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         module, _, data_hparams = load_module(ckpt, args.device)
         datamodule = build_datamodule(module, data_hparams, args.data)
         claim_output(output, "eval", args.overwrite)
-        report = run_evaluations(module, evaluations, DataModuleView(datamodule, module.device), output)
+        from genlip_lit.integrity import read_checkpoint
+        from genlip_lit.model_card import report_identity
+
+        about = {"checkpoint": report_identity(ckpt, read_checkpoint(ckpt, mmap=True))}  # the model card matches it
+        report = run_evaluations(module, evaluations, DataModuleView(datamodule, module.device), output, about)
     for name, entry in report["evaluations"].items():
         shown = {k: v for k, v in entry["scalars"].items() if "/layer" not in k}
         print(f"{name}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()))

@@ -48,4 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(os.path.join(out, "config.json")) as f:
         timm_form = json.load(f)["timm"]
     print(f"timm form: {out}/timm" if timm_form["directory"] else f"no timm form: {timm_form['note']}")
+    from genlip_lit.model_card import checkpoint_facts, figures_source
+
+    print(figures_source(checkpoint_facts(ckpt), args.ckpt))
     return 0

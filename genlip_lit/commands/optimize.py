@@ -120,6 +120,10 @@ def build_parser() -> Any:
                       "(refused by default)")
     real.add_argument("--max-caption-chars", type=int, default=DEFAULT_MAX_CAPTION_CHARS,
                       help="cut longer captions, counting them in the report (0: no limit)")
+    real.add_argument("--caption-lines", type=Literal["first", "all"], default="first",
+                      help="a .txt sidecar of several lines: its first non-blank line is the caption (first: "
+                      "img2dataset writes one line; later lines are often translations or other captions), or "
+                      "every line joined by spaces (all); counted and warned about either way")
 
     syn = p.add_argument_group("embedded synthetic data")
     syn.add_argument("--source", type=str | None, default=None, help="generate a built-in dataset: synthetic (the "
@@ -180,6 +184,7 @@ def run_corpus(args: Any, resume_command: str | None = None) -> dict[str, Any]:
         class_names=_read_classes(args.classes),
         chunk_bytes=str(args.chunk_bytes),
         max_caption_chars=args.max_caption_chars or None,
+        caption_lines=args.caption_lines,
     )
     try:
         limits = ReadLimits(max_bytes=parse_bytes(args.max_bytes), allow_outside=args.allow_outside)
@@ -197,6 +202,41 @@ def run_corpus(args: Any, resume_command: str | None = None) -> dict[str, Any]:
     workers = args.num_workers if args.num_workers is not None else (os.cpu_count() or 1)
     return optimize_corpus(source, args.output, options, num_workers=workers, mode=mode, progress=True,
                            resume_command=resume_command)
+
+
+def warn_multiline_sidecars(report: dict[str, Any]) -> None:
+    """One line when .txt sidecars held several lines: how many, and what --caption-lines made of them."""
+    count = report.get("multiline_sidecars", 0)
+    if not count:
+        return
+    kept = ("kept the first line of each (--caption-lines all keeps every line, joined)"
+            if report.get("caption_lines") == "first" else
+            "kept every line, joined by spaces (--caption-lines first keeps only the first)")
+    logging.getLogger("genlip_lit").warning(
+        "%d of %d kept samples have a .txt sidecar of several lines (up to %d): %s", count, report["kept_total"],
+        report.get("most_sidecar_lines", 0), kept)
+
+
+def report_caption_lengths(out: str) -> None:
+    """Log the captions' token lengths against the configs' max_text_len, and add them to the report file."""
+    import json
+
+    from genlip_lit.data.shards import REPORT_FILE
+    from genlip_lit.ingest.caption_lengths import caption_token_lengths, summary_text
+
+    summary = caption_token_lengths(out)
+    if not summary["counted"]:
+        return
+    logging.getLogger("genlip_lit").info("%s", summary_text(summary))
+    path = os.path.join(out, REPORT_FILE)
+    if os.path.isfile(path):  # synthetic outputs have no report file: the line is all there is
+        with open(path, encoding="utf-8") as fh:
+            report = json.load(fh)
+        report["caption_tokens"] = summary
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=2)
+        os.replace(tmp, path)
 
 
 def resume_command(argv: Sequence[str]) -> str:
@@ -247,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         with _sigterm_as_interrupt():
             report = run_corpus(args, resume_command(argv))
         print(summary_line(report, out))
+        warn_multiline_sidecars(report)
+        report_caption_lengths(out)
         val = report["kept"]["val"]
         if 0 < val < SMALL_VAL:  # e.g. 200 images at the default 1%: every evaluation would score on 2 of them
             logging.getLogger("genlip_lit").warning(
@@ -274,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         f"wrote {meta['num_train']} train + {meta['num_val']} val samples ({args.source}) to "
         f"{os.path.join(out, 'train')} and {os.path.join(out, 'val')} in {meta['seconds']:.1f} s"
     )
+    report_caption_lengths(out)
     return 0
 
 

@@ -91,6 +91,22 @@ def synthetic_params(synthetic: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+def data_dir_problem(data_dir: str) -> str | None:
+    """What is wrong with a local `data_dir` as a training set, in one line naming it (None: train shards are
+    there, or a remote URL, which litdata checks on open). Checked by `genlip fit` before the model is built."""
+    if is_remote(data_dir):
+        return None
+    d = os.path.abspath(os.path.expanduser(data_dir))
+    if is_split_dir(os.path.join(d, "train")):
+        return None
+    unfinished = unfinished_dataset(d) if os.path.isdir(d) else None
+    if unfinished:
+        return f"data_dir {d!r} {unfinished}"
+    what = "does not exist" if not os.path.isdir(d) else "has no train/ litdata shards"
+    return (f"data_dir {d!r} {what}; create it with `genlip optimize --input SRC --output {data_dir}` "
+            "(or `--source synthetic --num-samples N` for the embedded data)")
+
+
 class GenLIPDataModule(L.LightningDataModule):
     """Image-caption data from litdata shards: fixed resolution (stage 1) or native and packed (stage 2).
 
@@ -204,16 +220,9 @@ class GenLIPDataModule(L.LightningDataModule):
                 )
             return
         for d in self.data_dirs:
-            if is_remote(d) or is_split_dir(os.path.join(d, "train")):
-                continue
-            unfinished = unfinished_dataset(d) if os.path.isdir(d) else None
-            if unfinished:
-                raise GenLIPUserError(f"data_dir {d!r} {unfinished}")
-            what = "does not exist" if not os.path.isdir(d) else "has no train/ litdata shards"
-            raise GenLIPUserError(
-                f"data_dir {d!r} {what}; create it with `genlip optimize --input SRC --output {d}` "
-                f"(or `--source synthetic --num-samples N` for the embedded data)"
-            )
+            problem = data_dir_problem(d)
+            if problem:
+                raise GenLIPUserError(problem)
 
     # -- the handshake with the model ------------------------------------------------------------
     def connect(

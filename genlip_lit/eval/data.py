@@ -138,6 +138,8 @@ def _head(batch: EvalBatch, n: int) -> EvalBatch:
 class DataModuleView(EvalView):
     """The held-out data of a `GenLIPDataModule` (its first dataset): unpacked, at `image_size`, stored order."""
 
+    sample_order = "the first in stored order"  # which samples a budget takes (probe reports state it)
+
     def __init__(self, datamodule: Any, device: torch.device | str = "cpu") -> None:
         base = datamodule.data_dirs[0]
         meta = read_meta(base) if not _is_remote(base) else {}
@@ -174,6 +176,7 @@ class ImageFolderView(EvalView):
         seed: int = 0,
     ) -> None:
         self.folder = ImageFolderSet(root, test_fraction=test_fraction, seed=seed)
+        self.sample_order = f"its val/ folder or a seeded {test_fraction:.0%} held-out split (seed {seed})"
         super().__init__(Vocabulary(class_names=list(self.folder.class_names)), device, self.folder.root)
         self.transform = preprocessing.transform()
 
@@ -188,6 +191,7 @@ class ShardView(EvalView):
 
     def __init__(self, data_dir: str, preprocessing: Preprocessing, device: torch.device | str = "cpu") -> None:
         self.sets = {split: ShardLabelledSet(data_dir, split) for split in ("train", "val")}
+        self.sample_order = f"a seeded shuffle (seed {self.sets['train'].seed})"
         # class names from the metadata; None when it lists none (the probes then count the labels)
         super().__init__(Vocabulary.from_meta(read_meta(data_dir)), device, self.sets["train"].data_dir)
         self.transform = preprocessing.transform()

@@ -49,22 +49,37 @@ def probe_evaluation(
     results = run_probes(module, view.labelled("train", budget, batch_size), view.labelled("val", test_budget, batch_size),
                          len(names) if names else None, device=view.device, attentive_kwargs=attentive,
                          baselines=recompute, random_init_seed=seed)
-    own = {k: r for k, r in results.items() if k in ("linear", "attentive")}
+    own = {k: r for k, r in results.items() if k in ("linear", "attentive", "majority")}
     rows = {k: r for k, r in results.items() if k not in own}
     if baselines and cached_baselines:
         rows = {k: ProbeResult(**d) for k, d in cached_baselines.items()}
     everything = {**own, **rows}
     scalars = {f"probe/{name}_top1": r.top1 for name, r in everything.items()}
     scalars["probe/chance"] = results["linear"].chance
-    header, shown, raw = probe_table(everything)
-    num_classes = results["linear"].num_classes
-    details = {"source": view.source, "num_classes": num_classes, "class_names": names,
-               "num_images": results["linear"].num_test, "num_train_images": results["linear"].num_train,
+    header, shown, raw = probe_table(everything, names)
+    linear = results["linear"]
+    attentive_hparams = results["attentive"].hparams if "attentive" in results else {}
+    settings = probe_settings(linear.num_train, linear.num_test, view.source, attentive_hparams.get("epochs"),
+                              attentive_hparams.get("seed"), seed if baselines else None,
+                              getattr(view, "sample_order", None))
+    details = {"source": view.source, "num_classes": linear.num_classes, "class_names": names,
+               "num_images": linear.num_test, "num_train_images": linear.num_train, "settings": settings,
                **{k: r.to_dict() for k, r in everything.items()}, "baselines": {k: r.to_dict() for k, r in rows.items()}}
-    text = "\n".join([_markdown(header, shown), "", f"{results['linear'].num_train} train / "
-                      f"{results['linear'].num_test} test images, {num_classes} classes, chance "
-                      f"{100 * results['linear'].chance:.1f}%"])
+    text = "\n".join([_markdown(header, shown), "", settings])
     return EvalResult(scalars, texts={"probe/table": text}, tables={"probe/table": (header, raw)}, details=details)
+
+
+def probe_settings(num_train: int, num_test: int, source: str, attentive_epochs: int | None,
+                   attentive_seed: int | None, random_init_seed: int | None, order: str | None = None) -> str:
+    """The line under every probe table: what decides its figures. The end-of-fit probe, `genlip eval` and
+    `genlip probe` default to different budgets and epochs, so one checkpoint's figures differ between them
+    as far as this line does (the same line on the same checkpoint and data: the same figures)."""
+    parts = [f"{num_train:,} train / {num_test:,} test images of {source}" + (f" ({order})" if order else "")]
+    if attentive_epochs:
+        parts.append(f"attentive probe {attentive_epochs} epochs, seed {attentive_seed}")
+    if random_init_seed is not None:
+        parts.append(f"random init seed {random_init_seed}")
+    return "probe settings: " + "; ".join(parts)
 
 
 def _markdown(header: list[str], rows: list[list[Any]]) -> str:

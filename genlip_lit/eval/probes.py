@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)
 ENCODER, PIXELS, RANDOM_INIT = "encoder", "pixels", "random_init"  # the rows of a probe report
+MAJORITY = "majority"  # always answering the train split's most frequent class (no features at all)
 
 
 @dataclass
@@ -315,6 +316,17 @@ def attentive_probe(
     )
 
 
+def majority_class(train_y: Tensor, test_y: Tensor, num_classes: int) -> ProbeResult:
+    """The top-1 of always answering the train split's most frequent class (lowest id on a tie): what a probe
+    reaches from the class balance alone, which uniform chance (1 / classes) hides on unbalanced data."""
+    train_y, test_y = torch.as_tensor(train_y).long().cpu(), torch.as_tensor(test_y).long().cpu()
+    counts = torch.bincount(train_y, minlength=num_classes)
+    winner = int(torch.argmax(counts))  # argmax returns the first maximum
+    top1 = float((test_y == winner).float().mean()) if len(test_y) else float("nan")
+    return ProbeResult(top1, len(train_y), len(test_y), num_classes,
+                       hparams={"class": winner, "train_share": float(counts[winner]) / max(1, len(train_y))})
+
+
 # ---------------------------------------------------------------------------------------------- all at once
 def run_probes(
     module: Any,
@@ -333,7 +345,8 @@ def run_probes(
 ) -> dict[str, ProbeResult]:
     """Extract train and test features once (each split bounded by `budget`), then run the probes.
 
-    Returns {"linear", "attentive"} (without `attentive`: "linear" only); with `baselines` also "pixels_linear"
+    Returns {"majority", "linear", "attentive"} (without `attentive`: no "attentive"; "majority" is
+    `majority_class` of the labels read); with `baselines` also "pixels_linear"
     (raw pixels at the encoder's patch grid) and "random_init_linear" / "random_init_attentive" (the module's
     `fresh_copy(random_init_seed)`, when it has one), all on the same images. `num_classes` None: the largest
     label seen + 1. The linear probe reads the pooled vector: the patch mean, or `encode_pooled` when a module
@@ -354,7 +367,7 @@ def run_probes(
     if num_classes is None:
         num_classes = int(max(train_y.max(), test_y.max())) + 1
     probe_device = torch.device(device) if device is not None else module_device(module)
-    results: dict[str, ProbeResult] = {}
+    results: dict[str, ProbeResult] = {MAJORITY: majority_class(train_y, test_y, num_classes)}
     total = len(encoders) * (2 if attentive else 1) + (1 if baselines else 0)
     with progress(total=total, description="fitting probes", unit="probes") as bar:
         for name in encoders:
@@ -382,15 +395,28 @@ def run_probes(
     return results
 
 
-def probe_table(results: dict[str, ProbeResult]) -> tuple[list[str], list[list[str]], list[list[Any]]]:
+def probe_table(results: dict[str, ProbeResult], class_names: Sequence[str] | None = None
+                ) -> tuple[list[str], list[list[str]], list[list[Any]]]:
     """Header, shown rows (percentages) and raw rows (fractions; None where a probe did not run) of a
-    `run_probes` result: encoder, raw pixels, random init x linear, attentive."""
+    `run_probes` result: encoder, random init, raw pixels (linear, attentive), then the two floors that need no
+    features: the majority class (the train split's most frequent, on test) and uniform chance (1 / classes),
+    each given in both columns."""
     shown, raw = [], []
-    for name, label in ((ENCODER, "encoder"), (PIXELS, "raw pixels (patch-grid means)"), (RANDOM_INIT, "random init")):
+    for name, label in ((ENCODER, "encoder"), (RANDOM_INIT, "random init"), (PIXELS, "raw pixels (patch-grid means)")):
         prefix = "" if name == ENCODER else f"{name}_"
         if f"{prefix}linear" not in results:
             continue
         linear, attentive = results[f"{prefix}linear"].top1, results.get(f"{prefix}attentive")
         shown.append([label, f"{100 * linear:.1f}%", "-" if attentive is None else f"{100 * attentive.top1:.1f}%"])
         raw.append([label, linear, None if attentive is None else attentive.top1])
+    floors = []
+    if MAJORITY in results:
+        winner = results[MAJORITY].hparams.get("class")
+        named = class_names[winner] if class_names and winner is not None and winner < len(class_names) else winner
+        floors.append((f"majority class ({named})", results[MAJORITY].top1))
+    if "linear" in results:
+        floors.append((f"uniform chance (1/{results['linear'].num_classes})", results["linear"].chance))
+    for label, value in floors:
+        shown.append([label, f"{100 * value:.1f}%", f"{100 * value:.1f}%"])
+        raw.append([label, value, value])
     return ["features", "linear probe top-1", "attentive probe top-1"], shown, raw

@@ -29,10 +29,12 @@ def slug(tag: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", tag)
 
 
-def run_evaluations(module: Any, evaluations: Sequence[Any], view: EvalView, output: str) -> dict[str, Any]:
-    """Run each evaluation once (no grad, eval mode as the module is), write the reports; returns report.json."""
+def run_evaluations(module: Any, evaluations: Sequence[Any], view: EvalView, output: str,
+                    about: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run each evaluation once (no grad, eval mode as the module is), write the reports; returns report.json.
+    `about`: entries put first in report.json (`genlip eval`: the checkpoint scored, which the model card matches)."""
     os.makedirs(output, exist_ok=True)
-    report: dict[str, Any] = {"evaluations": {}}
+    report: dict[str, Any] = {**(about or {}), "evaluations": {}}
     md = ["# genlip eval report", ""]
     with progress(total=len(evaluations), description="eval", unit="evaluations") as run:
         for ev in evaluations:

@@ -209,10 +209,12 @@ def encode_image(img: Image.Image, policy: ImagePolicy) -> bytes:
     return buffer.getvalue()
 
 
-def clean_caption(value: Any) -> str:
+def clean_caption(value: Any, first_line: bool = False) -> str:
     """Raw caption (str or bytes) -> one line of text; raises `Skip` when there is nothing usable.
 
     Runs of whitespace (newlines, tabs) become one space; no other change, so captions stay as written.
+    `first_line`: keep only the first non-blank line (a sidecar holding a caption, then translations or more
+    captions: `genlip optimize --caption-lines first`).
     """
     if value is None:
         raise Skip("missing_caption", "no caption")
@@ -224,6 +226,8 @@ def clean_caption(value: Any) -> str:
             raise Skip("caption_not_utf8", f"byte {exc.start}: {raw[exc.start:exc.start + 4]!r}") from exc
     if not isinstance(value, str):
         value = str(value)
+    if first_line:
+        value = next((line for line in value.splitlines() if line.strip()), value)
     text = _WHITESPACE.sub(" ", value).strip()
     if not text:
         raise Skip("empty_caption", f"caption {value[:40]!r} is empty or whitespace")

@@ -158,6 +158,7 @@ def _prepare(out_dir: str, source: Source, units: list[Unit], options: IngestOpt
             "choose another path or pass --overwrite"
         )
     plan = _read_json(plan_path)
+    plan["options"] = {"caption_lines": "all", **plan["options"]}  # written before --caption-lines: all lines
     if plan["options"] != options.to_dict():
         raise GenLIPUserError(
             f"the image/split options differ from those {out_dir!r} was written with ({plan['options']}): "
@@ -352,6 +353,9 @@ def _report(
         "skipped_total": sum(skipped.values()),
         "skip_examples": examples,
         "captions_cut": sum(r.get("captions_cut", 0) for r in done.values()),
+        "caption_lines": plan["options"].get("caption_lines", "all"),
+        "multiline_sidecars": sum(r.get("multiline_sidecars", 0) for r in done.values()),
+        "most_sidecar_lines": max((r.get("most_sidecar_lines", 0) for r in done.values()), default=0),
         "bytes_in": sum(r["bytes_in"] for r in done.values()),
         "bytes_out": sum(r["bytes_out"] for r in done.values()),
         "units": len(plan_units(plan)),

@@ -51,6 +51,8 @@ class Record:
     source_bytes: int = 0  # bytes read for this sample (image + text), for the report
     error_reason: str = "missing_image"  # the skip reason when `image` is None ("bad_row": unparsable row, or a
     # refusal of `safe_read`: "not_a_regular_file", "outside_input_root", "too_many_bytes")
+    caption_lines: int = 0  # non-blank lines of a caption read from a .txt sidecar (0: not from one);
+    # `--caption-lines first` keeps the first of several (unit_writer.clean_record)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,6 +219,13 @@ class _SidecarCaptions:
         # all empty: hand the first one on so the skip reason says "empty" rather than "missing"
         return empty[0] if empty else None
 
+    @staticmethod
+    def _sidecar_lines(caption: Any, parts: dict[str, bytes]) -> int:
+        """Non-blank lines of `caption` when it is the .txt sidecar (0 otherwise: JSON fields are one caption)."""
+        if caption is None or caption is not parts.get(TEXT_SIDECAR):
+            return 0
+        return sum(1 for line in bytes(caption).splitlines() if line.strip())
+
     def _label(self, parts: dict[str, bytes]) -> Any:
         field = self.label_field
         if field is None:
@@ -259,13 +268,15 @@ class WebDatasetSource(_SidecarCaptions, Source):
         if too_big is not None:  # a member over --max-bytes was not read: the sample is incomplete
             return Record(key=f"{os.path.basename(shard)}/{key}", image=None, caption=None, error=too_big,
                           error_reason="too_many_bytes", source_bytes=size)
+        caption = self._caption(parts)
         return Record(
             key=f"{os.path.basename(shard)}/{key}",
             image=parts.get(image_ext) if image_ext else None,
-            caption=self._caption(parts),
+            caption=caption,
             label=self._label(parts),
             error=None if image_ext else f"no image member among {sorted(parts)}",
             source_bytes=size,
+            caption_lines=self._sidecar_lines(caption, parts),
         )
 
     def read(self, unit: Unit) -> Iterator[Record]:
@@ -368,10 +379,12 @@ class FolderSource(_SidecarCaptions, Source):
                     elif sidecar_reason != "missing_image" and error is None:  # refused: the sample goes
                         image, error, reason = None, sidecar_error, sidecar_reason
             key = os.path.relpath(stem, root)
+            caption = self._caption(parts)
             yield Record(
                 key=key,
                 image=image,
-                caption=self._caption(parts),
+                caption=caption,
+                caption_lines=self._sidecar_lines(caption, parts),
                 label=self._label(parts),
                 error=error,
                 error_reason=reason or "missing_image",

@@ -38,6 +38,7 @@ from genlip_lit.ingest.cleaning import (
 )
 from genlip_lit.ingest.sources import Record, ShardReadError, Source, Unit
 
+CAPTION_LINES = ("first", "all")  # `--caption-lines`: what a .txt sidecar of several lines contributes
 EXAMPLES_PER_REASON = 5  # skipped sample keys kept per reason in the report, to find the culprits
 
 
@@ -50,8 +51,11 @@ class IngestOptions:
     class_names: tuple[str, ...] | None = None
     chunk_bytes: str = "64MB"
     max_caption_chars: int | None = DEFAULT_MAX_CAPTION_CHARS  # longer captions are cut (and counted)
+    caption_lines: str = "first"  # a .txt sidecar of several lines: its first line ("first") or all, joined
 
     def __post_init__(self) -> None:
+        if self.caption_lines not in CAPTION_LINES:
+            raise GenLIPUserError(f"--caption-lines must be one of {list(CAPTION_LINES)}, got {self.caption_lines!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise GenLIPUserError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.max_caption_chars is not None and self.max_caption_chars < 1:
@@ -77,6 +81,8 @@ class UnitStats:
     skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     examples: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     captions_cut: int = 0
+    multiline_sidecars: int = 0  # kept samples whose .txt sidecar has several non-blank lines
+    most_sidecar_lines: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
     seconds: float = 0.0
@@ -93,6 +99,8 @@ class UnitStats:
             "skipped": dict(self.skipped),
             "examples": self.examples,
             "captions_cut": self.captions_cut,
+            "multiline_sidecars": self.multiline_sidecars,
+            "most_sidecar_lines": self.most_sidecar_lines,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "seconds": round(self.seconds, 3),
@@ -143,7 +151,8 @@ def clean_record(record: Record, options: IngestOptions, class_ids: dict[str, in
     """The sample to store and whether its caption was cut; raises `Skip` for a bad sample."""
     if record.image is None:
         raise Skip(record.error_reason, record.error or "")
-    caption, cut = cap_caption(clean_caption(record.caption), options.max_caption_chars)  # cheap checks first
+    first = options.caption_lines == "first" and record.caption_lines > 1
+    caption, cut = cap_caption(clean_caption(record.caption, first_line=first), options.max_caption_chars)
     label = clean_label(record.label, class_ids)
     image, _, _ = clean_image(record.image, options.policy)
     return {"image": image, "caption": caption, "key": storable_key(record.key), "label": label}, cut
@@ -265,6 +274,9 @@ def _write_records(source: Source, unit: Unit, options: IngestOptions, class_ids
         writers[split].add(sample)
         stats.kept[split] += 1
         stats.captions_cut += cut
+        if record.caption_lines > 1:
+            stats.multiline_sidecars += 1
+            stats.most_sidecar_lines = max(stats.most_sidecar_lines, record.caption_lines)
         stats.bytes_out += len(sample["image"])
 
 

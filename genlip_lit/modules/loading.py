@@ -94,6 +94,7 @@ def load_checkpoint(path: str, device: str | torch.device = "cpu") -> tuple[Any,
     module.load_state_dict(ckpt["state_dict"])
     module.on_load_checkpoint(ckpt)
     module.eval().to(device)
+    log.info("%s", checkpoint_line(path, ckpt))
     return module, dict(ckpt.get("datamodule_hyper_parameters") or {})
 
 
@@ -120,6 +121,7 @@ def check_resume_checkpoint(config: Any) -> None:
         resolve("module", class_path, str(path), allow=(own,) if isinstance(own, str) else ())
     if "weights_only" in sub and sub.get("weights_only") is None:
         sub["weights_only"] = True
+    log.info("resuming: %s", checkpoint_line(str(path), ckpt))
 
 
 def config_class_paths(config: Any) -> set[str]:
@@ -139,7 +141,11 @@ def config_class_paths(config: Any) -> set[str]:
 
 
 def resolve_checkpoint(path: str) -> str:
-    """A checkpoint file, or for a run directory the newest `last.ckpt` below it (e.g. runs/quickstart)."""
+    """A checkpoint file, or for a run directory the newest `last.ckpt` below it (e.g. runs/quickstart).
+
+    A run directory holding several runs says which one it chose and how many others there are, so an
+    accidental short run that became the newest is visible at once (name the file to pick another).
+    """
     expanded = os.path.expanduser(path)
     if os.path.isfile(expanded):
         return expanded
@@ -147,10 +153,25 @@ def resolve_checkpoint(path: str) -> str:
         found = [
             os.path.join(root, "last.ckpt") for root, _, files in os.walk(expanded) if "last.ckpt" in files
         ]
-        if found:
-            return max(found, key=os.path.getmtime)
-        raise GenLIPUserError(f"no last.ckpt under {path!r}: train the earlier stage first, or name a .ckpt file")
+        if not found:
+            raise GenLIPUserError(f"no last.ckpt under {path!r}: train the earlier stage first, or name a .ckpt file")
+        chosen = max(found, key=os.path.getmtime)
+        if len(found) > 1:
+            log.info("%s holds %d runs with a last.ckpt; using the newest, %s (name a .ckpt file to choose "
+                     "another)", path, len(found), os.path.relpath(chosen, expanded))
+        return chosen
     raise GenLIPUserError(f"checkpoint not found: {path!r}")
+
+
+def checkpoint_line(path: str, ckpt: dict[str, Any]) -> str:
+    """`loaded FILE (step N, written DATE)`: what a command that took --ckpt actually read; the date is the
+    file's modification time in UTC (a copy keeps it with `cp -p`)."""
+    import datetime
+
+    step = ckpt.get("global_step")
+    stamp = datetime.datetime.fromtimestamp(os.path.getmtime(path), tz=datetime.timezone.utc)
+    steps = f"step {step}" if isinstance(step, int) else "step unknown"
+    return f"loaded {path} ({steps}, written {stamp:%Y-%m-%d %H:%M} UTC)"
 
 
 def load_initial_weights(module: Any, path: str) -> str:
@@ -187,6 +208,5 @@ def load_initial_weights(module: Any, path: str) -> str:
             "settings (e.g. compact_corpus) as the run that wrote it"
         )
     module.load_state_dict(state)
-    step = ckpt.get("global_step")
-    log.info("initialised weights from %s (step %s); optimizer and schedule start fresh", file, step)
+    log.info("initialised weights: %s; optimizer and schedule start fresh", checkpoint_line(file, ckpt))
     return file
