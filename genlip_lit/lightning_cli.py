@@ -108,6 +108,7 @@ class GenLIPCLI(LightningCLI):
         config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
         check_output_dirs(config)
         check_accelerator(config)
+        check_data_shards(config)
         fill_data_corpus(config)
 
     def instantiate_classes(self) -> None:
@@ -261,6 +262,20 @@ def check_accelerator(config: Any) -> None:
 
 
 COMPACT_CORPUS_KEY = "model.init_args.tokenizer.init_args.compact_corpus"
+
+
+def check_data_shards(config: Any) -> None:
+    """Damaged local shards (a truncated chunk, a broken index.json) are one line naming the file, here, before
+    the model is built: a compact vocabulary reads the captions while it is instantiated, where jsonargparse would
+    report litdata's error as a config-parsing one."""
+    from genlip_lit.data.shard_check import check_shard_dir
+
+    try:
+        data_dir = config.get("data.init_args.data_dir") if config.get("data") else None
+    except (KeyError, AttributeError, TypeError):
+        return
+    for d in [data_dir] if isinstance(data_dir, str) else list(data_dir or []):
+        check_shard_dir(str(d))
 
 
 def fill_data_corpus(config: Any) -> None:
