@@ -11,6 +11,8 @@ What it runs (GPU shapes; --cpu shrinks every one, keeping head dim 72):
 2. Stage 1: So/16 at 224 px, 30 steps of GenLIPModule under Lightning in bf16-mixed, without and with compiled
    blocks: samples/s, MFU (FLOPs per sample counted by `genlip plan` on the meta device, next to the Throughput
    callback's count of the real step), peak memory next to `genlip plan`'s estimate for this micro-batch.
+   The same stage-1 steps with the per-step safety code (non-finite guard, training RNG window; modules/safety.py)
+   on and switched off, alternately twice: samples/s of each (goal: the guard costs under 1%).
 3. Stage 2: 20 steps on rows of 16,384 packed tokens (FlexAttention, activation checkpointing): tokens/s,
    packing efficiency, MFU.
 4. LM-head cross-entropy at vocab 151,936: plain logits vs chunks of 1,024 tokens, peak memory, equal loss.
@@ -263,20 +265,25 @@ def _planned(config, shape, batch: int, checkpointing: bool, device: str):
     return trace.flops / batch, memory.peak
 
 
-def check_stage1(sh: Shapes, report: Report, compiled: bool) -> None:
+def _stage1_batch(sh: Shapes):
     from genlip_lit.data.batch import Batch
+
+    g = torch.Generator().manual_seed(1)
+    mask = torch.ones(sh.batch, sh.text, dtype=torch.bool)
+    mask[:, : sh.head] = False
+    return Batch(pixel_values=torch.randint(0, 256, (sh.batch, 3, sh.image, sh.image), dtype=torch.uint8, generator=g),
+                 input_ids=torch.randint(3, sh.vocab, (sh.batch, sh.text), generator=g), loss_mask=mask,
+                 text_mask=torch.ones_like(mask), pixel_mean=(0.5,) * 3, pixel_std=(0.5,) * 3)
+
+
+def check_stage1(sh: Shapes, report: Report, compiled: bool) -> None:
     from genlip_lit.plan.trace import SampleShape
 
     name = "stage 1, compiled blocks" if compiled else "stage 1"
     if compiled and not sh.compile:
         report.add(name, "CPU mode", "skipped: compiling blocks on CPU takes minutes", None)
         return
-    g = torch.Generator().manual_seed(1)
-    mask = torch.ones(sh.batch, sh.text, dtype=torch.bool)
-    mask[:, : sh.head] = False
-    batch = Batch(pixel_values=torch.randint(0, 256, (sh.batch, 3, sh.image, sh.image), dtype=torch.uint8, generator=g),
-                  input_ids=torch.randint(3, sh.vocab, (sh.batch, sh.text), generator=g), loss_mask=mask,
-                  text_mask=torch.ones_like(mask), pixel_mean=(0.5,) * 3, pixel_std=(0.5,) * 3)
+    batch = _stage1_batch(sh)
     module = _module(sh, compile_blocks=compiled)
     logger, counter, peak, seconds = _fit(sh, module, [batch] * sh.steps, sh.steps, count_flops=not compiled)
     side = sh.image // module.config.patch_size
@@ -295,6 +302,38 @@ def check_stage1(sh: Shapes, report: Report, compiled: bool) -> None:
         result += f"; peak {peak / 2**30:.2f} GiB, planned {planned / 2**30:.2f} GiB"
     same_count = compiled or (counted is not None and abs(counted - flops) <= 0.01 * flops)
     report.add(name, setting, result + f"; fit {seconds:.0f} s", same_count and rate is not None)
+
+
+def _without_safety(module):
+    """`module` with modules/safety.py's per-step work switched off: no non-finite verdict (the loss goes to the
+    optimizer as it is) and no training RNG window; the data bookkeeping of modules/base.py stays."""
+    module.skip_if_nonfinite = lambda loss, nonfinite=None: loss
+    module.on_before_optimizer_step = lambda optimizer: None
+    module.on_train_batch_start = lambda batch, batch_idx: module.record_training_batch(batch)
+    module.on_train_batch_end = lambda outputs, batch, batch_idx: None
+    return module
+
+
+def check_guard(sh: Shapes, report: Report) -> None:
+    """Stage-1 samples/s with the safety code on and off, alternately (on, off, on, off): the best of each."""
+    batch = _stage1_batch(sh)
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    for guarded in (True, False) * (1 if sh.device == "cpu" else 2):
+        torch.manual_seed(0)
+        module = _module(sh)
+        logger, _, _, _ = _fit(sh, module if guarded else _without_safety(module), [batch] * sh.steps, sh.steps,
+                               count_flops=False)
+        rate = logger.last("perf/samples_per_s")
+        if rate:
+            rates[guarded].append(rate)
+    setting = f"So/16{'' if sh.device == 'cuda' else ' (shrunk)'}, {sh.image} px, batch {sh.batch}, {sh.steps} steps"
+    if not rates[True] or not rates[False]:
+        report.add("non-finite guard on vs off", setting, "no rate logged", False)
+        return
+    on, off = max(rates[True]), max(rates[False])
+    result = f"on {on:,.1f} samples/s, off {off:,.1f} samples/s: {on / off - 1:+.2%}"
+    # the 1% goal is a GPU figure: shrunk CPU steps are too short and noisy to weigh it
+    report.add("non-finite guard on vs off", setting, result, on >= 0.99 * off if sh.device == "cuda" else True)
 
 
 def check_stage2(sh: Shapes, report: Report) -> None:
@@ -398,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu", action="store_true", help="shrunk shapes on CPU (what CI runs)")
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--only", nargs="+", default=None,
-                        choices=["attention", "stage1", "stage1-compiled", "stage2", "lm-head", "generation"])
+                        choices=["attention", "stage1", "stage1-compiled", "guard", "stage2", "lm-head", "generation"])
     args = parser.parse_args(argv)
     if not args.cpu and not torch.cuda.is_available():
         print("no CUDA device: run with --cpu for the shrunk check", file=sys.stderr)
@@ -413,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         "attention": lambda: check_attention(sh, report),
         "stage1": lambda: check_stage1(sh, report, compiled=False),
         "stage1-compiled": lambda: check_stage1(sh, report, compiled=True),
+        "guard": lambda: check_guard(sh, report),
         "stage2": lambda: check_stage2(sh, report),
         "lm-head": lambda: check_lm_head(sh, report),
         "generation": lambda: check_generation(sh, report),

@@ -287,9 +287,11 @@ def check_accelerator(config: Any) -> None:
 
 
 def check_data_dirs(config: Any) -> None:
-    """Each local `data.init_args.data_dir` holds `genlip optimize` train shards; else one line naming it as
-    data_dir, before anything slow starts (the model, a compact vocabulary read from the same directory)."""
+    """Each local `data.init_args.data_dir` holds `genlip optimize` train shards, undamaged; else one line naming
+    it (as data_dir, or the damaged chunk / index.json), before anything slow starts: the model, a compact
+    vocabulary read from the same directory (which jsonargparse would report as a config-parsing error)."""
     from genlip_lit.data.datamodule import data_dir_problem
+    from genlip_lit.data.shard_check import check_shard_dir
 
     try:
         data_dir = config.get("data.init_args.data_dir") if config.get("data") else None
@@ -299,6 +301,7 @@ def check_data_dirs(config: Any) -> None:
         problem = data_dir_problem(str(d))
         if problem:
             raise GenLIPUserError(problem)
+        check_shard_dir(str(d))
 
 
 COMPACT_CORPUS_KEY = "model.init_args.tokenizer.init_args.compact_corpus"

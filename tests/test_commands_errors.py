@@ -216,3 +216,91 @@ def test_an_output_the_command_did_not_write_is_refused_before_any_work(name, tm
     assert (mine / "notes.txt").read_text() == "mine"
     err = refused(capsys, [*argv(mine), "--overwrite"])  # lifted: the command goes on to its next check
     assert "--output" not in err.split(":")[1]
+
+
+# ---------------------------------------------------------------------------------------------- damaged shards
+@pytest.fixture(scope="module")
+def damaged_shards(tmp_path_factory) -> dict[str, tuple[str, str]]:
+    """{kind: (shard directory, the file its error must name)}: a train chunk cut to half its bytes (a copy cut
+    short), an index.json cut mid-way."""
+    import glob
+
+    from helpers import write_real_corpus
+
+    root = tmp_path_factory.mktemp("damaged")
+    chunk_dir = write_real_corpus(root / "chunk")
+    (chunk,) = glob.glob(f"{chunk_dir}/train/chunk-*.bin")
+    with open(chunk, "rb") as fh:
+        data = fh.read()
+    with open(chunk, "wb") as fh:
+        fh.write(data[: len(data) // 2])
+    index_dir = write_real_corpus(root / "index")
+    index = f"{index_dir}/val/index.json"
+    with open(index) as fh:
+        text = fh.read()
+    with open(index, "w") as fh:
+        fh.write(text[: len(text) // 2])
+    return {"chunk": (chunk_dir, chunk), "index": (index_dir, index)}
+
+
+def _damage_line(capsys, argv: list[str], culprit: str) -> None:
+    """Exit 2 and one `genlip: error:` line naming the damaged file and the fix; no traceback, no parse error."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2, argv
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("genlip: error: ")]
+    assert len(errors) == 1 and culprit in errors[0] and "re-run `genlip optimize`" in errors[0], err
+    assert "Traceback" not in err and "Union" not in err and len(err.strip().splitlines()) <= MAX_LINES, err
+
+
+@pytest.mark.parametrize("kind", ["chunk", "index"])
+def test_damaged_shards_are_one_line_naming_the_file_in_every_command(kind, damaged_shards, tmp_path, capsys,
+                                                                       monkeypatch) -> None:
+    """At 74076bd a truncated chunk ended fit in a 32-frame jsonargparse "Union subtypes" error (the compact
+    vocabulary reads the captions while the config is instantiated) and eval in a 25-frame ChunkWaitTimeoutError."""
+    import os
+
+    from helpers import tiny_fit_args
+
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    corpus, culprit = damaged_shards[kind]
+    fit = tiny_fit_args(tmp_path, extra=["--data.init_args.synthetic=null", f"--data.init_args.data_dir={corpus}",
+                                         "--model.init_args.tokenizer.init_args.compact_corpus=data"])
+    _damage_line(capsys, fit, culprit)
+    _damage_line(capsys, ["eval", "--ckpt", "missing.ckpt", "--evaluations", "[LinearProbe]", "--data",
+                          f"{{data_dir: {corpus}}}"], culprit)
+    _damage_line(capsys, ["probe", "--ckpt", "missing.ckpt", "--data", corpus], culprit)
+    _damage_line(capsys, ["llm-probe", "--encoder", "missing", "--data", corpus, "--output", str(tmp_path / "l")],
+                 culprit)
+    config = tmp_path / "on_damaged.yaml"
+    config.write_text(f"data:\n  init_args:\n    data_dir: {corpus}\n")
+    for argv in (["compare", "experiments/compare/clip.yaml", "--output", str(tmp_path / "c1"), "--",
+                  f"--data.init_args.data_dir={corpus}"],
+                 ["compare", str(config), "--output", str(tmp_path / "c2")]):
+        _damage_line(capsys, argv, culprit)
+    assert not os.path.exists(tmp_path / "c1" / "clip")  # no run was started
+
+
+@pytest.mark.parametrize("kind", ["chunk", "index"])
+def test_damaged_shards_are_refused_where_they_are_opened(kind, damaged_shards, tmp_path) -> None:
+    """The readers themselves (fit's data module, the compact vocabulary and coverage check, probe's labelled
+    shards) refuse before litdata reads: the same line when a command reaches them another way (a checkpoint's
+    data_dir)."""
+    from genlip_lit.data.caption_coverage import shard_captions
+    from genlip_lit.data.datamodule import GenLIPDataModule
+    from genlip_lit.data.tokenizer import CaptionEncoder, OpenCLIPTokenizer
+    from genlip_lit.errors import GenLIPUserError
+    from genlip_lit.eval.labelled import ShardLabelledSet
+
+    corpus, culprit = damaged_shards[kind]
+    split = "train" if kind == "chunk" else "val"
+    dm = GenLIPDataModule(data_dir=corpus, image_size=16, batch_size=4, num_workers=0,
+                          cache_dir=str(tmp_path / "cache"),
+                          caption_encoder=CaptionEncoder(OpenCLIPTokenizer(), max_len=16))
+    for read in (lambda: dm.setup("fit"), lambda: ShardLabelledSet(corpus, split)) + (
+            (lambda: shard_captions(corpus, 10),) if kind == "chunk" else ()):
+        with pytest.raises(GenLIPUserError) as info:
+            read()
+        assert culprit in str(info.value) and "genlip optimize" in str(info.value)
+        assert len(str(info.value).splitlines()) == 1

@@ -24,6 +24,7 @@ from genlip_lit.data.datamodule import GenLIPDataModule
 from genlip_lit.data.tokenizer import OpenCLIPTokenizer
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.modules import CaptionerModule, ContrastiveModule, GenLIPModule
+from genlip_lit.modules.base import EncoderModule
 from genlip_lit.modules.loading import load_checkpoint
 from genlip_lit.modules.safety import capture_rng, restore_rng
 
@@ -85,8 +86,12 @@ class WeightsAfterStep(L.Callback):
             self.weights = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
 
 
-@pytest.mark.parametrize("cls", [NaNLossContrastive, NaNLossCaptioner, NaNGradGenLIP])
-def test_every_objective_skips_counts_and_stops(cls, tmp_path) -> None:
+@pytest.mark.parametrize(("cls", "fused"), [(NaNLossContrastive, False), (NaNLossCaptioner, False),
+                                           (NaNGradGenLIP, False), (NaNLossCaptioner, True), (NaNGradGenLIP, True)])
+def test_every_objective_skips_counts_and_stops(cls, fused, tmp_path, monkeypatch) -> None:
+    """fused: AdamW's fused kernel (what CUDA runs), which skips a step on the guard's device-side flag (NaN loss
+    and NaN gradient); otherwise the verdict is read on the host."""
+    monkeypatch.setattr(EncoderModule, "fused_optimizer", lambda self: fused)
     kwargs = {"loss": "clip", "text_layers": 1} if cls is NaNLossContrastive else {"max_text_len": 32}
     module = cls(arch_overrides=TINY, tokenizer=OpenCLIPTokenizer(compact_corpus="synthetic"), **kwargs)
     data = GenLIPDataModule(synthetic={"num_train": 64, "num_val": 8, "image_size": 32, "word_prob": 0.5},
@@ -104,6 +109,85 @@ def test_every_objective_skips_counts_and_stops(cls, tmp_path) -> None:
     for name, value in after_first.weights.items():  # no update since step 1
         assert torch.equal(ckpt["state_dict"][name], value), name
     assert module.nonfinite_steps == 3
+
+
+# (`numpy()` is left out: on a device tensor it raises, so it never hides a copy; `cpu()` is what would)
+HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu")
+OUR_STEP_CODE = tuple(os.path.join(REPO, "genlip_lit", "modules", f) for f in ("safety.py", "base.py"))
+
+
+class HostReads:
+    """Counts the Tensor methods that read a value back to the host (a sync on a GPU) called while one of
+    `OUR_STEP_CODE`'s functions is on the stack (torch or Lightning code called from ours included)."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.calls: list[str] = []
+        self.active = False
+        for name in HOST_READS:
+            monkeypatch.setattr(torch.Tensor, name, self._counting(name, getattr(torch.Tensor, name)))
+
+    def _counting(self, name, method):
+        def counted(tensor, *args, **kwargs):
+            if self.active:
+                frame = sys._getframe(1)
+                while frame is not None:
+                    if frame.f_code.co_filename in OUR_STEP_CODE:
+                        self.calls.append(f"{name} from {frame.f_code.co_name}:{frame.f_lineno}")
+                        break
+                    frame = frame.f_back
+            return method(tensor, *args, **kwargs)
+
+        return counted
+
+
+class NaNOnSteps(GenLIPModule):
+    """NaN loss at steps 3 and 4 (1-based): skipped and counted, fewer than the stop's run (8)."""
+
+    def caption_loss(self, batch):
+        out = super().caption_loss(batch)
+        if self.trainer.global_step in (2, 3):
+            out.loss = out.loss * float("nan")
+        return out
+
+
+class ReadsDuringSteps(L.Callback):
+    """Switches the counting on from the first step's start to the last step's end (setup and teardown may read)."""
+
+    def __init__(self, reads: HostReads) -> None:
+        self.reads = reads
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.reads.active = True
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.reads.active = False
+
+
+def test_guard_and_bookkeeping_read_nothing_back_during_steps(tmp_path, monkeypatch) -> None:
+    """With the fused optimizer CUDA uses, the step path of modules/safety.py and base.py (non-finite verdict,
+    counters, RNG window, data totals) calls no Tensor method that copies a value to the host; the skipped steps
+    still make no update and are counted."""
+    monkeypatch.setattr(EncoderModule, "fused_optimizer", lambda self: True)
+    module = NaNOnSteps(arch_overrides=TINY, tokenizer=OpenCLIPTokenizer(compact_corpus="synthetic"), max_text_len=32)
+    data = GenLIPDataModule(synthetic={"num_train": 40, "num_val": 8, "image_size": 32, "word_prob": 0.5},
+                            cache_dir=str(tmp_path / "cache"), image_size=32, batch_size=8, num_workers=0)
+    data.connect(**module.data_settings())
+    reads = HostReads(monkeypatch)
+    after = [WeightsAfterStep(2), WeightsAfterStep(4)]
+    trainer = L.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0, callbacks=[ReadsDuringSteps(reads), *after])
+    trainer.fit(module, data)
+    assert trainer.global_step == 5 and reads.calls == []
+    assert module.nonfinite_steps == 2 and float(trainer.callback_metrics["train/nonfinite_steps"]) == 2.0
+    for name, value in after[0].weights.items():  # steps 3 and 4 changed nothing
+        assert torch.equal(after[1].weights[name], value), name
+    steps = {float(s["step"]) for s in trainer.optimizers[0].state_dict()["state"].values()}
+    assert steps == {3.0}  # AdamW's own count: the 3 finite steps only
+    # the counter sees a read where there is one: it is not blind
+    reads.active = True
+    module.nonfinite_steps  # noqa: B018 - a host read, by design (checkpoints, reports)
+    assert any("nonfinite_steps" in call for call in reads.calls)
 
 
 def test_nonfinite_guard_settings() -> None:

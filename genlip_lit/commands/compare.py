@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from genlip_lit.data.shard_check import FIX as SHARDS_FIX
 from genlip_lit.errors import GenLIPUserError
 
 DEFAULT_BASE = "experiments/quickstart.yaml"
@@ -87,6 +88,39 @@ def plan_runs(configs: list[str], base: str | None, max_steps: int | None, extra
     if max_steps is not None and max_steps < 1:
         raise GenLIPUserError(f"--max-steps must be >= 1, got {max_steps}")
     return [RunSpec(n, p, base_path, max_steps, list(extra)) for n, p in zip(names, paths)]
+
+
+def data_dirs(spec: RunSpec) -> list[str]:
+    """The data_dir(s) a run trains on, as `genlip fit` composes them: the base's, the config's, then a
+    `--data.init_args.data_dir` among the extra arguments (unreadable YAML is left for fit to name)."""
+    import yaml
+
+    found: Any = None
+    for path in (spec.base, spec.config):
+        try:
+            config = yaml.safe_load(path.read_text()) if path is not None else None
+        except (OSError, yaml.YAMLError):
+            continue
+        data = config.get("data") if isinstance(config, dict) else None
+        init_args = data.get("init_args") if isinstance(data, dict) else None
+        if isinstance(init_args, dict) and "data_dir" in init_args:
+            found = init_args["data_dir"]
+    args = spec.extra_args
+    for i, arg in enumerate(args):
+        if arg.startswith("--data.init_args.data_dir="):
+            found = yaml.safe_load(arg.partition("=")[2])
+        elif arg == "--data.init_args.data_dir" and i + 1 < len(args):
+            found = yaml.safe_load(args[i + 1])
+    return [found] if isinstance(found, str) else [str(d) for d in (found or []) if d is not None]
+
+
+def check_run_data(specs: list[RunSpec]) -> None:
+    """Damaged local shards are one line naming the file before the first run starts (not one failed fit per
+    config)."""
+    from genlip_lit.data.shard_check import check_shard_dir
+
+    for d in dict.fromkeys(d for spec in specs for d in data_dirs(spec)):
+        check_shard_dir(d)
 
 
 # ---------------------------------------------------------------------------------------------------- running
@@ -181,6 +215,9 @@ def run_one(spec: RunSpec, output: Path, rerun: bool, fit_command: list[str]) ->
     attempts_path.write_text(json.dumps(attempts, indent=1))
     if returncode != 0:
         tail = log_path.read_text().strip().splitlines()[-5:]
+        damaged = [line for line in tail if line.startswith("genlip: error: ") and SHARDS_FIX in line]
+        if returncode == 2 and damaged:  # every run reads the same data: the comparison stops with fit's line
+            raise GenLIPUserError(f"{spec.name}: {damaged[-1].removeprefix('genlip: error: ')}")
         return {"name": spec.name, "status": "failed", "status_line": f"FAILED (exit {returncode}); last lines of "
                 f"{log_path}:\n    " + "\n    ".join(tail)}
     from genlip_lit.eval.compare_report import collect_result
@@ -225,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
 
     check_output(args.output, "compare", args.overwrite)
     specs = plan_runs(args.configs, args.base, args.max_steps, extra)
+    check_run_data(specs)
     unknown = sorted(set(args.rerun) - {s.name for s in specs})
     if unknown:
         raise GenLIPUserError(f"--rerun names no run of this comparison: {unknown}; runs: {[s.name for s in specs]}")

@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isdir(os.path.expanduser(args.data)):  # before the (slower) checkpoint load
         raise GenLIPUserError(f"--data {args.data}: no such directory (an ImageFolder, or labelled shards from "
                               "`genlip optimize`)")
+    from genlip_lit.data.shard_check import check_shard_dir
+
+    check_shard_dir(args.data)  # damaged shards: one line naming the file, before the checkpoint loads
     from genlip_lit.commands.common import load_module, torch_threads
     from genlip_lit.commands.output import check_output, claim_output
 

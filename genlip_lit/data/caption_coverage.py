@@ -16,6 +16,8 @@ import logging
 import os
 from typing import Any
 
+from genlip_lit.data.shard_check import FIX as SHARDS_FIX
+from genlip_lit.data.shard_check import check_split
 from genlip_lit.errors import GenLIPUserError
 
 log = logging.getLogger(__name__)
@@ -44,12 +46,12 @@ def shard_captions(data_dir: str, limit: int) -> tuple[list[str], int]:
 
     split = os.path.join(data_dir, "train")
     split = split if os.path.isfile(os.path.join(split, "index.json")) else data_dir
+    check_split(split)  # a damaged chunk: one line here, not litdata's timeout inside the config's instantiation
     try:
         dataset = litdata.StreamingDataset(input_dir=split)
     except (ValueError, KeyError, OSError) as err:
         raise GenLIPUserError(f"{os.path.join(split, 'index.json')} is not a readable litdata index "
-                              f"({type(err).__name__}: {err}); "
-                              "write the shards again with `genlip optimize`") from err
+                              f"({type(err).__name__}: {err}); {SHARDS_FIX}") from err
     total = len(dataset)
     count = min(total, max(0, int(limit)))
     captions = []

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import default_collate
 
 from genlip_lit.data.batch import Batch
+from genlip_lit.data.shard_check import FIX, check_split
 from genlip_lit.data.tokenizer import CaptionEncoder
 from genlip_lit.data.transforms import FixedResTransform, NativeResTransform, SquashTransform, decode_image
 from genlip_lit.errors import GenLIPUserError
@@ -92,6 +93,7 @@ class GenLIPStreamingDataset(litdata.StreamingDataset):
         caption_encoder: CaptionEncoder,
         **kwargs: Any,
     ) -> None:
+        check_split(input_dir)  # a damaged local index or chunk: one line naming the file, before litdata reads it
         try:
             super().__init__(input_dir=input_dir, **kwargs)
         except (ValueError, KeyError, OSError) as err:  # a truncated or foreign index.json (JSONDecodeError...)
@@ -99,7 +101,7 @@ class GenLIPStreamingDataset(litdata.StreamingDataset):
                 raise
             index = os.path.join(input_dir, "index.json")
             raise GenLIPUserError(f"{index} is not a readable litdata index ({type(err).__name__}: {err}); "
-                                  "write the shards again with `genlip optimize`") from err
+                                  f"{FIX}") from err
         # not `self.transform`: StreamingDataset applies an attribute of that name to raw items itself
         self.image_transform = transform
         self.caption_encoder = caption_encoder

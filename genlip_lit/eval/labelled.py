@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from genlip_lit.data.shard_check import check_split
 from genlip_lit.data.transforms import FixedResTransform, decode_image
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.eval.probes import stratified_split
@@ -249,6 +250,7 @@ class ShardLabelledSet:
             found = [s for s in SPLITS if os.path.isfile(os.path.join(data_dir, s, "index.json"))]
             raise GenLIPUserError(f"no litdata split {split!r} in {data_dir!r} (splits found: {found or 'none'})")
         self.data_dir, self.split, self.seed = data_dir, split, seed
+        check_split(split_dir)  # a damaged index or chunk: one line naming the file
         self.dataset = litdata.StreamingDataset(split_dir)
         names = read_meta(data_dir).get("class_names")
         self._class_names: list[str] | None = [str(n) for n in names] if names else None

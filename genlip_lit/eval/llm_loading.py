@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from genlip_lit.data.shard_check import check_split
 from genlip_lit.errors import GenLIPUserError
 
 # The quickstart's `data.init_args.synthetic` (experiments/quickstart.yaml; a test keeps the two equal), so
@@ -165,6 +166,7 @@ def _read_split(split_dir: str, indices: list[int]) -> CaptionSet:
 
     from genlip_lit.data.transforms import decode_image
 
+    check_split(split_dir)  # a damaged index or chunk: one line naming the file
     dataset = litdata.StreamingDataset(split_dir)
     images, captions, skipped = [], [], 0
     for i in indices:
@@ -205,6 +207,7 @@ def data_root(data: str | None) -> str:
         raise GenLIPUserError(f"--data {data!r} has no {splits} litdata shards (llm-probe trains on train/ "
                               "and scores val/; write both with `genlip optimize`)")
     for split in ("train", "val"):
+        check_split(os.path.join(root, split))  # a damaged index or chunk: one line naming the file
         if _split_len(os.path.join(root, split)) == 0:
             raise GenLIPUserError(f"--data {data!r}: the {split}/ split is empty")
     return root

@@ -9,6 +9,12 @@ objective accepts under the same YAML keys (`lr`, `min_lr`, `weight_decay`, `bet
 (`no_weight_decay()`, `vision_tower()`, `shard_units()`), so the optimizer, FSDP and `genlip export` never learn an
 objective's name; `data_settings()` is what the data module is told through `GenLIPDataModule.connect`.
 
+Every objective's training steps are accounted for in one place (`on_train_batch_start`, below): the running data
+totals of the batches (`data/skipped_samples`, `data/truncated_captions`, `data/unknown_tokens`), the packing
+statistics of packed batches (`data/packing_efficiency`, `data/unpacked_efficiency`) and `train/lr`; the totals are
+global sums under DDP and travel in checkpoints (`genlip_<name>`), so a resumed run counts on from where it stopped.
+They stay on the device between steps: nothing in this path waits for the GPU (modules/safety.py, same rule).
+
 The encoder contract (`encode_patches`, `encode_pooled`, and for generative models `generate_captions`,
 `score_captions`) is the only way callbacks and evaluation code reach a model, so they work the same for
 GenLIP, the captioner and the contrastive baselines.
@@ -28,7 +34,24 @@ from genlip_lit.errors import GenLIPUserError
 from genlip_lit.modules.safety import TrainingSafety
 from genlip_lit.schedule import warmup_cosine
 
-__all__ = ["EncoderModule", "param_groups", "warmup_cosine"]
+__all__ = ["DATA_COUNTERS", "EncoderModule", "param_groups", "warmup_cosine"]
+
+# running totals every training step adds to: logged as data/<name>, saved in checkpoints as genlip_<name>,
+# each counted per batch by the `Batch` field named here (objectives whose batches lack it count 0)
+DATA_COUNTERS = {"skipped_samples": "num_skipped", "truncated_captions": "num_truncated",
+                 "unknown_tokens": "num_unknown"}
+
+
+def packing_sums(segment_ids: Tensor, num_samples: int) -> Tensor:
+    """int64 [useful tokens, token slots, slots if every sample were padded to the longest] of a packed batch,
+    computed on its device without a host read (`data/packing.py::packing_stats` is the host-side twin)."""
+    flat = segment_ids.reshape(-1).long()
+    lengths = torch.zeros(num_samples + 1, dtype=torch.int64, device=flat.device)
+    lengths.scatter_add_(0, flat.clamp(max=num_samples), torch.ones_like(flat))
+    useful = lengths[1:].sum()
+    longest = lengths[1:].max() if num_samples else useful
+    slots = torch.full((), flat.numel(), dtype=torch.int64, device=flat.device)
+    return torch.stack([useful, slots, longest * num_samples])
 
 
 def param_groups(model: nn.Module, weight_decay: float, exempt: set[str] | None = None,
@@ -112,6 +135,8 @@ class EncoderModule(TrainingSafety, L.LightningModule, metaclass=_AppliesInitFro
         self.warmup_ratio, self.warmup_steps = warmup_ratio, warmup_steps
         self.init_from = init_from
         self.init_source: str | None = None  # the checkpoint file init_from resolved to, once loaded
+        # DATA_COUNTERS totals (global under DDP), int64 on the training device: added to without a host read
+        self._data_totals = torch.zeros(len(DATA_COUNTERS), dtype=torch.int64)
 
     def _after_init(self) -> None:
         if self.init_from:
@@ -130,8 +155,13 @@ class EncoderModule(TrainingSafety, L.LightningModule, metaclass=_AppliesInitFro
         declared = getattr(network, "no_weight_decay", None) if network is not self else None
         return set(declared()) if callable(declared) else set()
 
+    def fused_optimizer(self) -> bool:
+        """AdamW's fused kernel: on CUDA (one launch per step, and a device-side skip for the non-finite guard:
+        modules/safety.py); CPU keeps the default implementation."""
+        return self.device.type == "cuda"
+
     def configure_optimizers(self):
-        fused = self.device.type == "cuda"
+        fused = self.fused_optimizer()
         groups = param_groups(self.optimized_model(), self.weight_decay, self.no_weight_decay(),
                               self.weight_decay_scope())
         opt = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas, fused=fused)
@@ -197,9 +227,76 @@ class EncoderModule(TrainingSafety, L.LightningModule, metaclass=_AppliesInitFro
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.save_self_description(checkpoint)  # subclasses that add entries call this too
+        self.save_step_totals(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.load_self_description(checkpoint)
+        self.load_step_totals(checkpoint)
+
+    # ------------------------------------------------------------------ training-step bookkeeping
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Opens the step's RNG window (modules/safety.py), then counts the batch: every objective's one path.
+        A subclass that overrides this hook calls `super().on_train_batch_start(batch, batch_idx)` first."""
+        super().on_train_batch_start(batch, batch_idx)
+        self.record_training_batch(batch)
+
+    def record_training_batch(self, batch: Any) -> None:
+        """Add the batch's data counts to the running totals and log them, its packing statistics, and train/lr.
+
+        The counts are host integers the loader produced; they reach the device in one asynchronous copy and,
+        under DDP, are summed over ranks in one collective (no barrier) together with the packing sums, so the
+        logged totals and efficiencies are global and nothing here waits for the GPU."""
+        device = self.device
+        counts = [int(getattr(batch, field, 0) or 0) for field in DATA_COUNTERS.values()]
+        segments = getattr(batch, "segment_ids", None)
+        num_samples = len(batch) if hasattr(batch, "__len__") else 0
+        step = torch.tensor(counts, dtype=torch.int64).to(device, non_blocking=True)
+        if segments is not None:
+            step = torch.cat([step, packing_sums(segments, num_samples)])
+        if self._world_size() > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(step)  # (Lightning's strategy.reduce adds a blocking barrier)
+        if self._data_totals.device != device:
+            self._data_totals = self._data_totals.to(device)
+        self._data_totals += step[: len(DATA_COUNTERS)]
+        logged = self._data_totals.to(torch.float32 if device.type == "mps" else torch.float64)
+        size = max(num_samples, 1)
+        for i, name in enumerate(DATA_COUNTERS):
+            self.log(f"data/{name}", logged[i], batch_size=size)
+        if segments is not None:
+            useful, slots, unpacked = step[len(DATA_COUNTERS):].to(logged.dtype).unbind()
+            self.log("data/packing_efficiency", useful / slots.clamp(min=1), batch_size=size)
+            self.log("data/unpacked_efficiency", useful / unpacked.clamp(min=1), batch_size=size)
+        optimizers = self.trainer.optimizers
+        if optimizers:  # a device scalar filled from a host float: no copy to wait for
+            lr = torch.full((), float(optimizers[0].param_groups[0]["lr"]), dtype=logged.dtype, device=device)
+            self.log("train/lr", lr, batch_size=size)
+
+    def step_totals_now(self) -> dict[str, int]:
+        """The running data totals as integers (global under DDP): one host read, for checkpoints and reports."""
+        return dict(zip(DATA_COUNTERS, (int(v) for v in self._data_totals.tolist())))
+
+    @property
+    def skipped_samples(self) -> int:
+        """Samples dropped so far because their image failed to decode (data/skipped_samples)."""
+        return self.step_totals_now()["skipped_samples"]
+
+    @property
+    def truncated_captions(self) -> int:
+        """Captions cut to the model's max_text_len so far (data/truncated_captions)."""
+        return self.step_totals_now()["truncated_captions"]
+
+    @property
+    def unknown_tokens(self) -> int:
+        """Caption tokens the tokenizer mapped to its unknown token so far (data/unknown_tokens)."""
+        return self.step_totals_now()["unknown_tokens"]
+
+    def save_step_totals(self, checkpoint: dict[str, Any]) -> None:
+        for name, value in self.step_totals_now().items():
+            checkpoint[f"genlip_{name}"] = value
+
+    def load_step_totals(self, checkpoint: dict[str, Any]) -> None:
+        values = [int(checkpoint.get(f"genlip_{name}", 0) or 0) for name in DATA_COUNTERS]
+        self._data_totals = torch.tensor(values, dtype=torch.int64, device=self._data_totals.device)
 
     def require_unpacked(self, batch: object) -> None:
         """Packed native-resolution batches (data.resolution: native) are for GenLIPModule only."""

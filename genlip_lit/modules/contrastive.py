@@ -93,8 +93,6 @@ class ContrastiveModule(EncoderModule):
         self.criterion = contrastive_loss(loss)
         self.val_loss = MeanMetric()
         self.val_i2t = MeanMetric()
-        self.skipped_samples = 0
-        self.unknown_tokens = 0  # caption tokens the tokenizer mapped to its unknown token (data/unknown_tokens)
 
     def _init_matched_towers(self, arch, arch_overrides, embed_dim, text_width, text_layers, text_heads,
                              max_text_len) -> None:
@@ -183,13 +181,9 @@ class ContrastiveModule(EncoderModule):
         return input_ids
 
     # ------------------------------------------------------------------ training
+    # (data counters and train/lr: EncoderModule.record_training_batch, for every objective)
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         self.require_unpacked(batch)
-        # global under DDP (one all-reduce), so the logged counters are every rank's
-        counts = [batch.num_skipped, batch.num_unknown]
-        skipped, unknown = self.step_totals(counts).tolist() if self._world_size() > 1 else counts
-        self.skipped_samples += int(skipped)
-        self.unknown_tokens += int(unknown)
         if len(batch) == 0:
             return None
         batch = batch.normalized()
@@ -198,9 +192,6 @@ class ContrastiveModule(EncoderModule):
         # the mean over ranks: SigLIP's per-rank losses are parts of the global one (CLIP's are all equal)
         self.log("train/loss", loss, prog_bar=True, batch_size=n, sync_dist=self._world_size() > 1)
         self.log("train/logit_scale", self.logit_scale.exp().detach(), batch_size=n)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
-        self.log("data/skipped_samples", float(self.skipped_samples), batch_size=n)
-        self.log("data/unknown_tokens", float(self.unknown_tokens), batch_size=n)
         return self.skip_if_nonfinite(loss)  # None / zero gradients (no update) when NaN/inf: modules/safety.py
 
     def _eval_step(self, batch: Batch) -> None:
@@ -224,14 +215,11 @@ class ContrastiveModule(EncoderModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.save_self_description(checkpoint)
+        super().on_save_checkpoint(checkpoint)  # self-description and the step totals (modules/base.py)
         # The state dict holds the (possibly fine-tuned) open_clip weights: rebuilding from this checkpoint must
         # not read, or require, the original weights file.
         if "hyper_parameters" in checkpoint and checkpoint["hyper_parameters"].get("open_clip_weights"):
             checkpoint["hyper_parameters"]["open_clip_weights"] = None
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.load_self_description(checkpoint)
 
     # ------------------------------------------------------------------ model metadata
     def no_weight_decay(self) -> set[str]:

@@ -16,7 +16,6 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 
 from genlip_lit.data.batch import Batch
-from genlip_lit.data.packing import packing_stats
 from genlip_lit.data.tokenizer import CaptionEncoder, OpenCLIPTokenizer, Tokenizer
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.models import GenLIP, GenLIPConfig
@@ -70,9 +69,6 @@ class GenLIPModule(EncoderModule):
         self.val_loss = MeanMetric()
         self.val_correct = SumMetric()
         self.val_tokens = SumMetric()
-        self.skipped_samples = 0
-        self.truncated_captions = 0
-        self.unknown_tokens = 0  # caption tokens the tokenizer mapped to its unknown token (data/unknown_tokens)
 
     def build_model(self, config: GenLIPConfig) -> nn.Module:
         """The network trained on captions (subclasses swap in another, e.g. the encoder-decoder baseline)."""
@@ -91,13 +87,11 @@ class GenLIPModule(EncoderModule):
         return self.model.loss(batch.pixel_values, batch.input_ids, batch.loss_mask)
 
     # ------------------------------------------------------------------ training
+    # (data counters, packing statistics and train/lr: EncoderModule.record_training_batch, for every objective)
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         batch = batch.normalized()  # a no-op after GenLIPDataModule.on_after_batch_transfer
         if self._world_size() > 1:
             return self._distributed_training_step(batch)
-        self.skipped_samples += batch.num_skipped
-        self.truncated_captions += batch.num_truncated
-        self.unknown_tokens += batch.num_unknown
         if len(batch) == 0:  # every image of this batch failed to decode: nothing to learn from
             return None
         out = self.caption_loss(batch)
@@ -105,14 +99,6 @@ class GenLIPModule(EncoderModule):
         self.log("train/loss", out.loss, prog_bar=True, batch_size=n)
         self.log("train/token_acc", out.num_correct / out.num_tokens.clamp(min=1), batch_size=n)
         self.log("train/ppl", torch.exp(out.loss.detach().clamp(max=20)), batch_size=n)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=n)
-        self.log("data/skipped_samples", float(self.skipped_samples), batch_size=n)
-        self.log("data/truncated_captions", float(self.truncated_captions), batch_size=n)
-        self.log("data/unknown_tokens", float(self.unknown_tokens), batch_size=n)
-        if batch.is_packed:
-            stats = packing_stats(batch.segment_ids)
-            self.log("data/packing_efficiency", stats.efficiency, batch_size=n)
-            self.log("data/unpacked_efficiency", stats.unpacked_efficiency, batch_size=n)
         return self.skip_if_nonfinite(out.loss)  # None (no update) when NaN/inf: modules/safety.py
 
     def _distributed_training_step(self, batch: Batch) -> Tensor:
@@ -120,7 +106,7 @@ class GenLIPModule(EncoderModule):
 
         Each rank's mean loss is rescaled by (its target tokens x world size / all ranks' target tokens): DDP
         averages gradients over ranks, so the result is the gradient of the mean over every target token of the
-        global batch, whatever the ranks' token counts. Logged loss, accuracy and data counters are global sums
+        global batch, whatever the ranks' token counts. Logged loss and accuracy are global sums
         (one all-reduce); a rank whose batch is empty backpropagates zeros, and a NaN/inf on any rank skips the
         step on all of them.
         """
@@ -130,15 +116,8 @@ class GenLIPModule(EncoderModule):
         loss_sum = out.loss.detach().double() * tokens if out is not None else 0.0
         correct = out.num_correct if out is not None else 0
         bad = (~torch.isfinite(out.loss.detach())).double() if out is not None else 0.0
-        totals = self.step_totals([tokens, loss_sum, correct, bad, n, batch.num_skipped, batch.num_truncated,
-                                   batch.num_unknown])
-        g_tokens, g_loss_sum, g_correct, g_bad, g_samples, g_skipped, g_truncated, g_unknown = totals.tolist()
-        self.skipped_samples += int(g_skipped)
-        self.truncated_captions += int(g_truncated)
-        self.unknown_tokens += int(g_unknown)
-        self.log("data/skipped_samples", float(self.skipped_samples), batch_size=max(n, 1))
-        self.log("data/truncated_captions", float(self.truncated_captions), batch_size=max(n, 1))
-        self.log("data/unknown_tokens", float(self.unknown_tokens), batch_size=max(n, 1))
+        totals = self.step_totals([tokens, loss_sum, correct, bad, n])
+        g_tokens, g_loss_sum, g_correct, g_bad, g_samples = totals.tolist()
         if g_samples == 0 or g_tokens == 0:  # every rank's batch failed to decode: nothing to learn from
             return self.zero_gradient_loss()
         loss = self.zero_gradient_loss() if out is None else out.loss * (float(tokens) * self._world_size() / g_tokens)
@@ -146,11 +125,6 @@ class GenLIPModule(EncoderModule):
         self.log("train/loss", mean, prog_bar=True, batch_size=max(n, 1))
         self.log("train/token_acc", g_correct / g_tokens, batch_size=max(n, 1))
         self.log("train/ppl", torch.exp(mean.clamp(max=20)), batch_size=max(n, 1))
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=max(n, 1))
-        if batch.is_packed and n:
-            stats = packing_stats(batch.segment_ids)
-            self.log("data/packing_efficiency", stats.efficiency, batch_size=n)
-            self.log("data/unpacked_efficiency", stats.unpacked_efficiency, batch_size=n)
         return self.skip_if_nonfinite(loss, nonfinite=g_bad > 0)
 
     # ------------------------------------------------------------------ validation / test
@@ -191,19 +165,6 @@ class GenLIPModule(EncoderModule):
     def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, str]]:
         captions = self.generate_captions(batch.normalized().pixel_values)
         return [{"caption": c, "reference": r} for c, r in zip(captions, batch.captions or [""] * len(captions))]
-
-    # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.save_self_description(checkpoint)
-        checkpoint["genlip_skipped_samples"] = self.skipped_samples
-        checkpoint["genlip_truncated_captions"] = self.truncated_captions
-        checkpoint["genlip_unknown_tokens"] = self.unknown_tokens
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.load_self_description(checkpoint)
-        self.skipped_samples = checkpoint.get("genlip_skipped_samples", 0)
-        self.truncated_captions = checkpoint.get("genlip_truncated_captions", 0)
-        self.unknown_tokens = checkpoint.get("genlip_unknown_tokens", 0)
 
     # ------------------------------------------------------------------ encoder contract
     @property

@@ -1,0 +1,81 @@
+"""Is a local litdata split whole? One line naming the damaged file, before litdata reads a byte of it.
+
+litdata reads a chunk by waiting until the file holds the bytes its index promises: a truncated chunk (a copy cut
+short, a full disk) made `genlip eval` end in a 25-frame ChunkWaitTimeoutError after a 2 s wait, and `genlip fit`
+in a 32-frame jsonargparse "Union subtypes" error (a compact vocabulary reads the captions while the config is
+instantiated). Every place that opens a local split calls `check_split` first: an index.json that does not parse
+or lists no chunks, a chunk file that is missing or not the size the index gives (uncompressed shards, what
+`genlip optimize` writes) is a `GenLIPUserError` with the fix. Remote splits are checked by litdata as it streams.
+
+Only the standard library is imported: the tokenizer's compact vocabulary (data/caption_coverage.py) uses it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from genlip_lit.errors import GenLIPUserError
+
+FIX = "re-run `genlip optimize` to write the shards again"
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path or path.startswith("local:")
+
+
+def read_index(split_dir: str) -> dict:
+    """The parsed index.json of a local split, or one line naming it when it is not a litdata index."""
+    index = os.path.join(split_dir, "index.json")
+    try:
+        with open(index, encoding="utf-8") as fh:
+            parsed = json.load(fh)
+        chunks = parsed["chunks"]
+        if not isinstance(chunks, list) or not chunks:
+            raise ValueError("it lists no chunks")
+        for chunk in chunks:
+            if not isinstance(chunk.get("filename"), str) or not isinstance(chunk.get("chunk_bytes"), int):
+                raise ValueError(f"a chunk entry without filename or chunk_bytes: {str(chunk)[:80]}")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:  # JSONDecodeError is a ValueError
+        reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+        raise GenLIPUserError(f"{index} is not a readable litdata index ({type(err).__name__}: {reason}); "
+                              f"{FIX}") from err
+    return parsed
+
+
+def check_split(split_dir: object) -> None:
+    """Refuse (one line, the file and the fix) a local split whose index or chunk files are damaged; a no-op for
+    remote splits and for anything that is not a directory path (litdata's `Dir` of a remote split)."""
+    if not isinstance(split_dir, str) or _is_remote(split_dir):
+        return
+    parsed = read_index(split_dir)
+    compressed = bool((parsed.get("config") or {}).get("compression"))
+    index = os.path.join(split_dir, "index.json")
+    for chunk in parsed["chunks"]:
+        path = os.path.join(split_dir, chunk["filename"])
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            raise GenLIPUserError(f"{path}: a chunk {index} lists is missing; {FIX}") from None
+        expected = chunk["chunk_bytes"]
+        if not compressed and size != expected:  # (compressed chunks hold fewer bytes than the index counts)
+            cut = "truncated" if size < expected else "longer than written"
+            raise GenLIPUserError(f"{path} is damaged: {size:,} bytes where its index says {expected:,} ({cut}); "
+                                  f"{FIX}")
+
+
+def check_shard_dir(data_dir: object) -> None:
+    """`check_split` on a local `genlip optimize` output: each of its splits (subdirectories with an index.json),
+    or the directory itself when it is a split; a no-op for remote or missing directories (named elsewhere)."""
+    if not isinstance(data_dir, str) or _is_remote(data_dir):
+        return
+    path = os.path.expanduser(data_dir)
+    if os.path.isfile(os.path.join(path, "index.json")):
+        check_split(path)
+        return
+    if not os.path.isdir(path):
+        return
+    for name in sorted(os.listdir(path)):
+        split = os.path.join(path, name)
+        if os.path.isfile(os.path.join(split, "index.json")):
+            check_split(split)
