@@ -44,6 +44,10 @@ def test_genlip_fit_has_the_key_with_its_default(capsys) -> None:
 
 
 def test_lost_peers_are_recognised_and_nothing_else() -> None:
+    from torch.distributed import DistStoreError
+
+    # a node that never started: the rendezvous store gives up after the same timeout
+    assert peer_failure(DistStoreError("Timed out after 5 seconds waiting for clients. 1/2 clients joined.")) == "join"
     assert peer_failure(RuntimeError(GLOO_TIMEOUT)) == "timeout"
     assert peer_failure(RuntimeError(GLOO_CLOSED)) == "closed"
     for other in (RuntimeError("CUDA out of memory"), ValueError("timeout must be positive"), KeyError("peer")):
@@ -52,7 +56,7 @@ def test_lost_peers_are_recognised_and_nothing_else() -> None:
 
 def _trainer(tmp_path, world_size: int = 2, ckpt: str = "") -> SimpleNamespace:
     callback = SimpleNamespace(dirpath=str(tmp_path / "run" / "checkpoints"), last_model_path=ckpt)
-    return SimpleNamespace(world_size=world_size, global_rank=1, node_rank=1, global_step=7,
+    return SimpleNamespace(world_size=world_size, global_rank=1, node_rank=1, global_step=7, logger=None,
                            checkpoint_callback=callback, default_root_dir=str(tmp_path))
 
 
@@ -86,3 +90,15 @@ def test_one_process_and_other_errors_are_left_alone(tmp_path) -> None:
     guard.on_exception(_trainer(tmp_path), None, other)
     assert not hasattr(single, "genlip_line") and not hasattr(other, "genlip_line")
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_node_that_never_joined_is_named_and_logged_beside_the_runs(tmp_path) -> None:
+    from torch.distributed import DistStoreError
+
+    trainer = _trainer(tmp_path)
+    trainer.checkpoint_callback.dirpath = None  # the run directory is not known before the ranks meet
+    trainer.logger = SimpleNamespace(root_dir=str(tmp_path / "runs" / "corpus_cpu"))
+    error = DistStoreError("Timed out after 5 seconds waiting for clients. 1/2 clients joined.")
+    ProcessGroupGuard(5).on_exception(trainer, None, error)
+    assert "not every rank joined within distributed.timeout (5 s): start every node with the same" in error.genlip_line
+    assert (tmp_path / "runs" / "corpus_cpu" / "rank1-error.log").is_file()

@@ -8,7 +8,8 @@ filesystem, a GPU stuck in a kernel) that is half an hour of every other node wa
 is handed to the strategy's process group (DDP, FSDP, FSDP2: their `timeout` argument) before the group is
 created. When a collective then fails (a peer frozen past the timeout, or a peer killed: its connections close),
 each surviving rank writes the traceback to `RUN_DIR/rank<R>-error.log` and `genlip` prints one line naming the
-rank, the step, what happened, the last checkpoint and how to resume (exit code 1). On GPUs NCCL's watchdog
+rank, the step, what happened, the last checkpoint and how to resume (exit code 1). A node that never joins
+the rendezvous is reported the same way after the timeout. On GPUs NCCL's watchdog
 enforces the same timeout by aborting the process (its own message), since a hung NCCL kernel cannot raise.
 """
 
@@ -33,12 +34,15 @@ _TIMED_OUT = ("timed out", "timeout", "watchdog caught collective operation time
 
 
 def peer_failure(exc: BaseException) -> str | None:
-    """'timeout' or 'closed' when `exc` is a collective that lost its peers; None for any other error."""
+    """'join' (not every rank arrived), 'timeout' or 'closed' when `exc` is a collective or rendezvous that lost
+    its peers; None for any other error."""
     text = str(exc).lower()
     distributed = isinstance(exc, getattr(torch.distributed, "DistError", ())) or any(
         word in text for word in ("gloo", "nccl", "c10d", "processgroup", "store", "peer"))
     if not distributed:
         return None
+    if "waiting for clients" in text:  # the rendezvous: some node never started (or cannot reach MASTER_ADDR)
+        return "join"
     if any(word in text for word in _TIMED_OUT):
         return "timeout"
     if any(word in text for word in _CLOSED):
@@ -77,7 +81,10 @@ class ProcessGroupGuard(L.Callback):
     def line(self, trainer: L.Trainer, kind: str, log_file: str) -> str:
         where = (f"rank {trainer.global_rank} of {trainer.world_size} (node {trainer.node_rank}) stopped at step "
                  f"{trainer.global_step}")
-        if kind == "timeout":
+        if kind == "join":
+            what = (f"not every rank joined within distributed.timeout ({self.timeout:g} s): start every node with "
+                    "the same MASTER_ADDR, MASTER_PORT and node count, reachable from each other")
+        elif kind == "timeout":
             what = (f"no answer from the other ranks within distributed.timeout ({self.timeout:g} s): a node is "
                     "frozen or stalled (raise the timeout for slow steps or filesystems)")
         else:
@@ -90,8 +97,10 @@ class ProcessGroupGuard(L.Callback):
 
 
 def _run_dir(trainer: L.Trainer) -> str:
-    """The run directory (above checkpoints/, the same on every rank: Lightning broadcasts it from rank 0)."""
+    """The run directory (above checkpoints/, the same on every rank: Lightning broadcasts it from rank 0); before
+    it is known (a rank that never joined), the logger's folder above the runs, else `default_root_dir`."""
     dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)
     if dirpath:
         return os.path.dirname(os.path.abspath(dirpath)) if os.path.basename(dirpath) == "checkpoints" else dirpath
-    return trainer.default_root_dir
+    root = getattr(getattr(trainer, "logger", None), "root_dir", None)
+    return root if isinstance(root, str) else trainer.default_root_dir
