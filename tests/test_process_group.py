@@ -16,6 +16,7 @@ from genlip_lit.callbacks.process_group import DEFAULT_TIMEOUT_S, ProcessGroupGu
 from genlip_lit.cli import main
 from genlip_lit.errors import GenLIPUserError
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # what gloo raised in tests/test_multinode.py's runs
 GLOO_TIMEOUT = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:129] Timed out "
                 "waiting 5000ms for send operation to complete")
@@ -39,7 +40,7 @@ def test_a_timeout_that_is_not_positive_seconds_is_refused(bad) -> None:
 
 def test_genlip_fit_has_the_key_with_its_default(capsys) -> None:
     with pytest.raises(SystemExit):
-        main(["fit", "--config", "experiments/quickstart.yaml", "--print_config"])
+        main(["fit", "--config", os.path.join(REPO, "experiments", "quickstart.yaml"), "--print_config"])
     assert "\ndistributed:\n  timeout: 600.0\n" in capsys.readouterr().out
 
 

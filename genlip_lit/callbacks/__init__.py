@@ -1,5 +1,6 @@
-"""Trainer plug-ins, each swappable from YAML (`trainer.callbacks` or the CLI's `checkpoint.*` and `distributed.*`): when to evaluate
-and where results go (the evaluations themselves are `genlip_lit.eval`), checkpoints, throughput."""
+"""Trainer plug-ins, each swappable from YAML (`trainer.callbacks`, or the CLI's `checkpoint.*` and `distributed.*`):
+when to evaluate and where results go (the evaluations themselves are `genlip_lit.eval`), checkpoints, throughput,
+the process-group timeout."""
 
 from genlip_lit.callbacks.checkpoint import ResumableCheckpoint
 from genlip_lit.callbacks.evaluation import (

@@ -5,12 +5,12 @@
 
 Lightning's strategies give torch.distributed 30 minutes by default; for a frozen node (SIGSTOP, a hung
 filesystem, a GPU stuck in a kernel) that is half an hour of every other node waiting without a word. `timeout`
-is handed to the strategy's process group (DDP, FSDP, FSDP2: their `timeout` argument) before the group is
-created. When a collective then fails (a peer frozen past the timeout, or a peer killed: its connections close),
-each surviving rank writes the traceback to `RUN_DIR/rank<R>-error.log` and `genlip` prints one line naming the
-rank, the step, what happened, the last checkpoint and how to resume (exit code 1). A node that never joins
-the rendezvous is reported the same way after the timeout. On GPUs NCCL's watchdog
-enforces the same timeout by aborting the process (its own message), since a hung NCCL kernel cannot raise.
+is handed to the strategy's process group (DDP, FSDP, FSDP2: their `timeout` argument, which it replaces) before
+the group is created. When a collective then fails (a peer frozen past the timeout, or a peer killed: its
+connections close), each surviving rank writes the traceback to `RUN_DIR/rank<R>-error.log` and `genlip` prints
+one line naming the rank, the step, what happened, the last checkpoint and how to resume (exit code 1). A node
+that never joins the rendezvous is reported the same way after the timeout. On GPUs NCCL's watchdog enforces the
+same timeout by aborting the process (its own message), since a hung NCCL kernel cannot raise.
 """
 
 from __future__ import annotations
