@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable
 
 from genlip_lit import logs
-from genlip_lit.errors import GenLIPUserError
+from genlip_lit.errors import GenLIPRunError, GenLIPUserError
 
 # The Trainer entry points, run by LightningCLI (`genlip_lit.lightning_cli:main` receives the command name too).
 LIGHTNING_COMMANDS: dict[str, str] = {
@@ -172,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"genlip: error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
+    except GenLIPRunError as err:
+        if logs.verbosity() >= 1:
+            import traceback
+
+            traceback.print_exc()
+        print(f"genlip: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     except KeyboardInterrupt:
         print("genlip: interrupted", file=sys.stderr)
         raise SystemExit(130) from None

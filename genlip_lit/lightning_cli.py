@@ -39,8 +39,9 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from genlip_lit import logs
 from genlip_lit.callbacks.checkpoint import ResumableCheckpoint
 from genlip_lit.callbacks.plain_progress import PlainProgressBar
+from genlip_lit.callbacks.process_group import ProcessGroupGuard
 from genlip_lit.callbacks.threads import AdaptiveThreads
-from genlip_lit.errors import GenLIPUserError
+from genlip_lit.errors import GenLIPRunError, GenLIPUserError
 from genlip_lit.modules.base import EncoderModule
 from genlip_lit.parse_errors import OPTIMIZER_REFUSAL, is_optimizer_flag, short_parse_error
 
@@ -95,6 +96,8 @@ class GenLIPCLI(LightningCLI):
         parser.add_argument("--threads", type=int | Literal["auto"], default="auto",
                             help="torch CPU threads: auto (the cores other processes leave free, re-checked every "
                             "5 s: 1 beside a busy process on 2 cores), N, or 0 (torch's choice)")
+        # `distributed.timeout`: how long a collective waits for the other ranks (callbacks/process_group.py)
+        parser.add_lightning_class_args(ProcessGroupGuard, "distributed")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
@@ -142,11 +145,15 @@ class GenLIPCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         try:
-            return super().instantiate_trainer(**kwargs)
+            trainer = super().instantiate_trainer(**kwargs)
         except (ValueError, MisconfigurationException) as err:  # a Trainer argument it refused
             if isinstance(err, GenLIPUserError):
                 raise
             raise GenLIPUserError(f"trainer: {str(err).strip().splitlines()[0]}") from err
+        for callback in trainer.callbacks:  # the process group does not exist yet: its timeout can still be set
+            if isinstance(callback, ProcessGroupGuard):
+                callback.apply_to(trainer.strategy)
+        return trainer
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         if str(config.get("accelerator")) == "cpu":
@@ -387,6 +394,11 @@ def main(argv: list[str]) -> int:
         if err.filename is None:
             raise
         raise GenLIPUserError(os_error(err)) from err
+    except Exception as err:
+        line = getattr(err, "genlip_line", None)  # a lost peer rank (ProcessGroupGuard wrote the traceback)
+        if line is None:
+            raise
+        raise GenLIPRunError(line) from err
     return 0
 
 

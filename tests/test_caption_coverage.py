@@ -36,6 +36,16 @@ def test_shard_captions_are_spread_and_bounded(real_dir) -> None:
     assert total == 12 and spread == [REAL_CAPTIONS[i % 4] for i in (0, 4, 8)]  # evenly spaced, not the first 3
 
 
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_shard_captions_read_every_rank_s_samples_under_a_launcher(real_dir, monkeypatch, rank) -> None:
+    # torchrun / a multi-node launch sets WORLD_SIZE before the process group exists (the vocabulary is built
+    # then): litdata's len() is this rank's share, but the vocabulary and the coverage check need the corpus
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("GLOBAL_RANK", rank)
+    everything, total = coverage.shard_captions(real_dir, 100)
+    assert total == 12 and everything == [REAL_CAPTIONS[i % 4] for i in range(12)]
+
+
 def test_compact_synthetic_vocabulary_is_refused_on_a_real_corpus(real_dir) -> None:
     with pytest.raises(GenLIPUserError) as err:
         _setup(real_dir, OpenCLIPTokenizer(compact_corpus="synthetic"))

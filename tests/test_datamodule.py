@@ -384,6 +384,32 @@ def test_ddp_ranks_share_each_epoch_exactly_once(data_dir, tmp_path) -> None:
     assert ranks[0][0] != ranks[0][1]  # reshuffled between epochs
 
 
+def _as_rank(monkeypatch, rank: int, world: int) -> None:
+    """This process as rank `rank` of `world` for litdata (its environment variables) and for the data module."""
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    monkeypatch.setenv("GLOBAL_RANK", str(rank))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda *a: world)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda *a: rank)
+
+
+def test_small_val_split_gives_every_rank_a_batch_or_is_refused(data_dir, encoder, monkeypatch, caplog) -> None:
+    # 16 val samples, val batch 8, 3 ranks: litdata deals whole batches (16 // 8 = 2 for 3 ranks), so one rank
+    # had none and Lightning stopped it at the start while the others waited; the batch shrinks to 16 // 3
+    seen = []
+    for rank in range(3):
+        _as_rank(monkeypatch, rank, 3)
+        with caplog.at_level(logging.INFO, logger="genlip_lit"):
+            loader = _dm(data_dir, encoder, shuffle=False, val_batch_size=8).val_dataloader()
+        assert len(loader) >= 1 and loader.batch_size == 5
+        seen += _captions(loader)
+    assert len(seen) == 16  # every sample once, spread over the ranks
+    assert "val batch 8 -> 5: each of the 3 ranks gets a batch of the 16 val samples" in caplog.text
+    _as_rank(monkeypatch, 0, 17)  # fewer samples than ranks: refused the same way on every rank, before fit
+    with pytest.raises(GenLIPUserError, match=r"val split of .* has 16 samples for 17 ranks: every rank needs"):
+        _dm(data_dir, encoder)
+
+
 def test_ddp_uneven_dataset_keeps_or_announces_the_remainder(tmp_path) -> None:
     uneven = str(tmp_path / "uneven")
     optimize_synthetic(uneven, num_train=60, num_val=4, seed=0, scene=SCENE)

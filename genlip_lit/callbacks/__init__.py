@@ -1,5 +1,6 @@
-"""Trainer plug-ins, each swappable from YAML (`trainer.callbacks` or the CLI's `checkpoint.*`): when to evaluate
-and where results go (the evaluations themselves are `genlip_lit.eval`), checkpoints, throughput."""
+"""Trainer plug-ins, each swappable from YAML (`trainer.callbacks`, or the CLI's `checkpoint.*` and `distributed.*`):
+when to evaluate and where results go (the evaluations themselves are `genlip_lit.eval`), checkpoints, throughput,
+the process-group timeout."""
 
 from genlip_lit.callbacks.checkpoint import ResumableCheckpoint
 from genlip_lit.callbacks.evaluation import (
@@ -12,6 +13,7 @@ from genlip_lit.callbacks.evaluation import (
     ZeroShot,
 )
 from genlip_lit.callbacks.nonfinite import NonFiniteGuard
+from genlip_lit.callbacks.process_group import ProcessGroupGuard
 from genlip_lit.callbacks.throughput import Throughput
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "LinearProbe",
     "NonFiniteGuard",
     "PatchReadout",
+    "ProcessGroupGuard",
     "ResumableCheckpoint",
     "Throughput",
     "ZeroShot",

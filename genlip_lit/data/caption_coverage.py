@@ -52,7 +52,9 @@ def shard_captions(data_dir: str, limit: int) -> tuple[list[str], int]:
     except (ValueError, KeyError, OSError) as err:
         raise GenLIPUserError(f"{os.path.join(split, 'index.json')} is not a readable litdata index "
                               f"({type(err).__name__}: {err}); {SHARDS_FIX}") from err
-    total = len(dataset)
+    # every sample of the split, whatever the ranks: len(dataset) is this rank's share when WORLD_SIZE is set
+    # (torchrun, a multi-node launch), and the vocabulary is built before the process group exists
+    total = sum(end - start for start, end in dataset.region_of_interest)
     count = min(total, max(0, int(limit)))
     captions = []
     for k in range(count):

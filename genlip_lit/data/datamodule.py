@@ -192,6 +192,7 @@ class GenLIPDataModule(L.LightningDataModule):
         self.train_dataset: Any = None
         self.val_dataset: Any = None
         self._val_missing: list[str] = []
+        self._val_batch: int | None = None  # val_batch_size, shrunk by setup() when ranks would get no batch
 
     # -- where the data lives --------------------------------------------------------------------
     @staticmethod
@@ -368,6 +369,31 @@ class GenLIPDataModule(L.LightningDataModule):
                 self.val_dataset = parts[0]
             elif parts:
                 self.val_dataset = litdata.CombinedStreamingDataset(parts, seed=self.seed, iterate_over_all=True)
+            self._val_batch = self._val_batch_for_ranks(with_val, parts)
+
+    def _val_batch_for_ranks(self, dirs: list[str], parts: list[GenLIPStreamingDataset]) -> int:
+        """The val batch size that gives every rank at least one batch of every val split.
+
+        litdata hands each rank whole batches (the last rank also takes the remainder), so a split of N samples
+        leaves a rank with nothing when N // batch < ranks, and Lightning then stops that rank at the start while
+        the others wait on it. The batch shrinks to N // ranks (the samples are the same, in smaller batches);
+        a split with fewer samples than ranks is refused, the same way on every rank.
+        """
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        if world == 1 or not parts:
+            return self.val_batch_size
+        sizes = {d: sum(end - start for start, end in p.region_of_interest) for d, p in zip(dirs, parts)}
+        smallest = min(sizes, key=sizes.__getitem__)  # all ranks' samples of the smallest val split
+        if sizes[smallest] < world:
+            raise GenLIPUserError(
+                f"the val split of {smallest} has {sizes[smallest]} samples for {world} ranks: every rank needs "
+                "at least one; hold out more (genlip optimize --val-samples / --val-fraction) or use fewer ranks"
+            )
+        batch = min(self.val_batch_size, sizes[smallest] // world)
+        if batch < self.val_batch_size:
+            log.info("val batch %d -> %d: each of the %d ranks gets a batch of the %d val samples of %s",
+                     self.val_batch_size, batch, world, sizes[smallest], smallest)
+        return batch
 
     def _log_ddp_remainder(self, parts: list[GenLIPStreamingDataset]) -> None:
         """Name what `drop_last` costs under DDP, so no sample goes missing unannounced."""
@@ -417,7 +443,7 @@ class GenLIPDataModule(L.LightningDataModule):
     def val_dataloader(self) -> Any:
         if self.val_dataset is None and self._val_missing:
             return []  # no val split anywhere: Lightning skips validation
-        return self._loader(self.val_dataset, self.val_batch_size)
+        return self._loader(self.val_dataset, self._val_batch or self.val_batch_size)
 
     def test_dataloader(self) -> Any:
         return self.val_dataloader()
