@@ -51,6 +51,8 @@ class Record:
     source_bytes: int = 0  # bytes read for this sample (image + text), for the report
     error_reason: str = "missing_image"  # the skip reason when `image` is None ("bad_row": unparsable row, or a
     # refusal of `safe_read`: "not_a_regular_file", "outside_input_root", "too_many_bytes")
+    split: str | None = None  # "train"/"val" when the layout says (ImageNet's train/ and val/), else by hash
+    caption_optional: bool = False  # a labelled image set (`--labels folders`): no caption stores ""
 
 
 @dataclasses.dataclass(frozen=True)
