@@ -1,4 +1,4 @@
-"""`genlip probe-full` (eval/probe_module.py, eval/probe_data.py, commands/probe_full.py): the streamed probe
+"""`genlip probe-full` (studies/probe_module.py, studies/probe_data.py, commands/probe_full.py): the streamed probe
 agrees with the in-memory one (`eval/probes.py`) on a small set, 2 gloo ranks agree with 1 process, and a run
 killed with SIGKILL mid-epoch resumes to the same heads as a run never stopped."""
 
@@ -18,8 +18,8 @@ from PIL import Image
 from genlip_lit.data.transforms import FixedResTransform
 from genlip_lit.eval import probes
 from genlip_lit.eval.labelled import ImageFolderSet
-from genlip_lit.eval.probe_data import EpochSampler, ProbeDataModule, ProbeTransform
-from genlip_lit.eval.probe_module import StreamedProbe
+from genlip_lit.studies.probe_data import EpochSampler, ProbeDataModule, ProbeTransform
+from genlip_lit.studies.probe_module import StreamedProbe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32
@@ -76,7 +76,7 @@ def test_epoch_sampler_order_ranks_and_resume() -> None:
 
 def test_train_augmentation_is_seeded_per_sample_and_epoch(folder) -> None:
     from genlip_lit.data.transforms import Preprocessing
-    from genlip_lit.eval.probe_data import LabelledImages
+    from genlip_lit.studies.probe_data import LabelledImages
 
     data = LabelledImages(folder, "train", ProbeTransform(Preprocessing(SIZE), train=True))
     a, b, c = data[(4, 0)], data[(4, 0)], data[(4, 1)]

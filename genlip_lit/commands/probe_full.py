@@ -8,8 +8,8 @@
 one process); this command streams every image through the frozen encoder for `trainer.max_epochs` epochs with
 augmentation, and is a `genlip fit` in everything else: the same LightningCLI (YAML configs that compose,
 `--section.key VALUE` overrides, `--print_config`), DDP/FSDP strategies, bf16, the `checkpoint.*` callback,
-`--ckpt_path` for an exact resume, loggers and progress. The model is `eval/probe_module.StreamedProbe`, the data
-`eval/probe_data.ProbeDataModule`; their keys are the `model.*` and `data.*` sections. The run ends with one line
+`--ckpt_path` for an exact resume, loggers and progress. The model is `studies/probe_module.StreamedProbe`, the data
+`studies/probe_data.ProbeDataModule`; their keys are the `model.*` and `data.*` sections. The run ends with one line
 of top-1 per head and where the predictions and the checkpoint are.
 """
 
@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     _null_on_command_line()
     # the frozen encoder is in eval mode on purpose; Lightning's warning about it would only worry the user
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    from genlip_lit.eval.probe_data import ProbeDataModule
-    from genlip_lit.eval.probe_module import StreamedProbe
+    from genlip_lit.studies.probe_data import ProbeDataModule
+    from genlip_lit.studies.probe_module import StreamedProbe
 
     try:
         _cli_class()(
