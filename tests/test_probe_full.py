@@ -198,3 +198,24 @@ def test_the_imagenet_config_parses_and_mistakes_are_one_line(tmp_path, capsys) 
     with pytest.raises(SystemExit):
         main(["probe-full", "--model.encoder", str(tmp_path / "none.ckpt"), "--data.data", str(tmp_path)])
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_shards_from_optimize_labels_folders_read_as_the_folder(folder, tmp_path) -> None:
+    """The probe reads `genlip optimize --labels folders` shards: the same images, labels and class names."""
+    from genlip_lit.commands import optimize
+    from genlip_lit.data.transforms import Preprocessing
+    from genlip_lit.studies.probe_data import LabelledImages
+
+    out = str(tmp_path / "shards")
+    optimize.main(["--input", folder, "--labels", "folders", "--output", out, "--val-fraction", "0.3",
+                   "--num-workers", "1"])
+    data = ProbeDataModule(out, batch_size=4, num_workers=0, image_size=SIZE)
+    assert data.class_names == ["class0", "class1", "class2"]
+    val = LabelledImages(out, "val", ProbeTransform(Preprocessing(SIZE), train=False, crop_fraction=1.0))
+    assert 0 < len(val) < 60
+    for i in range(len(val)):
+        item = val[i]
+        path = os.path.join(folder, item["key"] + ".png")  # the key leads back to the file
+        assert item["label"] == int(item["key"][len("class")])
+        assert torch.equal(item["pixels"], FixedResTransform(SIZE)(Image.open(path)))
