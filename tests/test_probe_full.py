@@ -92,7 +92,8 @@ def test_train_augmentation_is_seeded_per_sample_and_epoch(folder) -> None:
 def _streamed(encoder: str, folder: str, epochs: int, tmp_path, **model) -> StreamedProbe:
     module = StreamedProbe(encoder, attentive_lr=3e-3, attentive_weight_decay=0.05, linear_lr=1e-2,
                            warmup_epochs=1, seed=0, write_predictions=False, **model)
-    data = ProbeDataModule(folder, batch_size=16, num_workers=0, augment="none", image_size=SIZE, seed=0)
+    data = ProbeDataModule(folder, batch_size=16, num_workers=0, augment="none", val_crop_fraction=1.0,
+                           image_size=SIZE, seed=0)
     data.connect(module.preprocessing)
     module.connect(data.class_names, SIZE)
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,

@@ -7,7 +7,7 @@
 `genlip probe` stays the quick probe (a subsample's features in memory, L-BFGS linear probe, no augmentation,
 one process); this command streams every image through the frozen encoder for `trainer.max_epochs` epochs with
 augmentation, and is a `genlip fit` in everything else: the same LightningCLI (YAML configs that compose,
-`--section.key VALUE` overrides, `--print_config`), DDP/FSDP strategies, bf16, the `checkpoint.*` callback,
+`--section.key VALUE` overrides, `--print_config`), DDP (tested on gloo), bf16, the `checkpoint.*` callback,
 `--ckpt_path` for an exact resume, loggers and progress. The model is `studies/probe_module.StreamedProbe`, the data
 `studies/probe_data.ProbeDataModule`; their keys are the `model.*` and `data.*` sections. The run ends with one line
 of top-1 per head and where the predictions and the checkpoint are.

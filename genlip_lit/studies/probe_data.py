@@ -6,16 +6,17 @@
 
 The usual frozen-feature protocol: RandomResizedCrop (scale 0.08-1, aspect 3/4-4/3, bicubic) + horizontal flip
 for train; resize the shorter side to size / `val_crop_fraction` + centre crop for val (0.875: 256 -> 224).
-`augment: none` gives train the val transform at crop fraction 1 (shorter side to the size, centre crop), which is
-exactly what the in-memory probes (`eval/probes.py`) read, for comparing the two.
+`augment: none` gives train the val transform at crop fraction 1 (shorter side to the size, centre crop); with
+`val_crop_fraction: 1` too, both splits are exactly what the in-memory probes (`eval/probes.py`) read, for
+comparing the two.
 
 Order, augmentation and resume are exact and independent of the number of workers: `EpochSampler` draws epoch
 e's order as the (e+1)-th `torch.randperm` of a generator seeded with `seed` (the in-memory attentive probe's
 order), rank r of W takes every W-th index (so W ranks at batch B/W see the same global batches as 1 process at
 B), and hands out (index, epoch) pairs; each sample's crop and flip come from a generator seeded by (seed, epoch,
 index). The train loader is stateful for Lightning: a checkpoint records the epoch and the batches trained, and a
-resume skips exactly those. Shards are read by index through litdata (local disk or object storage: litdata's
-cache holds the chunks); an image that does not decode and a shard sample labelled -1 come out with label -1, which
+resume skips exactly those. Shards are read by index through litdata from local disk (object storage is not read
+yet: `ShardLabelledSet` opens local splits only, so an s3:// path is refused in one line); an image that does not decode and a shard sample labelled -1 come out with label -1, which
 the probe leaves out of its loss and counts, so no sample stops a run.
 """
 
@@ -202,7 +203,7 @@ class ResumableLoader(DataLoader):
 
 
 def is_shard_dir(path: str) -> bool:
-    return "://" in path or os.path.isfile(os.path.join(os.path.expanduser(path), "train", "index.json"))
+    return os.path.isfile(os.path.join(os.path.expanduser(path), "train", "index.json"))
 
 
 class ProbeDataModule(L.LightningDataModule):
@@ -219,10 +220,13 @@ class ProbeDataModule(L.LightningDataModule):
             raise GenLIPUserError(f"data.batch_size must be >= 1 and data.num_workers >= 0, got {batch_size} / "
                                   f"{num_workers}")
         expanded = os.path.expanduser(data)
-        if "://" not in data and not os.path.isdir(expanded):
+        if "://" in data:
+            raise GenLIPUserError(f"data.data {data}: the streamed probe reads local shards or folders only (not yet "
+                                  "object storage): copy the shards to local disk")
+        if not os.path.isdir(expanded):
             raise GenLIPUserError(f"data.data {data}: no such directory (labelled shards from `genlip optimize "
                                   "--labels folders`, or an ImageFolder)")
-        self.data = data if "://" in data else expanded
+        self.data = expanded
         self.preprocessing = Preprocessing(image_size or 224)
         self._classes: list[str] | None = None
         self._train: LabelledImages | None = None  # built once (the file listing of a large folder takes a while)
@@ -237,7 +241,7 @@ class ProbeDataModule(L.LightningDataModule):
     def class_names(self) -> list[str]:
         if self._classes is None:
             if is_shard_dir(self.data):
-                names = read_meta(self.data).get("class_names") if "://" not in self.data else None
+                names = read_meta(self.data).get("class_names")
                 self._classes = [str(n) for n in names] if names else ShardLabelledSet(self.data, "train").class_names
             else:
                 self._classes = ImageFolderSet(self.data, self.hparams.test_fraction, self.hparams.seed).class_names
