@@ -17,6 +17,9 @@ What it runs (GPU shapes; --cpu shrinks every one, keeping head dim 72):
    packing efficiency, MFU.
 4. LM-head cross-entropy at vocab 151,936: plain logits vs chunks of 1,024 tokens, peak memory, equal loss.
 5. KV-cache greedy captioning: new tokens/s.
+6. The full probe's step (`genlip probe-full`): So/16 frozen forward in bf16 + attentive and linear heads' AdamW
+   step, images/s and MFU, and one CPU worker's JPEG decode + RandomResizedCrop rate; with `genlip plan --probe`'s
+   FLOP count, the hours of the 20-epoch ImageNet probe on 8 such GPUs at these rates.
 The exit status is 1 when a check's numbers disagree (attention outside bf16 tolerance, unequal losses).
 
 The GPU machine needs torch, lightning, timm and torchmetrics only: batches are built in memory, a stand-in
@@ -66,13 +69,16 @@ class Shapes:
     ce_width: int = 1152
     gen_batch: int = 16
     gen_tokens: int = 128
+    probe_batch: int = 256
+    probe_steps: int = 20
+    probe_classes: int = 1000
 
 
 GPU = Shapes("cuda")
 CPU = Shapes("cpu", overrides=dict(depth=2, width=144, num_heads=2, ffn_hidden=384), vocab=1000, image=64, batch=4,
              text=24, steps=3, window=1, loss_chunk=32, compile=False, pack_tokens=512, pack_samples=6,
              pack_grids=((4, 6), (6, 4), (5, 5)), pack_text=24, pack_multiple=8, pack_steps=2, flex_heads=2,
-             ce_tokens=128, ce_width=64, gen_batch=2, gen_tokens=8)
+             ce_tokens=128, ce_width=64, gen_batch=2, gen_tokens=8, probe_batch=4, probe_steps=2, probe_classes=10)
 
 
 class StandInTokenizer:
@@ -432,12 +438,98 @@ def check_generation(sh: Shapes, report: Report) -> None:
                f"{new / seconds:,.1f} new tokens/s ({seconds:.2f} s)", new == sh.gen_batch * sh.gen_tokens)
 
 
+# ------------------------------------------------------------------------------------------------------ full probe
+def _decode_rate(size: int, seconds: float = 2.0) -> float:
+    """Images/s one CPU thread decodes and augments: a 500x375 JPEG -> RandomResizedCrop + flip -> normalized."""
+    import io
+
+    from PIL import Image
+
+    from genlip_lit.data.transforms import Preprocessing, decode_image
+    from genlip_lit.studies.probe_data import ProbeTransform
+
+    g = torch.Generator().manual_seed(5)
+    small = (torch.rand(47, 63, 3, generator=g) * 255).to(torch.uint8).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(small).resize((500, 375), Image.Resampling.BICUBIC).save(buffer, format="JPEG", quality=90)
+    data, transform = buffer.getvalue(), ProbeTransform(Preprocessing(size), train=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            transform(decode_image(data), g)
+            done += 1
+        return done / (time.perf_counter() - started)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def check_probe(sh: Shapes, report: Report) -> None:
+    from genlip_lit.eval.probes import AttentivePoolingClassifier, _default_heads
+    from genlip_lit.models import GenLIPConfig
+    from genlip_lit.models.transformer import image_tower
+    from genlip_lit.plan.probe import ProbeRequest, plan_probe
+    from genlip_lit.studies.probe_module import LinearHead
+
+    torch.manual_seed(6)
+    config = GenLIPConfig.from_name(SO16, **sh.overrides)
+    tower = image_tower(config).to(sh.device).eval().requires_grad_(False)
+    heads = torch.nn.ModuleList([AttentivePoolingClassifier(config.width, sh.probe_classes,
+                                                            _default_heads(config.width)),
+                                 LinearHead(config.width, sh.probe_classes)]).to(sh.device)
+    optimizer = torch.optim.AdamW(heads.parameters(), lr=1e-3, weight_decay=0.05)
+    pixels = torch.randn(sh.probe_batch, 3, sh.image, sh.image, device=sh.device)
+    labels = torch.randint(0, sh.probe_classes, (sh.probe_batch,), device=sh.device)
+    autocast = torch.autocast(sh.device, dtype=torch.bfloat16, enabled=sh.device == "cuda")
+
+    def step() -> float:
+        with autocast:
+            with torch.no_grad():
+                patches = tower.encode_image(pixels)
+            loss = torch.nn.functional.cross_entropy(heads[0](patches).float(), labels) + \
+                torch.nn.functional.cross_entropy(heads[1](patches.mean(1)).float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss)
+
+    step()  # warm-up
+    if sh.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    _sync(sh.device)
+    started = time.perf_counter()
+    losses = [step() for _ in range(sh.probe_steps)]
+    _sync(sh.device)
+    rate = sh.probe_batch * sh.probe_steps / (time.perf_counter() - started)
+    result = f"{rate:,.0f} images/s"
+    decode = _decode_rate(224, seconds=2.0 if sh.device == "cuda" else 0.5)
+    if sh.device == "cuda":
+        counted = plan_probe(ProbeRequest(SO16, 1, global_batch=sh.probe_batch, num_classes=sh.probe_classes,
+                                          image_size=sh.image))
+        peak = _peak_tflops(sh.device, "bf16-mixed")
+        if peak:
+            result += f" (MFU {rate * (counted.encoder_flops + counted.head_train_flops) / (peak * 1e12):.2f})"
+        result += f", peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
+    result += f"; decode + RandomResizedCrop {decode:,.0f} images/s per CPU worker"
+    if sh.device == "cuda":  # `genlip plan --probe so16 --gpus 8` with these two rates instead of assumed ones
+        images = plan_probe(ProbeRequest(SO16, 8)).images
+        result += (f"; 20-epoch ImageNet probe on 8 such GPUs: compute {images / (rate * 8) / 3600:,.2f} h, decode "
+                   f"{images / (decode * 8 * 8) / 3600:,.2f} h with 8 workers per GPU")
+    ok = bool(torch.isfinite(torch.tensor(losses)).all()) and rate > 0 and decode > 0
+    precision = "bf16" if sh.device == "cuda" else "fp32"
+    shrunk = " (shrunk)" if sh.device == "cpu" else ""
+    report.add("full probe step", f"{SO16}{shrunk} frozen, {sh.image} px, batch {sh.probe_batch}, attentive + "
+               f"linear heads, {precision}", result, ok)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="shrunk shapes on CPU (what CI runs)")
     parser.add_argument("--json", default=None, help="also write the rows here")
     parser.add_argument("--only", nargs="+", default=None,
-                        choices=["attention", "stage1", "stage1-compiled", "guard", "stage2", "lm-head", "generation"])
+                        choices=["attention", "stage1", "stage1-compiled", "guard", "stage2", "lm-head", "generation",
+                                 "probe"])
     args = parser.parse_args(argv)
     if not args.cpu and not torch.cuda.is_available():
         print("no CUDA device: run with --cpu for the shrunk check", file=sys.stderr)
@@ -456,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         "stage2": lambda: check_stage2(sh, report),
         "lm-head": lambda: check_lm_head(sh, report),
         "generation": lambda: check_generation(sh, report),
+        "probe": lambda: check_probe(sh, report),
     }
     started = time.perf_counter()
     for name, check in checks.items():

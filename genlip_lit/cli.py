@@ -45,6 +45,7 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "caption-eval": ("genlip_lit.commands.caption_eval:main", "score captions of held-out synthetic scenes"),
     "eval": ("genlip_lit.commands.eval:main", "run the configured evaluations on a checkpoint; write a report"),
     "probe": ("genlip_lit.commands.probe:main", "linear and attentive probes of frozen features on an image folder"),
+    "probe-full": ("genlip_lit.commands.probe_full:main", "the probe over a whole labelled set (ImageNet protocol) as a Lightning run"),
     "compare": ("genlip_lit.commands.compare:main", "train several configs and compare their evaluations in one table"),
     "export": ("genlip_lit.commands.export:main", "write a checkpoint's vision encoder: safetensors + config, a timm form, a model card"),
     "eval-res": ("genlip_lit.commands.eval_res:main", "evaluate checkpoints at several input resolutions"),

@@ -136,3 +136,19 @@ def write_real_corpus(root, num_train: int = 12, num_val: int = 4) -> str:
     for split, n in (("train", num_train), ("val", num_val)):
         write_shards(real_caption_sample, n, str(root / split))
     return str(root)
+
+
+# ---------------------------------------------------------------------------------------------- a kill -9 mid-run
+class KillAtStep(L.Callback):
+    """SIGKILL this process when training reaches `step` (before that step's checkpoint: Lightning runs the
+    checkpoint callback last), as an out-of-memory kill or a preempted node would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)

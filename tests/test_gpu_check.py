@@ -36,7 +36,8 @@ def test_gpu_check_runs_on_cpu(tmp_path) -> None:
     rows = {r["check"]: r for r in json.loads(out.read_text())["rows"]}
     assert set(rows) == {
         "FlexAttention head dim 72", "flex packed vs SDPA (dense mask)", "flex zero-padded to 128 vs SDPA (dense mask)",
-        "stage 1", "stage 1, compiled blocks", "non-finite guard on vs off", "stage 2 packed", "LM-head CE, plain vs chunked", "KV-cache captioning",
+        "stage 1", "stage 1, compiled blocks", "non-finite guard on vs off", "stage 2 packed",
+        "LM-head CE, plain vs chunked", "KV-cache captioning", "full probe step",
     }
     assert rows["stage 1, compiled blocks"]["status"] == "n/a"  # compiling on CPU would take minutes
     assert all(r["status"] == "ok" for name, r in rows.items() if name != "stage 1, compiled blocks")
@@ -44,3 +45,4 @@ def test_gpu_check_runs_on_cpu(tmp_path) -> None:
     assert "GFLOP/sample planned, Throughput counted" in rows["stage 1"]["result"]
     assert re.fullmatch(r"on [\d,.]+ samples/s, off [\d,.]+ samples/s: [+-][\d.]+%",
                         rows["non-finite guard on vs off"]["result"])
+    assert "images/s per CPU worker" in rows["full probe step"]["result"]  # the probe's step and decode rates

@@ -136,11 +136,14 @@ def test_every_layout_reads_the_same_samples(demo, samples, layout) -> None:
 
 def test_record_keys(demo) -> None:
     keys = {layout: read_all(open_source([demo[layout]]))[5].key for layout in LAYOUTS}
+    manifest, ext = keys["manifest"].rsplit(".", 1)  # line number, then the image path the manifest writes
+    assert manifest == "manifest/6:images/000000005" and ext in ("jpg", "png", "webp")
+    keys["manifest"] = "manifest/6"
     assert keys == {
         "webdataset": "00000.tar/000000005",
         "folder": os.path.join("00000", "000000005"),
         "parquet": "000000005",  # the parquet file has a key column
-        "manifest": "manifest/6",  # line number
+        "manifest": "manifest/6",
     }
 
 
@@ -319,7 +322,7 @@ def test_manifest_csv_and_tsv(tmp_path) -> None:
     (tmp_path / "m.csv").write_text('file,text,label\na.png,"a, quoted caption",3\nb.png,plain,\n')
     (tmp_path / "m.tsv").write_text("image_path\tcaption\na.png\ttab separated\n")
     a, b = read_all(open_source([str(tmp_path / "m.csv")]))
-    assert (a.key, a.image, a.caption, a.label) == ("m/2", png((1, 1, 1)), "a, quoted caption", "3")
+    assert (a.key, a.image, a.caption, a.label) == ("m/2:a.png", png((1, 1, 1)), "a, quoted caption", "3")
     assert (b.image, b.caption, clean_label(b.label, None)) == (png((2, 2, 2)), "plain", -1)
     (t,) = read_all(open_source([str(tmp_path / "m.tsv")]))
     assert (t.image, t.caption, t.label) == (png((1, 1, 1)), "tab separated", None)
@@ -370,7 +373,8 @@ def test_manifest_rows_naming_no_readable_file(tmp_path) -> None:
     lines = [json.dumps(r) for r in rows] + ["{not json", "[1, 2]"]
     (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
     records = read_all(open_source([str(tmp_path / "m.jsonl")]))
-    assert [r.key for r in records] == ["m/1", "m/2", "m/3", "m/4", "m/5", "m/6"]
+    assert [r.key for r in records] == ["m/1:a.png", "m/2:missing.png", "m/3", f"m/4:{tmp_path / 'a.png'}", "m/5",
+                                        "m/6"]
     ok, missing, empty, absolute, bad_json, not_object = records
     assert ok.image == png() and ok.error is None
     assert missing.image is None and missing.caption == "gone"

@@ -58,8 +58,8 @@ def test_every_per_sample_failure_is_a_counted_skip(tmp_path) -> None:
     assert report["skipped"] == {"bad_label": 1, "caption_not_utf8": 1, "too_large_for_format": 1}
     assert report["captions_cut"] == 1 and report["kept_total"] == 2
     stored = _stored(out)
-    assert [(k, len(c), label) for k, c, label in stored][0] == ("rows/1", 9, 1)
-    assert stored[1][0] == "rows/5" and 9_000 < len(stored[1][1]) <= 10_000  # cut, not stored whole
+    assert [(k, len(c), label) for k, c, label in stored][0] == ("rows/1:good.png", 9, 1)
+    assert stored[1][0] == "rows/5:long.png" and 9_000 < len(stored[1][1]) <= 10_000  # cut, not stored whole
 
 
 def test_an_unexpected_exception_skips_only_its_sample(tmp_path, monkeypatch) -> None:

@@ -104,7 +104,13 @@ def build_parser() -> Any:
     real.add_argument("--image-field", type=str | None, default=None, help="image column (parquet) or path column "
                       "(manifest)")
     real.add_argument("--classes", type=str | None, default=None, help="text file of class names, one per line, "
-                      "for string labels")
+                      "for string labels (line i = class id i)")
+    real.add_argument("--labels", type=Literal["field", "folders"], default="field",
+                      help="where class labels come from: field (--label-field, webdataset's .cls) or folders (the "
+                      "top folder of each image, ImageFolder style; ROOT/train + ROOT/val split folders as ImageNet)")
+    real.add_argument("--labels-file", type=str | None, default=None, help="--labels folders: a file of 'IMAGE "
+                      "CLASS' lines (or Kaggle's LOC_val_solution.csv) for images outside class folders, e.g. "
+                      "ImageNet's flat val/")
     real.add_argument("--max-side", type=int | None, default=None, help="shrink so the longer side is at most PX")
     real.add_argument("--min-side", type=int, default=16, help="skip images with a shorter side below PX")
     real.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="skip larger images (bombs)")
@@ -178,14 +184,6 @@ def run_corpus(args: Any, resume_command: str | None = None) -> dict[str, Any]:
         )
     except ValueError as exc:
         raise GenLIPUserError(f"invalid image options: {exc}") from exc
-    options = IngestOptions(
-        policy=policy,
-        val_fraction=args.val_fraction,
-        class_names=_read_classes(args.classes),
-        chunk_bytes=str(args.chunk_bytes),
-        max_caption_chars=args.max_caption_chars or None,
-        caption_lines=args.caption_lines,
-    )
     try:
         limits = ReadLimits(max_bytes=parse_bytes(args.max_bytes), allow_outside=args.allow_outside)
     except ValueError as exc:
@@ -197,6 +195,19 @@ def run_corpus(args: Any, resume_command: str | None = None) -> dict[str, Any]:
         label_field=args.label_field,
         image_field=args.image_field,
         limits=limits,
+        labels=args.labels,
+        labels_file=args.labels_file,
+    )
+    class_names = _read_classes(args.classes)
+    if class_names is None and args.labels == "folders":
+        class_names = source.class_names()  # type: ignore[attr-defined]  # sorted folder names, ImageFolder's ids
+    options = IngestOptions(
+        policy=policy,
+        val_fraction=args.val_fraction,
+        class_names=class_names,
+        chunk_bytes=str(args.chunk_bytes),
+        max_caption_chars=args.max_caption_chars or None,
+        caption_lines=args.caption_lines,
     )
     mode = "overwrite" if args.overwrite else "append" if args.append else "resume" if args.resume else "new"
     workers = args.num_workers if args.num_workers is not None else (os.cpu_count() or 1)

@@ -4,6 +4,7 @@
         --model.init_args.arch so16 --gpus 64 --gpu h100 --global-batch 32768 --vocab-size 151936 \
         --text-tokens 74 --samples 8e9 --mfu 0.4
     genlip plan --config experiments/stage2_corpus.yaml --gpus 8 --throughput-log runs/stage2_b16/version_0
+    genlip plan --probe so16 --gpus 8        # the full ImageNet probe of `genlip probe-full` (plan/probe.py)
 
 Reads the same YAML files as `genlip fit` (several compose, later wins; `--section.key value` overrides as on
 the fit command line), builds the network on the meta device (no memory, no GPU) and prints the plan
@@ -33,8 +34,9 @@ def build_parser() -> Any:
         "GPU. Extra --section.key VALUE arguments override the config as in `genlip fit`.",
         config_flag="--options",
     )
-    parser.add_argument("--config", nargs="+", type=str, required=True,
-                        help="`genlip fit` YAML files; several compose, later wins (--config A B, or repeat the flag)")
+    parser.add_argument("--config", nargs="+", type=str | None, default=None,
+                        help="`genlip fit` YAML files; several compose, later wins (--config A B, or repeat the flag); "
+                        "required unless --probe")
     parser.add_argument("--gpus", type=int | None, default=None,
                         help="GPUs in the run (null: the config's trainer.devices x num_nodes)")
     parser.add_argument("--gpu", type=str, default="h100", help="h100, h200, a100-80, a100-40, or custom")
@@ -57,7 +59,39 @@ def build_parser() -> Any:
                         help="mean text positions per sample incl. BOS / prompt / EOS (null: max_text_len)")
     parser.add_argument("--mean-patches", type=int | None, default=None,
                         help="stage 2: mean patches per image (null: data.max_patches)")
+    probe = parser.add_argument_group("a full probe (`genlip probe-full`) instead of a training config")
+    probe.add_argument("--probe", type=str | None, default=None,
+                       help="a preset (so16, l16, g16, b16, ...): plan its frozen-feature probe over a whole labelled "
+                       "set, by default ImageNet-1k as experiments/probe_imagenet.yaml runs it")
+    probe.add_argument("--probe-epochs", type=int, default=20, help="epochs over the train images")
+    probe.add_argument("--probe-train-images", type=int, default=1_281_167, help="train images (ImageNet-1k's)")
+    probe.add_argument("--probe-val-images", type=int, default=50_000, help="val images, probed every epoch")
+    probe.add_argument("--probe-classes", type=int, default=1000, help="classes")
+    probe.add_argument("--probe-image-size", type=int, default=224, help="image side in pixels")
+    probe.add_argument("--probe-batch", type=int, default=1024, help="global batch")
+    probe.add_argument("--workers-per-gpu", type=int, default=8, help="data workers per GPU (decoding images)")
+    probe.add_argument("--decode-rate", type=float, default=250.0, help="images/s one data worker decodes and "
+                       "augments (assumed; benchmarks/gpu_check.py measures it)")
     return parser
+
+
+def run_probe(args: Any) -> str:
+    """`--probe PRESET`: the plan of a full streamed probe (genlip_lit/plan/probe.py)."""
+    from genlip_lit.plan.probe import ProbeRequest, format_probe_plan, plan_probe
+
+    for flag, value in (("--probe-epochs", args.probe_epochs), ("--probe-train-images", args.probe_train_images),
+                        ("--probe-val-images", args.probe_val_images), ("--probe-classes", args.probe_classes),
+                        ("--probe-image-size", args.probe_image_size), ("--probe-batch", args.probe_batch),
+                        ("--workers-per-gpu", args.workers_per_gpu), ("--decode-rate", args.decode_rate)):
+        if value <= 0:
+            raise GenLIPUserError(f"{flag} must be positive, got {value}")
+    if args.gpus is None:
+        raise GenLIPUserError("--probe needs --gpus N")
+    request = ProbeRequest(args.probe, args.gpus, resolve_gpu(args.gpu, args.peak_tflops, args.memory_gib),
+                           args.probe_epochs, args.probe_train_images, args.probe_val_images, args.probe_classes,
+                           args.probe_image_size, args.probe_batch, 0.4 if args.mfu is None else args.mfu,
+                           args.workers_per_gpu, args.decode_rate)
+    return format_probe_plan(plan_probe(request))
 
 
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -103,6 +137,10 @@ def parse(argv: Sequence[str]) -> tuple[Any, list[tuple[str, str]]]:
         raise GenLIPUserError(short_error(str(err), parser, files, own)) from None
     if args.mfu is not None and args.throughput_log is not None:
         raise GenLIPUserError("give --mfu or --throughput-log, not both")
+    if args.probe is not None and (args.config or overrides):
+        raise GenLIPUserError("--probe plans a probe of a preset: give it without --config and config overrides")
+    if args.probe is None and not args.config:
+        raise GenLIPUserError("give --config FILE (the `genlip fit` config to plan), or --probe PRESET")
     return args, overrides
 
 
@@ -172,7 +210,7 @@ def measured_mfu(run_dir: str, plan) -> tuple[float, str]:
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse(list(sys.argv[1:] if argv is None else argv))
-    print(run(args, overrides))
+    print(run_probe(args) if args.probe is not None else run(args, overrides))
     return 0
 
 

@@ -14,6 +14,7 @@ Every way a sample can be bad maps to one `Skip` reason, so the optimize report 
     empty_caption     a caption that is empty or only whitespace
     caption_not_utf8  caption bytes that are not valid UTF-8 (or text with lone surrogates, which UTF-8 cannot hold)
     bad_label         a label that is neither an integer nor a known class name, or outside the int64 range
+    missing_label     `--labels folders`: an image outside any class folder that the labels file does not name
     bad_row           a manifest row that does not parse (invalid JSON, more CSV fields than the header)
     unreadable_shard  a tar shard, parquet row group or manifest that fails part-way (counted once per
                       container; the samples it still held are unknown)
@@ -52,6 +53,7 @@ SKIP_REASONS = (
     "empty_caption",
     "caption_not_utf8",
     "bad_label",
+    "missing_label",
     "bad_row",
     "unreadable_shard",
     "too_large_for_format",

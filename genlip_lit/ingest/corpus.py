@@ -118,8 +118,12 @@ def plan_inputs(plan: dict[str, Any]) -> list[str]:
     return [p for run in plan["runs"] for p in run["inputs"]]
 
 
+CLASSES_FILE = "classes.txt"  # the class names, one a line (line i = label i), beside genlip_meta.json
+WRITTEN = (*SPLITS, META_FILE, REPORT_FILE, WORK_DIR, CLASSES_FILE)  # what an --overwrite may delete
+
+
 def _remove_outputs(out_dir: str) -> None:
-    for name in (*SPLITS, META_FILE, REPORT_FILE, WORK_DIR):
+    for name in WRITTEN:
         path = os.path.join(out_dir, name)
         if os.path.isdir(path):
             shutil.rmtree(path)
@@ -138,7 +142,7 @@ def _prepare(out_dir: str, source: Source, units: list[Unit], options: IngestOpt
         raise GenLIPUserError(f"output {out_dir!r} exists and is not a directory")
     present = set(os.listdir(out_dir)) - {LOCK_FILE} if os.path.isdir(out_dir) else set()
     if mode == "overwrite" and present:
-        if not (has_plan or complete or present <= {*SPLITS, META_FILE, REPORT_FILE, WORK_DIR}):
+        if not (has_plan or complete or present <= set(WRITTEN)):
             raise GenLIPUserError(
                 f"--overwrite: {out_dir!r} holds files genlip optimize did not write; refusing to delete them"
             )
@@ -323,6 +327,9 @@ def _run_units(source: Source, output_dir: str, options: IngestOptions, plan: di
         "runs": [{k: v for k, v in run.items() if k not in ("units", "refused")} for run in plan["runs"]],
         "options": plan["options"],
     }
+    if meta["class_names"]:  # ImageFolder's classes.txt: the ids' names for tools that do not read the meta
+        with open(os.path.join(output_dir, CLASSES_FILE), "w", encoding="utf-8") as fh:
+            fh.write("".join(f"{name}\n" for name in meta["class_names"]))
     write_json(os.path.join(output_dir, META_FILE), meta)  # written last: its presence marks a complete dataset
     return report
 

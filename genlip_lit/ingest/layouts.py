@@ -63,10 +63,25 @@ def open_source(
     label_field: str | None = None,
     image_field: str | None = None,
     limits: ReadLimits = ReadLimits(),  # noqa: B008 - frozen dataclass
+    labels: str | None = None,
+    labels_file: str | None = None,
 ) -> Source:
     """Resolve `inputs` and build the reader for their layout (`fmt="auto"` detects it); it reads only what
-    `limits` allows (see `safe_read.py`)."""
+    `limits` allows (see `safe_read.py`). `labels="folders"`: classes from the folder tree (`folder_labels.py`)."""
     paths = resolve_inputs(inputs)
+    if labels_file is not None and labels != "folders":
+        raise GenLIPUserError("--labels-file goes with --labels folders (class folders, e.g. ImageNet's flat val/)")
+    if labels == "folders":
+        from genlip_lit.ingest.folder_labels import LabelledFolderSource
+
+        if fmt not in ("auto", "folder"):
+            raise GenLIPUserError(f"--labels folders reads a folder tree of images, not --format {fmt}")
+        if label_field is not None:
+            raise GenLIPUserError("--labels folders and --label-field are two sources of labels: give one")
+        return LabelledFolderSource(paths, labels_file=labels_file, caption_fields=caption_fields,
+                                    image_field=image_field, limits=limits)
+    if labels not in (None, "field"):
+        raise GenLIPUserError(f"--labels {labels!r}: choose folders, or field (--label-field, the default)")
     if fmt == "auto":
         fmt = detect_format(paths)
     classes = source_classes()

@@ -53,6 +53,8 @@ class Record:
     # refusal of `safe_read`: "not_a_regular_file", "outside_input_root", "too_many_bytes")
     caption_lines: int = 0  # non-blank lines of a caption read from a .txt sidecar (0: not from one);
     # `--caption-lines first` keeps the first of several (unit_writer.clean_record)
+    split: str | None = None  # "train"/"val" when the layout says (ImageNet's train/ and val/), else by hash
+    caption_optional: bool = False  # a labelled image set (`--labels folders`): no caption stores ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -250,8 +250,9 @@ class ManifestSource(Source):
         image_field, caption_fields, label_field = self._fields(unit.path, rows)
         stem = os.path.splitext(os.path.basename(unit.path))[0]
         for row in rows[unit.start : unit.stop]:
-            key = f"{stem}/{row['__line__']}"
             ref = row.get(image_field)
+            # the image path as the manifest writes it leads back to the file; the line tells repeats apart
+            key = f"{stem}/{row['__line__']}" + (f":{str(ref).strip()}" if ref is not None and str(ref).strip() else "")
             image, error = None, row.get("__error__")
             reason = "bad_row" if error else "missing_image"
             if error is None and (ref is None or not str(ref).strip()):

@@ -151,8 +151,11 @@ def clean_record(record: Record, options: IngestOptions, class_ids: dict[str, in
     """The sample to store and whether its caption was cut; raises `Skip` for a bad sample."""
     if record.image is None:
         raise Skip(record.error_reason, record.error or "")
-    first = options.caption_lines == "first" and record.caption_lines > 1
-    caption, cut = cap_caption(clean_caption(record.caption, first_line=first), options.max_caption_chars)
+    if record.caption is None and record.caption_optional:  # a labelled image set: the caption is not needed
+        caption, cut = "", False
+    else:
+        first = options.caption_lines == "first" and record.caption_lines > 1
+        caption, cut = cap_caption(clean_caption(record.caption, first_line=first), options.max_caption_chars)
     label = clean_label(record.label, class_ids)
     image, _, _ = clean_image(record.image, options.policy)
     return {"image": image, "caption": caption, "key": storable_key(record.key), "label": label}, cut
@@ -270,7 +273,7 @@ def _write_records(source: Source, unit: Unit, options: IngestOptions, class_ids
         except Exception as exc:  # whatever else one sample raises, it is that sample's problem
             stats.skip("unexpected_error", record.key, f"{type(exc).__name__}: {exc}")
             continue
-        split = split_of(sample["image"], options.val_fraction)
+        split = record.split or split_of(sample["image"], options.val_fraction)  # the layout's split wins
         writers[split].add(sample)
         stats.kept[split] += 1
         stats.captions_cut += cut
