@@ -9,6 +9,7 @@ from genlip_lit.callbacks.evaluation import (
     EvalResult,
     LinearProbe,
     PatchReadout,
+    TransferProbe,
     ZeroShot,
 )
 from genlip_lit.callbacks.nonfinite import NonFiniteGuard
@@ -24,5 +25,6 @@ __all__ = [
     "PatchReadout",
     "ResumableCheckpoint",
     "Throughput",
+    "TransferProbe",
     "ZeroShot",
 ]
