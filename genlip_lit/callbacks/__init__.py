@@ -10,6 +10,7 @@ from genlip_lit.callbacks.evaluation import (
     EvalResult,
     LinearProbe,
     PatchReadout,
+    TransferProbe,
     ZeroShot,
 )
 from genlip_lit.callbacks.nonfinite import NonFiniteGuard
@@ -27,5 +28,6 @@ __all__ = [
     "ProcessGroupGuard",
     "ResumableCheckpoint",
     "Throughput",
+    "TransferProbe",
     "ZeroShot",
 ]

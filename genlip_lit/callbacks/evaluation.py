@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 FEW_SAMPLES = 50  # below this many samples the start line warns that the figure is noisy
 EVAL_PERCENT_STEP = 25.0  # an evaluation takes seconds to a few minutes: a line per quarter (or per 30 s) is enough
 
-__all__ = ["AttentionSink", "CaptionSamples", "EvalCallback", "EvalResult", "LinearProbe", "PatchReadout", "ZeroShot"]
+__all__ = ["AttentionSink", "CaptionSamples", "EvalCallback", "EvalResult", "LinearProbe", "PatchReadout", "TransferProbe", "ZeroShot"]
 
 
 def _shards_parameters(trainer: L.Trainer) -> bool:
@@ -335,5 +335,60 @@ class LinearProbe(EvalCallback):
             cached_baselines=self._baseline_rows,
         )
         if self.baselines and self._baseline_rows is None:
+            self._baseline_rows = result.details.get("baselines") or None
+        return result
+
+
+class TransferProbe(EvalCallback):
+    """Transfer to real images the encoder never saw: k-fold linear and attentive probes on a labelled set that
+    an installed package ships (`dataset: digits`, scikit-learn's 1,797 handwritten digits; `pip install
+    'genlip_lit[transfer]'`), every image held out once, each figure with its binomial standard error, beside
+    the same architecture at random init, raw pixels, majority class and chance. Images are drawn at the data
+    module's image size and normalisation. The baselines are computed at the first run and reused.
+    `attentive_epochs` > 0 adds the attentive probe (0: linear only; 10 epochs triples the cost: on 2 busy cores
+    the linear probes of encoder, random init and pixels took about 2 minutes, the attentive ones 3 more).
+    """
+
+    name = "transfer"
+    title = "transfer probe"
+    headline = ("linear_top1", "random_init_linear_top1", "margin_in_se")
+
+    def __init__(self, every_n_steps: int = 0, at_fit_end: bool = True, dataset: str = "digits", folds: int = 5,
+                 attentive_epochs: int = 0, batch_size: int = 64, seed: int = 0):
+        from genlip_lit.eval.real_images import REAL_SETS
+
+        super().__init__(every_n_steps, at_fit_end, budget=1, batch_size=batch_size)
+        if dataset not in REAL_SETS:
+            raise ValueError(f"TransferProbe: unknown dataset {dataset!r}; known: {sorted(REAL_SETS)}")
+        if folds < 2 or attentive_epochs < 0:
+            raise ValueError("TransferProbe: folds >= 2 and attentive_epochs >= 0 needed")
+        self.dataset, self.folds, self.attentive_epochs, self.seed = dataset, folds, attentive_epochs, seed
+        self.name = f"transfer_{dataset}"
+        self.headline = tuple(f"{self.name}/{k}" for k in type(self).headline)
+        self._baseline_rows: dict[str, Any] | None = None
+
+    def _key_fields(self) -> dict[str, Any]:
+        return {"every_n_steps": self.every_n_steps, "dataset": self.dataset, "folds": self.folds}
+
+    def data_view(self, view: EvalView) -> EvalView:
+        if isinstance(view, DataModuleView):
+            from genlip_lit.data.transforms import Preprocessing
+            from genlip_lit.eval.real_images import RealImageView
+
+            dm = view.datamodule
+            return RealImageView(self.dataset, Preprocessing(dm.image_size or 224, dm.mean, dm.std), view.device)
+        return view
+
+    def plan(self, view: EvalView) -> tuple[str, int, int, str]:
+        n = view.num_images  # type: ignore[attr-defined]
+        return (f"{n:,} real images, {self.folds}-fold", n, 1,
+                f"features read, training the probes on {self.folds} folds")
+
+    def evaluate(self, module: Any, view: EvalView) -> EvalResult:
+        view = self.data_view(view)
+        result = evaluations.transfer_evaluation(module, view, folds=self.folds, seed=self.seed,
+                                                 attentive_epochs=self.attentive_epochs, batch_size=self.batch_size,
+                                                 cached_baselines=self._baseline_rows)
+        if self._baseline_rows is None:
             self._baseline_rows = result.details.get("baselines") or None
         return result

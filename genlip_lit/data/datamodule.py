@@ -58,6 +58,7 @@ from genlip_lit.data.streaming import (
 from genlip_lit.data.synthetic import SceneConfig
 from genlip_lit.data.tokenizer import CaptionEncoder
 from genlip_lit.data.transforms import FixedResTransform, NativeResTransform, SquashTransform
+from genlip_lit.data.world import WorldConfig
 from genlip_lit.errors import GenLIPUserError
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ log = logging.getLogger(__name__)
 __all__ = ["BatchCollator", "GenLIPDataModule", "default_cache_root", "shutdown_workers", "synthetic_params"]
 
 SYNTHETIC_DEFAULTS: dict[str, Any] = {"num_train": 20_000, "num_val": 500, "seed": 0}
-_SCENE_KEYS = tuple(f.name for f in dataclasses.fields(SceneConfig))
+WORLDS = ("shapes", "rich")  # data.synthetic.world: data/synthetic.py's scenes or data/world.py's
 _CACHE_FORMAT = 2  # bump when the stored sample layout changes, so old caches are not reused
 
 
@@ -75,17 +76,26 @@ def default_cache_root() -> str:
 
 
 def synthetic_params(synthetic: dict[str, Any]) -> dict[str, Any]:
-    """Complete a `synthetic` dict with defaults; unknown keys are a user error."""
-    unknown = sorted(set(synthetic) - set(SYNTHETIC_DEFAULTS) - set(_SCENE_KEYS))
+    """Complete a `synthetic` dict with defaults; unknown keys are a user error. `world`: "shapes" (None: the
+    scenes of data/synthetic.py, keys of SceneConfig) or "rich" (data/world.py, keys of WorldConfig)."""
+    # `--data.init_args.synthetic.num_train 600` on the command line arrives as the string "600" (a dict has no
+    # schema): read such values as YAML scalars, as a config file would have given them
+    synthetic = {k: _yaml_scalar(v) for k, v in synthetic.items()}
+    world = synthetic.get("world") or "shapes"
+    if world not in WORLDS:
+        raise GenLIPUserError(f"data.synthetic.world must be one of {list(WORLDS)}, got {world!r}")
+    config_type = WorldConfig if world == "rich" else SceneConfig
+    keys = tuple(f.name for f in dataclasses.fields(config_type))
+    unknown = sorted(set(synthetic) - set(SYNTHETIC_DEFAULTS) - set(keys) - {"world"})
     if unknown:
-        allowed = sorted(SYNTHETIC_DEFAULTS) + list(_SCENE_KEYS)
-        raise GenLIPUserError(f"unknown key(s) {unknown} in data.synthetic; allowed: {allowed}")
-    params = {**SYNTHETIC_DEFAULTS, **dataclasses.asdict(SceneConfig()), **synthetic}
+        allowed = ["world", *sorted(SYNTHETIC_DEFAULTS), *keys]
+        raise GenLIPUserError(f"unknown key(s) {unknown} in data.synthetic (world {world}); allowed: {allowed}")
+    params = {**SYNTHETIC_DEFAULTS, **dataclasses.asdict(config_type()), **synthetic}
     for key, low in (("num_train", 1), ("num_val", 1), ("seed", 0)):
         if not isinstance(params[key], int) or params[key] < low:
             raise GenLIPUserError(f"data.synthetic.{key} must be an integer >= {low}, got {params[key]!r}")
     try:
-        SceneConfig(**{k: params[k] for k in _SCENE_KEYS})
+        scene_config(params)
     except (TypeError, ValueError) as exc:
         raise GenLIPUserError(f"invalid data.synthetic: {exc}") from exc
     return params
@@ -105,6 +115,24 @@ def data_dir_problem(data_dir: str) -> str | None:
     what = "does not exist" if not os.path.isdir(d) else "has no train/ litdata shards"
     return (f"data_dir {d!r} {what}; create it with `genlip optimize --input SRC --output {data_dir}` "
             "(or `--source synthetic --num-samples N` for the embedded data)")
+
+
+def _yaml_scalar(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    import yaml
+
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    return parsed if isinstance(parsed, (int, float, bool)) or parsed is None else value
+
+
+def scene_config(params: dict[str, Any]) -> SceneConfig | WorldConfig:
+    """The generator config of completed `synthetic_params`."""
+    config_type = WorldConfig if params.get("world") == "rich" else SceneConfig
+    return config_type(**{f.name: params[f.name] for f in dataclasses.fields(config_type)})
 
 
 class GenLIPDataModule(L.LightningDataModule):
@@ -255,7 +283,7 @@ class GenLIPDataModule(L.LightningDataModule):
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".tmp-{os.path.basename(self.data_dir)}-", dir=parent)
         try:
-            scene = SceneConfig(**{k: p[k] for k in _SCENE_KEYS})
+            scene = scene_config(p)
             log.info(
                 "generating synthetic data (%d train, %d val) into %s",
                 p["num_train"],
@@ -346,7 +374,9 @@ class GenLIPDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self._check_data_dir()
         if stage in (None, "fit") and self.train_dataset is None:
-            if self.synthetic is None:  # a compact vocabulary must spell the corpus: refuse now, not a quiet <unk>
+            # a compact vocabulary must spell the corpus: refuse now, not a quiet <unk> (the rich world's words are
+            # not the shapes world's: compact_corpus synthetic cannot spell them, compact_corpus world can)
+            if self.synthetic is None or self.synthetic.get("world") == "rich":
                 check_caption_coverage(self._encoder().tokenizer, self.data_dirs)
             parts = [self._dataset(d, "train", train=True) for d in self.data_dirs]
             for stream_id, part in enumerate(parts):

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from genlip_lit.data import world
 from genlip_lit.data.synthetic import SceneConfig, class_names, generate_scene
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.progress import progress
@@ -57,9 +58,11 @@ def encode_png(image: Any) -> bytes:
     return buffer.getvalue()
 
 
-def synthetic_sample(index: int, seed: int, scene: SceneConfig) -> dict[str, Any]:
-    """One stored sample of the embedded dataset (top level, so litdata workers can pickle it)."""
-    s = generate_scene(seed, index, scene)
+def synthetic_sample(index: int, seed: int, scene: SceneConfig | world.WorldConfig) -> dict[str, Any]:
+    """One stored sample of the embedded dataset, the shapes world or the rich one by the config's type (top
+    level, so litdata workers can pickle it)."""
+    rich = isinstance(scene, world.WorldConfig)
+    s = world.generate_world_scene(seed, index, scene) if rich else generate_scene(seed, index, scene)  # type: ignore[arg-type]
     return {
         "image": encode_png(s.image),
         "caption": s.caption,
@@ -203,7 +206,7 @@ def optimize_synthetic(
     num_train: int,
     num_val: int,
     seed: int = 0,
-    scene: SceneConfig = SceneConfig(),  # noqa: B008 - frozen dataclass, safe as a default
+    scene: SceneConfig | world.WorldConfig = SceneConfig(),  # noqa: B008 - frozen dataclass, safe as a default
     num_workers: int = 1,
     overwrite: bool = False,
     chunk_bytes: str | int = DEFAULT_CHUNK_BYTES,
@@ -231,6 +234,7 @@ def optimize_synthetic(
             done += n
     meta = {
         "source": "synthetic",
+        **({"world": "rich"} if isinstance(scene, world.WorldConfig) else {}),
         "format_version": 1,
         "fields": ["image", "caption", "key", "label", "patch_shape", "patch_color"],
         "scene": dataclasses.asdict(scene),
@@ -238,7 +242,7 @@ def optimize_synthetic(
         "val_seed": val_seed,
         "num_train": num_train,
         "num_val": num_val,
-        "class_names": class_names(),
+        "class_names": world.class_names() if isinstance(scene, world.WorldConfig) else class_names(),
         "seconds": round(time.perf_counter() - start, 3),
     }
     # written last: its presence marks a complete dataset

@@ -5,7 +5,8 @@ init_args: {compact_corpus: synthetic}}``. Everything runs offline: open_clip sh
 and `HFTokenizer` reads a local `tokenizer.json`.
 
 Compact mode keeps only the base tokens that occur in a corpus, renumbered densely, so a tiny CPU model does
-not pay for a 49k- or 152k-row LM head. The corpus: "synthetic" (the embedded scenes' words), a text file of
+not pay for a 49k- or 152k-row LM head. The corpus: "synthetic" (the embedded scenes' words), "world" (the rich
+world's: data/world.py), a text file of
 captions, a `genlip optimize` output directory (up to 100,000 of its train captions, evenly spread), or "data"
 (`genlip fit` puts the training data_dir there). Words outside it become `<unk>` (counted in training as
 `data/unknown_tokens`; `genlip fit` refuses a compact vocabulary that cannot spell its corpus:
@@ -119,8 +120,10 @@ class _CompactableTokenizer(Tokenizer):
         """Texts whose tokens the compact vocabulary keeps."""
         corpus = self.compact_corpus
         assert corpus is not None
-        if corpus == "synthetic":
-            from genlip_lit.data.synthetic import caption_vocabulary
+        if corpus in ("synthetic", "world"):  # the embedded scenes' words: data/synthetic.py's or data/world.py's
+            from genlip_lit.data import synthetic, world
+
+            caption_vocabulary = world.caption_vocabulary if corpus == "world" else synthetic.caption_vocabulary
 
             # Byte-level BPEs (Qwen, GPT-2) spell a word differently at sentence start, after a space and
             # before punctuation; encoding each word in those contexts covers every spelling a caption uses.
@@ -144,7 +147,7 @@ class _CompactableTokenizer(Tokenizer):
             return texts
         if not os.path.isfile(corpus):
             raise GenLIPUserError(
-                f"compact_corpus {corpus!r} is neither 'synthetic', 'data', a `genlip optimize` output directory nor "
+                f"compact_corpus {corpus!r} is neither 'synthetic', 'world', 'data', a `genlip optimize` output directory nor "
                 "an existing text file (one caption per line)"
             )
         with open(corpus, encoding="utf-8") as fh:

@@ -54,12 +54,18 @@ class Vocabulary:
     def from_meta(cls, meta: dict[str, Any]) -> Vocabulary:
         """From a `genlip_meta.json`: the embedded scenes' full description, or a corpus' class names."""
         if meta.get("source") == "synthetic":
-            return cls.synthetic()
+            return cls.synthetic(meta.get("world"))
         names = meta.get("class_names")
         return cls(class_names=[str(n) for n in names] if names else None)
 
     @classmethod
-    def synthetic(cls) -> Vocabulary:
+    def synthetic(cls, world: str | None = None) -> Vocabulary:
+        """The embedded scenes' (`world` "rich": data/world.py's; else data/synthetic.py's)."""
+        if world == "rich":
+            from genlip_lit.data import world as rich
+
+            return cls(rich.class_names(), rich.caption_vocabulary(), rich.zero_shot_templates(),
+                       rich.patch_label_words())
         from genlip_lit.data import synthetic
 
         return cls(synthetic.class_names(), synthetic.caption_vocabulary(), synthetic.zero_shot_templates(),
@@ -143,7 +149,8 @@ class DataModuleView(EvalView):
     def __init__(self, datamodule: Any, device: torch.device | str = "cpu") -> None:
         base = datamodule.data_dirs[0]
         meta = read_meta(base) if not _is_remote(base) else {}
-        vocabulary = Vocabulary.synthetic() if getattr(datamodule, "synthetic", None) else Vocabulary.from_meta(meta)
+        synthetic = getattr(datamodule, "synthetic", None)
+        vocabulary = Vocabulary.synthetic(synthetic.get("world")) if synthetic else Vocabulary.from_meta(meta)
         super().__init__(vocabulary, device, base)
         self.datamodule = datamodule
 

@@ -1,4 +1,4 @@
-"""The five evaluations that run during training (callbacks) and after it (`genlip eval`, `genlip probe`).
+"""The six evaluations that run during training (callbacks) and after it (`genlip eval`, `genlip probe`).
 
     result = probe_evaluation(module, view, budget=2000, test_budget=500)
     print(result.scalars["probe/linear_top1"], result.scalars["probe/pixels_linear_top1"])
@@ -80,6 +80,18 @@ def probe_settings(num_train: int, num_test: int, source: str, attentive_epochs:
     if random_init_seed is not None:
         parts.append(f"random init seed {random_init_seed}")
     return "probe settings: " + "; ".join(parts)
+
+
+@torch.no_grad()
+def transfer_evaluation(module: Any, view: EvalView, *, folds: int = 5, seed: int = 0, attentive_epochs: int = 0,
+                        batch_size: int = 64, cached_baselines: dict[str, Any] | None = None) -> EvalResult:
+    """k-fold linear and attentive probes on real labelled images the encoder never saw (a `RealImageView`:
+    scikit-learn's digits), every image held out once, with binomial standard errors, beside random init, raw
+    pixels, majority class and chance (`eval/transfer.py`)."""
+    from genlip_lit.eval import transfer
+
+    return transfer.transfer_evaluation(module, view, folds=folds, seed=seed, attentive_epochs=attentive_epochs,
+                                        batch_size=batch_size, cached_baselines=cached_baselines)
 
 
 def _markdown(header: list[str], rows: list[list[Any]]) -> str:
