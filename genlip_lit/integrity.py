@@ -22,6 +22,8 @@ from typing import Any
 import torch
 
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.storage import is_remote, local_copy
+from genlip_lit.storage import isfile as remote_isfile
 
 SHA_KEY = "genlip_weights_sha256"
 VERIFIED_KEY = "_genlip_weights_verified"  # set in memory by a loader that checked the weights already
@@ -39,8 +41,17 @@ def read_checkpoint(path: str, mmap: bool = False) -> dict[str, Any]:
     """The checkpoint dict of `path`, loaded with `weights_only=True` onto the CPU.
 
     A file whose unpickling would build arbitrary Python objects (and so could run code) is refused; a
-    truncated or foreign file is named. Either way one line, no traceback.
+    truncated or foreign file is named. Either way one line, no traceback. A URL (s3://...) is read from a
+    temporary local copy, through the same checks.
     """
+    if is_remote(path):
+        if not remote_isfile(path):
+            raise GenLIPUserError(f"checkpoint not found: {path}")
+        with local_copy(path) as local:
+            try:
+                return read_checkpoint(local, mmap=mmap)
+            except GenLIPUserError as err:  # name the URL, not the temporary file
+                raise GenLIPUserError(str(err).replace(local, path)) from None
     if not os.path.isfile(path):
         raise GenLIPUserError(f"checkpoint not found: {path}")
     try:

@@ -77,10 +77,16 @@ def data_arguments(data: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def check_data_dirs(data: dict[str, Any] | None) -> None:
-    """Local `data.data_dir`s exist, checked before the checkpoint loads (remote URLs are the loader's job)."""
+    """`data.data_dir`s exist (local folders, or URLs with train shards), checked before the checkpoint loads."""
+    from genlip_lit import storage
+
     dirs = data_arguments(data).get("data_dir")
     for d in [dirs] if isinstance(dirs, str) else list(dirs or []):
-        if "://" not in str(d) and not os.path.isdir(os.path.expanduser(str(d))):
+        if storage.is_remote(d):
+            if not storage.isfile(storage.join(str(d), "train", "index.json")):
+                raise GenLIPUserError(f"data.data_dir {d}: no train/ litdata shards there (write them with "
+                                      "`genlip optimize --output URL`)")
+        elif not os.path.isdir(os.path.expanduser(str(d))):
             raise GenLIPUserError(f"data.data_dir {d}: no such directory (write shards with `genlip optimize`)")
 
 

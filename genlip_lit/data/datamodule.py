@@ -59,6 +59,8 @@ from genlip_lit.data.synthetic import SceneConfig
 from genlip_lit.data.tokenizer import CaptionEncoder
 from genlip_lit.data.transforms import FixedResTransform, NativeResTransform, SquashTransform
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.storage import isfile as storage_isfile
+from genlip_lit.storage import join as storage_join
 
 log = logging.getLogger(__name__)
 # re-exported: callers import the loader helpers from here (eval/data.py, tests, benchmarks)
@@ -195,7 +197,8 @@ class GenLIPDataModule(L.LightningDataModule):
         return all(is_split_dir(os.path.join(self.data_dir, s)) for s in ("train", "val"))
 
     def _check_data_dir(self) -> None:
-        """Local dirs must hold train shards (val is optional); remote ones are checked by litdata on open."""
+        """Every data_dir must hold train shards (val is optional): a local folder, or a URL whose train/index.json
+        the store serves (a missing bucket, key, credentials or endpoint is one line naming the URL)."""
         if self.synthetic is not None:
             if not self._complete():
                 raise GenLIPUserError(
@@ -204,7 +207,13 @@ class GenLIPDataModule(L.LightningDataModule):
                 )
             return
         for d in self.data_dirs:
-            if is_remote(d) or is_split_dir(os.path.join(d, "train")):
+            if is_remote(d):
+                if not storage_isfile(storage_join(d, "train", "index.json")):
+                    raise GenLIPUserError(
+                        f"data_dir {d} has no train/ litdata shards (no {storage_join(d, 'train', 'index.json')}); "
+                        f"write them with `genlip optimize --input SRC --output {d}`")
+                continue
+            if is_split_dir(os.path.join(d, "train")):
                 continue
             unfinished = unfinished_dataset(d) if os.path.isdir(d) else None
             if unfinished:
@@ -331,7 +340,9 @@ class GenLIPDataModule(L.LightningDataModule):
         )
 
     def _has_val(self, base: str) -> bool:
-        return is_remote(base) or is_split_dir(os.path.join(base, "val"))
+        if is_remote(base):
+            return storage_isfile(storage_join(base, "val", "index.json"))
+        return is_split_dir(os.path.join(base, "val"))
 
     def setup(self, stage: str | None = None) -> None:
         self._check_data_dir()
