@@ -100,7 +100,7 @@ def export_vision_encoder(ckpt: str, output: str, loaded: tuple[Any, dict[str, A
         "architecture": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()},
         "preprocessing": preprocessing,
         "features": "final-norm patch features in raster order, registers dropped: [B, rows*cols, width]",
-        "source": {"checkpoint": os.path.abspath(ckpt), "module": type(module).__name__,
+        "source": {"checkpoint": ckpt if "://" in str(ckpt) else os.path.abspath(ckpt), "module": type(module).__name__,
                    "objective": module.objective_name},
     }
     # checked by load_vision_encoder: flipped bytes in the weights, or an edited architecture, are refused

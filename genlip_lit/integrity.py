@@ -22,6 +22,8 @@ from typing import Any
 import torch
 
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.storage import is_remote, local_copy
+from genlip_lit.storage import isfile as remote_isfile
 
 SHA_KEY = "genlip_weights_sha256"
 # Set in memory by `verify_weights` so a second check of the same dict (the loader, then the module's
@@ -54,8 +56,17 @@ def read_checkpoint(path: str, mmap: bool = False, allow: Iterable[str] = ()) ->
     A file whose unpickling would build arbitrary Python objects (and so could run code) is refused; a
     truncated or foreign file is named; a class path anywhere in it that genlip_lit/registry.py does not know
     (nor `allow`, the classes the user's own config names) is refused before any caller can import it
-    (`registry.vet_class_paths`). Each of these is one line, no traceback.
+    (`registry.vet_class_paths`). Each of these is one line, no traceback. A URL (s3://...) is read from a
+    temporary local copy, through the same checks.
     """
+    if is_remote(path):
+        if not remote_isfile(path):
+            raise GenLIPUserError(f"checkpoint not found: {path}")
+        with local_copy(path) as local:
+            try:
+                return read_checkpoint(local, mmap=mmap, allow=allow)
+            except GenLIPUserError as err:  # name the URL, not the temporary file
+                raise GenLIPUserError(str(err).replace(local, path)) from None
     if not os.path.isfile(path):
         raise GenLIPUserError(f"checkpoint not found: {path}")
     try:

@@ -36,7 +36,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from genlip_lit import logs
+from genlip_lit import logs, storage
 from genlip_lit.callbacks.checkpoint import ResumableCheckpoint
 from genlip_lit.callbacks.plain_progress import PlainProgressBar
 from genlip_lit.callbacks.process_group import ProcessGroupGuard
@@ -104,7 +104,7 @@ class GenLIPCLI(LightningCLI):
         # A missing --ckpt_path fails here, before the model is built, instead of deep inside fit.
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if path and path not in CKPT_KEYWORDS and "://" not in path and not os.path.isfile(path):
+        if path and path not in CKPT_KEYWORDS and not storage.isfile(path):  # local or s3://... (one line)
             raise GenLIPUserError(f"checkpoint not found: {path} (--ckpt_path)")
 
     def _parse_ckpt_path(self) -> None:
@@ -118,6 +118,7 @@ class GenLIPCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.config.subcommand] if self.config.get("subcommand") else self.config
         self._adaptive_threads = apply_threads(config.get("threads", 0))
+        runs_in_object_storage(config)
         check_output_dirs(config)
         check_accelerator(config)
         check_data_dirs(config)  # before the model (and a compact vocabulary read from data_dir) is built
@@ -187,8 +188,15 @@ def end_of_fit_line(trainer: Trainer) -> str:
     ckpt = ""
     if callback is not None:
         ckpt = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
-    if not ckpt or not os.path.isfile(ckpt):
+    if not ckpt or not storage.isfile(ckpt):
         return "done (no checkpoint was written: set checkpoint.save_last: true to keep one)"
+    if storage.is_remote(ckpt):  # in object storage: the URL as it is (every command takes it)
+        folder = ckpt.rsplit("/", 1)[0]
+        run = folder.rsplit("/", 1)[0] if folder.endswith("/checkpoints") else folder
+        target = run if ckpt.endswith("/last.ckpt") else ckpt
+        return (f"done. checkpoint: {ckpt}. next: genlip caption --ckpt {target} IMAGE | "
+                f"genlip eval --ckpt {target} --config experiments/eval.yaml | "
+                f"genlip export --ckpt {target} --output DIR")
     folder = os.path.dirname(os.path.abspath(ckpt))
     run = os.path.dirname(folder) if os.path.basename(folder) == "checkpoints" else folder
     target = _shown(run) if os.path.basename(ckpt) == "last.ckpt" else _shown(ckpt)
@@ -236,6 +244,26 @@ def instantiation_error(err: BaseException) -> str | None:
         first = text.strip().splitlines()[0] if text.strip() else type(root).__name__
         return f"{where}{first}"
     return None
+
+
+def runs_in_object_storage(config: Any) -> None:
+    """`--trainer.default_root_dir s3://bucket/runs` puts the run there: loggers whose save_dir is a local path
+    (the recipes' `runs`) log into the URL instead, and their checkpoints/ follow (Lightning places them under the
+    first logger's directory). Without this the logger's local save_dir would win and the URL would hold
+    nothing. The bucket must answer now: a missing bucket or credentials is one line before the model is built."""
+    trainer = config.get("trainer") or {}
+    root = trainer.get("default_root_dir")
+    if not isinstance(root, str) or not storage.is_remote(root):
+        return
+    storage.check_bucket(root)
+    loggers = trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        init_args = logger.get("init_args") if hasattr(logger, "get") else None
+        save_dir = init_args.get("save_dir") if hasattr(init_args, "get") else None
+        if isinstance(save_dir, str) and not storage.is_remote(save_dir):
+            log.info("trainer.default_root_dir %s: the logger writes there (instead of its save_dir %s)",
+                     root, save_dir)
+            init_args["save_dir"] = root
 
 
 def check_output_dirs(config: Any) -> None:
@@ -328,11 +356,17 @@ def fill_data_corpus(config: Any) -> None:
         return
     data_dir = config.get("data.init_args.data_dir") if config.get("data") else None
     dirs = [data_dir] if isinstance(data_dir, str) else list(data_dir or [])
-    if len(dirs) != 1 or "://" in str(dirs[0]) or str(dirs[0]).startswith("local:"):
+    if len(dirs) != 1:
         raise GenLIPUserError(
-            f"{COMPACT_CORPUS_KEY}: data builds the vocabulary from one local data.init_args.data_dir (a `genlip "
+            f"{COMPACT_CORPUS_KEY}: data builds the vocabulary from one data.init_args.data_dir (a `genlip "
             f"optimize` output), got {data_dir!r}: set data_dir, or give compact_corpus a directory or null"
         )
+    from genlip_lit.data.caption_coverage import is_shard_dir
+
+    if storage.is_remote(dirs[0]) and not is_shard_dir(str(dirs[0])):  # before the vocabulary reads it
+        raise GenLIPUserError(f"data_dir {dirs[0]} has no train/ litdata shards (no "
+                              f"{storage.join(str(dirs[0]), 'train', 'index.json')}); write them with `genlip "
+                              f"optimize --input SRC --output {dirs[0]}`")
     config[COMPACT_CORPUS_KEY] = str(dirs[0])
 
 

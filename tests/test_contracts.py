@@ -4,7 +4,8 @@ Each test pins one behaviour our code builds on, so that an upgrade beyond `cons
 suite ran with) fails here, loudly and by name, instead of silently changing a result elsewhere:
 - litdata: BinaryWriter names chunks and its index after DATA_OPTIMIZER_GLOBAL_RANK (ingest/unit_writer.py), the index
   layout merge_split writes, and StreamingDataLoader's `restore` flag around load_state_dict
-  (data/streaming.py ResumableStreamingDataLoader);
+  (data/streaming.py ResumableStreamingDataLoader); the obstore client options table (storage.allow_http_endpoint)
+  and the `_on_demand_bytes` switch its cache is built with (storage.streaming_dataset);
 - torch: `_python_dispatch._get_current_dispatch_mode` (models/attention.py), the CPU flash-attention ops and
   flop-count helpers the Throughput callback maps, DataLoader's `_iterator._shutdown_workers`
   (data/streaming.py shutdown_workers), FSDP2 and FlexAttention imports;
@@ -88,6 +89,15 @@ def test_litdata_reads_a_merged_index_and_restores_the_loader_position(tiny_litd
 
 
 # ------------------------------------------------------------------ torch
+
+
+def test_litdata_obstore_options_and_on_demand_switch_used_for_object_storage(tmp_path):
+    from litdata.streaming import downloader
+    from litdata.streaming.dataset import StreamingDataset
+
+    assert isinstance(downloader._OBSTORE_CLIENT_OPTIONS, dict)  # allow_http is added to it for http endpoints
+    assert "self._on_demand_bytes" in inspect.getsource(StreamingDataset._create_cache)
+    assert "on_demand_bytes" in inspect.signature(__import__("litdata").streaming.cache.Cache).parameters
 
 
 def test_torch_current_dispatch_mode_reports_an_active_mode():

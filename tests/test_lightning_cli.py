@@ -277,10 +277,10 @@ def test_compact_corpus_data_is_the_training_corpus(tmp_path, capsys):
     assert f"compact_corpus: {corpus}" in config
 
 
-def test_compact_corpus_data_needs_one_local_data_dir(tmp_path, capsys):
+def test_compact_corpus_data_needs_one_data_dir(tmp_path, capsys):
     argv = tiny_fit_args(tmp_path, extra=["--model.init_args.tokenizer.init_args.compact_corpus=data"])
     lines = _error_lines(_error(capsys, argv))  # the quickstart trains on synthetic data: no data_dir
-    assert len(lines) == 1 and "compact_corpus: data builds the vocabulary from one local" in lines[0]
+    assert len(lines) == 1 and "compact_corpus: data builds the vocabulary from one data.init_args.data_dir" in lines[0]
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")

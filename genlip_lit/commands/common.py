@@ -239,5 +239,10 @@ def at_least(flag: str, value: int | None, low: int) -> None:
 
 
 def beside_checkpoint(ckpt: str, name: str) -> str:
-    """A default output directory next to a checkpoint file (e.g. eval/ beside last.ckpt)."""
+    """A default output directory next to a checkpoint file (e.g. eval/ beside last.ckpt); for a checkpoint in
+    object storage, `name` in the working directory (reports are written locally)."""
+    from genlip_lit.storage import is_remote
+
+    if is_remote(ckpt):
+        return os.path.abspath(name)
     return os.path.join(os.path.dirname(os.path.abspath(ckpt)), name)

@@ -77,13 +77,18 @@ def data_arguments(data: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def check_data_dirs(data: dict[str, Any] | None) -> None:
-    """Local `data.data_dir`s exist and their shards are whole, checked before the checkpoint loads (remote URLs
-    are the loader's job)."""
+    """`data.data_dir`s exist (local folders, or URLs with train shards) and local shards are whole, checked before
+    the checkpoint loads."""
+    from genlip_lit import storage
     from genlip_lit.data.shard_check import check_shard_dir
 
     dirs = data_arguments(data).get("data_dir")
     for d in [dirs] if isinstance(dirs, str) else list(dirs or []):
-        if "://" not in str(d) and not os.path.isdir(os.path.expanduser(str(d))):
+        if storage.is_remote(d):
+            if not storage.isfile(storage.join(str(d), "train", "index.json")):
+                raise GenLIPUserError(f"data.data_dir {d}: no train/ litdata shards there (write them with "
+                                      "`genlip optimize --output URL`)")
+        elif not os.path.isdir(os.path.expanduser(str(d))):
             raise GenLIPUserError(f"data.data_dir {d}: no such directory (write shards with `genlip optimize`)")
         check_shard_dir(str(d))  # a truncated chunk or a broken index.json: one line naming the file
 

@@ -289,9 +289,41 @@ def main(argv: list[str] | None = None) -> int:
     modes = [flag for flag in MODE_FLAGS if getattr(args, flag[2:])]
     if len(modes) > 1:
         raise GenLIPUserError(f"{' and '.join(modes)} exclude each other: give one (or none for a new output)")
-    out = os.path.abspath(os.path.expanduser(args.output))
     if args.input and args.source:
         raise GenLIPUserError("give either --input (a corpus) or --source synthetic, not both")
+    from genlip_lit.storage import is_remote
+
+    if is_remote(args.output):  # s3://...: the same run in a local staging folder, uploaded when it finishes
+        from genlip_lit.ingest.remote_output import remote_output
+
+        url = args.output.rstrip("/")
+        _check_source(args)
+        mode = "overwrite" if args.overwrite else "append" if args.append else "resume" if args.resume else "new"
+        with remote_output(url, mode) as stage:
+            args.output = stage
+            return _run(args, argv, parser, url, staged=True)
+    return _run(args, argv, parser, os.path.abspath(os.path.expanduser(args.output)))
+
+
+def _check_source(args: Any) -> None:
+    """The checks on what to read that need no output (done before a remote output is locked)."""
+    if args.input:
+        return
+    if args.source is None and args.num_samples is None:
+        raise GenLIPUserError("nothing to read: pass --input SRC [SRC ...] (or --num-samples N for synthetic data)")
+    if (args.source or "synthetic") not in SOURCES:
+        raise GenLIPUserError(
+            f"--source {args.source!r}: only 'synthetic' is built in; real corpora come in through --input"
+        )
+    if args.append or args.resume:
+        raise GenLIPUserError("--append and --resume apply to --input corpora; synthetic data regenerates quickly")
+    if args.num_samples is None or args.num_samples < 1:
+        raise GenLIPUserError(f"--source synthetic needs --num-samples of at least 1, got {args.num_samples}")
+
+
+def _run(args: Any, argv: list[str], parser: Any, out: str, staged: bool = False) -> int:
+    """The run into `out` (the output as shown; `args.output` is where it is written: a staging folder when
+    `staged`)."""
     if args.input:
         from genlip_lit.ingest.corpus import summary_line
 
@@ -306,26 +338,18 @@ def main(argv: list[str] | None = None) -> int:
                 "only %d val images: evaluations on fewer than ~%d samples are rough figures; raise --val-fraction "
                 "(with --overwrite)", val, SMALL_VAL)
         return 0
-    if args.source is None and args.num_samples is None:
-        raise GenLIPUserError("nothing to read: pass --input SRC [SRC ...] (or --num-samples N for synthetic data)")
+    _check_source(args)
     args.source = args.source or "synthetic"
-    if args.source not in SOURCES:
-        raise GenLIPUserError(
-            f"--source {args.source!r}: only 'synthetic' is built in; real corpora come in through --input"
-        )
-    if args.append or args.resume:
-        raise GenLIPUserError("--append and --resume apply to --input corpora; synthetic data regenerates quickly")
-    if args.num_samples is None or args.num_samples < 1:
-        raise GenLIPUserError(f"--source synthetic needs --num-samples of at least 1, got {args.num_samples}")
     if args.num_workers is None:
         args.num_workers = 1
     from genlip_lit.ingest.output_lock import output_lock
+    from genlip_lit.storage import join
 
-    with output_lock(out):
+    with output_lock(args.output if staged else out):
         meta = SOURCES[args.source](args)
     print(
         f"wrote {meta['num_train']} train + {meta['num_val']} val samples ({args.source}) to "
-        f"{os.path.join(out, 'train')} and {os.path.join(out, 'val')} in {meta['seconds']:.1f} s"
+        f"{join(out, 'train')} and {join(out, 'val')} in {meta['seconds']:.1f} s"
     )
     report_caption_lengths(out)
     return 0

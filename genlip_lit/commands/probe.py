@@ -49,7 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     for flag, value in (("--budget", args.budget), ("--test-budget", args.test_budget),
                         ("--batch-size", args.batch_size)):
         at_least(flag, value, 1)
-    if not os.path.isdir(os.path.expanduser(args.data)):  # before the (slower) checkpoint load
+    from genlip_lit import storage
+
+    if storage.is_remote(args.data):  # shards in object storage: train/ must be there (one line otherwise)
+        if not storage.isfile(storage.join(args.data, "train", "index.json")):
+            raise GenLIPUserError(f"--data {args.data}: no labelled shards there (no train/index.json; write them "
+                                  "with `genlip optimize --output URL`)")
+    elif not os.path.isdir(os.path.expanduser(args.data)):  # before the (slower) checkpoint load
         raise GenLIPUserError(f"--data {args.data}: no such directory (an ImageFolder, or labelled shards from "
                               "`genlip optimize`)")
     from genlip_lit.data.shard_check import check_shard_dir

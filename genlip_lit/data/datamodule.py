@@ -60,6 +60,8 @@ from genlip_lit.data.tokenizer import CaptionEncoder
 from genlip_lit.data.transforms import FixedResTransform, NativeResTransform, SquashTransform
 from genlip_lit.data.world import WorldConfig
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.storage import isfile as storage_isfile
+from genlip_lit.storage import join as storage_join
 
 log = logging.getLogger(__name__)
 # re-exported: callers import the loader helpers from here (eval/data.py, tests, benchmarks)
@@ -103,9 +105,13 @@ def synthetic_params(synthetic: dict[str, Any]) -> dict[str, Any]:
 
 def data_dir_problem(data_dir: str) -> str | None:
     """What is wrong with a local `data_dir` as a training set, in one line naming it (None: train shards are
-    there, or a remote URL, which litdata checks on open). Checked by `genlip fit` before the model is built."""
+    there). A URL must hold train/index.json. Checked by `genlip fit` before the model is built."""
     if is_remote(data_dir):
-        return None
+        index = storage_join(data_dir, "train", "index.json")
+        if storage_isfile(index):
+            return None
+        return (f"data_dir {data_dir} has no train/ litdata shards (no {index}); write them with "
+                f"`genlip optimize --input SRC --output {data_dir}`")
     d = os.path.abspath(os.path.expanduser(data_dir))
     if is_split_dir(os.path.join(d, "train")):
         return None
@@ -240,7 +246,8 @@ class GenLIPDataModule(L.LightningDataModule):
         return all(is_split_dir(os.path.join(self.data_dir, s)) for s in ("train", "val"))
 
     def _check_data_dir(self) -> None:
-        """Local dirs must hold train shards (val is optional); remote ones are checked by litdata on open."""
+        """Every data_dir must hold train shards (val is optional): a local folder, or a URL whose train/index.json
+        the store serves (a missing bucket, key, credentials or endpoint is one line naming the URL)."""
         if self.synthetic is not None:
             if not self._complete():
                 raise GenLIPUserError(
@@ -369,7 +376,9 @@ class GenLIPDataModule(L.LightningDataModule):
         )
 
     def _has_val(self, base: str) -> bool:
-        return is_remote(base) or is_split_dir(os.path.join(base, "val"))
+        if is_remote(base):
+            return storage_isfile(storage_join(base, "val", "index.json"))
+        return is_split_dir(os.path.join(base, "val"))
 
     def setup(self, stage: str | None = None) -> None:
         self._check_data_dir()

@@ -23,6 +23,7 @@ from genlip_lit.data.shard_check import FIX, check_split
 from genlip_lit.data.tokenizer import CaptionEncoder
 from genlip_lit.data.transforms import FixedResTransform, NativeResTransform, SquashTransform, decode_image
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.storage import allow_http_endpoint, is_remote, storage_errors
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,6 @@ def shutdown_workers(loader: torch.utils.data.DataLoader) -> None:
         iterator._shutdown_workers()
     if hasattr(loader, "_iterator"):
         loader._iterator = None
-
-
-def is_remote(path: str) -> bool:
-    """A URL litdata streams from (s3://, gs://, azure://, hf://, local:...), not a plain local path."""
-    return "://" in path or path.startswith("local:")
 
 
 def is_split_dir(path: str) -> bool:
@@ -94,8 +90,14 @@ class GenLIPStreamingDataset(litdata.StreamingDataset):
         **kwargs: Any,
     ) -> None:
         check_split(input_dir)  # a damaged local index or chunk: one line naming the file, before litdata reads it
+        url = input_dir if isinstance(input_dir, str) else getattr(input_dir, "url", None)
         try:
-            super().__init__(input_dir=input_dir, **kwargs)
+            if url and is_remote(url):  # a missing bucket or key, no credentials: one line naming the URL
+                allow_http_endpoint()
+                with storage_errors(url):
+                    super().__init__(input_dir=input_dir, **kwargs)
+            else:
+                super().__init__(input_dir=input_dir, **kwargs)
         except (ValueError, KeyError, OSError) as err:  # a truncated or foreign index.json (JSONDecodeError...)
             if not isinstance(input_dir, str) or is_remote(input_dir):
                 raise

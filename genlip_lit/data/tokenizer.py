@@ -138,7 +138,7 @@ class _CompactableTokenizer(Tokenizer):
                 "compact_corpus 'data' stands for the training data's directory, which `genlip fit` fills in from "
                 "data.init_args.data_dir; outside genlip fit pass that directory itself"
             )
-        if os.path.isdir(corpus):
+        if coverage.is_remote(corpus) or os.path.isdir(corpus):  # shards on disk or in object storage
             if not coverage.is_shard_dir(corpus):
                 raise GenLIPUserError(f"compact_corpus {corpus!r} is a directory without `genlip optimize` shards "
                                       "(train/index.json)")

@@ -148,7 +148,7 @@ class DataModuleView(EvalView):
 
     def __init__(self, datamodule: Any, device: torch.device | str = "cpu") -> None:
         base = datamodule.data_dirs[0]
-        meta = read_meta(base) if not _is_remote(base) else {}
+        meta = read_meta(base)  # class names: local or in object storage
         synthetic = getattr(datamodule, "synthetic", None)
         vocabulary = Vocabulary.synthetic(synthetic.get("world")) if synthetic else Vocabulary.from_meta(meta)
         super().__init__(vocabulary, device, base)
@@ -208,14 +208,14 @@ class ShardView(EvalView):
             yield EvalBatch(pixels.to(self.device), labels.to(self.device))
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in path or path.startswith("local:")
-
-
 def labelled_view(path: str, preprocessing: Preprocessing, device: torch.device | str = "cpu",
                   seed: int = 0) -> EvalView:
     """A labelled image set by its layout: shards (`train/index.json`, from `genlip optimize`) or an ImageFolder
     (`seed`: its held-out split when it has no val/ folder)."""
+    from genlip_lit import storage
+
+    if storage.is_remote(path):  # object storage holds shards (an ImageFolder is read from local disk)
+        return ShardView(path, preprocessing, device)
     expanded = os.path.expanduser(path)
     if os.path.isfile(os.path.join(expanded, "train", "index.json")):
         return ShardView(expanded, preprocessing, device)

@@ -17,7 +17,6 @@ the first K samples still sees every class in proportion.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -217,14 +216,15 @@ class ImageFolderSet:
 
 # ---------------------------------------------------------------------------------------------- litdata shards
 def read_meta(data_dir: str) -> dict[str, Any]:
-    """The `genlip_meta.json` of a shard directory ({} when there is none)."""
-    path = os.path.join(data_dir, META_FILE)
-    if not os.path.isfile(path):
+    """The `genlip_meta.json` of a shard directory, local or in object storage ({} when there is none)."""
+    from genlip_lit import storage
+
+    path = storage.join(data_dir, META_FILE)
+    if not storage.isfile(path):
         return {}
     try:
-        with open(path, encoding="utf-8") as fh:
-            meta = json.load(fh)
-    except (OSError, ValueError) as exc:
+        meta = storage.read_json(path)
+    except OSError as exc:
         raise GenLIPUserError(f"cannot read {path!r}: {exc}") from exc
     return meta if isinstance(meta, dict) else {}
 
@@ -240,18 +240,21 @@ class ShardLabelledSet:
     """
 
     def __init__(self, data_dir: str, split: str = "val", seed: int = 0) -> None:
-        import litdata  # deferred: only shard users pay for it
+        from genlip_lit import storage  # deferred: only shard users pay for litdata
 
-        data_dir = os.path.abspath(os.path.expanduser(str(data_dir)))
-        if not os.path.isdir(data_dir):
-            raise GenLIPUserError(f"shard directory {data_dir!r} does not exist (write it with `genlip optimize`)")
-        split_dir = os.path.join(data_dir, split)
-        if not os.path.isfile(os.path.join(split_dir, "index.json")):
-            found = [s for s in SPLITS if os.path.isfile(os.path.join(data_dir, s, "index.json"))]
+        if storage.is_remote(data_dir):  # s3://...: streamed through litdata's cache
+            data_dir = str(data_dir).rstrip("/")
+        else:
+            data_dir = os.path.abspath(os.path.expanduser(str(data_dir)))
+            if not os.path.isdir(data_dir):
+                raise GenLIPUserError(f"shard directory {data_dir!r} does not exist (write it with `genlip optimize`)")
+        split_dir = storage.join(data_dir, split)
+        if not storage.isfile(storage.join(split_dir, "index.json")):
+            found = [s for s in SPLITS if storage.isfile(storage.join(data_dir, s, "index.json"))]
             raise GenLIPUserError(f"no litdata split {split!r} in {data_dir!r} (splits found: {found or 'none'})")
         self.data_dir, self.split, self.seed = data_dir, split, seed
-        check_split(split_dir)  # a damaged index or chunk: one line naming the file
-        self.dataset = litdata.StreamingDataset(split_dir)
+        check_split(split_dir)  # a damaged local index or chunk: one line naming the file
+        self.dataset = storage.streaming_dataset(split_dir)
         names = read_meta(data_dir).get("class_names")
         self._class_names: list[str] | None = [str(n) for n in names] if names else None
         self._max_label: int | None = None

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import importlib.util
-import json
 import os
 from typing import Any
 
@@ -162,12 +161,11 @@ class CaptionSet:
 
 
 def _read_split(split_dir: str, indices: list[int]) -> CaptionSet:
-    import litdata
-
     from genlip_lit.data.transforms import decode_image
+    from genlip_lit.storage import streaming_dataset
 
-    check_split(split_dir)  # a damaged index or chunk: one line naming the file
-    dataset = litdata.StreamingDataset(split_dir)
+    check_split(split_dir)  # a damaged local index or chunk: one line naming the file
+    dataset = streaming_dataset(split_dir)
     images, captions, skipped = [], [], 0
     for i in indices:
         raw = dataset[int(i)]
@@ -186,8 +184,9 @@ def _read_split(split_dir: str, indices: list[int]) -> CaptionSet:
 
 
 def _split_len(split_dir: str) -> int:
-    with open(os.path.join(split_dir, "index.json"), encoding="utf-8") as fh:
-        return sum(int(c["chunk_size"]) for c in json.load(fh)["chunks"])
+    from genlip_lit.storage import join, read_json
+
+    return sum(int(c["chunk_size"]) for c in read_json(join(split_dir, "index.json"))["chunks"])
 
 
 def data_root(data: str | None) -> str:
@@ -198,17 +197,22 @@ def data_root(data: str | None) -> str:
         datamodule = GenLIPDataModule(synthetic=dict(QUICKSTART_SYNTHETIC))
         datamodule.prepare_data()  # generates the cache once, like the quickstart's first run
         return datamodule.data_dir
-    root = os.path.abspath(os.path.expanduser(data))
-    if not os.path.isdir(root):
-        raise GenLIPUserError(f"--data {data!r} does not exist (write shards with `genlip optimize`)")
-    missing = [s for s in ("train", "val") if not os.path.isfile(os.path.join(root, s, "index.json"))]
+    from genlip_lit.storage import is_remote, isfile, join
+
+    if is_remote(data):  # s3://...: the same shards in object storage
+        root = data.rstrip("/")
+    else:
+        root = os.path.abspath(os.path.expanduser(data))
+        if not os.path.isdir(root):
+            raise GenLIPUserError(f"--data {data!r} does not exist (write shards with `genlip optimize`)")
+    missing = [s for s in ("train", "val") if not isfile(join(root, s, "index.json"))]
     if missing:
         splits = " or ".join(f"{s}/" for s in missing)
         raise GenLIPUserError(f"--data {data!r} has no {splits} litdata shards (llm-probe trains on train/ "
                               "and scores val/; write both with `genlip optimize`)")
     for split in ("train", "val"):
-        check_split(os.path.join(root, split))  # a damaged index or chunk: one line naming the file
-        if _split_len(os.path.join(root, split)) == 0:
+        check_split(join(root, split))  # a damaged local index or chunk: one line naming the file
+        if _split_len(join(root, split)) == 0:
             raise GenLIPUserError(f"--data {data!r}: the {split}/ split is empty")
     return root
 
@@ -216,7 +220,9 @@ def data_root(data: str | None) -> str:
 def load_caption_data(root: str, num_train: int, num_eval: int, seed: int) -> tuple[CaptionSet, CaptionSet]:
     """`num_train` training samples drawn in a seeded shuffle (fewer if the split is smaller) and the first
     `num_eval` held-out ones; the same for every encoder."""
-    train_dir, val_dir = os.path.join(root, "train"), os.path.join(root, "val")
+    from genlip_lit.storage import join
+
+    train_dir, val_dir = join(root, "train"), join(root, "val")
     order = np.random.default_rng(seed).permutation(_split_len(train_dir))[:num_train]
     train = _read_split(train_dir, [int(i) for i in order])
     held_out = _read_split(val_dir, list(range(min(num_eval, _split_len(val_dir)))))

@@ -22,6 +22,10 @@ import torch
 
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.integrity import read_checkpoint, verify_weights
+from genlip_lit.storage import exists as storage_exists
+from genlip_lit.storage import find as storage_find
+from genlip_lit.storage import is_remote
+from genlip_lit.storage import isfile as storage_isfile
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +111,7 @@ def check_resume_checkpoint(config: Any) -> None:
     subcommand = config.get("subcommand") if config is not None else None
     sub = config.get(subcommand) if subcommand else None
     path = sub.get("ckpt_path") if sub is not None else None
-    if not path or not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
+    if not path or not isinstance(path, (str, os.PathLike)) or not storage_isfile(str(path)):
         return  # none, or Lightning's "last"/"best"/"hpc" (Lightning resolves those; it loads weights-only)
     model = sub.get("model")
     own = model.get("class_path") if hasattr(model, "get") else None
@@ -141,11 +145,21 @@ def config_class_paths(config: Any) -> set[str]:
 
 
 def resolve_checkpoint(path: str) -> str:
-    """A checkpoint file, or for a run directory the newest `last.ckpt` below it (e.g. runs/quickstart).
+    """A checkpoint file, or for a run directory the newest `last.ckpt` below it (e.g. runs/quickstart); local or
+    in object storage (s3://bucket/runs/quickstart).
 
     A run directory holding several runs says which one it chose and how many others there are, so an
     accidental short run that became the newest is visible at once (name the file to pick another).
     """
+    if is_remote(path):
+        if storage_isfile(path):
+            return path
+        found = storage_find(path, "last.ckpt")
+        if found:
+            return max(found, key=lambda item: item[1])[0]
+        if storage_exists(path):
+            raise GenLIPUserError(f"no last.ckpt under {path!r}: train the earlier stage first, or name a .ckpt file")
+        raise GenLIPUserError(f"checkpoint not found: {path!r}")
     expanded = os.path.expanduser(path)
     if os.path.isfile(expanded):
         return expanded
@@ -169,8 +183,10 @@ def checkpoint_line(path: str, ckpt: dict[str, Any]) -> str:
     import datetime
 
     step = ckpt.get("global_step")
-    stamp = datetime.datetime.fromtimestamp(os.path.getmtime(path), tz=datetime.timezone.utc)
     steps = f"step {step}" if isinstance(step, int) else "step unknown"
+    if is_remote(path):  # the object's own date is the store's upload time, not the training's
+        return f"loaded {path} ({steps})"
+    stamp = datetime.datetime.fromtimestamp(os.path.getmtime(path), tz=datetime.timezone.utc)
     return f"loaded {path} ({steps}, written {stamp:%Y-%m-%d %H:%M} UTC)"
 
 

@@ -1,0 +1,190 @@
+"""Data, checkpoints and runs in object storage, against a real S3 API (moto's server on 127.0.0.1, tests/s3_server.py).
+
+The round trip shares one fitted run (module fixtures): `genlip optimize --output s3://...` -> `genlip fit` with
+experiments/corpus_cpu.yaml as shipped on the bucket's data (10 steps), killed with SIGKILL at step 7 and resumed
+from the bucket's last.ckpt -> caption, eval, probe and export from the bucket. Then one-line errors for what goes
+wrong with a store. Skipped where moto[server] or s3fs is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from s3_server import BUCKET, require_s3_stack, s3_server
+
+require_s3_stack()
+
+from genlip_lit.cli import main  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = f"s3://{BUCKET}/shards"
+RUNS = f"s3://{BUCKET}/runs"
+NUM_IMAGES = 48
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    with s3_server(str(tmp_path_factory.mktemp("aws"))) as env:
+        yield env
+
+
+def _keys(prefix: str = "") -> list[str]:
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    return sorted(p[len(BUCKET) + 1:] for p in fs.find(f"{BUCKET}/{prefix}"))
+
+
+def _error_line(capsys, argv: list[str]) -> str:
+    """The one `genlip: error:` line of a failing command (exit 2, no traceback)."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2, err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.strip().splitlines() if line.startswith("genlip: error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from genlip_lit.data.synthetic import class_names
+    from genlip_lit.ingest.demo_corpus import write_demo_corpus
+
+    root = tmp_path_factory.mktemp("demo")
+    classes = root / "classes.txt"
+    classes.write_text("\n".join(class_names()) + "\n")
+    return write_demo_corpus(str(root / "demo"), num_images=NUM_IMAGES, layouts=("webdataset",))["webdataset"], classes
+
+
+def _optimize_args(corpus, output: str) -> list[str]:
+    source, classes = corpus
+    return ["optimize", "--input", source, "--output", output, "--max-side", "64", "--val-fraction", "0.2",
+            "--num-workers", "1", "--classes", str(classes)]
+
+
+@pytest.fixture(scope="module")
+def shards(s3, corpus, tmp_path_factory):
+    """The demo corpus optimized into the bucket, from a scratch working directory (no `s3:` folder may appear)."""
+    cwd = tmp_path_factory.mktemp("cwd")
+    before = os.getcwd()
+    os.chdir(cwd)
+    try:
+        assert main(_optimize_args(corpus, DATA)) == 0
+    finally:
+        os.chdir(before)
+    assert os.listdir(cwd) == []  # nothing local beside the staging folder in the cache
+    return DATA
+
+
+@pytest.fixture(scope="module")
+def fitted(shards, tmp_path_factory):
+    """corpus_cpu.yaml on the bucket's data, runs in the bucket (`--trainer.default_root_dir s3://...`), killed
+    (SIGKILL) at step 7 in its own process. Returns the `genlip fit` arguments that resume it from the bucket's
+    last.ckpt (step 5) to step 10."""
+    work = tmp_path_factory.mktemp("fit")
+    argv = ["fit", "--config", "experiments/corpus_cpu.yaml", f"--data.init_args.data_dir={DATA}",
+            f"--trainer.default_root_dir={RUNS}", "--trainer.max_steps=10", "--checkpoint.every_n_train_steps=5",
+            "--trainer.enable_progress_bar=false", f"--data.init_args.cache_dir={work}/cache",
+            # the recipe's end-of-fit evaluations cost minutes on 2 busy cores: `genlip eval` runs them from the
+            # bucket in the next test instead
+            "--trainer.callbacks=[]"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests")]))
+    killed = subprocess.run(
+        [sys.executable, "-m", "genlip_lit.cli", *argv,
+         "--trainer.callbacks+={class_path: s3_server.SigkillAtStep, init_args: {step: 7}}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    first = "runs/corpus_cpu/version_0/checkpoints"
+    assert {f"{first}/step=5.ckpt", f"{first}/last.ckpt"} <= set(_keys("runs")), _keys("runs")
+    return argv + [f"--ckpt_path={RUNS}/corpus_cpu/version_0/checkpoints/last.ckpt"]
+
+
+@pytest.mark.slow
+def test_optimize_writes_the_dataset_into_the_bucket_as_a_local_run_would(shards, corpus, tmp_path, capsys):
+    local = tmp_path / "local"
+    assert main(_optimize_args(corpus, str(local))) == 0
+    keys = _keys("shards")
+    assert keys == ["shards/genlip_meta.json", "shards/genlip_report.json", "shards/train/chunk-0-0.bin",
+                    "shards/train/index.json", "shards/val/chunk-0-0.bin", "shards/val/index.json"]
+    from genlip_lit import storage
+
+    for split in ("train", "val"):  # the same samples, chunk for chunk (the staged run is the local run)
+        remote = storage.read_json(f"{DATA}/{split}/index.json")
+        here = json.loads((local / split / "index.json").read_text())
+        assert remote["chunks"] == here["chunks"]
+        assert storage.read_bytes(f"{DATA}/{split}/chunk-0-0.bin") == (local / split / "chunk-0-0.bin").read_bytes()
+    meta = storage.read_json(f"{DATA}/genlip_meta.json")
+    assert meta["class_names"] == json.loads((local / "genlip_meta.json").read_text())["class_names"]
+    # the same command again is refused as locally; --overwrite replaces the dataset
+    line = _error_line(capsys, _optimize_args(corpus, DATA))
+    assert line == f"genlip: error: {DATA} already holds a dataset: choose another prefix, or pass --overwrite to " \
+                   "replace it (--append adds inputs)"
+    assert ".genlip_lock" not in " ".join(_keys("shards"))  # the lock object is gone after every run
+
+
+@pytest.mark.slow
+def test_fit_from_the_bucket_survives_sigkill_and_resumes_from_the_bucket(fitted, capsys):
+    assert main(fitted) == 0
+    err = capsys.readouterr().err
+    # the compact vocabulary was built from the bucket's captions (all 39 train captions, the whole split)
+    assert "compact vocabulary: " in err and f"train captions of {DATA}" in err
+    closing = [line for line in err.splitlines() if "done. checkpoint:" in line]
+    resumed = f"{RUNS}/corpus_cpu/version_1/checkpoints"
+    assert closing and f"done. checkpoint: {resumed}/last.ckpt. next: genlip caption --ckpt {RUNS}/corpus_cpu/" \
+                       "version_1 IMAGE" in closing[0]
+    keys = set(_keys("runs"))
+    assert {f"runs/corpus_cpu/version_1/checkpoints/{n}" for n in ("step=10.ckpt", "last.ckpt")} <= keys
+    assert "runs/corpus_cpu/version_1/config.yaml" in keys
+    from genlip_lit.integrity import read_checkpoint
+
+    last = read_checkpoint(f"{resumed}/last.ckpt")
+    assert last["global_step"] == 10 and last["genlip_unknown_tokens"] == 0
+    assert read_checkpoint(f"{RUNS}/corpus_cpu/version_0/checkpoints/step=5.ckpt")["global_step"] == 5
+    assert not os.path.exists(os.path.join(REPO, "s3:")) and not os.path.exists("s3:")
+
+
+@pytest.mark.slow
+def test_caption_eval_probe_and_export_read_the_run_from_the_bucket(fitted, tmp_path, capsys):
+    from genlip_lit import storage
+    from genlip_lit.modules.loading import load_checkpoint, resolve_checkpoint
+
+    if not storage.isfile(f"{RUNS}/corpus_cpu/version_1/checkpoints/last.ckpt"):
+        main(fitted)  # this test run alone: the resume test did not run first
+        capsys.readouterr()
+    ckpt = resolve_checkpoint(RUNS)  # a run dir in the bucket: its newest last.ckpt
+    assert ckpt == f"{RUNS}/corpus_cpu/version_1/checkpoints/last.ckpt"
+    image = tmp_path / "scene.png"
+    from genlip_lit.data.synthetic import SceneConfig, generate_scene
+
+    generate_scene(3, 0, SceneConfig(image_size=64, patch_size=8)).image.save(image)
+    assert main(["caption", "--ckpt", RUNS, str(image)]) == 0
+    captioned = capsys.readouterr().out
+    assert str(image) in captioned
+
+    assert main(["eval", "--ckpt", RUNS, "--config", "experiments/eval.yaml", "--output", str(tmp_path / "eval"),
+                 "--threads", "1"]) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    zero_shot = report["evaluations"]["zero_shot"]
+    assert "skipped" not in zero_shot["details"]  # class names came from the bucket's genlip_meta.json
+
+    assert main(["probe", "--ckpt", RUNS, "--data", DATA, "--budget", "39", "--test-budget", "9",
+                 "--attentive-epochs", "1", "--threads", "1"]) == 0
+    assert f"on {DATA}/train" in capsys.readouterr().out
+
+    assert main(["export", "--ckpt", RUNS, "--output", str(tmp_path / "encoder")]) == 0
+    from genlip_lit import load_vision_encoder
+
+    encoder = load_vision_encoder(str(tmp_path / "encoder"))
+    module, _ = load_checkpoint(ckpt)
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():  # the exported weights are the bucket's checkpoint's
+        torch.testing.assert_close(encoder(pixels), module.encode_patches(pixels), rtol=0, atol=1e-6)
+    card = json.loads((tmp_path / "encoder" / "config.json").read_text())
+    assert card["source"]["checkpoint"] == ckpt
