@@ -10,6 +10,7 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
+import torch
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
 from genlip_lit.callbacks.process_group import DEFAULT_TIMEOUT_S, ProcessGroupGuard, peer_failure
@@ -50,9 +51,23 @@ def test_lost_peers_are_recognised_and_nothing_else() -> None:
     # a node that never started: the rendezvous store gives up after the same timeout
     assert peer_failure(DistStoreError("Timed out after 5 seconds waiting for clients. 1/2 clients joined.")) == "join"
     assert peer_failure(RuntimeError(GLOO_TIMEOUT)) == "timeout"
+    # gloo's words for the same timeout in another spot of the same run (DDP's buffer broadcast)
+    assert peer_failure(RuntimeError("Application timeout caused pair closure")) == "timeout"
     assert peer_failure(RuntimeError(GLOO_CLOSED)) == "closed"
     for other in (RuntimeError("CUDA out of memory"), ValueError("timeout must be positive"), KeyError("peer")):
         assert peer_failure(other) is None
+
+
+def test_a_collective_that_failed_is_recognised_by_where_it_was_raised() -> None:
+    # backends word their failures differently: an error raised inside torch.distributed counts whatever it says
+    from genlip_lit.callbacks.process_group import _raised_by_a_collective
+
+    with pytest.raises(ValueError) as inside:
+        torch.distributed.get_rank()  # no process group here: raised in torch/distributed/distributed_c10d.py
+    assert _raised_by_a_collective(inside.value)
+    with pytest.raises(RuntimeError) as outside:
+        raise RuntimeError("timed out reading the config")
+    assert not _raised_by_a_collective(outside.value) and peer_failure(outside.value) is None
 
 
 def _trainer(tmp_path, world_size: int = 2, ckpt: str = "") -> SimpleNamespace:

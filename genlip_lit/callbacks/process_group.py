@@ -30,15 +30,28 @@ DEFAULT_TIMEOUT_S = 600.0
 # Messages of collectives whose peer went away (gloo, NCCL, the c10d store), and of those that waited too long.
 _CLOSED = ("connection closed by peer", "connection reset by peer", "broken pipe", "connection refused",
            "remote worker crash", "nccl communicator was aborted", "socket closed", "recvbytes", "sendbytes")
-_TIMED_OUT = ("timed out", "timeout", "watchdog caught collective operation timeout")
+_TIMED_OUT = ("timed out", "timeout")  # also "Application timeout caused pair closure", NCCL's watchdog
+
+
+def _raised_by_a_collective(exc: BaseException) -> bool:
+    """The exception left torch.distributed (or DDP's own broadcasts): its messages vary by backend and version
+    ("Timed out waiting 5000ms for recv", "Application timeout caused pair closure", ...), where it came from
+    does not."""
+    tb = exc.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename.replace(os.sep, "/")
+        if "/torch/distributed/" in name or name.endswith("/torch/nn/parallel/distributed.py"):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def peer_failure(exc: BaseException) -> str | None:
     """'join' (not every rank arrived), 'timeout' or 'closed' when `exc` is a collective or rendezvous that lost
     its peers; None for any other error."""
     text = str(exc).lower()
-    distributed = isinstance(exc, getattr(torch.distributed, "DistError", ())) or any(
-        word in text for word in ("gloo", "nccl", "c10d", "processgroup", "store", "peer"))
+    distributed = (isinstance(exc, getattr(torch.distributed, "DistError", ())) or _raised_by_a_collective(exc)
+                   or any(word in text for word in ("gloo", "nccl", "c10d", "processgroup", "store", "peer", "pair")))
     if not distributed:
         return None
     if "waiting for clients" in text:  # the rendezvous: some node never started (or cannot reach MASTER_ADDR)
