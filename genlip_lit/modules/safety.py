@@ -95,7 +95,7 @@ def restore_rng(state: dict[str, Any], device: torch.device | None = None) -> No
     restore_native_rng(native_rng(state), device)
 
 
-def _finite_checkpoint(path: str) -> bool:
+def _finite_checkpoint(path: str, allow: tuple[str, ...] = ()) -> bool:
     """An existing last.ckpt may be named as "the last finite weights" only when it is one: readable weights-only,
     matching its digest, finite (a run resumed from a bad file, or an older diverged run, may have left it)."""
     from genlip_lit.integrity import read_checkpoint
@@ -103,7 +103,7 @@ def _finite_checkpoint(path: str) -> bool:
     if not os.path.isfile(path):
         return False
     try:
-        verify_weights(read_checkpoint(path, mmap=True), path)
+        verify_weights(read_checkpoint(path, mmap=True, allow=allow), path)
     except GenLIPUserError as err:
         log.warning("not naming %s as the last finite weights: %s", path, err)
         return False
@@ -314,7 +314,9 @@ class TrainingSafety:
                 os.remove(path)
             trainer.save_checkpoint(path, weights_only=False)  # (a full checkpoint: optimizer, loops)
             return path
-        return path if _finite_checkpoint(path) else None
+        own = tuple(f"{type(x).__module__}.{type(x).__qualname__}" for x in (self, getattr(self, "tokenizer", None))
+                    if x is not None)  # this run wrote it: its own classes are trusted by name
+        return path if _finite_checkpoint(path, own) else None
 
     # ------------------------------------------------------------------ training RNG window
     # (native generator states, host-side: swapping them waits for no device; converted only for checkpoints)
