@@ -3,3 +3,14 @@
 
 class GenLIPUserError(Exception):
     """A problem the user can fix (a path, a key, a file). The CLI prints its message without a traceback."""
+
+
+def user_message(err: BaseException) -> str:
+    """The one line to print for a GenLIPUserError. One raised in a DataLoader worker reaches the main process
+    re-created by torch with the worker's whole traceback as its message: its last line is the original one."""
+    text = str(err)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        name, sep, message = last.partition(": ")
+        return message if sep and name.endswith("GenLIPUserError") else last
+    return text

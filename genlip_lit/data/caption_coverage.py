@@ -17,7 +17,7 @@ import os
 from typing import Any
 
 from genlip_lit.data.shard_check import FIX as SHARDS_FIX
-from genlip_lit.data.shard_check import check_split
+from genlip_lit.data.shard_check import check_split, read_sample
 from genlip_lit.errors import GenLIPUserError
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def shard_captions(data_dir: str, limit: int) -> tuple[list[str], int]:
     count = min(total, max(0, int(limit)))
     captions = []
     for k in range(count):
-        item = dataset[k * total // count]
+        item = read_sample(dataset, k * total // count, split)
         if not isinstance(item, dict) or "caption" not in item:
             raise GenLIPUserError(f"samples in {split!r} have no 'caption' field: write the shards with `genlip "
                                   "optimize`")
