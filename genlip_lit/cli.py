@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable
 
 from genlip_lit import logs
-from genlip_lit.errors import GenLIPRunError, GenLIPUserError
+from genlip_lit.errors import GenLIPRunError, GenLIPUserError, user_message
 
 # The Trainer entry points, run by LightningCLI (`genlip_lit.lightning_cli:main` receives the command name too).
 LIGHTNING_COMMANDS: dict[str, str] = {
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        print(f"genlip: error: {err}", file=sys.stderr)
+        print(f"genlip: error: {user_message(err)}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
     except GenLIPRunError as err:
         if logs.verbosity() >= 1:

@@ -222,7 +222,8 @@ def test_an_output_the_command_did_not_write_is_refused_before_any_work(name, tm
 @pytest.fixture(scope="module")
 def damaged_shards(tmp_path_factory) -> dict[str, tuple[str, str]]:
     """{kind: (shard directory, the file its error must name)}: a train chunk cut to half its bytes (a copy cut
-    short), an index.json cut mid-way."""
+    short), an index.json cut mid-way, a train chunk of the right size whose header is garbled (bytes rotted in
+    place: only reading it finds out)."""
     import glob
 
     from helpers import write_real_corpus
@@ -240,7 +241,12 @@ def damaged_shards(tmp_path_factory) -> dict[str, tuple[str, str]]:
         text = fh.read()
     with open(index, "w") as fh:
         fh.write(text[: len(text) // 2])
-    return {"chunk": (chunk_dir, chunk), "index": (index_dir, index)}
+    rot_dir = write_real_corpus(root / "rot")
+    (rotten,) = glob.glob(f"{rot_dir}/train/chunk-*.bin")
+    with open(rotten, "r+b") as fh:
+        fh.seek(4)
+        fh.write(b"\xff" * 200)
+    return {"chunk": (chunk_dir, chunk), "index": (index_dir, index), "rot": (rot_dir, rotten)}
 
 
 def _damage_line(capsys, argv: list[str], culprit: str) -> None:
@@ -304,3 +310,26 @@ def test_damaged_shards_are_refused_where_they_are_opened(kind, damaged_shards, 
             read()
         assert culprit in str(info.value) and "genlip optimize" in str(info.value)
         assert len(str(info.value).splitlines()) == 1
+
+
+def test_a_chunk_damaged_in_place_is_one_line_when_it_is_read(damaged_shards, tmp_path, capsys, monkeypatch) -> None:
+    """Same size as its index says, garbled header: litdata's struct.error became one line naming the chunk, read
+    in the main process (the compact vocabulary, probe's labelled shards) or in a loader worker (the line torch
+    re-raises holds the worker's traceback: the CLI prints the original one)."""
+    import os
+
+    from helpers import tiny_fit_args
+
+    from genlip_lit.errors import GenLIPUserError
+    from genlip_lit.eval.labelled import ShardLabelledSet
+
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    corpus, chunk = damaged_shards["rot"]
+    data = ["--data.init_args.synthetic=null", f"--data.init_args.data_dir={corpus}"]
+    compact = tiny_fit_args(tmp_path / "a", extra=[*data, "--model.init_args.tokenizer.init_args.compact_corpus=data"])
+    _damage_line(capsys, compact, chunk)
+    in_worker = tiny_fit_args(tmp_path / "b", extra=[*data, "--model.init_args.tokenizer.init_args.compact_corpus=null",
+                                                     "--data.init_args.num_workers=1"])
+    _damage_line(capsys, in_worker, chunk)
+    with pytest.raises(GenLIPUserError, match="cannot be read .* the chunk is damaged; re-run `genlip optimize`"):
+        ShardLabelledSet(corpus, "train").num_classes  # noqa: B018 - reads every label

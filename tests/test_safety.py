@@ -87,10 +87,11 @@ class WeightsAfterStep(L.Callback):
 
 
 @pytest.mark.parametrize(("cls", "fused"), [(NaNLossContrastive, False), (NaNLossCaptioner, False),
-                                           (NaNGradGenLIP, False), (NaNLossCaptioner, True), (NaNGradGenLIP, True)])
+                                           (NaNGradGenLIP, False), (NaNGradGenLIP, True)])
 def test_every_objective_skips_counts_and_stops(cls, fused, tmp_path, monkeypatch) -> None:
-    """fused: AdamW's fused kernel (what CUDA runs), which skips a step on the guard's device-side flag (NaN loss
-    and NaN gradient); otherwise the verdict is read on the host."""
+    """fused: AdamW's fused kernel (what CUDA runs), which skips a step on the guard's device-side flag (a NaN
+    loss there: test_guard_and_bookkeeping_read_nothing_back_during_steps); otherwise the verdict is read on the
+    host."""
     monkeypatch.setattr(EncoderModule, "fused_optimizer", lambda self: fused)
     kwargs = {"loss": "clip", "text_layers": 1} if cls is NaNLossContrastive else {"max_text_len": 32}
     module = cls(arch_overrides=TINY, tokenizer=OpenCLIPTokenizer(compact_corpus="synthetic"), **kwargs)

@@ -18,7 +18,7 @@ import os
 from typing import Any
 
 from genlip_lit.data.shard_check import FIX as SHARDS_FIX
-from genlip_lit.data.shard_check import check_split
+from genlip_lit.data.shard_check import check_split, read_sample
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.storage import is_remote, join, storage_errors, streaming_dataset
 from genlip_lit.storage import isfile as storage_isfile
@@ -57,7 +57,7 @@ def shard_captions(data_dir: str, limit: int) -> tuple[list[str], int]:
     captions = []
     for k in range(count):
         with storage_errors(split) if is_remote(split) else contextlib.nullcontext():
-            item = dataset[k * total // count]
+            item = read_sample(dataset, k * total // count, split)
         if not isinstance(item, dict) or "caption" not in item:
             raise GenLIPUserError(f"samples in {split!r} have no 'caption' field: write the shards with `genlip "
                                   "optimize`")

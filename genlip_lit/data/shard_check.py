@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import struct
+from typing import Any
 
 from genlip_lit.errors import GenLIPUserError
 
@@ -79,3 +81,43 @@ def check_shard_dir(data_dir: object) -> None:
         split = os.path.join(path, name)
         if os.path.isfile(os.path.join(split, "index.json")):
             check_split(split)
+
+
+# what litdata raises reading a chunk whose bytes are damaged in place (a garbled header: struct.error; a chunk
+# shorter than its index after all: its ChunkWaitTimeoutError, a FileNotFoundError)
+READ_ERRORS = (struct.error, EOFError, UnicodeDecodeError, OSError)
+
+
+def chunk_of(split_dir: object, index: Any) -> str:
+    """The chunk file of a local split that holds sample `index` (litdata's ChunkedIndex names its chunk; a plain
+    index is placed by the chunk sizes of index.json), else the split itself."""
+    if not isinstance(split_dir, str) or _is_remote(split_dir):
+        return str(split_dir)
+    try:
+        chunks = read_index(split_dir)["chunks"]
+        chunk = getattr(index, "chunk_index", None)
+        if chunk is not None:
+            chunk = int(chunk)
+        else:
+            remaining, chunk = int(index), 0
+            while remaining >= int(chunks[chunk]["chunk_size"]):
+                remaining -= int(chunks[chunk]["chunk_size"])
+                chunk += 1
+        return os.path.join(split_dir, chunks[chunk]["filename"])
+    except (GenLIPUserError, IndexError, KeyError, TypeError, ValueError):
+        return split_dir
+
+
+def damaged_read(split_dir: object, index: Any, err: BaseException) -> GenLIPUserError:
+    """The one line for a sample litdata could not read: the chunk, the sample, the reason, the fix."""
+    reason = str(err).splitlines()[0][:120] if str(err) else ""
+    return GenLIPUserError(f"{chunk_of(split_dir, index)}: sample {getattr(index, 'index', index)} cannot be read "
+                           f"({type(err).__name__}: {reason}), the chunk is damaged; {FIX}")
+
+
+def read_sample(dataset: Any, index: int, split_dir: object) -> Any:
+    """`dataset[index]` of a litdata split, a damaged chunk turned into `damaged_read`'s one line."""
+    try:
+        return dataset[index]
+    except READ_ERRORS as err:
+        raise damaged_read(split_dir, index, err) from err

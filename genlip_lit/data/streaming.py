@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import default_collate
 
 from genlip_lit.data.batch import Batch
-from genlip_lit.data.shard_check import FIX, check_split
+from genlip_lit.data.shard_check import FIX, READ_ERRORS, check_split, damaged_read
 from genlip_lit.data.tokenizer import CaptionEncoder
 from genlip_lit.data.transforms import FixedResTransform, NativeResTransform, SquashTransform, decode_image
 from genlip_lit.errors import GenLIPUserError
@@ -123,7 +123,10 @@ class GenLIPStreamingDataset(litdata.StreamingDataset):
         return torch.Generator().manual_seed(int(seq.generate_state(1, np.uint64)[0] >> np.uint64(1)))
 
     def __getitem__(self, index: Any) -> Any:
-        raw = super().__getitem__(index)
+        try:
+            raw = super().__getitem__(index)
+        except READ_ERRORS as err:  # bytes damaged in place: one line naming the chunk (also from a worker)
+            raise damaged_read(self.source_dir, index, err) from err
         if isinstance(raw, list):  # slice access
             return [self._process(r, index) for r in raw]
         return self._process(raw, index)

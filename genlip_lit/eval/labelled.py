@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from genlip_lit.data.shard_check import check_split
+from genlip_lit.data.shard_check import check_split, read_sample
 from genlip_lit.data.transforms import FixedResTransform, decode_image
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.eval.probes import stratified_split
@@ -286,7 +286,8 @@ class ShardLabelledSet:
         if self._class_names is not None:
             return len(self._class_names)
         if self._max_label is None:
-            labels = [self._label(self.dataset[i], i) for i in range(len(self))]
+            split_dir = os.path.join(self.data_dir, self.split)
+            labels = [self._label(read_sample(self.dataset, i, split_dir), i) for i in range(len(self))]
             self._max_label = max(labels, default=-1)
         if self._max_label < 0:
             raise GenLIPUserError(f"no labelled samples in {self.data_dir}/{self.split} (every label is -1)")
@@ -318,7 +319,7 @@ class ShardLabelledSet:
 
     def _decoded(self, order: Iterable[int], transform: FixedResTransform) -> Iterator[tuple[torch.Tensor, int]]:
         for i in map(int, order):
-            raw = self.dataset[i]
+            raw = read_sample(self.dataset, i, os.path.join(self.data_dir, self.split))
             label = self._label(raw, i)
             if label < 0:
                 self.unlabelled.add(i)

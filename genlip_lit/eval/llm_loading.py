@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from genlip_lit.data.shard_check import check_split
+from genlip_lit.data.shard_check import check_split, read_sample
 from genlip_lit.errors import GenLIPUserError
 
 # The quickstart's `data.init_args.synthetic` (experiments/quickstart.yaml; a test keeps the two equal), so
@@ -168,7 +168,7 @@ def _read_split(split_dir: str, indices: list[int]) -> CaptionSet:
     dataset = streaming_dataset(split_dir)
     images, captions, skipped = [], [], 0
     for i in indices:
-        raw = dataset[int(i)]
+        raw = read_sample(dataset, int(i), split_dir)
         missing = [k for k in ("image", "caption") if k not in raw]
         if missing:
             raise GenLIPUserError(f"samples in {split_dir!r} have no {missing[0]!r} field (found "

@@ -255,7 +255,9 @@ class EncoderModule(TrainingSafety, L.LightningModule, metaclass=_AppliesInitFro
             step = torch.cat([step, packing_sums(segments, num_samples)])
         if self._world_size() > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(step)  # (Lightning's strategy.reduce adds a blocking barrier)
-        if self._data_totals.device != device:
+        if self._data_totals.is_meta:  # built under a meta-device context (empty init): nothing counted yet
+            self._data_totals = torch.zeros(len(DATA_COUNTERS), dtype=torch.int64, device=device)
+        elif self._data_totals.device != device:
             self._data_totals = self._data_totals.to(device)
         self._data_totals += step[: len(DATA_COUNTERS)]
         logged = self._data_totals.to(torch.float32 if device.type == "mps" else torch.float64)
@@ -273,6 +275,8 @@ class EncoderModule(TrainingSafety, L.LightningModule, metaclass=_AppliesInitFro
 
     def step_totals_now(self) -> dict[str, int]:
         """The running data totals as integers (global under DDP): one host read, for checkpoints and reports."""
+        if self._data_totals.is_meta:
+            return dict.fromkeys(DATA_COUNTERS, 0)
         return dict(zip(DATA_COUNTERS, (int(v) for v in self._data_totals.tolist())))
 
     @property
@@ -296,7 +300,8 @@ class EncoderModule(TrainingSafety, L.LightningModule, metaclass=_AppliesInitFro
 
     def load_step_totals(self, checkpoint: dict[str, Any]) -> None:
         values = [int(checkpoint.get(f"genlip_{name}", 0) or 0) for name in DATA_COUNTERS]
-        self._data_totals = torch.tensor(values, dtype=torch.int64, device=self._data_totals.device)
+        device = "cpu" if self._data_totals.is_meta else self._data_totals.device
+        self._data_totals = torch.tensor(values, dtype=torch.int64, device=device)
 
     def require_unpacked(self, batch: object) -> None:
         """Packed native-resolution batches (data.resolution: native) are for GenLIPModule only."""

@@ -185,19 +185,17 @@ class TrainingSafety:
         is read here and the loss is replaced: None in one process (no backward), a zero-gradient loss under DDP
         (every rank must reduce)."""
         state = self._safety()
-        if nonfinite is not None:  # already a host bool: nothing to wait for
-            bad = torch.tensor(bool(nonfinite))
-        else:
+        on_device = self.guard_on_device()
+        if nonfinite is None and not on_device:  # read here; under DDP every rank's (so all count it alike)
+            flag = (~torch.isfinite(loss.detach()).all()).to(torch.float64)
+            nonfinite = bool(self.step_totals([flag])[0] > 0) if self._world_size() > 1 else bool(flag)
+        if nonfinite is not None:  # a host bool: nothing to wait for
+            bad = torch.tensor(bool(nonfinite)).to(loss.device, non_blocking=True)
+        else:  # stays on the device (made global across ranks in on_before_optimizer_step)
             bad = ~torch.isfinite(loss.detach()).all()
         previous = state["bad_in_window"]
-        bad = bad.to(loss.device, non_blocking=True)
         state["bad_in_window"] = bad if previous is None else previous | bad
-        if self.guard_on_device():
-            return loss
-        if nonfinite is None:
-            flag = bad.to(torch.float64)
-            nonfinite = bool(self.step_totals([flag])[0] > 0) if self._world_size() > 1 else bool(flag)
-        if not nonfinite:
+        if on_device or not nonfinite:
             return loss
         state["refused_in_window"] = True
         return None if self._world_size() == 1 else self.zero_gradient_loss()
