@@ -33,7 +33,7 @@ import yaml
 from jsonargparse import get_loader, set_loader
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from genlip_lit import logs
@@ -151,6 +151,11 @@ class GenLIPCLI(LightningCLI):
         if getattr(self, "_adaptive_threads", False):
             callbacks = [*callbacks, AdaptiveThreads()]
         configured = list(config.get("callbacks") or []) + callbacks
+        if config.get("enable_model_summary", True) is not False and not any(
+                isinstance(c, ModelSummary) for c in configured):
+            # the plain summary, logged (Lightning's rich one prints "Total FLOPs: 0" past the log filter that
+            # drops that line: logs._NoZeroFlops)
+            callbacks = [*callbacks, ModelSummary()]
         if config.get("enable_progress_bar", True) is not False and not any(
             isinstance(c, ProgressBar) for c in configured
         ):

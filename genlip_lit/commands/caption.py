@@ -28,6 +28,7 @@ from genlip_lit.commands.common import (
     parse,
 )
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.logs import counted_library_warnings
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from genlip_lit.commands.common import load_module, torch_threads
 
-    with torch_threads(args.threads):
+    with torch_threads(args.threads), counted_library_warnings():  # PIL's warnings: one counted line
         module, preprocessing, _ = load_module(args.ckpt, args.device)
         if not module.is_generative:
             raise GenLIPUserError(f"checkpoint {args.ckpt} holds a {type(module).__name__}, which does not "
