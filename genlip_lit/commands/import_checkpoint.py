@@ -52,9 +52,19 @@ def _config_path(directory: Path) -> Path:
     raise GenLIPUserError(f"{directory} has no config.json")
 
 
+def require_tokenizers() -> None:
+    """The released models' tokenizers are Hugging Face `tokenizers` JSON files: name the extra before any work."""
+    try:
+        import tokenizers  # noqa: F401
+    except ImportError:
+        raise GenLIPUserError("genlip import needs the `tokenizers` package (the [hf] extra): "
+                              "pip install 'genlip_lit[hf]'") from None
+
+
 def import_checkpoint(src: str, output: str, format: str | None = None, tokenizer: str | None = None,
                       ema: bool = False, ignore_config_keys: Sequence[str] = ()) -> ImportResult:
     """Convert SRC into DIR/genlip.ckpt (+ tokenizer.json, model.yaml)."""
+    require_tokenizers()
     from genlip_lit.convert import common, official, open_clip
     from genlip_lit.progress import progress
 
