@@ -64,10 +64,13 @@ def child(threads: str, warmup: int, steps: int, cache: str) -> None:
     timer = StepTimer()
     cli.trainer.callbacks.append(timer)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    print(json.dumps({"steps_per_s": steps / (timer.end - timer.start)}))
+    from genlip_lit.callbacks.threads import AdaptiveThreads
+
+    chosen = [c.history for c in cli.trainer.callbacks if isinstance(c, AdaptiveThreads)]
+    print(json.dumps({"steps_per_s": steps / (timer.end - timer.start), "auto_chose": chosen[0] if chosen else None}))
 
 
-def run_one(threads: str, env: dict[str, str], busy: bool, args: argparse.Namespace) -> float:
+def run_one(threads: str, env: dict[str, str], busy: bool, args: argparse.Namespace) -> dict:
     competitor = subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) if busy else None
     try:
         out = subprocess.run(
@@ -79,7 +82,7 @@ def run_one(threads: str, env: dict[str, str], busy: bool, args: argparse.Namesp
         if competitor is not None:
             competitor.kill()
             competitor.wait()
-    return json.loads(out.strip().splitlines()[-1])["steps_per_s"]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write the figures here")
     p.add_argument("--no-competitor", action="store_true", help="skip the runs beside `yes` (on a machine that "
                    "is busy already, its own load is the competitor)")
+    p.add_argument("--settings", nargs="+", default=None, choices=[v[0] for v in SETTINGS.values()],
+                   help="only these --threads values (default: all four settings)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child is not None:
@@ -99,19 +104,23 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, float]] = {}
     loads: list[float] = []
     for _ in range(args.repeats):
-        for name, (threads, env) in SETTINGS.items():  # settings take turns, so a load change hits them all
+        chosen = {n: v for n, v in SETTINGS.items() if args.settings is None or v[0] in args.settings}
+        for name, (threads, env) in chosen.items():  # settings take turns, so a load change hits them all
             for busy in (False,) if args.no_competitor else (False, True):
                 loads.append(os.getloadavg()[0])
-                rate = run_one(threads, env, busy, args)
+                run = run_one(threads, env, busy, args)
+                rate = run["steps_per_s"]
                 cell = results.setdefault(name, {})
                 key = "busy" if busy else "idle"
                 cell[key] = max(cell.get(key, 0.0), rate)
-                print(f"{name:28s} {key:5s} {rate:6.2f} steps/s (load average before: {loads[-1]:.2f})",
+                chose = f"; auto chose {run['auto_chose']}" if run.get("auto_chose") is not None else ""
+                print(f"{name:28s} {key:5s} {rate:6.2f} steps/s (load average before: {loads[-1]:.2f}{chose})",
                       file=sys.stderr, flush=True)
-    base = results["threads 0 (torch: 1/core)"]["idle"]
+    base = next(iter(results.values()))["idle"]
     print(f"\nquickstart fit steps/s ({args.steps} timed steps, best of {args.repeats}; {os.cpu_count()} cores; "
           f"1-min load average before the runs {min(loads):.2f}-{max(loads):.2f})\n")
-    print("| setting | no competitor | beside 1 busy process | busy/no competitor | no competitor vs threads 0 |")
+    first = next(iter(results))
+    print(f"| setting | no competitor | beside 1 busy process | busy/no competitor | no competitor vs {first} |")
     print("|---|---|---|---|---|")
     for name, cell in results.items():
         busy = cell.get("busy")

@@ -33,7 +33,7 @@ import yaml
 from jsonargparse import get_loader, set_loader
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from genlip_lit import logs, storage
@@ -162,6 +162,11 @@ class GenLIPCLI(LightningCLI):
         if getattr(self, "_adaptive_threads", False):
             callbacks = [*callbacks, AdaptiveThreads()]
         configured = list(config.get("callbacks") or []) + callbacks
+        if config.get("enable_model_summary", True) is not False and not any(
+                isinstance(c, ModelSummary) for c in configured):
+            # the plain summary, logged (Lightning's rich one prints "Total FLOPs: 0" past the log filter that
+            # drops that line: logs._NoZeroFlops)
+            callbacks = [*callbacks, ModelSummary()]
         if config.get("enable_progress_bar", True) is not False and not any(
             isinstance(c, ProgressBar) for c in configured
         ):
@@ -406,6 +411,16 @@ def main(argv: list[str]) -> int:
     check_config_files(argv)
     _null_on_command_line()
     command = argv[0] if argv else "fit"
+    from genlip_lit import fit_help
+
+    asked = [i for i, token in enumerate(argv) if token in ("--help", "-h")]
+    if asked:
+        if asked[0] + 1 < len(argv) and argv[asked[0] + 1] == "full":
+            argv = argv[: asked[0] + 1] + argv[asked[0] + 2:]  # Lightning's own, complete help
+        else:
+            print(fit_help.short_help(fit_help.merged_configs(argv), command))
+            return 0
+    argv = fit_help.expand_help_names(argv)
     try:
         GenLIPCLI(
             model_class=EncoderModule,

@@ -22,10 +22,14 @@ user's run (data, checkpoints, shapes, NaNs).
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import os
+import re
 import sys
 import warnings
+from collections.abc import Iterator
 
 ROOT = "genlip_lit"
 PREFIX = "genlip"
@@ -36,6 +40,7 @@ _LIGHTNING_NOISE = (
     "💡 Tip",  # litlogger / LitModelCheckpoint adverts
     "GPU available: False",  # no GPU on this machine: nothing to do
     "TPU available: False",
+    "Skipping setting a default `ModelSummary`",  # genlip fit installs the plain summary itself
     "HPU available: False",
 )
 _LIGHTNING_LOGGERS = (
@@ -87,6 +92,48 @@ class _DropMessages(logging.Filter):
         return not any(n in message for n in self.needles)
 
 
+class _NoZeroFlops(logging.Filter):
+    """Lightning's model summary ends with "0  Total FLOPs" when the model has no `example_input_array`: a count
+    it never made, read as a fact. The line goes; the rest of the summary stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "total flops" in message.lower():
+            record.msg, record.args = re.sub(r"\n[ \t]*0[ \t]+Total FLOPs[^\n]*", "", message, flags=re.I), ()
+        return True
+
+
+_SUMMARY_LOGGER = "lightning.pytorch.callbacks.model_summary"
+
+
+@contextlib.contextmanager
+def counted_library_warnings(package: str = "PIL", what: str = "decoding images") -> Iterator[collections.Counter]:
+    """Count the warnings `package` raises in the block (e.g. PIL's "Palette images with Transparency ..." once
+    per such file) and say them in one line at the end instead of one stderr block each; other warnings pass."""
+    counts: collections.Counter = collections.Counter()
+    marker = f"{os.sep}{package}{os.sep}"
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+        warnings.filterwarnings("always", module=rf"{re.escape(package)}(\.|$)")  # count each, not once per place
+
+        def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
+            if marker in str(filename):
+                counts[f"{category.__name__}: {str(message).splitlines()[0][:160]}"] += 1
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        try:
+            yield counts
+        finally:
+            warnings.showwarning = shown
+    if counts:
+        common, n = counts.most_common(1)[0]
+        others = f"; {len(counts) - 1} other kind(s)" if len(counts) > 1 else ""
+        logging.getLogger(ROOT).warning("%s warned %d time(s) while %s (most often %dx: %s%s); the files were read",
+                                        package, sum(counts.values()), what, n, common, others)
+
+
 def level_for(verbosity: int) -> int:
     """-2 -> ERROR, -1 -> WARNING, 0 -> INFO, >= 1 -> DEBUG."""
     if verbosity >= 1:
@@ -136,6 +183,9 @@ def quiet_library_noise() -> None:
         target = logging.getLogger(name)
         if not any(isinstance(f, _DropMessages) for f in target.filters):
             target.addFilter(_DropMessages(_LIGHTNING_NOISE))
+    summary = logging.getLogger(_SUMMARY_LOGGER)
+    if not any(isinstance(f, _NoZeroFlops) for f in summary.filters):
+        summary.addFilter(_NoZeroFlops())
     # genlip's main() hands LightningCLI its arguments (after taking out -v/-q) while sys.argv holds them too.
     warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
     # lightning 2.6 under torch >= 2.10 uses a deprecated pytree check internally.

@@ -271,7 +271,7 @@ class CaptionSamples(EvalCallback):
 
     name = "captions"
     title = "captions"
-    headline = ("captions/cider", "captions/bleu4")
+    headline = ("captions/cider", "captions/cider_constant", "captions/bleu4")
 
     def __init__(self, every_n_steps: int = 0, at_fit_end: bool = True, budget: int = 64, batch_size: int = 64,
                  max_new_tokens: int | None = None, show: int = 8):

@@ -10,6 +10,7 @@ cores the *other* processes kept busy since the last look (Linux /proc/stat minu
 and sets threads = free cores (at least 1, at most the cores, at most OMP_NUM_THREADS when that is set),
 at the start of training and then every `interval_s` seconds. Elsewhere (no /proc/stat) it leaves torch's choice.
 Loader processes (data.num_workers > 0) count as other processes: on 2 cores they do compete with the math.
+Runs of several ranks (DDP) keep torch's choice: each rank would count the others as competitors.
 """
 
 from __future__ import annotations
@@ -94,8 +95,8 @@ class AdaptiveThreads(L.Callback):
         return threads
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        if self._sample() is None:
-            return  # not Linux: torch's choice stands
+        if self._sample() is None or getattr(trainer, "world_size", 1) > 1:
+            return  # not Linux, or several ranks on one machine (each would count the others): torch's choice
         self._last = self._sample()
         time.sleep(0.2)  # a first look before the first step, then one per interval
         threads = self.adjust()

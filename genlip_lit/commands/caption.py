@@ -28,6 +28,7 @@ from genlip_lit.commands.common import (
     parse,
 )
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.logs import counted_library_warnings
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     from genlip_lit.commands.common import load_module, torch_threads
     from genlip_lit.commands.output import claim_output
 
-    with torch_threads(args.threads):
+    with torch_threads(args.threads), counted_library_warnings():  # PIL's warnings: one counted line
         module, preprocessing, _ = load_module(args.ckpt, args.device)
         if args.output:
             claim_output(args.output, "caption", args.overwrite)

@@ -15,6 +15,7 @@ from typing import Any
 
 from genlip_lit.commands.common import add_ckpt, add_device, add_output, add_threads, command_parser, parse
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.logs import counted_library_warnings
 
 
 def build_parser() -> Any:
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = resolve_ckpt(args.ckpt)
     output = args.output or beside_checkpoint(ckpt, "eval")
     check_output(output, "eval", args.overwrite)
-    with torch_threads(args.threads):
+    with torch_threads(args.threads), counted_library_warnings():  # PIL's warnings: one counted line
         module, _, data_hparams = load_module(ckpt, args.device)
         datamodule = build_datamodule(module, data_hparams, args.data)
         claim_output(output, "eval", args.overwrite)

@@ -52,6 +52,15 @@ def _config_path(directory: Path) -> Path:
     raise GenLIPUserError(f"{directory} has no config.json")
 
 
+def require_tokenizers() -> None:
+    """The released models' tokenizers are Hugging Face `tokenizers` JSON files: name the extra before any work."""
+    try:
+        import tokenizers  # noqa: F401
+    except ImportError:
+        raise GenLIPUserError("genlip import needs the `tokenizers` package (the [hf] extra): "
+                              "pip install 'genlip_lit[hf]'") from None
+
+
 def import_checkpoint(src: str, output: str, format: str | None = None, tokenizer: str | None = None,
                       ema: bool = False, ignore_config_keys: Sequence[str] = (), overwrite: bool = False,
                       max_bytes: int | None = None) -> ImportResult:
@@ -62,6 +71,7 @@ def import_checkpoint(src: str, output: str, format: str | None = None, tokenize
     convert/common.py), the architecture against sane caps, the shard paths (inside SRC), and every weight name
     and shape against the config (the converter run on meta tensors from the file headers). The result is
     written beside DIR and moved there whole, so a refusal leaves DIR as it was."""
+    require_tokenizers()
     from genlip_lit.commands.output import check_output, staged_output
     from genlip_lit.convert import common, official, open_clip
     from genlip_lit.data.tokenizer import HFTokenizer

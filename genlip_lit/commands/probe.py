@@ -20,6 +20,7 @@ from genlip_lit.commands.common import (
     parse,
 )
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.logs import counted_library_warnings
 
 
 def build_parser() -> Any:
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from genlip_lit.eval.data import labelled_view
     from genlip_lit.eval.evaluations import probe_evaluation
 
-    with torch_threads(args.threads):
+    with torch_threads(args.threads), counted_library_warnings():  # PIL's warnings: one counted line
         module, preprocessing, _ = load_module(args.ckpt, args.device)
         view = labelled_view(args.data, preprocessing, module.device, seed=args.seed)
         result = probe_evaluation(module, view, budget=args.budget, test_budget=args.test_budget,

@@ -197,15 +197,46 @@ def caption_evaluation(
     if not generated:
         return skipped(f"{view}: no held-out images")
     scores = caption_scores(generated, references)
+    scalars = {"captions/cider": scores["cider"], "captions/bleu4": scores["bleu4"]}
+    constant, read = most_frequent_train_caption(view)
+    if constant is not None:  # the floor a captioner must beat: one caption for every image
+        scalars["captions/cider_constant"] = caption_scores([constant] * len(generated), references)["cider"]
     header = ["generated", "reference"]
     rows = [[g, r[0]] for g, r in zip(generated[:show], references[:show])]
+    baseline = ("" if constant is None else f"\n\nconstant-caption baseline: CIDEr-D "
+                f"{scalars['captions/cider_constant']:.3f} for {constant!r} on every image (the most frequent of "
+                f"{read:,} training captions), against the model's {scores['cider']:.3f}")
     return EvalResult(
-        {"captions/cider": scores["cider"], "captions/bleu4": scores["bleu4"]},
-        texts={"captions/samples": _markdown(header, rows)},
+        scalars,
+        texts={"captions/samples": _markdown(header, rows) + baseline},
         tables={"captions/samples": (header, rows)},
-        details={"num_images": len(generated), "samples": [
-            {"generated": g, "reference": r[0]} for g, r in zip(generated[:show], references)]},
+        details={"num_images": len(generated), "constant_caption": constant, "constant_caption_from": read,
+                 "samples": [{"generated": g, "reference": r[0]} for g, r in zip(generated[:show], references)]},
     )
+
+
+CONSTANT_CAPTION_READS = 1000  # training captions read for the constant-caption baseline
+
+
+def most_frequent_train_caption(view: EvalView, limit: int = CONSTANT_CAPTION_READS) -> tuple[str | None, int]:
+    """(the most frequent of up to `limit` training captions (the first seen on a tie), how many were read):
+    from a local shard directory without decoding images, else from the view's train batches; None without any."""
+    import collections
+    import os
+
+    source = str(getattr(view, "source", ""))
+    captions: list[str] = []
+    if source and os.path.isfile(os.path.join(source, "train", "index.json")):
+        from genlip_lit.data.caption_coverage import shard_captions
+
+        captions = shard_captions(source, limit)[0]
+    elif "train" in getattr(view, "splits", ()):
+        for batch in view.batches("train", min(limit, 256), 64):
+            captions += list(batch.captions or [])
+    captions = [c for c in captions if c]
+    if not captions:
+        return None, 0
+    return collections.Counter(captions).most_common(1)[0][0], len(captions)
 
 
 @torch.no_grad()

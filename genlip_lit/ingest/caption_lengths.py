@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-SAMPLE = 5_000  # captions read (evenly spread over the train split): bounds the cost on a large corpus
+SAMPLE = 2_000  # captions read (evenly spread over the train split): bounds the cost on a large corpus
 TEXT_SPECIALS = 2  # BOS + EOS around a caption (the "genlip" text template, no prompt)
 # the text length (model.init_args.max_text_len) of each config that trains on your own data;
 # tests/test_caption_lengths.py checks these against the YAML files
