@@ -201,7 +201,6 @@ def test_the_imagenet_config_parses_and_mistakes_are_one_line(tmp_path, capsys) 
     assert "checkpoint not found" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_shards_from_optimize_labels_folders_read_as_the_folder(folder, tmp_path) -> None:
     """The probe reads `genlip optimize --labels folders` shards: the same images, labels and class names."""
     from genlip_lit.commands import optimize
