@@ -312,6 +312,7 @@ def test_damaged_shards_are_refused_where_they_are_opened(kind, damaged_shards, 
         assert len(str(info.value).splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_chunk_damaged_in_place_is_one_line_when_it_is_read(damaged_shards, tmp_path, capsys, monkeypatch) -> None:
     """Same size as its index says, garbled header: litdata's struct.error became one line naming the chunk, read
     in the main process (the compact vocabulary, probe's labelled shards) or in a loader worker (the line torch

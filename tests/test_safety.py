@@ -164,6 +164,7 @@ class ReadsDuringSteps(L.Callback):
         self.reads.active = False
 
 
+@pytest.mark.slow
 def test_guard_and_bookkeeping_read_nothing_back_during_steps(tmp_path, monkeypatch) -> None:
     """With the fused optimizer CUDA uses, the step path of modules/safety.py and base.py (non-finite verdict,
     counters, RNG window, data totals) calls no Tensor method that copies a value to the host; the skipped steps
