@@ -81,7 +81,8 @@ def failure(url: str, err: BaseException) -> str | None:
         bucket = url.split("://", 1)[-1].split("/", 1)[0]
         return f"{url}: bucket {bucket!r} does not exist{where}"
     if names & {"PermissionError", "PermissionDeniedError", "UnauthenticatedError"} or any(
-            code in text for code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403")):
+            code in text for code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "(403)",
+                                      "Forbidden")):
         return f"{url}: access denied by the object store{where} (check the credentials and their permissions)"
     if names & {"FileNotFoundError", "NotFoundError"} or "NoSuchKey" in text or "Not Found" in text:
         return f"{url}: not found{where}"
