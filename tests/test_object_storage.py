@@ -297,3 +297,23 @@ def test_an_http_endpoint_is_allowed_for_litdatas_obstore_downloads(monkeypatch)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
     allow_http_endpoint()
     assert downloader._OBSTORE_CLIENT_OPTIONS == {"timeout": "200s", "allow_http": "true"}
+
+
+@pytest.mark.slow
+def test_append_to_a_dataset_in_the_bucket_uploads_only_the_new_units(s3, tmp_path):
+    """`--append` works from the staging record (its chunks were deleted after the first upload): the merged
+    index lists both units, and the first unit's chunk in the bucket is left as it was."""
+    from genlip_lit import storage
+    from genlip_lit.ingest.demo_corpus import write_demo_corpus
+
+    first, second = (write_demo_corpus(str(tmp_path / name), num_images=16, layouts=("webdataset",), seed=seed)
+                     ["webdataset"] for name, seed in (("a", 1), ("b", 2)))
+    url = f"s3://{BUCKET}/appended"
+    common = ["--output", url, "--max-side", "64", "--val-fraction", "0.2", "--num-workers", "1"]
+    assert main(["optimize", "--input", first, *common]) == 0
+    chunk = storage.read_bytes(f"{url}/train/chunk-0-0.bin")
+    assert main(["optimize", "--input", second, "--append", *common]) == 0
+    index = storage.read_json(f"{url}/train/index.json")
+    assert [c["filename"] for c in index["chunks"]] == ["chunk-0-0.bin", "chunk-1-0.bin"]
+    assert storage.read_bytes(f"{url}/train/chunk-0-0.bin") == chunk
+    assert len(storage.streaming_dataset(f"{url}/train")) == sum(c["chunk_size"] for c in index["chunks"])
