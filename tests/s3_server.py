@@ -57,6 +57,8 @@ def s3_server(tmp_home: str) -> Iterator[dict[str, str]]:
         for key, value in env.items():
             patch.setenv(key, value)
         patch.delenv("AWS_PROFILE", raising=False)
+        # optimize's staging folders are keyed by URL: a fresh cache, so no earlier session's run is found there
+        patch.setenv("GENLIP_CACHE", os.path.join(tmp_home, "genlip-cache"))
         patch.delenv("AWS_SESSION_TOKEN", raising=False)
         import boto3
 

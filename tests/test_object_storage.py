@@ -193,6 +193,9 @@ def test_caption_eval_probe_and_export_read_the_run_from_the_bucket(fitted, tmp_
         torch.testing.assert_close(encoder(pixels), module.encode_patches(pixels), rtol=0, atol=1e-6)
     card = json.loads((tmp_path / "encoder" / "config.json").read_text())
     assert card["source"]["checkpoint"] == ckpt
+    from genlip_lit.modules.loading import load_initial_weights
+
+    assert load_initial_weights(module, RUNS) == ckpt  # `init_from: s3://...` (a next stage) reads it too
 
 
 # ------------------------------------------------------------------ what goes wrong with a store: one line each
@@ -317,3 +320,18 @@ def test_append_to_a_dataset_in_the_bucket_uploads_only_the_new_units(s3, tmp_pa
     assert [c["filename"] for c in index["chunks"]] == ["chunk-0-0.bin", "chunk-1-0.bin"]
     assert storage.read_bytes(f"{url}/train/chunk-0-0.bin") == chunk
     assert len(storage.streaming_dataset(f"{url}/train")) == sum(c["chunk_size"] for c in index["chunks"])
+
+
+@pytest.mark.slow
+def test_resume_finishes_an_upload_that_stopped_part_way(s3, corpus, tmp_path, capsys):
+    """A run whose upload stopped before the meta file (written last) is finished by `--resume`, without
+    ingesting again; until then readers see no finished dataset."""
+    from genlip_lit import storage
+
+    url = f"s3://{BUCKET}/interrupted"
+    assert main(_optimize_args(corpus, url)) == 0
+    storage.remove(f"{url}/genlip_meta.json")  # as if the upload died before its last object
+    capsys.readouterr()
+    assert main([*_optimize_args(corpus, url), "--resume"]) == 0
+    assert capsys.readouterr().out.strip() == f"finished the upload of the interrupted run to {url}"
+    assert storage.read_json(f"{url}/genlip_meta.json")["class_names"]
