@@ -81,7 +81,8 @@ def failure(url: str, err: BaseException) -> str | None:
         bucket = url.split("://", 1)[-1].split("/", 1)[0]
         return f"{url}: bucket {bucket!r} does not exist{where}"
     if names & {"PermissionError", "PermissionDeniedError", "UnauthenticatedError"} or any(
-            code in text for code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403")):
+            code in text for code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "(403)",
+                                      "Forbidden")):
         return f"{url}: access denied by the object store{where} (check the credentials and their permissions)"
     if names & {"FileNotFoundError", "NotFoundError"} or "NoSuchKey" in text or "Not Found" in text:
         return f"{url}: not found{where}"
@@ -105,33 +106,41 @@ def storage_errors(url: str) -> Iterator[None]:
         raise GenLIPUserError(line) from None
 
 
+def _info(url: str, inner: str | None = None) -> dict[str, Any] | None:
+    """fsspec's info of a URL (or of `inner`, a path in its filesystem), None when nothing is there. Unlike
+    fsspec's `exists`/`isfile`, which answer False for any failure, a missing bucket, missing credentials or an
+    endpoint that does not answer is one line naming the URL."""
+    fs, path = _fs(url)
+    with storage_errors(url):
+        fs.invalidate_cache()
+        try:
+            return fs.info(inner if inner is not None else path)
+        except FileNotFoundError as err:
+            if "bucket does not exist" in str(err).lower():
+                raise
+            return None
+
+
 def isfile(path: str) -> bool:
     if not is_remote(path):
         return os.path.isfile(os.path.expanduser(path))
-    fs, inner = _fs(path)
-    with storage_errors(path):
-        fs.invalidate_cache()
-        return bool(fs.isfile(inner))
+    info = _info(path)
+    return info is not None and info.get("type") == "file"
 
 
 def exists(path: str) -> bool:
     if not is_remote(path):
         return os.path.exists(os.path.expanduser(path))
-    fs, inner = _fs(path)
-    with storage_errors(path):
-        fs.invalidate_cache()
-        return bool(fs.exists(inner))
+    return _info(path) is not None
 
 
 def check_bucket(url: str) -> None:
     """The bucket (or container) of `url` exists and answers: else one line (missing bucket, credentials,
     endpoint). A missing key below it is not an error here."""
-    fs, inner = _fs(url)
-    root = inner.split("/", 1)[0]
-    with storage_errors(url):
-        fs.invalidate_cache()
-        if not fs.exists(root):
-            raise FileNotFoundError(f"NoSuchBucket {root}")
+    _, inner = _fs(url)
+    if _info(url, inner.split("/", 1)[0]) is None:
+        with storage_errors(url):
+            raise FileNotFoundError(f"NoSuchBucket: {url}")
 
 
 def read_bytes(path: str) -> bytes:

@@ -1,7 +1,7 @@
-"""A real S3 API on 127.0.0.1 for the object-storage tests: moto's server (`moto[server]`, a dev extra), started on
-a free port and stopped after; nothing leaves the loopback interface.
+"""A real S3 API on 127.0.0.1 for the object-storage tests: moto's server (moto + flask + flask-cors, in the dev
+extra), started on a free port and stopped after; nothing leaves the loopback interface.
 
-    with s3_server() as env:      # env: AWS_ENDPOINT_URL and test credentials, also set in os.environ
+    with s3_server(tmp_home) as env:      # env: AWS_ENDPOINT_URL and test credentials, also set in os.environ
         ...                       # s3://genlip-test/... exists (BUCKET), empty
 
 Where moto or s3fs is not installed the tests that use it are skipped (`require_s3_stack`).
@@ -23,9 +23,9 @@ BUCKET = "genlip-test"
 
 def require_s3_stack() -> None:
     """Skip the calling test (module) unless the server and the client libraries are installed."""
-    pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install -e '.[dev]')")
+    pytest.importorskip("moto.server", reason="moto is not installed (pip install -e '.[dev]')")
     pytest.importorskip("s3fs", reason="s3fs is not installed (pip install -e '.[s3]')")
-    pytest.importorskip("flask", reason="moto's server needs flask (pip install 'moto[server]')")
+    pytest.importorskip("flask_cors", reason="moto's server needs flask and flask-cors (pip install -e '.[dev]')")
 
 
 def client_env(endpoint: str, tmp_home: str) -> dict[str, str]:
@@ -57,6 +57,8 @@ def s3_server(tmp_home: str) -> Iterator[dict[str, str]]:
         for key, value in env.items():
             patch.setenv(key, value)
         patch.delenv("AWS_PROFILE", raising=False)
+        # optimize's staging folders are keyed by URL: a fresh cache, so no earlier session's run is found there
+        patch.setenv("GENLIP_CACHE", os.path.join(tmp_home, "genlip-cache"))
         patch.delenv("AWS_SESSION_TOKEN", raising=False)
         import boto3
 

@@ -120,6 +120,10 @@ def test_optimize_writes_the_dataset_into_the_bucket_as_a_local_run_would(shards
         here = json.loads((local / split / "index.json").read_text())
         assert remote["chunks"] == here["chunks"]
         assert storage.read_bytes(f"{DATA}/{split}/chunk-0-0.bin") == (local / split / "chunk-0-0.bin").read_bytes()
+    from genlip_lit.eval.llm_loading import data_root, load_caption_data
+
+    train, held_out = load_caption_data(data_root(DATA), 8, 4, seed=0)  # `genlip llm-probe --data s3://...`
+    assert len(train.images) == 8 and len(held_out.captions) == 4 and held_out.source == f"{DATA}/val"
     meta = storage.read_json(f"{DATA}/genlip_meta.json")
     assert meta["class_names"] == json.loads((local / "genlip_meta.json").read_text())["class_names"]
     # the same command again is refused as locally; --overwrite replaces the dataset
@@ -171,12 +175,13 @@ def test_caption_eval_probe_and_export_read_the_run_from_the_bucket(fitted, tmp_
     assert main(["eval", "--ckpt", RUNS, "--config", "experiments/eval.yaml", "--output", str(tmp_path / "eval"),
                  "--threads", "1"]) == 0
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    capsys.readouterr()
     zero_shot = report["evaluations"]["zero_shot"]
     assert "skipped" not in zero_shot["details"]  # class names came from the bucket's genlip_meta.json
 
     assert main(["probe", "--ckpt", RUNS, "--data", DATA, "--budget", "39", "--test-budget", "9",
                  "--attentive-epochs", "1", "--threads", "1"]) == 0
-    assert f"on {DATA}/train" in capsys.readouterr().out
+    assert f"probe of {RUNS} on {DATA}:" in capsys.readouterr().out
 
     assert main(["export", "--ckpt", RUNS, "--output", str(tmp_path / "encoder")]) == 0
     from genlip_lit import load_vision_encoder
@@ -188,3 +193,145 @@ def test_caption_eval_probe_and_export_read_the_run_from_the_bucket(fitted, tmp_
         torch.testing.assert_close(encoder(pixels), module.encode_patches(pixels), rtol=0, atol=1e-6)
     card = json.loads((tmp_path / "encoder" / "config.json").read_text())
     assert card["source"]["checkpoint"] == ckpt
+    from genlip_lit.modules.loading import load_initial_weights
+
+    assert load_initial_weights(module, RUNS) == ckpt  # `init_from: s3://...` (a next stage) reads it too
+
+
+# ------------------------------------------------------------------ what goes wrong with a store: one line each
+@pytest.fixture()
+def fresh_clients():
+    """s3fs caches a filesystem (with the credentials it found) per process: tests that change the environment
+    start and end with none cached."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_a_mistyped_data_dir_is_one_line_naming_it(s3, capsys):
+    line = _error_line(capsys, ["fit", "--config", "experiments/corpus_cpu.yaml",
+                                f"--data.init_args.data_dir=s3://{BUCKET}/shardz"])
+    assert line == (f"genlip: error: data_dir s3://{BUCKET}/shardz has no train/ litdata shards (no s3://{BUCKET}/"
+                    f"shardz/train/index.json); write them with `genlip optimize --input SRC --output "
+                    f"s3://{BUCKET}/shardz`")
+
+
+@pytest.mark.parametrize("case", ["bucket", "credentials", "endpoint"])
+def test_a_missing_bucket_credentials_or_endpoint_is_one_line_naming_the_url(case, s3, fresh_clients, monkeypatch,
+                                                                             capsys):
+    url = f"s3://{BUCKET}/shards"
+    if case == "bucket":
+        url = "s3://no-such-bucket/shards"
+    elif case == "credentials":
+        monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+        monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    else:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's retries would take ~10 s
+    line = _error_line(capsys, ["probe", "--ckpt", "missing.ckpt", "--data", url])
+    expected = {
+        "bucket": f"{url}/train/index.json: bucket 'no-such-bucket' does not exist at {s3['AWS_ENDPOINT_URL']}",
+        "credentials": f"{url}/train/index.json: no credentials for the object store: set AWS_ACCESS_KEY_ID and "
+                       "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)",
+        "endpoint": f"{url}/train/index.json: cannot reach the object store at http://127.0.0.1:9: check "
+                    "AWS_ENDPOINT_URL and that the server is up",
+    }[case]
+    assert line == f"genlip: error: {expected}"
+
+
+def test_a_checkpoint_missing_from_the_bucket_is_one_line(s3, tmp_path, capsys):
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(image)
+    line = _error_line(capsys, ["caption", "--ckpt", f"s3://{BUCKET}/runs/nothing-here", str(image)])
+    assert line == f"genlip: error: checkpoint not found: 's3://{BUCKET}/runs/nothing-here'"
+    line = _error_line(capsys, ["fit", "--config", "experiments/quickstart.yaml",
+                                f"--ckpt_path=s3://{BUCKET}/runs/missing.ckpt"])
+    assert line == f"genlip: error: checkpoint not found: s3://{BUCKET}/runs/missing.ckpt (--ckpt_path)"
+
+
+def test_optimize_to_a_url_it_cannot_write_is_one_line_and_leaves_no_local_folder(s3, tmp_path, monkeypatch,
+                                                                                   capsys):
+    monkeypatch.chdir(tmp_path)
+    line = _error_line(capsys, ["optimize", "--source", "synthetic", "--num-samples", "4",
+                                "--output", "s3://no-such-bucket/shapes"])
+    assert line == (f"genlip: error: s3://no-such-bucket/shapes: bucket 'no-such-bucket' does not exist at "
+                    f"{s3['AWS_ENDPOINT_URL']}")
+    assert os.listdir(tmp_path) == []  # no `s3:` folder (the old behaviour wrote ./s3:/no-such-bucket/shapes)
+
+
+@pytest.mark.slow
+def test_a_compact_vocabulary_is_checked_against_the_captions_in_the_bucket(s3, tmp_path, caplog):
+    """The coverage guard reads remote captions as it reads local ones: a vocabulary that cannot spell them is
+    refused, and one built from the bucket's corpus spells every one."""
+    import s3fs
+    from helpers import REAL_CAPTIONS, write_real_corpus
+
+    from genlip_lit.data.caption_coverage import check_caption_coverage
+    from genlip_lit.data.tokenizer import OpenCLIPTokenizer
+    from genlip_lit.errors import GenLIPUserError
+
+    local = write_real_corpus(tmp_path / "real")
+    url = f"s3://{BUCKET}/real"
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    for split in ("train", "val"):
+        for name in os.listdir(os.path.join(local, split)):
+            fs.put_file(os.path.join(local, split, name), f"{BUCKET}/real/{split}/{name}")
+    with pytest.raises(GenLIPUserError, match=rf"cannot spell the captions of data_dir {url}: 12 of 12 sampled"):
+        check_caption_coverage(OpenCLIPTokenizer(compact_corpus="synthetic"), [url])
+    own = OpenCLIPTokenizer(compact_corpus=url)
+    check_caption_coverage(own, [url])  # built from this corpus: accepted
+    assert own.unk_id not in own.encode(" ".join(REAL_CAPTIONS))
+
+
+def test_an_http_endpoint_is_allowed_for_litdatas_obstore_downloads(monkeypatch):
+    from litdata.streaming import downloader
+
+    from genlip_lit.storage import allow_http_endpoint
+
+    monkeypatch.setattr(downloader, "_OBSTORE_CLIENT_OPTIONS", {"timeout": "200s"})
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "https://store.example")
+    allow_http_endpoint()
+    assert downloader._OBSTORE_CLIENT_OPTIONS == {"timeout": "200s"}  # https: nothing to allow
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    allow_http_endpoint()
+    assert downloader._OBSTORE_CLIENT_OPTIONS == {"timeout": "200s", "allow_http": "true"}
+
+
+@pytest.mark.slow
+def test_append_to_a_dataset_in_the_bucket_uploads_only_the_new_units(s3, tmp_path):
+    """`--append` works from the staging record (its chunks were deleted after the first upload): the merged
+    index lists both units, and the first unit's chunk in the bucket is left as it was."""
+    from genlip_lit import storage
+    from genlip_lit.ingest.demo_corpus import write_demo_corpus
+
+    first, second = (write_demo_corpus(str(tmp_path / name), num_images=16, layouts=("webdataset",), seed=seed)
+                     ["webdataset"] for name, seed in (("a", 1), ("b", 2)))
+    url = f"s3://{BUCKET}/appended"
+    common = ["--output", url, "--max-side", "64", "--val-fraction", "0.2", "--num-workers", "1"]
+    assert main(["optimize", "--input", first, *common]) == 0
+    chunk = storage.read_bytes(f"{url}/train/chunk-0-0.bin")
+    assert main(["optimize", "--input", second, "--append", *common]) == 0
+    index = storage.read_json(f"{url}/train/index.json")
+    assert [c["filename"] for c in index["chunks"]] == ["chunk-0-0.bin", "chunk-1-0.bin"]
+    assert storage.read_bytes(f"{url}/train/chunk-0-0.bin") == chunk
+    assert len(storage.streaming_dataset(f"{url}/train")) == sum(c["chunk_size"] for c in index["chunks"])
+
+
+@pytest.mark.slow
+def test_resume_finishes_an_upload_that_stopped_part_way(s3, corpus, tmp_path, capsys):
+    """A run whose upload stopped before the meta file (written last) is finished by `--resume`, without
+    ingesting again; until then readers see no finished dataset."""
+    from genlip_lit import storage
+
+    url = f"s3://{BUCKET}/interrupted"
+    assert main(_optimize_args(corpus, url)) == 0
+    storage.remove(f"{url}/genlip_meta.json")  # as if the upload died before its last object
+    capsys.readouterr()
+    assert main([*_optimize_args(corpus, url), "--resume"]) == 0
+    assert capsys.readouterr().out.strip() == f"finished the upload of the interrupted run to {url}"
+    assert storage.read_json(f"{url}/genlip_meta.json")["class_names"]

@@ -300,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         _check_source(args)
         mode = "overwrite" if args.overwrite else "append" if args.append else "resume" if args.resume else "new"
         with remote_output(url, mode) as stage:
+            if stage is None:
+                print(f"finished the upload of the interrupted run to {url}")
+                return 0
             args.output = stage
             return _run(args, argv, parser, url, staged=True)
     return _run(args, argv, parser, os.path.abspath(os.path.expanduser(args.output)))

@@ -26,6 +26,7 @@ from genlip_lit.errors import GenLIPUserError
 from genlip_lit.storage import allow_http_endpoint, is_remote, storage_errors
 
 log = logging.getLogger(__name__)
+allow_http_endpoint()  # also in spawned loader workers, which rebuild litdata's obstore store from this import
 
 
 def shutdown_workers(loader: torch.utils.data.DataLoader) -> None:

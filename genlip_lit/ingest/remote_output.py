@@ -133,14 +133,24 @@ def upload(stage: str, url: str) -> int:
     return sent
 
 
+def unfinished_upload(url: str, stage: str) -> bool:
+    """The staging folder holds a finished dataset that the URL does not (its meta file, uploaded last, is missing)."""
+    return os.path.isfile(os.path.join(stage, META_FILE)) and not storage.isfile(storage.join(url, META_FILE))
+
+
 @contextlib.contextmanager
-def remote_output(url: str, mode: str) -> Iterator[str]:
+def remote_output(url: str, mode: str) -> Iterator[str | None]:
     """Hold `url` for one optimize run in `mode` (new | overwrite | resume | append): yields the staging folder to
     write the dataset into; uploads it when the block ends without error. Messages from the run that name the
-    staging folder name the URL instead."""
+    staging folder name the URL instead. Yields None when there is nothing to run: `--resume` of a run that
+    finished but whose upload stopped part-way (only the upload is redone)."""
     stage = staging_dir(url)
     with _remote_lock(url):
         _check_remote_state(url, mode, stage)
+        if mode == "resume" and unfinished_upload(url, stage):
+            upload(stage, url)
+            yield None
+            return
         try:
             yield stage
         except GenLIPUserError as err:
