@@ -150,7 +150,8 @@ class DataModuleView(EvalView):
         base = datamodule.data_dirs[0]
         meta = read_meta(base)  # class names: local or in object storage
         synthetic = getattr(datamodule, "synthetic", None)
-        vocabulary = Vocabulary.synthetic(synthetic.get("world")) if synthetic else Vocabulary.from_meta(meta)
+        world = synthetic.get("world") if isinstance(synthetic, dict) else None
+        vocabulary = Vocabulary.synthetic(world) if synthetic else Vocabulary.from_meta(meta)
         super().__init__(vocabulary, device, base)
         self.datamodule = datamodule
 
