@@ -20,6 +20,7 @@ from s3_server import BUCKET, require_s3_stack, s3_server
 require_s3_stack()
 
 from genlip_lit.cli import main  # noqa: E402
+from genlip_lit.errors import GenLIPUserError  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = f"s3://{BUCKET}/shards"
@@ -335,3 +336,22 @@ def test_resume_finishes_an_upload_that_stopped_part_way(s3, corpus, tmp_path, c
     assert main([*_optimize_args(corpus, url), "--resume"]) == 0
     assert capsys.readouterr().out.strip() == f"finished the upload of the interrupted run to {url}"
     assert storage.read_json(f"{url}/genlip_meta.json")["class_names"]
+
+
+@pytest.mark.slow
+def test_probe_full_streams_labelled_shards_from_the_bucket(shards, s3) -> None:
+    """`genlip probe-full` reads labelled shards in a bucket as fit does: class names from the bucket's
+    genlip_meta.json, every train and val sample decoded with its label (issue 27: local disk or object storage)."""
+    from genlip_lit.data.synthetic import class_names
+    from genlip_lit.eval.labelled import ShardLabelledSet
+    from genlip_lit.studies.probe_data import ProbeDataModule
+
+    dm = ProbeDataModule(DATA, batch_size=4, num_workers=0, image_size=32, augment="none")
+    assert dm.class_names == list(class_names())
+    for split in ("train", "val"):
+        data = dm.dataset(split)
+        assert len(data) == len(ShardLabelledSet(DATA, split)) > 0
+        first = data[0]
+        assert first["pixels"].shape == (3, 32, 32) and 0 <= first["label"] < len(class_names())
+    with pytest.raises(GenLIPUserError, match="no train/ litdata shards"):
+        ProbeDataModule(f"{DATA}-missing", batch_size=4)

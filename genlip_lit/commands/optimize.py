@@ -239,15 +239,21 @@ def report_caption_lengths(out: str) -> None:
     if not summary["counted"]:
         return
     logging.getLogger("genlip_lit").info("%s", summary_text(summary))
-    path = os.path.join(out, REPORT_FILE)
-    if os.path.isfile(path):  # synthetic outputs have no report file: the line is all there is
-        with open(path, encoding="utf-8") as fh:
-            report = json.load(fh)
-        report["caption_tokens"] = summary
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(report, fh, indent=2)
-        os.replace(tmp, path)
+    from genlip_lit import storage
+
+    path = storage.join(out, REPORT_FILE)
+    if not storage.isfile(path):  # synthetic outputs have no report file: the line is all there is
+        return
+    report = storage.read_json(path)
+    report["caption_tokens"] = summary
+    data = json.dumps(report, indent=2).encode("utf-8")
+    if storage.is_remote(path):
+        storage.write_bytes(path, data)
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
 
 
 def resume_command(argv: Sequence[str]) -> str:
@@ -304,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"finished the upload of the interrupted run to {url}")
                 return 0
             args.output = stage
-            return _run(args, argv, parser, url, staged=True)
+            code = _run(args, argv, parser, url, staged=True)
+        report_caption_lengths(url)  # read back from the bucket: the staging folder keeps no uploaded chunks
+        return code
     return _run(args, argv, parser, os.path.abspath(os.path.expanduser(args.output)))
 
 
@@ -334,7 +342,8 @@ def _run(args: Any, argv: list[str], parser: Any, out: str, staged: bool = False
             report = run_corpus(args, resume_command(argv))
         print(summary_line(report, out))
         warn_multiline_sidecars(report)
-        report_caption_lengths(out)
+        if not staged:
+            report_caption_lengths(out)
         val = report["kept"]["val"]
         if 0 < val < SMALL_VAL:  # e.g. 200 images at the default 1%: every evaluation would score on 2 of them
             logging.getLogger("genlip_lit").warning(
@@ -354,7 +363,8 @@ def _run(args: Any, argv: list[str], parser: Any, out: str, staged: bool = False
         f"wrote {meta['num_train']} train + {meta['num_val']} val samples ({args.source}) to "
         f"{join(out, 'train')} and {join(out, 'val')} in {meta['seconds']:.1f} s"
     )
-    report_caption_lengths(out)
+    if not staged:
+        report_caption_lengths(out)
     return 0
 
 

@@ -15,8 +15,8 @@ e's order as the (e+1)-th `torch.randperm` of a generator seeded with `seed` (th
 order), rank r of W takes every W-th index (so W ranks at batch B/W see the same global batches as 1 process at
 B), and hands out (index, epoch) pairs; each sample's crop and flip come from a generator seeded by (seed, epoch,
 index). The train loader is stateful for Lightning: a checkpoint records the epoch and the batches trained, and a
-resume skips exactly those. Shards are read by index through litdata from local disk (object storage is not read
-yet: `ShardLabelledSet` opens local splits only, so an s3:// path is refused in one line); an image that does not decode and a shard sample labelled -1 come out with label -1, which
+resume skips exactly those. Shards are read by index through litdata, from local disk or object storage (s3://, as
+`genlip fit` reads them; an ImageFolder must be local); an image that does not decode and a shard sample labelled -1 come out with label -1, which
 the probe leaves out of its loss and counts, so no sample stops a run.
 """
 
@@ -203,7 +203,10 @@ class ResumableLoader(DataLoader):
 
 
 def is_shard_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(os.path.expanduser(path), "train", "index.json"))
+    from genlip_lit import storage
+
+    base = path if storage.is_remote(path) else os.path.expanduser(path)
+    return storage.isfile(storage.join(base, "train", "index.json"))
 
 
 class ProbeDataModule(L.LightningDataModule):
@@ -219,11 +222,14 @@ class ProbeDataModule(L.LightningDataModule):
         if batch_size < 1 or num_workers < 0:
             raise GenLIPUserError(f"data.batch_size must be >= 1 and data.num_workers >= 0, got {batch_size} / "
                                   f"{num_workers}")
-        expanded = os.path.expanduser(data)
-        if "://" in data:
-            raise GenLIPUserError(f"data.data {data}: the streamed probe reads local shards or folders only (not yet "
-                                  "object storage): copy the shards to local disk")
-        if not os.path.isdir(expanded):
+        from genlip_lit import storage
+
+        if storage.is_remote(data):  # labelled shards in a bucket, streamed as fit streams them
+            expanded = data.rstrip("/")
+            if not is_shard_dir(expanded):
+                raise GenLIPUserError(f"data.data {data}: no train/ litdata shards there (write them with `genlip "
+                                      "optimize --labels folders --output URL`); ImageFolders must be local")
+        elif not os.path.isdir(expanded := os.path.expanduser(data)):
             raise GenLIPUserError(f"data.data {data}: no such directory (labelled shards from `genlip optimize "
                                   "--labels folders`, or an ImageFolder)")
         self.data = expanded
