@@ -18,6 +18,8 @@ def test_deterministic_per_seed_and_index_and_free_of_global_rng() -> None:
     assert generate_world_scene(3, 7).image.tobytes() == a.image.tobytes()
     assert generate_world_scene(3, 8).image.tobytes() != a.image.tobytes()
     assert generate_world_scene(4, 7).caption != a.caption or generate_world_scene(4, 7).image != a.image
+    sheet = world.contact_sheet(seed=3, count=8, columns=4)  # the README's picture: scenes side by side
+    assert sheet.size == (256, 128) and sheet.crop((192, 64, 256, 128)).tobytes() == a.image.tobytes()
 
 
 def test_captions_parse_back_to_the_scene_description() -> None:

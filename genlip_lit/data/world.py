@@ -2,8 +2,8 @@
 cluttered backgrounds, counts and spatial relations. Generated locally, a pure function of (seed, index, config).
 
     python -c "from genlip_lit.data.world import generate_world_scene as g; s = g(0, 3); print(s.caption)"
-    # a large white handwritten digit 4 in the center and a small cyan dotted hexagon at the top right. the
-    # digit 4 is below the hexagon. there are two objects. the background is dark and striped.
+    # a large brown dotted cross at the bottom left and a large purple printed digit 4 at the top right. the cross
+    # is left of the digit 4. there are two objects. the background is light and plain.
 
 The scenes of `synthetic.py` (6 shapes x 6 colours x 2 sizes on plain gray) teach a tiny encoder colours and
 blobs, not strokes: its features transfer to real handwritten digits no better than random init. This world
@@ -430,3 +430,12 @@ def generate_world_scene(seed: int, index: int, config: WorldConfig = WorldConfi
 
 def world_config_dict(config: WorldConfig) -> dict[str, Any]:
     return asdict(config)
+
+
+def contact_sheet(seed: int = 0, count: int = 32, columns: int = 8, config: WorldConfig = WorldConfig()) -> Image.Image:
+    """Scenes 0..count-1 of world `seed` side by side (the README's picture: docs/world.png)."""
+    side = config.image_size
+    sheet = Image.new("RGB", (columns * side, -(-count // columns) * side))
+    for i in range(count):
+        sheet.paste(generate_world_scene(seed, i, config).image, ((i % columns) * side, (i // columns) * side))
+    return sheet

@@ -1,0 +1,198 @@
+"""python benchmarks/sweep_transfer.py --all --budget-cpu-s 1800     # every recipe not yet measured, within budget
+
+Which recipe makes a CPU-trained encoder transfer to real images? Each named recipe below (data mixture, model
+size, steps, resolution) is `experiments/quickstart_transfer.yaml` plus `genlip fit` overrides, trained in this
+process on one torch thread, then probed on scikit-learn's 1,797 handwritten digits (`eval/transfer.py`: 5-fold
+linear probe, every image held out once, binomial standard errors) beside the same architecture at random init,
+raw pixels and majority class. A recipe transfers when its margin over random init exceeds 3 standard errors of
+the difference.
+
+Costs are process CPU seconds (data generation, training, the transfer evaluation), which a shared, loaded machine
+distorts far less than wall time; wall time and the load average are recorded too. Every run appends one JSON line
+to OUT/results.jsonl; `--table` prints them as a Markdown table:
+
+    python benchmarks/sweep_transfer.py --recipe digits_1500          # one recipe
+    python benchmarks/sweep_transfer.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+CONFIG = "experiments/quickstart_transfer.yaml"
+SYN = "--data.init_args.synthetic"
+DIGIT_HEAVY = [f"{SYN}.glyph_prob=0.8", f"{SYN}.digit_prob=0.9", f"{SYN}.blur_prob=0.4", f"{SYN}.busy_prob=0.3"]
+PX32 = [f"{SYN}.image_size=32", "--data.init_args.image_size=32"]  # 16 patches of 8 px instead of 64
+SHORT = [f"{SYN}.max_objects=2"]  # shorter captions: text tokens are most of a step's cost at 32 px
+
+
+def _steps(n: int) -> list[str]:
+    """n steps of batch 8 and as many training scenes as samples seen (each scene seen once)."""
+    return [f"--trainer.max_steps={n}", f"--trainer.val_check_interval={n}", f"{SYN}.num_train={8 * n}",
+            f"{SYN}.num_val=64"]
+
+
+# name -> (what it varies, overrides), in the order `--all` runs them (most informative first: on a shared
+# 2-core machine only the first few may fit). The quickstart's tiny model (0.9M parameters, patch 8) unless named.
+RECIPES: dict[str, tuple[str, list[str]]] = {
+    "digits32_400": ("digit-heavy mixture, 32 px, up to 2 objects, 400 steps", [*DIGIT_HEAVY, *PX32, *SHORT,
+                                                                               *_steps(400)]),
+    "shapes32_400": ("control: the quickstart's scenes (6 shapes x 6 colours, words), 32 px, 400 steps",
+                     ['--data.init_args.synthetic={"world": "shapes", "word_prob": 0.2, "image_size": 32, '
+                      '"max_objects": 2, "num_train": 3200, "num_val": 64}', "--data.init_args.image_size=32",
+                      "--model.init_args.tokenizer.init_args.compact_corpus=synthetic", "--trainer.max_steps=400",
+                      "--trainer.val_check_interval=400"]),
+    "digits32_1obj_1500": ("one object per scene, nearly all digits, half blurry, 32 px, 1,500 steps",
+                           [f"{SYN}.glyph_prob=1.0", f"{SYN}.digit_prob=0.9", f"{SYN}.blur_prob=0.5",
+                            f"{SYN}.busy_prob=0.3", f"{SYN}.max_objects=1", *PX32, *_steps(1500)]),
+    "digits32_lr5e-4_400": ("digit-heavy, 32 px, up to 2 objects, peak lr 5e-4 instead of 2e-3, 400 steps",
+                            [*DIGIT_HEAVY, *PX32, *SHORT, "--model.init_args.lr=0.0005", *_steps(400)]),
+    "captioner32_400": ("the encoder-decoder captioner (same tower; its decoder reads the LAST layer's patch "
+                        "features), digit-heavy, 32 px, 400 steps",
+                        [*DIGIT_HEAVY, *PX32, *SHORT, "--config", "experiments/compare/captioner.yaml",
+                         "--model.init_args.tokenizer.init_args.compact_corpus=world",
+                         "--model.init_args.max_text_len=64", "--model.init_args.caption_max_new_tokens=64",
+                         *_steps(400)]),
+    "clip32_400": ("CLIP on the same tower (contrastive, batch 8), digit-heavy, 32 px, 400 steps",
+                   [*DIGIT_HEAVY, *PX32, *SHORT, "--config", "experiments/compare/clip.yaml",
+                    "--model.init_args.tokenizer.init_args.compact_corpus=world", "--model.init_args.max_text_len=64",
+                    *_steps(400)]),
+    "siglip32_400": ("SigLIP on the same tower (contrastive, batch 8), digit-heavy, 32 px, 400 steps",
+                     [*DIGIT_HEAVY, *PX32, *SHORT, "--config", "experiments/compare/siglip.yaml",
+                      "--model.init_args.tokenizer.init_args.compact_corpus=world",
+                      "--model.init_args.max_text_len=64", *_steps(400)]),
+    "digits32_1obj_4000": ("one object per scene, nearly all digits, half blurry, 32 px, 4,000 steps",
+                           [f"{SYN}.glyph_prob=1.0", f"{SYN}.digit_prob=0.9", f"{SYN}.blur_prob=0.5",
+                            f"{SYN}.busy_prob=0.3", f"{SYN}.max_objects=1", *PX32, *_steps(4000)]),
+    "digits32_1obj_lr5e-4_4000": ("as digits32_1obj_4000 with peak lr 5e-4",
+                                  [f"{SYN}.glyph_prob=1.0", f"{SYN}.digit_prob=0.9", f"{SYN}.blur_prob=0.5",
+                                   f"{SYN}.busy_prob=0.3", f"{SYN}.max_objects=1", *PX32,
+                                   "--model.init_args.lr=0.0005", *_steps(4000)]),
+    "digits32_1500": ("digit-heavy mixture, 32 px, up to 2 objects, 1,500 steps", [*DIGIT_HEAVY, *PX32, *SHORT,
+                                                                                  *_steps(1500)]),
+    "rich32_400": ("default rich mixture, 32 px, up to 2 objects, 400 steps", [*PX32, *SHORT, *_steps(400)]),
+    "digits64_400": ("digit-heavy mixture, 64 px (64 patches), up to 2 objects, 400 steps",
+                     [*DIGIT_HEAVY, *SHORT, *_steps(400)]),
+    "digits32_small_400": ("digit-heavy, 32 px, a smaller model (width 64, depth 2), 400 steps",
+                           [*DIGIT_HEAVY, *PX32, *SHORT, '--model.init_args.arch_overrides={"width": 64, "depth": 2, '
+                            '"num_heads": 2, "ffn_hidden": 176, "drop_path_schedule": "uniform", '
+                            '"weight_decay_scope": "all", "attn_init": "xavier"}', *_steps(400)]),
+}
+
+
+def _cpu_with_children() -> float:
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def run(name: str, out: Path, threads: int, folds: int) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(threads)
+    from genlip_lit import logs
+    from genlip_lit.data.transforms import Preprocessing
+    from genlip_lit.eval.real_images import RealImageView
+    from genlip_lit.eval.transfer import transfer_evaluation
+    from genlip_lit.lightning_cli import GenLIPArgumentParser, GenLIPCLI, _null_on_command_line
+    from genlip_lit.modules.base import EncoderModule
+
+    logs.sync_library_levels()
+    _null_on_command_line()
+    what, overrides = RECIPES[name]
+    load0, wall0, cpu0 = os.getloadavg()[0], time.perf_counter(), _cpu_with_children()
+    # after the overrides: an overlay config among them (the captioner's) names its own logger and callbacks
+    fixed = ["--trainer.callbacks=[]", "--trainer.enable_progress_bar=false",
+             "--checkpoint.every_n_train_steps=null", "--trainer.logger.init_args.save_dir", str(out),
+             "--trainer.logger.init_args.name", name, "--trainer.logger.init_args.version", "0"]
+    cli = GenLIPCLI(model_class=EncoderModule, subclass_mode_model=True, datamodule_class=None,
+                    args=["--config", CONFIG, *overrides, *fixed], parser_class=GenLIPArgumentParser,
+                    save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False, run=False)
+    trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    data.trainer = trainer
+    data.prepare_data()
+    data_cpu = _cpu_with_children() - cpu0
+    fit0 = _cpu_with_children()
+    trainer.fit(model, datamodule=data)
+    fit_cpu = _cpu_with_children() - fit0
+    eval0 = _cpu_with_children()
+    view = RealImageView("digits", Preprocessing(data.image_size, data.mean, data.std))
+    model.eval()
+    result = transfer_evaluation(model, view, folds=folds)
+    eval_cpu = _cpu_with_children() - eval0
+    rows = result.details["rows"]
+    return {
+        "name": name, "what": what, "overrides": overrides, "steps": int(trainer.global_step),
+        "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+        "data_cpu_s": round(data_cpu, 1), "fit_cpu_s": round(fit_cpu, 1), "eval_cpu_s": round(eval_cpu, 1),
+        "wall_s": round(time.perf_counter() - wall0, 1), "load_start": round(load0, 1),
+        "load_end": round(os.getloadavg()[0], 1), "threads": threads, "folds": folds,
+        "num_images": result.details["num_images"], "rows": rows,
+        "margin_in_se": result.scalars.get("transfer_digits/margin_in_se"),
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def _pct(row: dict[str, Any] | None) -> str:
+    return "-" if row is None else f"{100 * row['top1']:.1f} ± {100 * row['se']:.1f}"
+
+
+def table(path: Path) -> str:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = ["| recipe | what it varies | params | CPU s: data / fit / eval | wall s (load) | encoder | random init "
+             "| margin (SE) | raw pixels | majority |", "|" + "---|" * 10]
+    for r in rows:
+        p = r["rows"]
+        margin = 100 * (p["encoder_linear"]["top1"] - p["random_init_linear"]["top1"])
+        lines.append(
+            f"| {r['name']} | {r['what']} | {r['params_M']}M | {r['data_cpu_s']:.0f} / {r['fit_cpu_s']:.0f} / "
+            f"{r['eval_cpu_s']:.0f} | {r['wall_s']:.0f} ({r['load_start']}-{r['load_end']}) | "
+            f"{_pct(p['encoder_linear'])} | {_pct(p['random_init_linear'])} | {margin:+.1f} "
+            f"({r['margin_in_se']:+.1f}) | {_pct(p['pixels_linear'])} | {_pct(p['majority'])} |")
+    return "\n".join(lines) + ("\n\nLinear probe top-1 (%) on scikit-learn's 1,797 digits, 5-fold (every image held "
+                               "out once), ± binomial SE; margin = encoder - random init, in units of the SE of "
+                               "the difference.")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", nargs="*", default=[], choices=sorted(RECIPES), help="recipes to run")
+    parser.add_argument("--all", action="store_true", help="every recipe not yet in the results, in order")
+    parser.add_argument("--budget-cpu-s", type=float, default=None,
+                        help="stop starting recipes once this much CPU time is spent (all runs of this call)")
+    parser.add_argument("--out", default="runs/sweep_transfer", help="where runs and results.jsonl go")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time ~ independent of load)")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--table", action="store_true", help="print the results table and exit")
+    args = parser.parse_args()
+    out = Path(args.out)
+    results = out / "results.jsonl"
+    if args.table:
+        print(table(results))
+        return 0
+    done = {json.loads(line)["name"] for line in results.read_text().splitlines()} if results.exists() else set()
+    names = args.recipe or ([n for n in RECIPES if n not in done] if args.all else [])
+    if not names:
+        parser.error("name recipes with --recipe, or --all (or --table)")
+    start = _cpu_with_children()
+    for name in names:
+        if args.budget_cpu_s is not None and _cpu_with_children() - start >= args.budget_cpu_s:
+            print(f"CPU budget {args.budget_cpu_s:.0f} s spent: {name} and later recipes not run", file=sys.stderr)
+            break
+        record = run(name, out, args.threads, args.folds)
+        out.mkdir(parents=True, exist_ok=True)
+        with results.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        print(table(results).splitlines()[-3], flush=True)  # this recipe's row (the note follows it)
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
