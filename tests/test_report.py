@@ -89,9 +89,10 @@ def test_every_shipped_eval_config_names_real_evaluations() -> None:
 
     from genlip_lit.commands.eval import build_evaluations
 
-    with open(os.path.join(REPO, "experiments", "eval.yaml"), encoding="utf-8") as fh:
-        config = yaml.safe_load(fh)
-    assert [type(e).__name__ for e in build_evaluations(config["evaluations"])] == EVALUATIONS
+    for name, expected in (("eval.yaml", EVALUATIONS), ("eval_transfer.yaml", ["TransferProbe"])):
+        with open(os.path.join(REPO, "experiments", name), encoding="utf-8") as fh:
+            config = yaml.safe_load(fh)
+        assert [type(e).__name__ for e in build_evaluations(config["evaluations"])] == expected, name
 
 
 def test_probe_command_on_scikit_learn_digits(checkpoint, tmp_path, capsys) -> None:
