@@ -18,12 +18,9 @@ import struct
 from typing import Any
 
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.storage import is_remote
 
 FIX = "re-run `genlip optimize` to write the shards again"
-
-
-def _is_remote(path: str) -> bool:
-    return "://" in path or path.startswith("local:")
 
 
 def read_index(split_dir: str) -> dict:
@@ -48,7 +45,7 @@ def read_index(split_dir: str) -> dict:
 def check_split(split_dir: object) -> None:
     """Refuse (one line, the file and the fix) a local split whose index or chunk files are damaged; a no-op for
     remote splits and for anything that is not a directory path (litdata's `Dir` of a remote split)."""
-    if not isinstance(split_dir, str) or _is_remote(split_dir):
+    if not isinstance(split_dir, str) or is_remote(split_dir):
         return
     parsed = read_index(split_dir)
     compressed = bool((parsed.get("config") or {}).get("compression"))
@@ -69,7 +66,7 @@ def check_split(split_dir: object) -> None:
 def check_shard_dir(data_dir: object) -> None:
     """`check_split` on a local `genlip optimize` output: each of its splits (subdirectories with an index.json),
     or the directory itself when it is a split; a no-op for remote or missing directories (named elsewhere)."""
-    if not isinstance(data_dir, str) or _is_remote(data_dir):
+    if not isinstance(data_dir, str) or is_remote(data_dir):
         return
     path = os.path.expanduser(data_dir)
     if os.path.isfile(os.path.join(path, "index.json")):
@@ -91,7 +88,7 @@ READ_ERRORS = (struct.error, EOFError, UnicodeDecodeError, OSError)
 def chunk_of(split_dir: object, index: Any) -> str:
     """The chunk file of a local split that holds sample `index` (litdata's ChunkedIndex names its chunk; a plain
     index is placed by the chunk sizes of index.json), else the split itself."""
-    if not isinstance(split_dir, str) or _is_remote(split_dir):
+    if not isinstance(split_dir, str) or is_remote(split_dir):
         return str(split_dir)
     try:
         chunks = read_index(split_dir)["chunks"]
