@@ -152,3 +152,18 @@ class KillAtStep(L.Callback):
             import signal
 
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def one_line_refusal(argv: list[str], capsys) -> str:
+    """Run `genlip ARGV` in-process; assert exit 2 with exactly one `genlip: error:` line on stderr and return it."""
+    import pytest
+
+    from genlip_lit.cli import main
+
+    capsys.readouterr()  # what earlier commands printed
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("genlip: error: "), lines
+    return lines[0]

@@ -10,6 +10,7 @@ import os
 
 import pytest
 import torch
+from helpers import one_line_refusal
 from safetensors.torch import load_file, save_file
 
 from genlip_lit.data.tokenizer import OpenCLIPTokenizer
@@ -124,18 +125,6 @@ def test_class_names_in_an_export_config_are_never_imported(export_dir, tmp_path
     assert "records no sha256" in caplog.text
 
 
-def _cli_refusal(argv, capsys) -> str:
-    from genlip_lit.cli import main
-
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    assert info.value.code == 2
-    lines = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
-    assert len(lines) == 1 and lines[0].startswith("genlip: error: "), lines
-    return lines[0]
-
-
 def test_export_output_is_whole_or_absent_and_never_over_a_users_files(tmp_path, capsys) -> None:
     """A file cannot switch off the weight checks (an 'already verified' key), a refused export leaves nothing,
     a folder the user filled is refused without --overwrite, and files get the usual permissions (not 0600)."""
@@ -154,9 +143,9 @@ def test_export_output_is_whole_or_absent_and_never_over_a_users_files(tmp_path,
     stale = {**nan, "state_dict": {**ckpt["state_dict"], name: ckpt["state_dict"][name] + 1}}
     torch.save(stale, tmp_path / "stale.ckpt")
     out = tmp_path / "enc"
-    assert "holds NaN or inf" in _cli_refusal(["export", "--ckpt", str(tmp_path / "nan.ckpt"), "--output", str(out)],
+    assert "holds NaN or inf" in one_line_refusal(["export", "--ckpt", str(tmp_path / "nan.ckpt"), "--output", str(out)],
                                               capsys)
-    assert "do not match the sha256" in _cli_refusal(["export", "--ckpt", str(tmp_path / "stale.ckpt"),
+    assert "do not match the sha256" in one_line_refusal(["export", "--ckpt", str(tmp_path / "stale.ckpt"),
                                                       "--output", str(out)], capsys)
     assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".enc")]
     assert main(["export", "--ckpt", good, "--output", str(out)]) == 0
@@ -165,18 +154,18 @@ def test_export_output_is_whole_or_absent_and_never_over_a_users_files(tmp_path,
     for file in ("model.safetensors", "config.json", "README.md", "timm/model.safetensors"):
         assert os.stat(out / file).st_mode & 0o777 == 0o666 & ~mask, file
     before = {f: (out / f).read_bytes() for f in ("model.safetensors", "config.json")}
-    _cli_refusal(["export", "--ckpt", str(tmp_path / "nan.ckpt"), "--output", str(out)], capsys)
+    one_line_refusal(["export", "--ckpt", str(tmp_path / "nan.ckpt"), "--output", str(out)], capsys)
     assert {f: (out / f).read_bytes() for f in before} == before  # the earlier export stays whole
     assert main(["export", "--ckpt", good, "--output", str(out)]) == 0  # its own: rewritten without asking
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "README.md").write_text("my notes")
-    line = _cli_refusal(["export", "--ckpt", good, "--output", str(mine)], capsys)
+    line = one_line_refusal(["export", "--ckpt", good, "--output", str(mine)], capsys)
     assert f"--output {mine}: the directory is not empty (README.md)" in line and "--overwrite" in line
     assert (mine / "README.md").read_text() == "my notes"
     (mine / "keep.txt").write_text("kept")
     assert main(["export", "--ckpt", good, "--output", str(mine), "--overwrite"]) == 0
     assert (mine / "keep.txt").read_text() == "kept" and (mine / "README.md").read_text() != "my notes"
-    line = _cli_refusal(["export", "--ckpt", good, "--output", str(mine / "keep.txt")], capsys)
+    line = one_line_refusal(["export", "--ckpt", good, "--output", str(mine / "keep.txt")], capsys)
     assert line == f"genlip: error: --output {mine / 'keep.txt'}: is a file, not a directory: name a directory " \
                    "(new or empty)"

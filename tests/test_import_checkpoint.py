@@ -9,7 +9,7 @@ import re
 
 import pytest
 import torch
-from helpers import tiny_fit_args
+from helpers import one_line_refusal, tiny_fit_args
 from toy_tokenizers import FIXTURES, write_toy_tokenizer
 
 from genlip_lit.cli import main
@@ -19,7 +19,7 @@ from genlip_lit.errors import GenLIPUserError
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_format_is_detected_or_refused(tmp_path):
+def test_format_is_detected_orone_line_refusal(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 8}))
@@ -60,16 +60,6 @@ def _official_src(tmp_path, name="src"):
     return src
 
 
-def _refused(argv, capsys) -> str:
-    capsys.readouterr()  # what earlier commands printed
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    assert info.value.code == 2
-    lines = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
-    assert len(lines) == 1 and lines[0].startswith("genlip: error: "), lines
-    return lines[0]
-
-
 def test_hostile_sources_are_refused_before_any_weight_is_read_and_leave_no_output(tmp_path, capsys, monkeypatch):
     from genlip_lit.convert import common
 
@@ -89,17 +79,17 @@ def test_hostile_sources_are_refused_before_any_weight_is_read_and_leave_no_outp
     }
     for name, (change, expected) in cases.items():
         (src / "config.json").write_text(json.dumps({**config, **change}))
-        line = _refused(["import", str(src), "--output", str(out)], capsys)
+        line = one_line_refusal(["import", str(src), "--output", str(out)], capsys)
         assert re.search(expected, line), (name, line)
         assert not out.exists(), name
     (src / "config.json").write_text(json.dumps(config))
     # size caps, from stat before a byte is read: a 2 GB (sparse) tokenizer, a config over --max-bytes
     with open(src / "tokenizer.json", "r+b") as fh:
         fh.truncate(2 * 10**9)
-    line = _refused(["import", str(src), "--output", str(out)], capsys)
+    line = one_line_refusal(["import", str(src), "--output", str(out)], capsys)
     assert "tokenizer.json has 2000000000 bytes, over the 67108864-byte cap" in line and "--max-bytes" in line
     write_toy_tokenizer("official", str(src / "tokenizer.json"))
-    line = _refused(["import", str(src), "--output", str(out), "--max-bytes", "100"], capsys)
+    line = one_line_refusal(["import", str(src), "--output", str(out), "--max-bytes", "100"], capsys)
     assert "config.json has" in line and "over the 100-byte cap" in line
     assert not out.exists() and sorted(os.listdir(tmp_path)) == ["src"]  # no staging directory left either
 
@@ -119,7 +109,7 @@ def test_shards_must_stay_inside_the_source_directory(tmp_path, capsys):
                             (str(outside / "model.safetensors"), "no absolute path, no '..'"),
                             ("link.safetensors", "leads to .*elsewhere/model.safetensors, outside")):
         (src / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {k: shard for k in keys}}))
-        line = _refused(["import", str(src), "--output", str(out)], capsys)
+        line = one_line_refusal(["import", str(src), "--output", str(out)], capsys)
         assert re.search(expected, line) and "model.safetensors.index.json" in line, line
         assert not out.exists()
 
@@ -129,7 +119,7 @@ def test_an_import_never_replaces_files_it_did_not_write(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "genlip.ckpt").write_text("mine")
-    line = _refused(["import", str(src), "--output", str(out)], capsys)
+    line = one_line_refusal(["import", str(src), "--output", str(out)], capsys)
     assert "the directory is not empty (genlip.ckpt)" in line and "--overwrite" in line
     assert (out / "genlip.ckpt").read_text() == "mine"
     assert main(["import", str(src), "--output", str(out), "--overwrite"]) == 0
@@ -142,10 +132,10 @@ def test_an_import_never_replaces_files_it_did_not_write(tmp_path, capsys):
     assert f"init_from: {out / 'genlip.ckpt'}" in (out / "model.yaml").read_text()
     config = json.loads((src / "config.json").read_text())
     (src / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
-    _refused(["import", str(src), "--output", str(out)], capsys)
+    one_line_refusal(["import", str(src), "--output", str(out)], capsys)
     assert (out / "genlip.ckpt").read_bytes() == first  # a refused import leaves the earlier one whole
     (tmp_path / "file").write_text("x")
-    line = _refused(["import", str(src), "--output", str(tmp_path / "file")], capsys)
+    line = one_line_refusal(["import", str(src), "--output", str(tmp_path / "file")], capsys)
     assert "is a file, not a directory" in line
 
 
