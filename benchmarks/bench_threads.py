@@ -35,7 +35,7 @@ def child(threads: str, warmup: int, steps: int, cache: str) -> None:
     """Train in this process; print {"steps_per_s": ...} as the last line."""
     import lightning as L
 
-    from genlip_lit.lightning_cli import GenLIPCLI
+    from genlip_lit.commands.fit import GenLIPCLI
     from genlip_lit.modules.base import EncoderModule
 
     class StepTimer(L.Callback):

@@ -127,7 +127,7 @@ def _sync(device: str) -> None:
 
 
 def _peak_tflops(device: str, precision: str) -> float | None:
-    from genlip_lit.plan.devices import device_peak_tflops
+    from genlip_lit.perf.devices import device_peak_tflops
 
     return device_peak_tflops(torch.device(device), precision)
 

@@ -75,7 +75,7 @@ def _last(scalars: dict[str, list[tuple[int, float]]], tag: str) -> float | None
 
 
 def quickstart(seeds: list[int], out: Path, config: str, reuse_cache: bool) -> list[dict[str, Any]]:
-    from genlip_lit.eval.compare_report import read_scalars
+    from genlip_lit.studies.compare_report import read_scalars
 
     rows = []
     for seed in seeds:

@@ -83,9 +83,9 @@ def run(args: argparse.Namespace, overrides: list[str]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(args.threads)
-    from genlip_lit import logs
     from genlip_lit.commands.caption_eval import main as caption_eval_main
-    from genlip_lit.lightning_cli import GenLIPArgumentParser, GenLIPCLI, _null_on_command_line
+    from genlip_lit.commands.fit import GenLIPArgumentParser, GenLIPCLI, _null_on_command_line
+    from genlip_lit.console import logs
     from genlip_lit.modules.base import EncoderModule
 
     logs.sync_library_levels()

@@ -96,11 +96,11 @@ def run(name: str, out: Path, threads: int, folds: int) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(threads)
-    from genlip_lit import logs
+    from genlip_lit.commands.fit import GenLIPArgumentParser, GenLIPCLI, _null_on_command_line
+    from genlip_lit.console import logs
     from genlip_lit.data.transforms import Preprocessing
     from genlip_lit.eval.real_images import RealImageView
     from genlip_lit.eval.transfer import transfer_evaluation
-    from genlip_lit.lightning_cli import GenLIPArgumentParser, GenLIPCLI, _null_on_command_line
     from genlip_lit.modules.base import EncoderModule
 
     logs.sync_library_levels()

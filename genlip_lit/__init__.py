@@ -12,7 +12,7 @@ _os.environ.setdefault("LITDATA_DISABLE_VERSION_CHECK", "1")
 def __getattr__(name: str):
     # `genlip_lit.load_vision_encoder(DIR)` without importing torch for every `import genlip_lit`
     if name == "load_vision_encoder":
-        from genlip_lit.export import load_vision_encoder
+        from genlip_lit.encoders.export import load_vision_encoder
 
         return load_vision_encoder
     raise AttributeError(f"module 'genlip_lit' has no attribute {name!r}")

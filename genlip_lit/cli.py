@@ -7,14 +7,14 @@
     genlip optimize --source synthetic --output data/scenes --num-samples 20000
     genlip caption --ckpt runs/quickstart scene.png photos/
 
-`fit | validate | test | predict` go through LightningCLI (`genlip_lit/lightning_cli.py`: model and data are
+`fit | validate | test | predict` go through LightningCLI (`genlip_lit/commands/fit.py`: model and data are
 class_path plug-ins; several `--config` files compose, later ones win). Every other command lives in
 `genlip_lit/commands/` (one file each, parsed by jsonargparse: `--config FILE` and `--print_config` for every
 one), a function `main(argv) -> int | None`. This module imports neither torch nor Lightning, so `genlip
 --help` and a command's `--help` start fast; a command imports what it needs when it runs.
 
 Conventions every command keeps: results on stdout, messages and progress on stderr (`genlip: ...` lines,
-`genlip_lit/logs.py`, `genlip_lit/progress.py`); a user mistake is one `genlip: error: ...` line naming the key,
+`genlip_lit/console/logs.py`, `genlip_lit/console/progress.py`); a user mistake is one `genlip: error: ...` line naming the key,
 file or value, with exit code 2; `-v`/`-q` before or after the command name.
 """
 
@@ -25,17 +25,17 @@ import importlib
 import sys
 from collections.abc import Callable
 
-from genlip_lit import logs
+from genlip_lit.console import logs
 from genlip_lit.errors import GenLIPRunError, GenLIPUserError, user_message
 
-# The Trainer entry points, run by LightningCLI (`genlip_lit.lightning_cli:main` receives the command name too).
+# The Trainer entry points, run by LightningCLI (`genlip_lit.commands.fit:main` receives the command name too).
 LIGHTNING_COMMANDS: dict[str, str] = {
     "fit": "train a model from YAML configs (any key can be overridden as --section.key VALUE)",
     "validate": "run the validation loop of a config on a checkpoint (--ckpt_path)",
     "test": "run the test loop of a config on a checkpoint (--ckpt_path)",
     "predict": "run the predict loop of a config on a checkpoint (--ckpt_path)",
 }
-LIGHTNING_ENTRY = "genlip_lit.lightning_cli:main"
+LIGHTNING_ENTRY = "genlip_lit.commands.fit:main"
 
 # Project commands: name -> ("module:function", one-line description). The function takes the arguments after
 # the command name and returns an exit code (None = 0). Register a command with one line here.

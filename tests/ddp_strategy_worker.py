@@ -35,7 +35,7 @@ def run(strategy: str, out: str) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         from glob import glob
 
-        from genlip_lit.modules.loading import load_checkpoint
+        from genlip_lit.checkpoints.loading import load_checkpoint
 
         (last,) = glob(f"{out}/runs/*/version_*/checkpoints/last.ckpt")
         module, _ = load_checkpoint(last)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import lightning as L
+
+# the repository and this folder, for test files at any depth of tests/ (they mirror the package's folders)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(REPO, "tests")
 
 RECORDS: list[dict] = []
 
@@ -52,11 +58,11 @@ def tiny_fit_args(tmp_path, max_steps: int = 4, extra: list[str] | None = None) 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from genlip_lit.checkpoints.registry import register  # noqa: E402
 from genlip_lit.data.tokenizer import CaptionEncoder, OpenCLIPTokenizer, Tokenizer  # noqa: E402
 from genlip_lit.models import GenLIPConfig  # noqa: E402
 from genlip_lit.models.transformer import image_tower  # noqa: E402
 from genlip_lit.modules.base import EncoderModule  # noqa: E402
-from genlip_lit.registry import register  # noqa: E402
 
 
 class ColourNet(nn.Module):
@@ -77,7 +83,7 @@ class ColourNet(nn.Module):
         return self.tower.shard_units()
 
 
-@register  # checkpoints naming it may be loaded (genlip_lit/registry.py: nothing a file names is imported)
+@register  # checkpoints naming it may be loaded (genlip_lit/checkpoints/registry.py: nothing a file names is imported)
 class ColourObjective(EncoderModule):
     """Predict the mean colour of the image from the mean patch feature (a toy; lr, init_from... from the base)."""
 

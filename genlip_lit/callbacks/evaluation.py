@@ -7,7 +7,7 @@ rank 0 only; it logs scalars to every logger (and images, tables and text to the
 same objects once on a checkpoint. Data comes as a view of the trainer's data module (`eval/data.py`), so class
 names, words and templates are the data's own.
 
-Each run says what it does (`genlip_lit.progress`: a rich row on a terminal, plain lines in a log file): a line
+Each run says what it does (`genlip_lit.console.progress`: a rich row on a terminal, plain lines in a log file): a line
 when it starts, the samples read so far with rate and ETA, and its headline figures when it ends:
 
     genlip: end of fit: linear probe (1,000 train + 500 val samples)
@@ -31,10 +31,10 @@ from typing import Any
 import lightning as L
 import torch
 
+from genlip_lit.console.progress import progress
 from genlip_lit.eval import evaluations
 from genlip_lit.eval.data import DataModuleView, EvalView, ImageFolderView
 from genlip_lit.eval.result import EvalResult
-from genlip_lit.progress import progress
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,13 @@
 """`PlainProgressBar`: Lightning progress as periodic log lines, for `genlip fit` when stderr is not a terminal.
 
 Lightning's TQDM and rich bars redraw one line many times a second; in a log file or CI output that is thousands
-of carriage returns. This bar prints, through `genlip_lit.progress`, a line every `interval_s` seconds or every
+of carriage returns. This bar prints, through `genlip_lit.console.progress`, a line every `interval_s` seconds or every
 `percent_step` percent of the steps, with the step count, rate, ETA and the progress-bar metrics (loss):
 
     genlip: fit: 540/2,700 steps (20.0%), 3.1 steps/s, elapsed 2:54, ETA 11:36, loss 2.31
     genlip: fit > validate: done, 4 batches in 0:02 (1.9 batches/s)
 
-`genlip_lit.lightning_cli.GenLIPCLI` picks it when stderr is not a TTY (RichProgressBar otherwise); set it
+`genlip_lit.commands.fit.GenLIPCLI` picks it when stderr is not a TTY (RichProgressBar otherwise); set it
 explicitly with `trainer.callbacks: [{class_path: genlip_lit.callbacks.plain_progress.PlainProgressBar}]`.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ProgressBar
 
-from genlip_lit.progress import DEFAULT_INTERVAL_S, DEFAULT_PERCENT_STEP, Progress
+from genlip_lit.console.progress import DEFAULT_INTERVAL_S, DEFAULT_PERCENT_STEP, Progress
 
 
 class PlainProgressBar(ProgressBar):

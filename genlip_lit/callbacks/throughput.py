@@ -6,7 +6,7 @@
           init_args: {peak_tflops: auto}     # the device's dense peak (H100 / H200 989, A100 312); a number; or null
 
 FLOPs are counted, not modelled: one training step (forward, backward, whatever the module's loss does) runs
-under torch's `FlopCounterMode` (plan/counting.py, the counter `genlip plan` uses on the meta device), which
+under torch's `FlopCounterMode` (perf/counting.py, the counter `genlip plan` uses on the meta device), which
 counts the matrix products and attention kernels actually executed (a masked attention counts its full score
 matrix; with activation checkpointing the recomputed forward counts too). The same count then serves GenLIP and
 every baseline, so "train FLOPs per sample" in a comparison table means the same thing for all of them. The
@@ -24,8 +24,8 @@ import lightning as L
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from genlip_lit.plan.counting import flop_counter
-from genlip_lit.plan.devices import device_peak_tflops
+from genlip_lit.perf.counting import flop_counter
+from genlip_lit.perf.devices import device_peak_tflops
 
 __all__ = ["Throughput", "flop_counter", "tokens_in"]
 
@@ -35,7 +35,7 @@ class Throughput(L.Callback):
 
     Args:
         peak_tflops: the device's peak dense TFLOP/s for the training precision; MFU = achieved / (peak x
-            devices). "auto": looked up from the CUDA device's name at the start of fit (plan/devices.py:
+            devices). "auto": looked up from the CUDA device's name at the start of fit (perf/devices.py:
             H100 / H200 989, A100 312 in bf16, else Lightning's table; none on CPU). None: MFU is not logged.
         measure_flops: count FLOPs on training step `measure_at_step` (default the first).
         window: steps averaged in each logged rate (wall clock between step ends: data loading included).

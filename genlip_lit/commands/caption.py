@@ -27,8 +27,8 @@ from genlip_lit.commands.common import (
     command_parser,
     parse,
 )
+from genlip_lit.console.logs import counted_library_warnings
 from genlip_lit.errors import GenLIPUserError
-from genlip_lit.logs import counted_library_warnings
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
 def caption_files(files: list[str], transform: Any, caption: Any, batch_size: int, max_bytes: int,
                   max_pixels: int, output: str | None) -> tuple[int, int]:
     """Caption `files` batch by batch, printing `path<TAB>caption` lines as they come; (captioned, skipped)."""
+    from genlip_lit.console.progress import progress
     from genlip_lit.ingest.image_files import preprocessed_batches
-    from genlip_lit.progress import progress
 
     # Results go to the stdout of the start: a rich display on a terminal stderr swaps sys.stdout for a proxy
     # that writes to stderr, which would take results out of `genlip caption ... > captions.tsv`.

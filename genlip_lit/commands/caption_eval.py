@@ -3,7 +3,7 @@
     genlip caption-eval --ckpt runs/quickstart/version_0/checkpoints/last.ckpt --objects 1 2 3
     genlip caption-eval --ckpt runs/quickstart --objects 1 --output runs/caption_eval   # + caption_eval.json
 
-An object counts as named when the caption says its colour directly followed by its shape (`eval/captions.py`).
+An object counts as named when the caption says its colour directly followed by its shape (`studies/scene_captions.py`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from genlip_lit.commands.common import (
 
 
 def build_parser() -> Any:
-    from genlip_lit.eval.captions import HELD_OUT_SEED
+    from genlip_lit.studies.scene_captions import HELD_OUT_SEED
 
     p = command_parser("caption-eval", "Caption held-out synthetic scenes and report how many objects are named "
                        "correctly.")
@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     from genlip_lit.commands.common import load_module, torch_threads
     from genlip_lit.commands.output import check_output, claim_output
     from genlip_lit.errors import GenLIPUserError
-    from genlip_lit.eval.captions import evaluate_scene_captions, scene_config_of
     from genlip_lit.eval.tables import write_json
+    from genlip_lit.studies.scene_captions import evaluate_scene_captions, scene_config_of
 
     if args.output:
         check_output(args.output, "caption-eval", args.overwrite)

@@ -127,7 +127,7 @@ def parse(parser: Any, argv: Sequence[str] | None, repeatable: Sequence[str] = (
 def short_error(message: str, parser: Any, files: Sequence[str] = (), argv: Sequence[str] = ()) -> str:
     """jsonargparse's message cut to `key: problem` + a hint; a bad key read from a config file names the file,
     a bad value typed as a flag names the flag."""
-    from genlip_lit.parse_errors import short_parse_error
+    from genlip_lit.commands.parse_errors import short_parse_error
 
     command = parser.prog.removeprefix("genlip ")
     # flags (`--max-steps`) and config keys (`--max_steps`) to suggest from; not the negations of yes/no flags
@@ -192,7 +192,7 @@ def _top_keys(path: str) -> set[str]:
 
 def resolve_ckpt(path: str) -> str:
     """A checkpoint file, or for a run directory its newest last.ckpt; a missing one is a user error."""
-    from genlip_lit.modules.loading import resolve_checkpoint
+    from genlip_lit.checkpoints.loading import resolve_checkpoint
 
     return resolve_checkpoint(path)
 
@@ -208,8 +208,8 @@ def device(name: str) -> Any:
 
 def load_module(ckpt: str, device_name: str = "auto") -> tuple[Any, Any, dict[str, Any]]:
     """(module in eval mode on the device, its `Preprocessing`, the data module's hyper-parameters)."""
+    from genlip_lit.checkpoints.loading import load_checkpoint
     from genlip_lit.data.transforms import Preprocessing
-    from genlip_lit.modules.loading import load_checkpoint
 
     module, data_hparams = load_checkpoint(resolve_ckpt(ckpt), device(device_name))
     return module, Preprocessing.from_hparams(data_hparams), data_hparams
@@ -241,7 +241,7 @@ def at_least(flag: str, value: int | None, low: int) -> None:
 def beside_checkpoint(ckpt: str, name: str) -> str:
     """A default output directory next to a checkpoint file (e.g. eval/ beside last.ckpt); for a checkpoint in
     object storage, `name` in the working directory (reports are written locally)."""
-    from genlip_lit.storage import is_remote
+    from genlip_lit.storage.paths import is_remote
 
     if is_remote(ckpt):
         return os.path.abspath(name)

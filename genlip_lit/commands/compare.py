@@ -11,7 +11,7 @@ Re-invoking is safe: a finished run (DIR/<name>/result.json with the same config
 interrupted one resumes exactly from its last checkpoint. The last evaluation of every run, its measured training
 FLOPs per sample (the Throughput callback) and its wall time go to DIR/table.md and DIR/table.csv, and loss and
 metric curves over samples seen to DIR/curves.png (read back from each run's TensorBoard or CSV logs:
-`eval/compare_report.py`). Progress on stderr: runs done of all, and the steps of the run in training (read from
+`studies/compare_report.py`). Progress on stderr: runs done of all, and the steps of the run in training (read from
 the plain progress lines of its fit.log), each with an ETA.
 """
 
@@ -126,7 +126,7 @@ def check_run_data(specs: list[RunSpec]) -> None:
 # ---------------------------------------------------------------------------------------------------- running
 def run_all(specs: list[RunSpec], output: Path, rerun: set[str], fit_command: list[str]) -> list[dict[str, Any]]:
     """Run (or skip, or resume) every spec in order; returns each run's result dict (failed ones included)."""
-    from genlip_lit.progress import progress
+    from genlip_lit.console.progress import progress
 
     results = []
     with progress(total=len(specs), description="compare", unit="runs") as runs:
@@ -148,7 +148,7 @@ POLL_S = 2.0
 def follow_fit(proc: subprocess.Popen, log_path: Path, description: str, total: int | None) -> int:
     """Wait for a `genlip fit` child, showing its steps (read from the plain progress lines of its log) as a
     stage of the comparison's progress; returns its exit code."""
-    from genlip_lit.progress import progress
+    from genlip_lit.console.progress import progress
 
     offset = log_path.stat().st_size if log_path.exists() else 0
     with progress(total=total, description=description, unit="steps") as steps:
@@ -220,7 +220,7 @@ def run_one(spec: RunSpec, output: Path, rerun: bool, fit_command: list[str]) ->
             raise GenLIPUserError(f"{spec.name}: {damaged[-1].removeprefix('genlip: error: ')}")
         return {"name": spec.name, "status": "failed", "status_line": f"FAILED (exit {returncode}); last lines of "
                 f"{log_path}:\n    " + "\n    ".join(tail)}
-    from genlip_lit.eval.compare_report import collect_result
+    from genlip_lit.studies.compare_report import collect_result
 
     try:
         result = collect_result(spec.name, str(spec.config), run_dir / LOG_VERSION)
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(claim_output(args.output, "compare", args.overwrite))  # a rerun resumes its own runs/
     results = run_all(specs, output, set(args.rerun), [sys.executable, "-m", "genlip_lit.cli"])
 
-    from genlip_lit.eval.compare_report import write_reports
+    from genlip_lit.studies.compare_report import write_reports
 
     table = write_reports(results, output)
     print(table)

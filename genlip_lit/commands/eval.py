@@ -14,8 +14,8 @@ import os
 from typing import Any
 
 from genlip_lit.commands.common import add_ckpt, add_device, add_output, add_threads, command_parser, parse
+from genlip_lit.console.logs import counted_library_warnings
 from genlip_lit.errors import GenLIPUserError
-from genlip_lit.logs import counted_library_warnings
 
 
 def build_parser() -> Any:
@@ -80,8 +80,8 @@ def data_arguments(data: dict[str, Any] | None) -> dict[str, Any]:
 def check_data_dirs(data: dict[str, Any] | None) -> None:
     """`data.data_dir`s exist (local folders, or URLs with train shards) and local shards are whole, checked before
     the checkpoint loads."""
-    from genlip_lit import storage
     from genlip_lit.data.shard_check import check_shard_dir
+    from genlip_lit.storage import paths as storage
 
     dirs = data_arguments(data).get("data_dir")
     for d in [dirs] if isinstance(dirs, str) else list(dirs or []):
@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         module, _, data_hparams = load_module(ckpt, args.device)
         datamodule = build_datamodule(module, data_hparams, args.data)
         claim_output(output, "eval", args.overwrite)
-        from genlip_lit.integrity import read_checkpoint
-        from genlip_lit.model_card import report_identity
+        from genlip_lit.checkpoints.integrity import read_checkpoint
+        from genlip_lit.encoders.model_card import report_identity
 
         about = {"checkpoint": report_identity(ckpt, read_checkpoint(ckpt, mmap=True))}  # the model card matches it
         report = run_evaluations(module, evaluations, DataModuleView(datamodule, module.device), output, about)

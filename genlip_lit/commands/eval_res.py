@@ -7,7 +7,7 @@ Held-out synthetic scenes (by default the stage-2 kind: 96-160 px sides at free 
 type in every scene) are fed to every checkpoint at each resolution: an integer R squashes the whole scene to
 R x R (R rounded to the patch size, nothing cropped), "native" keeps the scene's aspect ratio through
 `NativeResTransform` (sizes within --min-patches/--max-patches are left as they are). The metrics of one cell are
-`eval/resolution.py`'s. Writes DIR/table.md, table.csv, result.json and resolution.png (metrics against the input
+`studies/resolution.py`'s. Writes DIR/table.md, table.csv, result.json and resolution.png (metrics against the input
 side; native inputs sit at the side of a square of their mean pixel count). Seed streams: see
 `resolution_io.EVAL_SEED`. On a CPU shared with other jobs, `--threads 1` avoids OpenMP spin-waiting (measured
 here: 25-40x faster than 2 threads on a 2-core machine under load).
@@ -58,7 +58,7 @@ def _names(paths: list[str], given: list[str] | None) -> list[str]:
 
 
 def build_parser() -> Any:
-    from genlip_lit.eval.resolution_io import EVAL_SEED, PROBE_SEED_OFFSET
+    from genlip_lit.studies.resolution_io import EVAL_SEED, PROBE_SEED_OFFSET
 
     p = command_parser("eval-res", "Evaluate checkpoints at several resolutions and at native aspect ratio on "
                        "held-out scenes.")
@@ -106,7 +106,7 @@ def _check_args(args: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv, repeatable=("--ckpt", "--name", "--resolutions"))
     _check_args(args)
-    from genlip_lit.eval.resolution_io import check_resolution
+    from genlip_lit.studies.resolution_io import check_resolution
 
     for value in args.resolutions:  # syntax first: fail before loading anything
         check_resolution(value)
@@ -122,8 +122,8 @@ def _run(args: Any) -> int:
     from genlip_lit.commands.common import load_module, resolve_ckpt
     from genlip_lit.commands.output import check_output, claim_output
     from genlip_lit.data.synthetic import SceneConfig
-    from genlip_lit.eval.resolution import CellOptions, evaluate_cell, model_patch_size
-    from genlip_lit.eval.resolution_io import (
+    from genlip_lit.studies.resolution import CellOptions, evaluate_cell, model_patch_size
+    from genlip_lit.studies.resolution_io import (
         PROBE_SEED_OFFSET,
         make_scenes,
         parse_resolutions,

@@ -1,4 +1,4 @@
-"""`genlip export`: the vision encoder of a checkpoint as model.safetensors + config.json (`genlip_lit/export.py`).
+"""`genlip export`: the vision encoder of a checkpoint as model.safetensors + config.json (`genlip_lit/encoders/export.py`).
 
     genlip export --ckpt runs/quickstart/version_0/checkpoints/last.ckpt --output encoders/quickstart
     genlip export --ckpt runs/quickstart --output encoders/quickstart     # a run dir: its newest last.ckpt
@@ -24,11 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
     from genlip_lit.commands.common import resolve_ckpt
     from genlip_lit.commands.output import check_output, staged_output
-    from genlip_lit.export import export_vision_encoder, load_vision_encoder
-    from genlip_lit.progress import progress
+    from genlip_lit.console.progress import progress
+    from genlip_lit.encoders.export import export_vision_encoder, load_vision_encoder
 
     check_output(args.output, "export", args.overwrite)  # before the checkpoint is read
-    from genlip_lit.modules.loading import load_checkpoint
+    from genlip_lit.checkpoints.loading import load_checkpoint
 
     ckpt = resolve_ckpt(args.ckpt)
     loaded = load_checkpoint(ckpt)  # a refused checkpoint: its one line, before any progress display
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(os.path.join(out, "config.json")) as f:
         timm_form = json.load(f)["timm"]
     print(f"timm form: {out}/timm" if timm_form["directory"] else f"no timm form: {timm_form['note']}")
-    from genlip_lit.model_card import checkpoint_facts, figures_source
+    from genlip_lit.encoders.model_card import checkpoint_facts, figures_source
 
     print(figures_source(checkpoint_facts(ckpt), args.ckpt))
     return 0

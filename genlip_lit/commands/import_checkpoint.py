@@ -73,9 +73,9 @@ def import_checkpoint(src: str, output: str, format: str | None = None, tokenize
     written beside DIR and moved there whole, so a refusal leaves DIR as it was."""
     require_tokenizers()
     from genlip_lit.commands.output import check_output, staged_output
+    from genlip_lit.console.progress import progress
     from genlip_lit.convert import common, official, open_clip
     from genlip_lit.data.tokenizer import HFTokenizer
-    from genlip_lit.progress import progress
 
     check_output(output, "import", overwrite)
     directory = common.source_dir(src)

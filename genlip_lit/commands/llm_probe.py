@@ -1,4 +1,4 @@
-"""`genlip llm-probe`: caption perplexity of a frozen LM fed by each frozen vision encoder (`eval/llm_probe.py`).
+"""`genlip llm-probe`: caption perplexity of a frozen LM fed by each frozen vision encoder (`studies/llm_probe.py`).
 
     genlip llm-probe --encoder encoders/genlip --encoder encoders/clip --lm smollm2 --output runs/llm_probe
     genlip llm-probe --encoder encoders/genlip encoders/clip --output runs/llm_probe --tune-lm
@@ -15,8 +15,8 @@ from genlip_lit.commands.common import add_device, add_output, add_threads, comm
 def build_parser() -> Any:
     from jsonargparse import ActionYesNo
 
-    from genlip_lit.eval.llm_loading import SMOLLM2
-    from genlip_lit.eval.llm_probe import DEFAULT_BATCH, DEFAULT_LR, DEFAULT_NUM_EVAL, DEFAULT_STEPS
+    from genlip_lit.studies.llm_loading import SMOLLM2
+    from genlip_lit.studies.llm_probe import DEFAULT_BATCH, DEFAULT_LR, DEFAULT_NUM_EVAL, DEFAULT_STEPS
 
     p = command_parser("llm-probe", "Caption perplexity of a frozen LM fed by each frozen vision encoder through a "
                        "trained MLP projector (PPL1; PPL2 with --tune-lm), against a no-image baseline.")
@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv, repeatable=("--encoder",))
     from genlip_lit.commands.common import device, torch_threads
     from genlip_lit.commands.output import check_output, claim_output
-    from genlip_lit.eval.llm_loading import data_root
-    from genlip_lit.eval.llm_probe import ProbeSettings, run_probe
+    from genlip_lit.studies.llm_loading import data_root
+    from genlip_lit.studies.llm_probe import ProbeSettings, run_probe
 
     check_output(args.output, "llm-probe", args.overwrite)  # before the encoders and the LM load
     if args.data is not None:

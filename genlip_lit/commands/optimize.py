@@ -239,7 +239,7 @@ def report_caption_lengths(out: str) -> None:
     if not summary["counted"]:
         return
     logging.getLogger("genlip_lit").info("%s", summary_text(summary))
-    from genlip_lit import storage
+    from genlip_lit.storage import paths as storage
 
     path = storage.join(out, REPORT_FILE)
     if not storage.isfile(path):  # synthetic outputs have no report file: the line is all there is
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         raise GenLIPUserError(f"{' and '.join(modes)} exclude each other: give one (or none for a new output)")
     if args.input and args.source:
         raise GenLIPUserError("give either --input (a corpus) or --source synthetic, not both")
-    from genlip_lit.storage import is_remote
+    from genlip_lit.storage.paths import is_remote
 
     if is_remote(args.output):  # s3://...: the same run in a local staging folder, uploaded when it finishes
         from genlip_lit.ingest.remote_output import remote_output
@@ -355,7 +355,7 @@ def _run(args: Any, argv: list[str], parser: Any, out: str, staged: bool = False
     if args.num_workers is None:
         args.num_workers = 1
     from genlip_lit.ingest.output_lock import output_lock
-    from genlip_lit.storage import join
+    from genlip_lit.storage.paths import join
 
     with output_lock(args.output if staged else out):
         meta = SOURCES[args.source](args)

@@ -148,7 +148,7 @@ def resolve_gpu(name: str, peak_tflops: float | None, memory_gib: float | None):
     """A GPUSpec from --gpu, with --peak-tflops / --memory-gib overriding or (custom) supplying its figures."""
     import dataclasses
 
-    from genlip_lit.plan.devices import GPUS, GPUSpec
+    from genlip_lit.perf.devices import GPUS, GPUSpec
 
     key = name.lower()
     if key in GPUS:

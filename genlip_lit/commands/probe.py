@@ -19,8 +19,8 @@ from genlip_lit.commands.common import (
     command_parser,
     parse,
 )
+from genlip_lit.console.logs import counted_library_warnings
 from genlip_lit.errors import GenLIPUserError
-from genlip_lit.logs import counted_library_warnings
 
 
 def build_parser() -> Any:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     for flag, value in (("--budget", args.budget), ("--test-budget", args.test_budget),
                         ("--batch-size", args.batch_size)):
         at_least(flag, value, 1)
-    from genlip_lit import storage
+    from genlip_lit.storage import paths as storage
 
     if storage.is_remote(args.data):  # shards in object storage: train/ must be there (one line otherwise)
         if not storage.isfile(storage.join(args.data, "train", "index.json")):

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def _cli_class() -> type:
-    from genlip_lit.lightning_cli import GenLIPCLI
+    from genlip_lit.commands.fit import GenLIPCLI
 
     class ProbeCLI(GenLIPCLI):
         """GenLIPCLI with the probe's handshake (encoder preprocessing -> data; data's classes -> heads)."""
@@ -84,14 +84,14 @@ def _name_the_file(message: str, args: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the probe (`fit`); `argv` are the arguments after `genlip probe-full`."""
-    from genlip_lit import logs
-    from genlip_lit.lightning_cli import (
+    from genlip_lit.commands.fit import (
         GenLIPArgumentParser,
         _null_on_command_line,
         check_config_files,
         os_error,
     )
-    from genlip_lit.parse_errors import is_optimizer_flag, short_parse_error
+    from genlip_lit.commands.parse_errors import is_optimizer_flag, short_parse_error
+    from genlip_lit.console import logs
 
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["fit"]:

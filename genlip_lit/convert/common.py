@@ -205,7 +205,7 @@ def weight_shapes(src: str | os.PathLike, ema: bool = False) -> dict[str, Tensor
     """The checkpoint's tensors as meta tensors (names and shapes, no data): from the safetensors headers
     alone, or a torch file opened memory-mapped. A converter run on them checks every name and shape before
     any weight is read or any module built."""
-    from genlip_lit.export import safetensors_shapes
+    from genlip_lit.encoders.export import safetensors_shapes
 
     files, weight_map = weight_files(src)
     if weight_map is None and files[0].suffix != ".safetensors":
@@ -328,7 +328,7 @@ def write_checkpoint(module: Any, output: str | os.PathLike, data_hparams: dict[
         "genlip_import": provenance,
     }
     module.save_self_description(checkpoint)
-    from genlip_lit.integrity import SHA_KEY, weights_sha256
+    from genlip_lit.checkpoints.integrity import SHA_KEY, weights_sha256
 
     checkpoint[SHA_KEY] = weights_sha256(checkpoint["state_dict"])  # loaders refuse flipped bytes, as for ours
     path = os.path.join(output, CHECKPOINT_NAME)

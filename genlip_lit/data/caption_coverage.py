@@ -20,8 +20,8 @@ from typing import Any
 from genlip_lit.data.shard_check import FIX as SHARDS_FIX
 from genlip_lit.data.shard_check import check_split, read_sample
 from genlip_lit.errors import GenLIPUserError
-from genlip_lit.storage import is_remote, join, storage_errors, streaming_dataset
-from genlip_lit.storage import isfile as storage_isfile
+from genlip_lit.storage.paths import is_remote, join, storage_errors, streaming_dataset
+from genlip_lit.storage.paths import isfile as storage_isfile
 
 log = logging.getLogger(__name__)
 

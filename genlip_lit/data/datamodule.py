@@ -60,8 +60,8 @@ from genlip_lit.data.tokenizer import CaptionEncoder
 from genlip_lit.data.transforms import FixedResTransform, NativeResTransform, SquashTransform
 from genlip_lit.data.world import WorldConfig
 from genlip_lit.errors import GenLIPUserError
-from genlip_lit.storage import isfile as storage_isfile
-from genlip_lit.storage import join as storage_join
+from genlip_lit.storage.paths import isfile as storage_isfile
+from genlip_lit.storage.paths import join as storage_join
 
 log = logging.getLogger(__name__)
 # re-exported: callers import the loader helpers from here (eval/data.py, tests, benchmarks)

@@ -18,7 +18,7 @@ import struct
 from typing import Any
 
 from genlip_lit.errors import GenLIPUserError
-from genlip_lit.storage import is_remote
+from genlip_lit.storage.paths import is_remote
 
 FIX = "re-run `genlip optimize` to write the shards again"
 

@@ -8,7 +8,7 @@ and ``"patch_color"`` (uint8 [H / patch, W / patch] per-patch labels; their shap
 encoded so a corrupt one still fails (and is skipped) at read time.
 
 Writing takes a while (the quickstart's 20,000 scenes: 35-50 s on 2 cores), so `optimize_synthetic` reports its
-progress (`genlip_lit.progress`: counts, rate and ETA; plain lines in a log file). litdata's workers run in
+progress (`genlip_lit.console.progress`: counts, rate and ETA; plain lines in a log file). litdata's workers run in
 other processes (forked on Linux, spawned elsewhere), so each worker leaves its count in a small file that a
 thread of the parent sums (`write_shards(on_count=...)`).
 """
@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 
+from genlip_lit.console.progress import progress
 from genlip_lit.data import world
 from genlip_lit.data.synthetic import SceneConfig, class_names, generate_scene
 from genlip_lit.errors import GenLIPUserError
-from genlip_lit.progress import progress
 
 META_FILE = "genlip_meta.json"  # written last: its presence marks a complete dataset
 SPLITS = ("train", "val")
@@ -214,7 +214,7 @@ def optimize_synthetic(
 ) -> dict[str, Any]:
     """Write the embedded synthetic dataset as litdata shards; returns the metadata written next to them.
 
-    `show_progress`: report `synthetic data: 4,200/21,000 samples (20.0%), ..., ETA 0:31` (genlip_lit.progress;
+    `show_progress`: report `synthetic data: 4,200/21,000 samples (20.0%), ..., ETA 0:31` (genlip_lit.console.progress;
     a stage of the command's progress when one is open)."""
     if num_train < 1 or num_val < 1:
         raise GenLIPUserError(f"need at least one train and one val sample, got {num_train} and {num_val}")

@@ -23,7 +23,7 @@ from genlip_lit.data.shard_check import FIX, READ_ERRORS, check_split, damaged_r
 from genlip_lit.data.tokenizer import CaptionEncoder
 from genlip_lit.data.transforms import FixedResTransform, NativeResTransform, SquashTransform, decode_image
 from genlip_lit.errors import GenLIPUserError
-from genlip_lit.storage import allow_http_endpoint, is_remote, storage_errors
+from genlip_lit.storage.paths import allow_http_endpoint, is_remote, storage_errors
 
 log = logging.getLogger(__name__)
 allow_http_endpoint()  # also in spawned loader workers, which rebuild litdata's obstore store from this import

@@ -213,7 +213,7 @@ def labelled_view(path: str, preprocessing: Preprocessing, device: torch.device 
                   seed: int = 0) -> EvalView:
     """A labelled image set by its layout: shards (`train/index.json`, from `genlip optimize`) or an ImageFolder
     (`seed`: its held-out split when it has no val/ folder)."""
-    from genlip_lit import storage
+    from genlip_lit.storage import paths as storage
 
     if storage.is_remote(path):  # object storage holds shards (an ImageFolder is read from local disk)
         return ShardView(path, preprocessing, device)

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genlip_lit.console.progress import progress
 from genlip_lit.errors import GenLIPUserError
-from genlip_lit.progress import progress
 
 DEFAULT_MAX_BYTES = 8 * 2**30  # patch features kept in host memory before extraction refuses
 

@@ -217,7 +217,7 @@ class ImageFolderSet:
 # ---------------------------------------------------------------------------------------------- litdata shards
 def read_meta(data_dir: str) -> dict[str, Any]:
     """The `genlip_meta.json` of a shard directory, local or in object storage ({} when there is none)."""
-    from genlip_lit import storage
+    from genlip_lit.storage import paths as storage
 
     path = storage.join(data_dir, META_FILE)
     if not storage.isfile(path):
@@ -240,7 +240,7 @@ class ShardLabelledSet:
     """
 
     def __init__(self, data_dir: str, split: str = "val", seed: int = 0) -> None:
-        from genlip_lit import storage  # deferred: only shard users pay for litdata
+        from genlip_lit.storage import paths as storage  # deferred: only shard users pay for litdata
 
         if storage.is_remote(data_dir):  # s3://...: streamed through litdata's cache
             data_dir = str(data_dir).rstrip("/")

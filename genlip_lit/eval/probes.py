@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genlip_lit.console.progress import progress
 from genlip_lit.eval.features import DEFAULT_MAX_BYTES, extract_features, extract_many, module_device
-from genlip_lit.progress import progress
-from genlip_lit.schedule import warmup_cosine
+from genlip_lit.models.schedule import warmup_cosine
 
 __all__ = ["ProbeResult", "attentive_probe", "extract_features", "linear_probe", "run_probes", "stratified_split"]
 

@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from PIL import Image
 
+from genlip_lit.console.progress import progress
 from genlip_lit.eval.data import EvalView
 from genlip_lit.eval.result import held_out_note
 from genlip_lit.eval.tables import clean, write_json
-from genlip_lit.progress import progress
 
 
 def slug(tag: str) -> str:

@@ -261,7 +261,7 @@ def _run(source: Source, output_dir: str, options: IngestOptions, plan: dict[str
 def _unit_progress(enabled: bool, total: int, resumed: int) -> Any:
     """Units done of all (a resumed run starts at the units done before; its rate counts new work only), with the
     images read, kept and skipped so far after the counts. A unit's image count is known only once it is read."""
-    from genlip_lit.progress import progress
+    from genlip_lit.console.progress import progress
 
     bar = progress(total=total, description="optimize", unit="units", mode=None if enabled else "off")
     bar.resume_at(resumed)

@@ -27,9 +27,9 @@ import socket
 import time
 from collections.abc import Iterator
 
-from genlip_lit import storage
 from genlip_lit.data.shards import LOCK_FILE, META_FILE, REPORT_FILE, SPLITS, WORK_DIR
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.storage import paths as storage
 
 OURS = {*SPLITS, META_FILE, REPORT_FILE, LOCK_FILE}  # what an upload writes under the URL
 

@@ -31,8 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.models.schedule import warmup_cosine
 from genlip_lit.modules.safety import TrainingSafety
-from genlip_lit.schedule import warmup_cosine
 
 __all__ = ["DATA_COUNTERS", "EncoderModule", "param_groups", "warmup_cosine"]
 
@@ -140,7 +140,7 @@ class EncoderModule(TrainingSafety, L.LightningModule, metaclass=_AppliesInitFro
 
     def _after_init(self) -> None:
         if self.init_from:
-            from genlip_lit.modules.loading import load_initial_weights
+            from genlip_lit.checkpoints.loading import load_initial_weights
 
             self.init_source = load_initial_weights(self, self.init_from)
 
@@ -210,7 +210,7 @@ class EncoderModule(TrainingSafety, L.LightningModule, metaclass=_AppliesInitFro
     # ------------------------------------------------------------------ self-contained checkpoints
     def save_self_description(self, checkpoint: dict) -> None:
         """Module class and tokenizer (class, init args, state such as a compact vocabulary), so that
-        `genlip_lit.modules.loading` rebuilds the module from the checkpoint file alone."""
+        `genlip_lit.checkpoints.loading` rebuilds the module from the checkpoint file alone."""
         checkpoint["genlip_module_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
         self.save_safety_state(checkpoint)  # weights sha256, training RNG states (modules/safety.py)
         tok = getattr(self, "tokenizer", None)

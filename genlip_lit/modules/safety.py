@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from genlip_lit.checkpoints.integrity import SHA_KEY, first_nonfinite, verify_weights, weights_sha256
 from genlip_lit.errors import GenLIPUserError
-from genlip_lit.integrity import SHA_KEY, first_nonfinite, verify_weights, weights_sha256
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def restore_rng(state: dict[str, Any], device: torch.device | None = None) -> No
 def _finite_checkpoint(path: str, allow: tuple[str, ...] = ()) -> bool:
     """An existing last.ckpt may be named as "the last finite weights" only when it is one: readable weights-only,
     matching its digest, finite (a run resumed from a bad file, or an older diverged run, may have left it)."""
-    from genlip_lit.integrity import read_checkpoint
+    from genlip_lit.checkpoints.integrity import read_checkpoint
 
     if not os.path.isfile(path):
         return False

@@ -2,13 +2,13 @@
 
     genlip plan --config experiments/stage1_corpus.yaml --gpus 64 --gpu h100 --mfu 0.4 --samples 8e9
 
-A library (no Lightning at import): counting.py (the FLOP counter shared with the Throughput callback), devices.py
-(GPU peaks and memory), trace.py (one step on the meta device), memory.py (per-strategy memory model),
+A library (no Lightning at import) over perf/ (the FLOP counter shared with the Throughput callback, GPU peaks and
+memory): trace.py (one step on the meta device), memory.py (per-strategy memory model),
 run_config.py (the `genlip fit` YAML, composed), logs.py (a previous run's measured MFU), estimate.py (the plan),
 report.py (its text).
 """
 
-from genlip_lit.plan.devices import GPUS, GPUSpec
+from genlip_lit.perf.devices import GPUS, GPUSpec
 from genlip_lit.plan.estimate import Plan, PlanRequest, make_plan
 from genlip_lit.plan.report import format_plan, table_row
 from genlip_lit.plan.run_config import RunConfig, read_run_config

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 
 from genlip_lit.errors import GenLIPUserError
-from genlip_lit.plan.devices import GPUSpec, computes_in_half, usable_bytes
+from genlip_lit.perf.devices import GPUSpec, computes_in_half, usable_bytes
 from genlip_lit.plan.memory import MemoryEstimate, NetworkSizes, Strategy, estimate_memory, half_dtype
 from genlip_lit.plan.run_config import RunConfig, tokenizer_facts
 from genlip_lit.plan.trace import SampleShape, StepTrace, meta_model, trace_step

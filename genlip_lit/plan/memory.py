@@ -17,7 +17,7 @@ here per strategy:
   transformer blocks are gathered at a time (the one computing, the one prefetched), and one unit's gradients
   exist unsharded in the compute dtype plus an fp32 copy for the reduce-scatter.
 
-The estimate leaves out the caching allocator's rounding and fragmentation and the CUDA context; devices.py
+The estimate leaves out the caching allocator's rounding and fragmentation and the CUDA context; perf/devices.py
 takes headroom for those when it says whether a step fits.
 """
 

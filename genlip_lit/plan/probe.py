@@ -4,7 +4,7 @@
     python -c "from genlip_lit.plan.probe import *; print(format_probe_plan(plan_probe(ProbeRequest('so16', 8))))"
 
 Counted, not guessed: the encoder's forward FLOPs per image and the probe heads' forward + backward FLOPs come from
-torch's FLOP counter (`counting.py`, the count `genlip plan` and the Throughput callback use) on the meta device, so
+torch's FLOP counter (`perf/counting.py`, the count `genlip plan` and the Throughput callback use) on the meta device, so
 nothing is allocated. The rest is arithmetic, each step printed: images = epochs x (train + val); time = FLOPs /
 (GPUs x peak x MFU); and, since every image is decoded and augmented on the CPU each epoch, the decode time at an
 assumed rate per data worker (JPEG decode + RandomResizedCrop; `benchmarks/gpu_check.py` measures both rates on the
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from genlip_lit.plan.devices import GPUS, GPUSpec, usable_bytes
+from genlip_lit.perf.devices import GPUS, GPUSpec, usable_bytes
 
 IMAGENET_TRAIN, IMAGENET_VAL, IMAGENET_CLASSES = 1_281_167, 50_000, 1000
 DECODE_RATE = 250.0  # images/s per data worker (PIL JPEG decode of a ~500x375 image + RandomResizedCrop): assumed
@@ -80,7 +80,7 @@ class ProbePlan:
 
 
 def _count(fn) -> float:
-    from genlip_lit.plan.counting import flop_counter
+    from genlip_lit.perf.counting import flop_counter
 
     counter = flop_counter()
     with counter:

@@ -6,7 +6,7 @@ Nothing is allocated: parameters and activations are meta tensors (shape and dty
 real micro-batch is traced in a second on a laptop. Three interposers run the forward, loss and backward of
 `model.loss` exactly as training calls it:
 
-- the FLOP counter the `Throughput` callback uses (plan/counting.py), so a planned and a logged count agree;
+- the FLOP counter the `Throughput` callback uses (perf/counting.py), so a planned and a logged count agree;
 - `_MetaKernels` (a TorchFunctionMode) stands in for what the meta device cannot choose or do itself. Attention
   runs as the fused kernel the CPU and CUDA paths use (it saves q, k, v, the output and the log-sum-exp, never
   the score matrix; the meta device would pick the unfused math path). Under a bf16 precision it casts as CUDA
@@ -17,7 +17,7 @@ real micro-batch is traced in a second on a laptop. Three interposers run the fo
   moments, for any mix of what else a strategy keeps (StepTrace). Boolean-mask indexing has a data-dependent
   size the meta device cannot compute; the loss mask's count of targets is known, so it is supplied.
 
-What it does not see: the caching allocator's rounding and fragmentation (devices.py keeps headroom for them)
+What it does not see: the caching allocator's rounding and fragmentation (perf/devices.py keeps headroom for them)
 and anything outside `model.loss` (the optimizer step, communication buffers: plan/memory.py models those).
 """
 
@@ -36,7 +36,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
-from genlip_lit.plan.counting import flop_counter
+from genlip_lit.perf.counting import flop_counter
 
 aten = torch.ops.aten
 

@@ -203,7 +203,7 @@ class ResumableLoader(DataLoader):
 
 
 def is_shard_dir(path: str) -> bool:
-    from genlip_lit import storage
+    from genlip_lit.storage import paths as storage
 
     base = path if storage.is_remote(path) else os.path.expanduser(path)
     return storage.isfile(storage.join(base, "train", "index.json"))
@@ -222,7 +222,7 @@ class ProbeDataModule(L.LightningDataModule):
         if batch_size < 1 or num_workers < 0:
             raise GenLIPUserError(f"data.batch_size must be >= 1 and data.num_workers >= 0, got {batch_size} / "
                                   f"{num_workers}")
-        from genlip_lit import storage
+        from genlip_lit.storage import paths as storage
 
         if storage.is_remote(data):  # labelled shards in a bucket, streamed as fit streams them
             expanded = data.rstrip("/")

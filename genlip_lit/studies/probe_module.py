@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.eval.features import _mean_pools
 from genlip_lit.eval.probes import AttentivePoolingClassifier, _default_heads
-from genlip_lit.schedule import warmup_cosine
+from genlip_lit.models.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,8 @@ class StreamedProbe(L.LightningModule):
         unknown = sorted(set(heads) - set(HEADS))
         if unknown or not heads:
             raise GenLIPUserError(f"model.heads {list(heads)}: choose one or more of {list(HEADS)}")
+        from genlip_lit.checkpoints.loading import load_checkpoint, resolve_checkpoint
         from genlip_lit.data.transforms import Preprocessing
-        from genlip_lit.modules.loading import load_checkpoint, resolve_checkpoint
 
         self.encoder_file = os.path.abspath(resolve_checkpoint(encoder))
         module, data_hparams = load_checkpoint(self.encoder_file, "cpu")  # every safety check of the loader

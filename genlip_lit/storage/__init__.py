@@ -1,0 +1,2 @@
+"""Where files live: local paths and object-storage URLs (s3://, gs://, any fsspec URL) behind one set of
+functions (paths.py). A floor: data, ingest, checkpoints and commands use it alike."""
