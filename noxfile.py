@@ -14,4 +14,4 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "genlip_lit", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "genlip_lit", "tests", "benchmarks", "docs/hooks.py", "noxfile.py")

@@ -1,14 +1,16 @@
-"""The README's command reference, generated from the commands' own parsers (the text `genlip CMD --help` prints).
+"""The command reference of the docs site (docs/commands.md), generated from the commands' own parsers (the text
+`genlip CMD --help` prints).
 
     python benchmarks/command_reference.py            # print the block
-    python benchmarks/command_reference.py --write    # replace the block in README.md
-    python benchmarks/command_reference.py --check    # exit 1 if README.md's block is stale (also a test)
+    python benchmarks/command_reference.py --write    # replace the block in docs/commands.md
+    python benchmarks/command_reference.py --check    # exit 1 if docs/commands.md's block is stale (also a test)
 
-The block sits between START and END in README.md: a table of every command (name, one-line description,
-required arguments) and, per project command, its options with the help, type and default that `--help` shows.
+The block sits between START and END in docs/commands.md: a table of every command (name, one-line description,
+required arguments) and, per project command, a section with its options and the help, type and default that
+`--help` shows.
 The LightningCLI commands (fit, validate, test, predict) take every config key as `--section.key VALUE`; their
 `--help` depends on the installed Lightning, so the table points at it instead of copying it.
-tests/test_command_reference.py fails when a command's options change and the README was not regenerated.
+tests/commands/test_command_reference.py fails when a command's options change and the page was not regenerated.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-README = os.path.join(REPO, "README.md")
+PAGE = os.path.join(REPO, "docs", "commands.md")
 START = "<!-- command-reference:start -->"
 END = "<!-- command-reference:end -->"
 # options every project command has, described once above the per-command lists (with its options-file flag)
@@ -46,7 +48,7 @@ def _help(parser: Any, action: Any) -> str:
 
 
 def _escape(text: str) -> str:
-    """Markdown table cells and HTML blocks: `|` would split a cell, `<TAB>` would be read as a tag."""
+    """Markdown table cells and text: `|` would split a cell, `<TAB>` would be read as an HTML tag."""
     return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
@@ -96,24 +98,24 @@ def generate() -> str:
         "",
         "Every other command also takes `--config FILE` (a YAML of its options; flags after it win) and "
         "`--print_config` (writes that YAML); `plan` names it `--options FILE`, since its `--config` is the fit "
-        "config it plans. Options per command:",
+        "config it plans.",
         "",
     ]
     for name, parser in parsers.items():
-        lines += [f"<details><summary><code>genlip {name}</code></summary>", "", _escape(parser.description or ""), ""]
+        # a heading per command: an entry in the page's table of contents and a link target (#genlip-NAME)
+        lines += [f"### `genlip {name}`", "", _escape(parser.description or ""), ""]
         for title, actions in _own_actions(parser):
             if title not in ("options", "optional arguments", "positional arguments"):
                 lines.append(f"*{title}*")
                 lines.append("")
             lines += [f"- `{_flags(a)}`: {_help(parser, a)}" for a in actions]
             lines.append("")
-        lines += ["</details>", ""]
     lines.append(END)
     return "\n".join(lines)
 
 
-def readme_block(text: str) -> str:
-    """README's block, START and END lines included ('' when absent)."""
+def page_block(text: str) -> str:
+    """The page's block, START and END lines included ('' when absent)."""
     if START not in text or END not in text:
         return ""
     begin = text.index(START)
@@ -121,31 +123,31 @@ def readme_block(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="The README's command reference, from the commands' parsers.")
+    parser = argparse.ArgumentParser(description="docs/commands.md's command reference, from the commands' parsers.")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--write", action="store_true", help="replace the block in README.md")
-    mode.add_argument("--check", action="store_true", help="exit 1 if README.md's block differs")
+    mode.add_argument("--write", action="store_true", help="replace the block in docs/commands.md")
+    mode.add_argument("--check", action="store_true", help="exit 1 if docs/commands.md's block differs")
     args = parser.parse_args(argv)
     block = generate()
     if not (args.write or args.check):
         print(block)
         return 0
-    with open(README, encoding="utf-8") as fh:
+    with open(PAGE, encoding="utf-8") as fh:
         text = fh.read()
-    current = readme_block(text)
+    current = page_block(text)
     if not current:
-        print(f"{README} has no {START} ... {END} block: add the two lines where the reference goes",
+        print(f"{PAGE} has no {START} ... {END} block: add the two lines where the reference goes",
               file=sys.stderr)
         return 1
     if args.check:
         if current != block:
-            print("README.md's command reference is stale: run python benchmarks/command_reference.py --write",
+            print("docs/commands.md's command reference is stale: run python benchmarks/command_reference.py --write",
                   file=sys.stderr)
             return 1
         return 0
-    with open(README, "w", encoding="utf-8") as fh:
+    with open(PAGE, "w", encoding="utf-8") as fh:
         fh.write(text.replace(current, block))
-    print(f"updated the command reference in {README}")
+    print(f"updated the command reference in {PAGE}")
     return 0
 
 

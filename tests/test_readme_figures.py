@@ -1,6 +1,7 @@
 """The README's quickstart figures stay tied to the committed config: the block names the config's steps, batch
 and seed, says the figures are per commit and shows the command that re-measures them
-(`benchmarks/readme_figures.py`, whose table this also checks)."""
+(`benchmarks/readme_figures.py`, whose table this also checks). The block is the README's part between the
+`--8<-- [start:quickstart-figures]` and `[end:...]` markers, which the docs site includes (docs/figures.md)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ import readme_figures  # noqa: E402
 
 def _quickstart_block() -> str:
     text = (REPO / "README.md").read_text()
-    start = text.index("## After the quickstart")
-    return text[start:text.index("\n### ", start)]
+    start = text.index("--8<-- [start:quickstart-figures]")
+    return text[start:text.index("--8<-- [end:quickstart-figures]", start)]
 
 
 def test_readme_quickstart_block_names_the_committed_config() -> None:
