@@ -56,7 +56,7 @@ def layout_markdown() -> str:
         anchor = f"[{label}](#{name.replace('_', '')})" if folder.is_dir() else label
         lines.append(f"| {floor} | {anchor} | {first_sentence(text).replace('|', chr(92) + '|')} |")
         if folder.is_dir():
-            sections += ["", f"### {name}/ {{#{name.replace('_', '')}}}", "", f"Floor {floor}.", "", text, ""]
+            sections += ["", f"## {name}/ {{#{name.replace('_', '')}}}", "", f"Floor {floor}.", "", text, ""]
             for module in sorted(folder.glob("*.py")):
                 if module.name == "__init__.py":
                     continue
