@@ -1,4 +1,4 @@
-"""The README's table of the paper's runs, planned on paper (no GPU): `genlip plan` for L/16, So/16 and g/16.
+"""The table of the paper's runs (docs/planning.md), planned on paper (no GPU): `genlip plan` for L/16, So/16 and g/16.
 
     python benchmarks/plan_paper_runs.py                    # stage 1, 64 and 256 H100s, 40% MFU (~3 min of CPU)
     python benchmarks/plan_paper_runs.py --gpus 64 --archs so16 --gpu h200

@@ -17,7 +17,7 @@
 #
 # Every node must see the same data_dir (shared filesystem or s3://...) and the same run directory
 # (trainer.logger.init_args.save_dir: rank 0 writes the checkpoints there, every rank reads them on --ckpt_path,
-# and a rank that loses its peers writes rank<R>-error.log there). README: "Performance and scale".
+# and a rank that loses its peers writes rank<R>-error.log there). docs/multinode.md.
 set -euo pipefail
 : "${CONFIG:?set CONFIG to the run config, e.g. experiments/stage1_corpus.yaml}"
 : "${NNODES:?set NNODES to the number of nodes}"

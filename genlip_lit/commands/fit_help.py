@@ -152,7 +152,7 @@ def short_help(config: dict[str, Any] | None = None, command: str = "fit") -> st
     trainer_rows = [(key, _nested(config, key), text) for key, text in TRAINER_KEYS.items()]
     lines += _section("Trainer and checkpoint keys (the usual ones; all: genlip fit --help full)", trainer_rows, {})
     lines += ["Configs: experiments/quickstart.yaml (embedded data, CPU), experiments/corpus_cpu.yaml (your shards,",
-              "CPU), experiments/stage1_corpus.yaml (GPU); the README's \"Writing a config\" explains the sections."]
+              "CPU), experiments/stage1_corpus.yaml (GPU); docs/configs.md explains the sections."]
     return "\n".join(lines)
 
 
