@@ -66,7 +66,8 @@ def test_the_site_builds_with_warnings_as_errors(tmp_path) -> None:
     layout = (site / "layout" / "index.html").read_text()
     assert 'id="checkpoints"' in layout and "Checkpoint trust" in layout
     api = (site / "api" / "index.html").read_text()
-    for name in ("load_vision_encoder", "GenLIPModule", "GenLIPDataModule", "LinearProbe", "register"):
+    for name in ("load_vision_encoder", "GenLIPModule", "GenLIPDataModule", "LinearProbe", "register",
+                 "EncoderModule.encode_patches", "EncoderModule.skip_if_nonfinite"):  # the encoder contract
         assert name in api, name
     assert "peak learning rate" in api  # EncoderModule's `lr` argument, from its docstring
     commands = (site / "commands" / "index.html").read_text()
