@@ -79,3 +79,17 @@ def test_the_site_builds_with_warnings_as_errors(tmp_path) -> None:
     figures = (site / "figures" / "index.html").read_text()
     for cell in filter(None, (c.strip() for c in row.split("|"))):
         assert f"<td>{cell}</td>" in figures.replace("<code>", "`").replace("</code>", "`"), cell
+
+
+def test_every_readme_part_the_docs_include_is_marked_once() -> None:
+    """The docs include parts of the README (one copy of the figures, the set-up, ...): each name they include
+    has exactly one start and one end marker in README.md, so moving README text cannot silently drop it."""
+    readme = (REPO / "README.md").read_text()
+    included = set()
+    for page in (REPO / "docs").glob("*.md"):
+        included |= set(re.findall(r'^--8<-- "README\.md:([\w-]+)"$', page.read_text(), re.M))
+    assert {"quickstart-figures", "setup", "what"} <= included
+    for name in included:
+        start, end = readme.count(f"--8<-- [start:{name}]"), readme.count(f"--8<-- [end:{name}]")
+        assert (start, end) == (1, 1), name
+        assert readme.index(f"[start:{name}]") < readme.index(f"[end:{name}]"), name
