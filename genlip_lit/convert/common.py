@@ -24,8 +24,9 @@ from genlip_lit.errors import GenLIPUserError
 from genlip_lit.models.config import PRESETS, GenLIPConfig
 
 CHECKPOINT_NAME = "genlip.ckpt"
-# weights file names of the Hugging Face and open_clip hub layouts, taken before any other file in the directory
-PREFERRED_WEIGHTS = ("model.safetensors", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+# the Hugging Face weights file name, taken before any other file in the directory (an import format names its
+# own: ImportFormat.weights_names)
+PREFERRED_WEIGHTS = ("model.safetensors",)
 # config fields that describe how to run or train, not the function: never worth an override of their own
 _NOT_ARCHITECTURE = {"loss_chunk_tokens", "grad_checkpointing", "compile_blocks"}
 
@@ -156,9 +157,11 @@ def _shard_path(directory: Path, name: object, index: Path) -> Path:
     return _inside_source(file, directory, str(index))
 
 
-def weight_files(src: str | os.PathLike) -> tuple[list[Path], dict[str, Any] | None]:
+def weight_files(src: str | os.PathLike, preferred: Iterable[str] = PREFERRED_WEIGHTS
+                 ) -> tuple[list[Path], dict[str, Any] | None]:
     """The weights files of a checkpoint (SRC a directory or one weights file) and, for shards, the index's
-    weight_map; every file checked to lie inside SRC. Nothing is read but the index."""
+    weight_map; every file checked to lie inside SRC. In a directory the first of the `preferred` names wins,
+    else its one weights file. Nothing is read but the index."""
     path = Path(src).expanduser()
     if path.is_file():
         return [path], None
@@ -169,7 +172,7 @@ def weight_files(src: str | os.PathLike) -> tuple[list[Path], dict[str, Any] | N
             raise GenLIPUserError(f"{index} has no weight_map")
         names = sorted(set(weight_map.values()), key=str)
         return [_shard_path(path, name, index) for name in names], weight_map
-    preferred = [path / n for n in PREFERRED_WEIGHTS if (path / n).is_file()]
+    preferred = [path / n for n in preferred if (path / n).is_file()]
     files = preferred[:1] or sorted(path.glob("*.safetensors"))
     if not files:
         files = sorted(p for ext in ("*.pt", "*.pth", "*.bin") for p in path.glob(ext))
@@ -187,10 +190,11 @@ def _check_listed(keys: Iterable[str], weight_map: dict[str, Any] | None, files:
                                   f"{files[0].parent / 'model.safetensors.index.json'} does not list")
 
 
-def load_state(src: str | os.PathLike, ema: bool = False) -> tuple[dict[str, Tensor], list[str]]:
+def load_state(src: str | os.PathLike, ema: bool = False, preferred: Iterable[str] = PREFERRED_WEIGHTS
+               ) -> tuple[dict[str, Tensor], list[str]]:
     """All tensors of a checkpoint (single or sharded safetensors with an index, or a weights-only torch file)
-    and the files read. SRC is a directory or one weights file."""
-    files, weight_map = weight_files(src)
+    and the files read. SRC is a directory or one weights file (`preferred`: see weight_files)."""
+    files, weight_map = weight_files(src, preferred)
     file = files[0]
     if weight_map is not None or file.suffix == ".safetensors":
         if ema:
@@ -201,13 +205,14 @@ def load_state(src: str | os.PathLike, ema: bool = False) -> tuple[dict[str, Ten
     return _read_torch_file(file, ema), [str(file)]
 
 
-def weight_shapes(src: str | os.PathLike, ema: bool = False) -> dict[str, Tensor]:
+def weight_shapes(src: str | os.PathLike, ema: bool = False, preferred: Iterable[str] = PREFERRED_WEIGHTS
+                  ) -> dict[str, Tensor]:
     """The checkpoint's tensors as meta tensors (names and shapes, no data): from the safetensors headers
     alone, or a torch file opened memory-mapped. A converter run on them checks every name and shape before
     any weight is read or any module built."""
     from genlip_lit.encoders.export import safetensors_shapes
 
-    files, weight_map = weight_files(src)
+    files, weight_map = weight_files(src, preferred)
     if weight_map is None and files[0].suffix != ".safetensors":
         import zipfile
 
@@ -223,9 +228,10 @@ def weight_shapes(src: str | os.PathLike, ema: bool = False) -> dict[str, Tensor
     return {k: torch.empty(shape, device="meta") for k, shape in shapes.items()}
 
 
-def stored_depth(shapes: Iterable[str]) -> int:
-    """How many transformer layers the weights hold (distinct i in `….layers.{i}.…`)."""
-    found = {int(m.group(1)) for key in shapes for m in [re.search(r"(?:^|\.)layers\.(\d+)\.", key)] if m}
+def stored_depth(shapes: Iterable[str], layer_pattern: str = r"(?:^|\.)layers\.(\d+)\.") -> int:
+    """How many transformer layers the weights hold: distinct indices i that `layer_pattern` (group 1) finds in
+    the names (by default `….layers.{i}.…`)."""
+    found = {int(m.group(1)) for key in shapes for m in [re.search(layer_pattern, key)] if m}
     return len(found)
 
 

@@ -17,7 +17,8 @@ from typing import Any
 
 from torch import Tensor
 
-from genlip_lit.convert.common import StateMapper, check_config_keys, expected_shapes
+from genlip_lit.convert.common import StateMapper, check_config_keys, expected_shapes, read_json
+from genlip_lit.convert.formats import ImportFormat, register_format
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.models.config import GenLIPConfig
 
@@ -38,10 +39,6 @@ _INERT = {"architectures", "model_type", "torch_dtype", "dtype", "initializer_ra
           "use_liger_kernel", "tokens_per_second", "vision_start_token_id", "vision_end_token_id",
           "transformers_version", "_name_or_path", "_attn_implementation", "bos_token_id", "eos_token_id",
           "pad_token_id"}
-
-
-def is_official(config: dict[str, Any]) -> bool:
-    return config.get("model_type") == "genlip" or "GenLIPModel" in (config.get("architectures") or [])
 
 
 def config_from_official(config: dict[str, Any], origin: str = "config.json", ignore: tuple[str, ...] = ()
@@ -126,22 +123,41 @@ def convert_official_state(state: dict[str, Tensor], cfg: GenLIPConfig, origin: 
     return m.finish()
 
 
-def preprocessing_of(src: Path) -> dict[str, Any]:
-    """Image size and mean/std from the directory's image processor config, else the authors' defaults."""
-    from genlip_lit.convert.common import read_json
+@register_format
+class OfficialFormat(ImportFormat):
+    """The authors' Hugging Face layout: config.json (model_type 'genlip'), safetensors, Qwen3's tokenizer.json."""
 
-    out = dict(DEFAULT_PREPROCESSING)
-    path = src / "preprocessor_config.json"
-    if not path.is_file():
+    name = "official"
+    description = "the authors' Hugging Face layout"
+    detected_by = "an official GenLIP config (model_type 'genlip')"
+    tokenizer_hint = "the authors ship Qwen3's tokenizer.json with the weights"
+
+    def detect(self, config: dict[str, Any], directory: Path) -> bool:
+        return config.get("model_type") == "genlip" or "GenLIPModel" in (config.get("architectures") or [])
+
+    def model_config(self, config: dict[str, Any], origin: str, ignore: tuple[str, ...] = ()) -> GenLIPConfig:
+        return config_from_official(config, origin, ignore)
+
+    def text(self, config: dict[str, Any]) -> dict[str, Any]:
+        return {"prompt": PROMPT, "text_template": TEMPLATE, "max_text_len": 512, "caption_max_new_tokens": 256}
+
+    def preprocessing(self, config: dict[str, Any], directory: Path) -> dict[str, Any]:
+        """Image size and mean/std from the directory's image processor config, else the authors' defaults."""
+        out = dict(DEFAULT_PREPROCESSING)
+        path = directory / "preprocessor_config.json"
+        if not path.is_file():
+            return out
+        proc = read_json(path)
+        size = proc.get("size") or proc.get("crop_size")
+        if isinstance(size, dict):
+            size = size.get("height") or size.get("shortest_edge")
+        if isinstance(size, int) and size > 0:
+            out["image_size"] = size
+        for theirs, ours in (("image_mean", "mean"), ("image_std", "std")):
+            value = proc.get(theirs)
+            if isinstance(value, list) and len(value) == 3:
+                out[ours] = [float(v) for v in value]
         return out
-    proc = read_json(path)
-    size = proc.get("size") or proc.get("crop_size")
-    if isinstance(size, dict):
-        size = size.get("height") or size.get("shortest_edge")
-    if isinstance(size, int) and size > 0:
-        out["image_size"] = size
-    for theirs, ours in (("image_mean", "mean"), ("image_std", "std")):
-        value = proc.get(theirs)
-        if isinstance(value, list) and len(value) == 3:
-            out[ours] = [float(v) for v in value]
-    return out
+
+    def convert(self, state: dict[str, Tensor], cfg: GenLIPConfig, origin: str) -> dict[str, Tensor]:
+        return convert_official_state(state, cfg, origin)

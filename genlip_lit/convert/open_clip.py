@@ -14,11 +14,13 @@ do: give a tokenizers JSON of cl100k_base with --tokenizer.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
 from genlip_lit.convert.common import StateMapper, check_config_keys, expected_shapes
+from genlip_lit.convert.formats import ImportFormat, register_format
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.models.config import GenLIPConfig
 
@@ -41,10 +43,6 @@ _TEXT_KEYS = {"vocab_size", "context_length", "pad_id", "bos_id", "eos_id", "tok
 def model_config_of(config: dict[str, Any]) -> dict[str, Any]:
     """The model config inside an open_clip JSON (a bare model config, or a hub `open_clip_config.json`)."""
     return config["model_cfg"] if isinstance(config.get("model_cfg"), dict) else config
-
-
-def is_open_clip(config: dict[str, Any]) -> bool:
-    return isinstance(model_config_of(config).get("genlip_cfg"), dict)
 
 
 def config_from_open_clip(config: dict[str, Any], origin: str = "config.json", ignore: tuple[str, ...] = ()
@@ -84,15 +82,6 @@ def config_from_open_clip(config: dict[str, Any], origin: str = "config.json", i
         mrope_layout="interleaved" if g.get("mrope_interleaved", True) else "contiguous",
         mrope_section=tuple(g.get("mrope_section") or ()) or None, rope_theta=float(g.get("rope_theta", 10000.0)),
     )
-
-
-def special_ids(config: dict[str, Any]) -> dict[str, int]:
-    """eos / pad / bos ids of the text config (appended after the base vocabulary)."""
-    text = model_config_of(config).get("text_cfg") or {}
-    missing = [k for k in ("eos_id", "pad_id", "bos_id") if k not in text]
-    if missing:
-        raise GenLIPUserError(f"text_cfg has no {missing[0]}: open_clip GenLIP configs name eos_id, pad_id, bos_id")
-    return {k: int(text[k]) for k in ("eos_id", "pad_id", "bos_id")}
 
 
 def convert_open_clip_state(state: dict[str, Tensor], cfg: GenLIPConfig, origin: str = "checkpoint"
@@ -156,11 +145,48 @@ def convert_open_clip_state(state: dict[str, Tensor], cfg: GenLIPConfig, origin:
     return m.finish()
 
 
-def preprocessing_of(config: dict[str, Any]) -> dict[str, Any]:
-    """Image size from vision_cfg, mean/std from a hub `preprocess_cfg` (else open_clip's OpenAI defaults)."""
-    vision = model_config_of(config).get("vision_cfg") or {}
-    pre = config.get("preprocess_cfg") or {}
-    size = pre.get("size", vision.get("image_size", 224))
-    size = size[0] if isinstance(size, list | tuple) else size
-    return {"image_size": int(size), "mean": [float(v) for v in pre.get("mean", OPENAI_MEAN)],
-            "std": [float(v) for v in pre.get("std", OPENAI_STD)]}
+@register_format
+class OpenCLIPFormat(ImportFormat):
+    """open_clip's `NaFlexGenLip`: a model config with `genlip_cfg` (bare, or a hub open_clip_config.json)."""
+
+    name = "open_clip"
+    description = "open_clip's NaFlexGenLip"
+    option_notes = {"tokenizer": "needs one for cl100k_base", "ema": "training checkpoint: take state_dict_ema"}
+    detected_by = "an open_clip GenLIP model config (genlip_cfg)"
+    tokenizer_hint = ("open_clip's GenLIP reads tiktoken cl100k_base, which needs a download: give a tokenizers "
+                      "JSON of cl100k_base")
+    config_names = ("config.json", "open_clip_config.json")
+    weights_names = ("model.safetensors", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # hub names
+
+    def detect(self, config: dict[str, Any], directory: Path) -> bool:
+        return isinstance(model_config_of(config).get("genlip_cfg"), dict)
+
+    def model_config(self, config: dict[str, Any], origin: str, ignore: tuple[str, ...] = ()) -> GenLIPConfig:
+        return config_from_open_clip(config, origin, ignore)
+
+    def text(self, config: dict[str, Any]) -> dict[str, Any]:
+        """No prompt; captions fit the context length with BOS and EOS."""
+        context = int((model_config_of(config).get("text_cfg") or {}).get("context_length", 256))
+        return {"prompt": None, "text_template": TEMPLATE, "max_text_len": context,
+                "caption_max_new_tokens": min(256, context - 2)}
+
+    def special_ids(self, config: dict[str, Any]) -> dict[str, int]:
+        """eos / pad / bos ids of the text config (appended after the base vocabulary)."""
+        text = model_config_of(config).get("text_cfg") or {}
+        missing = [k for k in ("eos_id", "pad_id", "bos_id") if k not in text]
+        if missing:
+            raise GenLIPUserError(f"text_cfg has no {missing[0]}: open_clip GenLIP configs name eos_id, pad_id, "
+                                  "bos_id")
+        return {k: int(text[k]) for k in ("eos_id", "pad_id", "bos_id")}
+
+    def preprocessing(self, config: dict[str, Any], directory: Path) -> dict[str, Any]:
+        """Image size from vision_cfg, mean/std from a hub `preprocess_cfg` (else open_clip's OpenAI defaults)."""
+        vision = model_config_of(config).get("vision_cfg") or {}
+        pre = config.get("preprocess_cfg") or {}
+        size = pre.get("size", vision.get("image_size", 224))
+        size = size[0] if isinstance(size, list | tuple) else size
+        return {"image_size": int(size), "mean": [float(v) for v in pre.get("mean", OPENAI_MEAN)],
+                "std": [float(v) for v in pre.get("std", OPENAI_STD)]}
+
+    def convert(self, state: dict[str, Tensor], cfg: GenLIPConfig, origin: str) -> dict[str, Tensor]:
+        return convert_open_clip_state(state, cfg, origin)
