@@ -66,7 +66,7 @@ def import_checkpoint(src: str, output: str, format: str | None = None, tokenize
     from genlip_lit.commands.output import check_output, staged_output
     from genlip_lit.console.progress import progress
     from genlip_lit.convert import common
-    from genlip_lit.convert.formats import config_names, detect_format, get_format
+    from genlip_lit.convert.formats import TEXT_SETTINGS, config_names, detect_format, get_format
     from genlip_lit.data.tokenizer import HFTokenizer
 
     check_output(output, "import", overwrite)
@@ -82,6 +82,8 @@ def import_checkpoint(src: str, output: str, format: str | None = None, tokenize
     common.check_size(tokenizer_file, max_bytes or common.MAX_TOKENIZER_BYTES, "tokenizer file")
     cfg = fmt.model_config(config, str(config_path), ignore)
     text = fmt.text(config)
+    if sorted(text) != sorted(TEXT_SETTINGS):  # a plug-in's mistake, named before any work
+        raise TypeError(f"{type(fmt).__name__}.text() must give exactly {TEXT_SETTINGS}, got {tuple(text)}")
     special_ids = fmt.special_ids(config)
     preprocessing = fmt.preprocessing(config, directory)
     common.check_caps(cfg, str(config_path))
@@ -134,9 +136,10 @@ def _write_fit_overlay(directory: str, ckpt: str, module: Any, tok: Any) -> None
     init_from (compose after a run config: genlip fit --config RUN.yaml --config DIR/model.yaml)."""
     import yaml
 
+    from genlip_lit.convert.formats import TEXT_SETTINGS
+
     hp = dict(module.hparams)
-    init_args = {k: hp[k] for k in ("arch", "arch_overrides", "prompt", "text_template", "max_text_len",
-                                    "caption_max_new_tokens")}
+    init_args = {k: hp[k] for k in ("arch", "arch_overrides", *TEXT_SETTINGS)}
     init_args["tokenizer"] = {"class_path": "genlip_lit.data.tokenizer.HFTokenizer", "init_args": tok.init_args()}
     init_args["init_from"] = os.path.abspath(ckpt)
     doc = {"model": {"class_path": "genlip_lit.modules.GenLIPModule", "init_args": init_args}}

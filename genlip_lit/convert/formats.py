@@ -20,6 +20,9 @@ from torch import Tensor
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.models.config import GenLIPConfig
 
+# the GenLIPModule hyper-parameters an ImportFormat.text() gives: how the weights were trained to read text
+TEXT_SETTINGS = ("prompt", "text_template", "max_text_len", "caption_max_new_tokens")
+
 
 class ImportFormat(ABC):
     """How one implementation stores a GenLIP model, and how it becomes ours.
@@ -49,8 +52,7 @@ class ImportFormat(ABC):
 
     @abstractmethod
     def text(self, config: dict[str, Any]) -> dict[str, Any]:
-        """The GenLIPModule text settings the weights were trained with: prompt, text_template,
-        max_text_len, caption_max_new_tokens."""
+        """The GenLIPModule text settings the weights were trained with: exactly the keys of TEXT_SETTINGS."""
 
     def special_ids(self, config: dict[str, Any]) -> dict[str, int]:
         """Special token ids the tokenizer file does not name itself (HFTokenizer's eos_id / pad_id / bos_id)."""
