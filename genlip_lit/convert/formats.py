@@ -5,6 +5,8 @@ An import format is ONE module in genlip_lit/convert/ holding a subclass of `Imp
 to edit) and returns what registered. Code outside the package (a plug-in, a test) registers its own subclass
 the same way before it calls `genlip import` (`genlip_lit.commands.import_checkpoint.main` or
 `import_checkpoint`): detection, `--format`'s choices and the help text all come from `formats()`.
+Every module here is imported whenever `genlip import` runs (even for --help): a format that needs an optional
+package imports it inside its methods, so one missing extra never takes the other formats down.
 """
 
 from __future__ import annotations
@@ -116,8 +118,8 @@ def detect_format(config: dict[str, Any], directory: Path, origin: str, chosen: 
     found = [fmt for fmt in formats().values() if fmt.detect(config, directory)]
     if chosen is not None:
         if found and chosen not in found:
-            raise GenLIPUserError(f"{origin} is {found[0].detected_by}, not a {chosen.name} config: pass "
-                                  f"--format {found[0].name}, or leave --format out")
+            raise GenLIPUserError(f"{origin} is {found[0].detected_by}, which --format {chosen.name} does not "
+                                  f"read: pass --format {found[0].name}, or leave --format out")
         return chosen
     if not found:
         what = [fmt.detected_by for fmt in formats().values()]

@@ -96,7 +96,7 @@ def test_a_format_refuses_another_formats_checkpoint(name, other, tmp_path, caps
     monkeypatch.setattr(common, "load_state", never)
     argv = ["import", str(directory), "--output", str(out), "--format", name, "--tokenizer", toy]
     line = one_line_refusal(argv, capsys)
-    assert f"{directory}" in line and f"not a {name} config: pass --format {other}" in line
+    assert f"{directory}" in line and f"which --format {name} does not read: pass --format {other}" in line
     with pytest.raises(GenLIPUserError, match="config key"):  # each format's reading is strict on its own
         FORMATS[name].model_config(config, "config.json")
     assert not out.exists()
@@ -144,6 +144,14 @@ def test_a_format_added_by_one_file_imports_through_genlip_import(tmp_path, monk
         main(["import", "--help"])
     assert "'renamed'" in capsys.readouterr().out  # a --format choice
 
+    both = {**config, "model_type": "genlip_renamed"}  # architectures still says GenLIPModel: official's too
+    (tmp_path / "both").mkdir()
+    (tmp_path / "both" / "config.json").write_text(json.dumps(both))
+    with pytest.raises(GenLIPUserError, match=r"matches several import formats \(official, renamed\): pass --format"):
+        registry.detect_format(both, tmp_path / "both", "both/config.json")
+    line = one_line_refusal(["import", str(src), "--output", str(tmp_path / "out"), "--format", "official"], capsys)
+    assert "is a renamed GenLIP config (model_type 'genlip_renamed'), which --format official does not read" in line
+
     assert main(["import", str(src), "--output", str(tmp_path / "out")]) == 0
     raw = torch.load(tmp_path / "out" / "genlip.ckpt", map_location="cpu", weights_only=True)
     assert raw["genlip_import"]["format"] == "renamed"
@@ -154,3 +162,23 @@ def test_a_format_added_by_one_file_imports_through_genlip_import(tmp_path, monk
     assert {k[len("model."):] for k in raw["state_dict"] if k.startswith("model.")} == set(want)
     for key, value in want.items():
         assert torch.equal(raw["state_dict"][f"model.{key}"], value), key
+
+
+def test_a_format_giving_other_text_settings_is_named_before_any_work(tmp_path, monkeypatch):
+    """ImportFormat.text() must give exactly the module's text settings (a plug-in's slip, caught early)."""
+    official = type(FORMATS["official"])
+
+    class Forgetful(official):
+        name = "forgetful"
+
+        def text(self, config):
+            return {"prompt": None, "text_template": "genlip"}
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(FORMATS))
+    registry.register_format(Forgetful)
+    src = Path(FIXTURES) / "official" / "tiny"
+    toy = write_toy_tokenizer("official", str(tmp_path / "toy.json"))
+    with pytest.raises(TypeError, match=r"Forgetful.text\(\) must give exactly \('prompt', 'text_template', "
+                                        r"'max_text_len', 'caption_max_new_tokens'\), got \('prompt', 'text_template'\)"):
+        main(["import", str(src), "--output", str(tmp_path / "out"), "--format", "forgetful", "--tokenizer", toy])
+    assert not (tmp_path / "out").exists()
