@@ -87,8 +87,10 @@ def register_format(cls: F) -> F:
     if not isinstance(name, str) or not name.isidentifier():
         raise TypeError(f"{cls.__name__}.name must be an identifier (it is a --format value), got {name!r}")
     known = _REGISTRY.get(name)
-    if known is not None and type(known).__qualname__ != cls.__qualname__:
-        raise TypeError(f"import format {name!r} is registered already ({type(known).__qualname__})")
+    where = (cls.__module__, cls.__qualname__)  # the same class again (its module reloaded) replaces itself
+    if known is not None and (type(known).__module__, type(known).__qualname__) != where:
+        raise TypeError(f"import format {name!r} is registered already ({type(known).__module__}."
+                        f"{type(known).__qualname__})")
     _REGISTRY[name] = cls()
     return cls
 
@@ -98,9 +100,9 @@ def formats() -> dict[str, ImportFormat]:
     those registered from outside."""
     global _discovered
     if not _discovered:
-        _discovered = True
         for module in sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])):
             importlib.import_module(f"{__package__}.{module}")  # a format module registers itself on import
+        _discovered = True
     return dict(_REGISTRY)
 
 

@@ -37,10 +37,23 @@ def _fixture(name: str) -> tuple[Path, dict]:
     return directory, read_json(directory / registry.config_names(FORMATS[name])[0])
 
 
-def test_the_built_in_formats_register_themselves():
-    assert list(FORMATS) == ["official", "open_clip"]  # file-name order: detection and --help list them so
-    for fmt in FORMATS.values():
-        assert isinstance(fmt, registry.ImportFormat) and fmt.name and fmt.description and fmt.tokenizer_hint
+def test_the_built_in_formats_are_found_by_importing_the_package(monkeypatch):
+    """No list of formats anywhere: with none imported yet, `formats()` imports convert/'s modules and each
+    format module registers itself, in file-name order (the order detection tries and --help lists them)."""
+    import sys
+
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    monkeypatch.setattr(registry, "_discovered", False)
+    for module in {type(fmt).__module__ for fmt in FORMATS.values()}:
+        package, _, leaf = module.rpartition(".")
+        monkeypatch.setattr(sys.modules[package], leaf, sys.modules[module])  # the re-import rebinds it: restore
+        monkeypatch.delitem(sys.modules, module)
+    found = registry.formats()
+    assert list(found) == list(FORMATS) and {"official", "open_clip"} <= set(found)
+    modules = [type(fmt).__module__ for fmt in found.values()]
+    assert modules == sorted(modules) and all(m.startswith("genlip_lit.convert.") for m in modules)
+    for fmt in found.values():
+        assert isinstance(fmt, registry.ImportFormat) and fmt.description and fmt.detected_by and fmt.tokenizer_hint
 
 
 @pytest.mark.parametrize("name", list(FORMATS))
