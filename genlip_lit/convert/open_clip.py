@@ -8,7 +8,7 @@ Layout (tests/fixtures/open_clip/README.md): a Linear patch embedding over chann
 `lm_head`, and `visual.*` aliases of the image parts (checked equal, then dropped). Text is
 `[BOS] caption [EOS]` over tiktoken cl100k_base with eos / pad / bos appended after its vocabulary; our "genlip"
 template is exactly that (their extra target, BOS predicted from the last image slot, has no counterpart in a
-captioner that is given BOS; test_convert_open_clip.py compares both). The tokenizer needs a download we never
+captioner that is given BOS; tests/convert/test_open_clip.py compares both). The tokenizer needs a download we never
 do: give a tokenizers JSON of cl100k_base with --tokenizer.
 """
 
