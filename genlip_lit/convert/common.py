@@ -285,6 +285,52 @@ class StateMapper:
         return self.out
 
 
+def move_block(m: StateMapper, cfg: GenLIPConfig, src: str, dst: str, moved: dict[str, Tensor] | None = None
+               ) -> None:
+    """One transformer block from the layout both released implementations share (`layer_norm{1,2}`,
+    `self_attn.{q,k,v,out}_proj` with the gate fused into q_proj's rows, `mlp.{gate_fc,fc1,fc2}` or
+    `mlp.{fc1,fc2}`, `layer_scale{1,2}.lambda1`) to ours, `src` and `dst` the blocks' name prefixes.
+    `moved` (optional) collects each source tensor by its key, for alias checks."""
+
+    def move(theirs: str, ours: str) -> None:
+        value = m.move(src + theirs, dst + ours)
+        if moved is not None:
+            moved[src + theirs] = value
+
+    def params(bias: bool) -> tuple[str, ...]:
+        return ("weight", "bias") if bias else ("weight",)
+
+    for theirs, ours in (("layer_norm1", "norm1"), ("layer_norm2", "norm2")):
+        for p in ("weight", "bias"):
+            move(f"{theirs}.{p}", f"{ours}.{p}")
+    a = cfg.attn_dim
+    for p in params(cfg.qkv_bias):
+        if cfg.gated_attn:  # rows [0, a) are the query, [a, 2a) the gate (q, gate = q_proj(x).chunk(2, -1))
+            key = f"{src}self_attn.q_proj.{p}"
+            fused = m.take(key)
+            if moved is not None:
+                moved[key] = fused
+            if fused.shape[0] != 2 * a:
+                raise GenLIPUserError(f"{m.origin}: {key!r} has shape {list(fused.shape)}, the gated "
+                                      f"architecture needs {[2 * a, *fused.shape[1:]]}")
+            m.put(f"{dst}attn.q_proj.{p}", fused[:a], key)
+            m.put(f"{dst}attn.gate_proj.{p}", fused[a:], key)
+        else:
+            move(f"self_attn.q_proj.{p}", f"attn.q_proj.{p}")
+        move(f"self_attn.k_proj.{p}", f"attn.k_proj.{p}")
+        move(f"self_attn.v_proj.{p}", f"attn.v_proj.{p}")
+    for p in params(cfg.out_bias):
+        move(f"self_attn.out_proj.{p}", f"attn.o_proj.{p}")
+    mlp = (("gate_fc", "fc1_g"), ("fc1", "fc1_x"), ("fc2", "fc2")) if cfg.ffn_type == "swiglu" else (
+        ("fc1", "fc1"), ("fc2", "fc2"))
+    for theirs, ours in mlp:
+        for p in params(cfg.ffn_bias):
+            move(f"mlp.{theirs}.{p}", f"mlp.{ours}.{p}")
+    if cfg.layer_scale_init:
+        move("layer_scale1.lambda1", "ls1.gamma")
+        move("layer_scale2.lambda1", "ls2.gamma")
+
+
 def expected_shapes(cfg: GenLIPConfig) -> dict[str, tuple[int, ...]]:
     """Names and shapes of a GenLIP state dict under `cfg`, built on the meta device (no memory, no init cost)."""
     from genlip_lit.models.transformer import GenLIP

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import Tensor
 
-from genlip_lit.convert.common import StateMapper, check_config_keys, expected_shapes, read_json
+from genlip_lit.convert.common import StateMapper, check_config_keys, expected_shapes, move_block, read_json
 from genlip_lit.convert.formats import ImportFormat, register_format
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.models.config import GenLIPConfig
@@ -83,35 +83,8 @@ def convert_official_state(state: dict[str, Tensor], cfg: GenLIPConfig, origin: 
     m = StateMapper(state, expected_shapes(cfg), origin)
     m.move("vision_embeddings.patch_embedding.weight", "patch_embed.weight")
     m.move("vision_embeddings.patch_embedding.bias", "patch_embed.bias")
-    a = cfg.attn_dim
     for i in range(cfg.depth):
-        src, dst = f"visual.layers.{i}.", f"blocks.{i}."
-        for theirs, ours in (("layer_norm1", "norm1"), ("layer_norm2", "norm2")):
-            for p in ("weight", "bias"):
-                m.move(f"{src}{theirs}.{p}", f"{dst}{ours}.{p}")
-        for p in ("weight", "bias") if cfg.qkv_bias else ("weight",):
-            key = f"{src}self_attn.q_proj.{p}"
-            if cfg.gated_attn:  # rows [0, a) are the query, [a, 2a) the gate (q, gate = q_proj(x).chunk(2, -1))
-                fused = m.take(key)
-                if fused.shape[0] != 2 * a:
-                    raise GenLIPUserError(f"{origin}: {key!r} has shape {list(fused.shape)}, the gated "
-                                          f"architecture needs {[2 * a, *fused.shape[1:]]}")
-                m.put(f"{dst}attn.q_proj.{p}", fused[:a], key)
-                m.put(f"{dst}attn.gate_proj.{p}", fused[a:], key)
-            else:
-                m.move(key, f"{dst}attn.q_proj.{p}")
-            for theirs, ours in (("k_proj", "k_proj"), ("v_proj", "v_proj")):
-                m.move(f"{src}self_attn.{theirs}.{p}", f"{dst}attn.{ours}.{p}")
-        for p in ("weight", "bias") if cfg.out_bias else ("weight",):
-            m.move(f"{src}self_attn.out_proj.{p}", f"{dst}attn.o_proj.{p}")
-        mlp = (("gate_fc", "fc1_g"), ("fc1", "fc1_x"), ("fc2", "fc2")) if cfg.ffn_type == "swiglu" else (
-            ("fc1", "fc1"), ("fc2", "fc2"))
-        for theirs, ours in mlp:
-            for p in ("weight", "bias") if cfg.ffn_bias else ("weight",):
-                m.move(f"{src}mlp.{theirs}.{p}", f"{dst}mlp.{ours}.{p}")
-        if cfg.layer_scale_init:
-            m.move(f"{src}layer_scale1.lambda1", f"{dst}ls1.gamma")
-            m.move(f"{src}layer_scale2.lambda1", f"{dst}ls2.gamma")
+        move_block(m, cfg, f"visual.layers.{i}.", f"blocks.{i}.")
     for p in ("weight", "bias"):
         m.move(f"ln_post.{p}", f"norm.{p}")
     m.move("embeddings.weight", "tok_embed.weight")

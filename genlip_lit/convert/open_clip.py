@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import Tensor
 
-from genlip_lit.convert.common import StateMapper, check_config_keys, expected_shapes
+from genlip_lit.convert.common import StateMapper, check_config_keys, expected_shapes, move_block
 from genlip_lit.convert.formats import ImportFormat, register_format
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.models.config import GenLIPConfig
@@ -99,39 +99,8 @@ def convert_open_clip_state(state: dict[str, Tensor], cfg: GenLIPConfig, origin:
     originals: dict[str, Tensor] = {}
     originals["patch_embed.proj.weight"] = m.move("patch_embed.proj.weight", "patch_embed.weight", to_conv)
     originals["patch_embed.proj.bias"] = m.move("patch_embed.proj.bias", "patch_embed.bias")
-    a = cfg.attn_dim
     for i in range(cfg.depth):
-        src, dst = f"trunk.layers.{i}.", f"blocks.{i}."
-
-        def move(theirs: str, ours: str, src: str = src, dst: str = dst) -> None:
-            originals[src + theirs] = m.move(src + theirs, dst + ours)
-
-        for theirs, ours in (("layer_norm1", "norm1"), ("layer_norm2", "norm2")):
-            move(f"{theirs}.weight", f"{ours}.weight")
-            move(f"{theirs}.bias", f"{ours}.bias")
-        for param in ("weight", "bias") if cfg.qkv_bias else ("weight",):
-            key = f"{src}self_attn.q_proj.{param}"
-            if cfg.gated_attn:
-                fused = originals[key] = m.take(key)
-                if fused.shape[0] != 2 * a:
-                    raise GenLIPUserError(f"{origin}: {key!r} has shape {list(fused.shape)}, the gated "
-                                          f"architecture needs {[2 * a, *fused.shape[1:]]}")
-                m.put(f"{dst}attn.q_proj.{param}", fused[:a], key)
-                m.put(f"{dst}attn.gate_proj.{param}", fused[a:], key)
-            else:
-                move(f"self_attn.q_proj.{param}", f"attn.q_proj.{param}")
-            move(f"self_attn.k_proj.{param}", f"attn.k_proj.{param}")
-            move(f"self_attn.v_proj.{param}", f"attn.v_proj.{param}")
-        for param in ("weight", "bias") if cfg.out_bias else ("weight",):
-            move(f"self_attn.out_proj.{param}", f"attn.o_proj.{param}")
-        mlp = (("gate_fc", "fc1_g"), ("fc1", "fc1_x"), ("fc2", "fc2")) if cfg.ffn_type == "swiglu" else (
-            ("fc1", "fc1"), ("fc2", "fc2"))
-        for theirs, ours in mlp:
-            for param in ("weight", "bias") if cfg.ffn_bias else ("weight",):
-                move(f"mlp.{theirs}.{param}", f"mlp.{ours}.{param}")
-        if cfg.layer_scale_init:
-            move("layer_scale1.lambda1", "ls1.gamma")
-            move("layer_scale2.lambda1", "ls2.gamma")
+        move_block(m, cfg, f"trunk.layers.{i}.", f"blocks.{i}.", originals)
     for param in ("weight", "bias"):
         originals[f"trunk.ln_post.{param}"] = m.move(f"trunk.ln_post.{param}", f"norm.{param}")
     m.move("text_embed.weight", "tok_embed.weight")
