@@ -252,7 +252,7 @@ class StateMapper:
         return self.source.pop(key)
 
     def drop_alias(self, alias: str, of: str, original: Tensor) -> None:
-        """Remove a key that must hold the same tensor as another one (open_clip's `visual.*` views)."""
+        """Remove a key that must hold the same tensor as another one (a module saved under two names)."""
         if alias not in self.source:
             return
         value = self.source.pop(alias)

@@ -14,6 +14,7 @@ import importlib.util
 import itertools
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,17 @@ def test_a_format_refuses_another_formats_checkpoint(name, other, tmp_path, caps
     with pytest.raises(GenLIPUserError, match="config key"):  # each format's reading is strict on its own
         FORMATS[name].model_config(config, "config.json")
     assert not out.exists()
+
+
+def test_no_format_is_named_outside_its_own_file():
+    """The command and the shared conversion code know formats only through the registry."""
+    from genlip_lit.commands import import_checkpoint
+    from genlip_lit.convert import common
+
+    for module in (import_checkpoint, common, registry):
+        source = Path(module.__file__).read_text()
+        for name in FORMATS:
+            assert not re.search(rf"\b{re.escape(name)}\b", source), (name, module.__name__)
 
 
 def test_registration_refuses_what_is_not_a_format():
