@@ -64,6 +64,7 @@ def test_each_fixture_is_detected_as_its_format_and_claimed_by_no_other(name):
     assert [n for n, fmt in FORMATS.items() if fmt.detect(config, directory)] == [name]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(FORMATS))
 def test_import_then_export_computes_what_the_format_converts(name, tmp_path):
     from genlip_lit.checkpoints.loading import load_checkpoint
