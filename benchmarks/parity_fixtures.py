@@ -3,7 +3,7 @@
     python benchmarks/parity_fixtures.py
 
 The fixtures (tests/fixtures/, made by running each implementation's own code) hold their final-norm hidden
-states, LM-head inputs, logits and loss; tests/test_convert_{official,open_clip}.py assert each difference is
+states, LM-head inputs, logits and loss; tests/convert/test_{official,open_clip}.py assert each difference is
 <= 1e-5, this prints the measured values. Official rows run through our packed path (their packed two-sample
 row); open_clip's through our blocks over their padded row layout (their positions and attention mask).
 """

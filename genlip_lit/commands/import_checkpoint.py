@@ -1,13 +1,17 @@
-"""`genlip import`: a released GenLIP checkpoint (the authors' or open_clip's) as a genlip checkpoint.
+"""`genlip import`: a released GenLIP checkpoint, in any registered import format, as a genlip checkpoint.
 
     genlip import /path/to/GenLIP-So16 --output imports/genlip_so16
     genlip caption --ckpt imports/genlip_so16/genlip.ckpt photo.jpg
 
-SRC is a directory (config.json + model.safetensors, or shards with model.safetensors.index.json, bf16 or fp32;
-open_clip also a training checkpoint that loads with torch.load(weights_only=True)) or one weights file beside
-its config.json. DIR receives `genlip.ckpt` (what every command takes as --ckpt), `tokenizer.json` (also inside
-the checkpoint) and `model.yaml`, a `fit` overlay that starts from the imported weights (`init_from`).
+SRC is a directory (a config file + model.safetensors, or shards with model.safetensors.index.json, bf16 or
+fp32; or a training checkpoint that loads with torch.load(weights_only=True)) or one weights file beside its
+config. DIR receives `genlip.ckpt` (what every command takes as --ckpt), `tokenizer.json` (also inside the
+checkpoint) and `model.yaml`, a `fit` overlay that starts from the imported weights (`init_from`).
 Nothing is downloaded: the user fetches the checkpoint directory.
+
+The formats (detection, architecture, tokenizer, text template, preprocessing, weight mapping) are the
+`ImportFormat`s registered in genlip_lit/convert/formats.py; this command only loops over them and does what
+every format shares: the checks before any weight is read, and the staged write.
 """
 
 from __future__ import annotations
@@ -21,8 +25,6 @@ from typing import Any, Literal
 
 from genlip_lit.errors import GenLIPUserError
 
-FORMATS = ("official", "open_clip")
-
 
 @dataclass
 class ImportResult:
@@ -34,22 +36,11 @@ class ImportResult:
     text_template: str
 
 
-def detect_format(config: dict[str, Any], origin: str) -> str:
-    from genlip_lit.convert import official, open_clip
-
-    if official.is_official(config):
-        return "official"
-    if open_clip.is_open_clip(config):
-        return "open_clip"
-    raise GenLIPUserError(f"{origin} is neither an official GenLIP config (model_type 'genlip') nor an open_clip "
-                          "GenLIP model config (genlip_cfg): pass --format")
-
-
-def _config_path(directory: Path) -> Path:
-    for name in ("config.json", "open_clip_config.json"):
+def _config_path(directory: Path, names: Sequence[str]) -> Path:
+    for name in names:
         if (directory / name).is_file():
             return directory / name
-    raise GenLIPUserError(f"{directory} has no config.json")
+    raise GenLIPUserError(f"{directory} has no {' or '.join(names)}")
 
 
 def require_tokenizers() -> None:
@@ -74,56 +65,44 @@ def import_checkpoint(src: str, output: str, format: str | None = None, tokenize
     require_tokenizers()
     from genlip_lit.commands.output import check_output, staged_output
     from genlip_lit.console.progress import progress
-    from genlip_lit.convert import common, official, open_clip
+    from genlip_lit.convert import common
+    from genlip_lit.convert.formats import TEXT_SETTINGS, config_names, detect_format, get_format
     from genlip_lit.data.tokenizer import HFTokenizer
 
     check_output(output, "import", overwrite)
+    chosen = get_format(format) if format else None  # an unknown --format is refused before SRC is read
     directory = common.source_dir(src)
-    config_path = _config_path(directory)
+    config_path = _config_path(directory, config_names(chosen))
     config = common.read_json(config_path, max_bytes or common.MAX_JSON_BYTES)
-    fmt = format or detect_format(config, str(config_path))
-    if fmt not in FORMATS:
-        raise GenLIPUserError(f"--format must be one of {FORMATS}, got {fmt!r}")
+    fmt = detect_format(config, directory, str(config_path), chosen)
     ignore = tuple(ignore_config_keys)
-    tokenizer_file = Path(tokenizer).expanduser() if tokenizer else directory / "tokenizer.json"
+    tokenizer_file = Path(tokenizer).expanduser() if tokenizer else fmt.tokenizer_file(directory)
     if not tokenizer_file.is_file():
-        hint = ("the authors ship Qwen3's tokenizer.json with the weights" if fmt == "official" else
-                "open_clip's GenLIP reads tiktoken cl100k_base, which needs a download: give a tokenizers JSON "
-                "of cl100k_base")
-        raise GenLIPUserError(f"no tokenizer file {tokenizer_file} ({hint}): pass --tokenizer PATH")
+        raise GenLIPUserError(f"no tokenizer file {tokenizer_file} ({fmt.tokenizer_hint}): pass --tokenizer PATH")
     common.check_size(tokenizer_file, max_bytes or common.MAX_TOKENIZER_BYTES, "tokenizer file")
-    if fmt == "official":
-        cfg = official.config_from_official(config, str(config_path), ignore)
-        text = {"prompt": official.PROMPT, "text_template": official.TEMPLATE, "max_text_len": 512,
-                "caption_max_new_tokens": 256}
-        special_ids: dict[str, int] = {}
-        preprocessing = official.preprocessing_of(directory)
-        convert = official.convert_official_state
-    else:
-        cfg = open_clip.config_from_open_clip(config, str(config_path), ignore)
-        context = int((open_clip.model_config_of(config).get("text_cfg") or {}).get("context_length", 256))
-        text = {"prompt": None, "text_template": open_clip.TEMPLATE, "max_text_len": context,
-                "caption_max_new_tokens": min(256, context - 2)}
-        special_ids = open_clip.special_ids(config)
-        preprocessing = open_clip.preprocessing_of(config)
-        convert = open_clip.convert_open_clip_state
+    cfg = fmt.model_config(config, str(config_path), ignore)
+    text = fmt.text(config)
+    if sorted(text) != sorted(TEXT_SETTINGS):  # a plug-in's mistake, named before any work
+        raise TypeError(f"{type(fmt).__name__}.text() must give exactly {TEXT_SETTINGS}, got {tuple(text)}")
+    special_ids = fmt.special_ids(config)
+    preprocessing = fmt.preprocessing(config, directory)
     common.check_caps(cfg, str(config_path))
-    shapes = common.weight_shapes(src, ema)  # headers only
-    depth = common.stored_depth(shapes)
+    shapes = common.weight_shapes(src, ema, fmt.weights_names)  # headers only
+    depth = common.stored_depth(shapes, fmt.layer_pattern)
     if depth != cfg.depth:
         raise GenLIPUserError(f"{config_path} describes {cfg.depth} layers, the weights in {src} hold {depth}")
-    convert(shapes, cfg, str(src))  # every name and shape, on the meta device: nothing read, nothing allocated
+    fmt.convert(shapes, cfg, str(src))  # every name and shape, on the meta device: nothing read, nothing allocated
     tok = HFTokenizer(str(tokenizer_file), **special_ids)  # read from SRC (size checked), copied only at the end
     with staged_output(output, "import", overwrite) as staging, \
             progress(total=3, description="import", unit="steps") as bar:
         bar.set_postfix("reading the weights")
-        state, files = common.load_state(src, ema)
+        state, files = common.load_state(src, ema, fmt.weights_names)
         bar.advance()
         bar.set_postfix("converting")
-        weights = convert(state, cfg, str(src))
+        weights = fmt.convert(state, cfg, str(src))
         bar.advance()
         bar.set_postfix("building the model, writing genlip.ckpt")
-        result = _write(staging, output, tokenizer_file, tok, cfg, text, weights, fmt, files, config, ema,
+        result = _write(staging, output, tokenizer_file, tok, cfg, text, weights, fmt.name, files, config, ema,
                         preprocessing, src)
         bar.advance()
         bar.set_postfix("")
@@ -157,9 +136,10 @@ def _write_fit_overlay(directory: str, ckpt: str, module: Any, tok: Any) -> None
     init_from (compose after a run config: genlip fit --config RUN.yaml --config DIR/model.yaml)."""
     import yaml
 
+    from genlip_lit.convert.formats import TEXT_SETTINGS
+
     hp = dict(module.hparams)
-    init_args = {k: hp[k] for k in ("arch", "arch_overrides", "prompt", "text_template", "max_text_len",
-                                    "caption_max_new_tokens")}
+    init_args = {k: hp[k] for k in ("arch", "arch_overrides", *TEXT_SETTINGS)}
     init_args["tokenizer"] = {"class_path": "genlip_lit.data.tokenizer.HFTokenizer", "init_args": tok.init_args()}
     init_args["init_from"] = os.path.abspath(ckpt)
     doc = {"model": {"class_path": "genlip_lit.modules.GenLIPModule", "init_args": init_args}}
@@ -175,17 +155,20 @@ def build_parser() -> Any:
     from jsonargparse import ActionYesNo
 
     from genlip_lit.commands.common import add_output, command_parser
+    from genlip_lit.convert.formats import formats, option_notes
 
-    p = command_parser("import", "Convert a released GenLIP checkpoint (the authors' Hugging Face layout, or "
-                       "open_clip's NaFlexGenLip) into a genlip checkpoint that every command accepts as --ckpt.")
+    known = formats()
+    p = command_parser("import", "Convert a released GenLIP checkpoint ("
+                       + ", or ".join(fmt.description for fmt in known.values())
+                       + ") into a genlip checkpoint that every command accepts as --ckpt.")
     p.add_argument("src", type=str, help="checkpoint directory (config.json + safetensors) or a weights file beside "
                    "config.json")
     add_output(p, help="directory for genlip.ckpt, tokenizer.json and model.yaml")
-    p.add_argument("--format", type=Literal[FORMATS] | None, default=None, help="null: detected from config.json")
+    p.add_argument("--format", type=Literal[tuple(known)] | None, default=None, help="null: detected from config.json")
     p.add_argument("--tokenizer", type=str | None, default=None, help="a tokenizers JSON file (null: "
-                   "SRC/tokenizer.json; open_clip needs one for cl100k_base)")
-    p.add_argument("--ema", action=ActionYesNo, default=False, help="open_clip training checkpoint: take "
-                   "state_dict_ema")
+                   + "; ".join(["SRC/tokenizer.json", *option_notes("tokenizer")]) + ")")
+    p.add_argument("--ema", action=ActionYesNo, default=False,
+                   help="; ".join(option_notes("ema")) or "a training checkpoint: take state_dict_ema")
     p.add_argument("--max-bytes", type=str | None, default=None, help="size cap of config.json and "
                    "tokenizer.json, e.g. 256MiB (null: 4MiB for config files, 64MiB for the tokenizer)")
     p.add_argument("--ignore-config-key", nargs="+", type=str, default=[], help="config keys known not to change "

@@ -24,8 +24,9 @@ from genlip_lit.errors import GenLIPUserError
 from genlip_lit.models.config import PRESETS, GenLIPConfig
 
 CHECKPOINT_NAME = "genlip.ckpt"
-# weights file names of the Hugging Face and open_clip hub layouts, taken before any other file in the directory
-PREFERRED_WEIGHTS = ("model.safetensors", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+# the Hugging Face weights file name, taken before any other file in the directory (an import format names its
+# own: ImportFormat.weights_names)
+PREFERRED_WEIGHTS = ("model.safetensors",)
 # config fields that describe how to run or train, not the function: never worth an override of their own
 _NOT_ARCHITECTURE = {"loss_chunk_tokens", "grad_checkpointing", "compile_blocks"}
 
@@ -156,9 +157,11 @@ def _shard_path(directory: Path, name: object, index: Path) -> Path:
     return _inside_source(file, directory, str(index))
 
 
-def weight_files(src: str | os.PathLike) -> tuple[list[Path], dict[str, Any] | None]:
+def weight_files(src: str | os.PathLike, preferred: Iterable[str] = PREFERRED_WEIGHTS
+                 ) -> tuple[list[Path], dict[str, Any] | None]:
     """The weights files of a checkpoint (SRC a directory or one weights file) and, for shards, the index's
-    weight_map; every file checked to lie inside SRC. Nothing is read but the index."""
+    weight_map; every file checked to lie inside SRC. In a directory the first of the `preferred` names wins,
+    else its one weights file. Nothing is read but the index."""
     path = Path(src).expanduser()
     if path.is_file():
         return [path], None
@@ -169,7 +172,7 @@ def weight_files(src: str | os.PathLike) -> tuple[list[Path], dict[str, Any] | N
             raise GenLIPUserError(f"{index} has no weight_map")
         names = sorted(set(weight_map.values()), key=str)
         return [_shard_path(path, name, index) for name in names], weight_map
-    preferred = [path / n for n in PREFERRED_WEIGHTS if (path / n).is_file()]
+    preferred = [path / n for n in preferred if (path / n).is_file()]
     files = preferred[:1] or sorted(path.glob("*.safetensors"))
     if not files:
         files = sorted(p for ext in ("*.pt", "*.pth", "*.bin") for p in path.glob(ext))
@@ -187,10 +190,11 @@ def _check_listed(keys: Iterable[str], weight_map: dict[str, Any] | None, files:
                                   f"{files[0].parent / 'model.safetensors.index.json'} does not list")
 
 
-def load_state(src: str | os.PathLike, ema: bool = False) -> tuple[dict[str, Tensor], list[str]]:
+def load_state(src: str | os.PathLike, ema: bool = False, preferred: Iterable[str] = PREFERRED_WEIGHTS
+               ) -> tuple[dict[str, Tensor], list[str]]:
     """All tensors of a checkpoint (single or sharded safetensors with an index, or a weights-only torch file)
-    and the files read. SRC is a directory or one weights file."""
-    files, weight_map = weight_files(src)
+    and the files read. SRC is a directory or one weights file (`preferred`: see weight_files)."""
+    files, weight_map = weight_files(src, preferred)
     file = files[0]
     if weight_map is not None or file.suffix == ".safetensors":
         if ema:
@@ -201,13 +205,14 @@ def load_state(src: str | os.PathLike, ema: bool = False) -> tuple[dict[str, Ten
     return _read_torch_file(file, ema), [str(file)]
 
 
-def weight_shapes(src: str | os.PathLike, ema: bool = False) -> dict[str, Tensor]:
+def weight_shapes(src: str | os.PathLike, ema: bool = False, preferred: Iterable[str] = PREFERRED_WEIGHTS
+                  ) -> dict[str, Tensor]:
     """The checkpoint's tensors as meta tensors (names and shapes, no data): from the safetensors headers
     alone, or a torch file opened memory-mapped. A converter run on them checks every name and shape before
     any weight is read or any module built."""
     from genlip_lit.encoders.export import safetensors_shapes
 
-    files, weight_map = weight_files(src)
+    files, weight_map = weight_files(src, preferred)
     if weight_map is None and files[0].suffix != ".safetensors":
         import zipfile
 
@@ -223,9 +228,10 @@ def weight_shapes(src: str | os.PathLike, ema: bool = False) -> dict[str, Tensor
     return {k: torch.empty(shape, device="meta") for k, shape in shapes.items()}
 
 
-def stored_depth(shapes: Iterable[str]) -> int:
-    """How many transformer layers the weights hold (distinct i in `….layers.{i}.…`)."""
-    found = {int(m.group(1)) for key in shapes for m in [re.search(r"(?:^|\.)layers\.(\d+)\.", key)] if m}
+def stored_depth(shapes: Iterable[str], layer_pattern: str = r"(?:^|\.)layers\.(\d+)\.") -> int:
+    """How many transformer layers the weights hold: distinct indices i that `layer_pattern` (group 1) finds in
+    the names (by default `….layers.{i}.…`)."""
+    found = {int(m.group(1)) for key in shapes for m in [re.search(layer_pattern, key)] if m}
     return len(found)
 
 
@@ -246,7 +252,7 @@ class StateMapper:
         return self.source.pop(key)
 
     def drop_alias(self, alias: str, of: str, original: Tensor) -> None:
-        """Remove a key that must hold the same tensor as another one (open_clip's `visual.*` views)."""
+        """Remove a key that must hold the same tensor as another one (a module saved under two names)."""
         if alias not in self.source:
             return
         value = self.source.pop(alias)
@@ -277,6 +283,52 @@ class StateMapper:
         if missing:
             raise GenLIPUserError(f"{self.origin}: nothing maps to {missing[0]!r} ({len(missing)} parameters)")
         return self.out
+
+
+def move_block(m: StateMapper, cfg: GenLIPConfig, src: str, dst: str, moved: dict[str, Tensor] | None = None
+               ) -> None:
+    """One transformer block from the layout both released implementations share (`layer_norm{1,2}`,
+    `self_attn.{q,k,v,out}_proj` with the gate fused into q_proj's rows, `mlp.{gate_fc,fc1,fc2}` or
+    `mlp.{fc1,fc2}`, `layer_scale{1,2}.lambda1`) to ours, `src` and `dst` the blocks' name prefixes.
+    `moved` (optional) collects each source tensor by its key, for alias checks."""
+
+    def move(theirs: str, ours: str) -> None:
+        value = m.move(src + theirs, dst + ours)
+        if moved is not None:
+            moved[src + theirs] = value
+
+    def params(bias: bool) -> tuple[str, ...]:
+        return ("weight", "bias") if bias else ("weight",)
+
+    for theirs, ours in (("layer_norm1", "norm1"), ("layer_norm2", "norm2")):
+        for p in ("weight", "bias"):
+            move(f"{theirs}.{p}", f"{ours}.{p}")
+    a = cfg.attn_dim
+    for p in params(cfg.qkv_bias):
+        if cfg.gated_attn:  # rows [0, a) are the query, [a, 2a) the gate (q, gate = q_proj(x).chunk(2, -1))
+            key = f"{src}self_attn.q_proj.{p}"
+            fused = m.take(key)
+            if moved is not None:
+                moved[key] = fused
+            if fused.shape[0] != 2 * a:
+                raise GenLIPUserError(f"{m.origin}: {key!r} has shape {list(fused.shape)}, the gated "
+                                      f"architecture needs {[2 * a, *fused.shape[1:]]}")
+            m.put(f"{dst}attn.q_proj.{p}", fused[:a], key)
+            m.put(f"{dst}attn.gate_proj.{p}", fused[a:], key)
+        else:
+            move(f"self_attn.q_proj.{p}", f"attn.q_proj.{p}")
+        move(f"self_attn.k_proj.{p}", f"attn.k_proj.{p}")
+        move(f"self_attn.v_proj.{p}", f"attn.v_proj.{p}")
+    for p in params(cfg.out_bias):
+        move(f"self_attn.out_proj.{p}", f"attn.o_proj.{p}")
+    mlp = (("gate_fc", "fc1_g"), ("fc1", "fc1_x"), ("fc2", "fc2")) if cfg.ffn_type == "swiglu" else (
+        ("fc1", "fc1"), ("fc2", "fc2"))
+    for theirs, ours in mlp:
+        for p in params(cfg.ffn_bias):
+            move(f"mlp.{theirs}.{p}", f"mlp.{ours}.{p}")
+    if cfg.layer_scale_init:
+        move("layer_scale1.lambda1", "ls1.gamma")
+        move("layer_scale2.lambda1", "ls2.gamma")
 
 
 def expected_shapes(cfg: GenLIPConfig) -> dict[str, tuple[int, ...]]:

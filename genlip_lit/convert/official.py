@@ -17,7 +17,8 @@ from typing import Any
 
 from torch import Tensor
 
-from genlip_lit.convert.common import StateMapper, check_config_keys, expected_shapes
+from genlip_lit.convert.common import StateMapper, check_config_keys, expected_shapes, move_block, read_json
+from genlip_lit.convert.formats import ImportFormat, register_format
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.models.config import GenLIPConfig
 
@@ -38,10 +39,6 @@ _INERT = {"architectures", "model_type", "torch_dtype", "dtype", "initializer_ra
           "use_liger_kernel", "tokens_per_second", "vision_start_token_id", "vision_end_token_id",
           "transformers_version", "_name_or_path", "_attn_implementation", "bos_token_id", "eos_token_id",
           "pad_token_id"}
-
-
-def is_official(config: dict[str, Any]) -> bool:
-    return config.get("model_type") == "genlip" or "GenLIPModel" in (config.get("architectures") or [])
 
 
 def config_from_official(config: dict[str, Any], origin: str = "config.json", ignore: tuple[str, ...] = ()
@@ -86,35 +83,8 @@ def convert_official_state(state: dict[str, Tensor], cfg: GenLIPConfig, origin: 
     m = StateMapper(state, expected_shapes(cfg), origin)
     m.move("vision_embeddings.patch_embedding.weight", "patch_embed.weight")
     m.move("vision_embeddings.patch_embedding.bias", "patch_embed.bias")
-    a = cfg.attn_dim
     for i in range(cfg.depth):
-        src, dst = f"visual.layers.{i}.", f"blocks.{i}."
-        for theirs, ours in (("layer_norm1", "norm1"), ("layer_norm2", "norm2")):
-            for p in ("weight", "bias"):
-                m.move(f"{src}{theirs}.{p}", f"{dst}{ours}.{p}")
-        for p in ("weight", "bias") if cfg.qkv_bias else ("weight",):
-            key = f"{src}self_attn.q_proj.{p}"
-            if cfg.gated_attn:  # rows [0, a) are the query, [a, 2a) the gate (q, gate = q_proj(x).chunk(2, -1))
-                fused = m.take(key)
-                if fused.shape[0] != 2 * a:
-                    raise GenLIPUserError(f"{origin}: {key!r} has shape {list(fused.shape)}, the gated "
-                                          f"architecture needs {[2 * a, *fused.shape[1:]]}")
-                m.put(f"{dst}attn.q_proj.{p}", fused[:a], key)
-                m.put(f"{dst}attn.gate_proj.{p}", fused[a:], key)
-            else:
-                m.move(key, f"{dst}attn.q_proj.{p}")
-            for theirs, ours in (("k_proj", "k_proj"), ("v_proj", "v_proj")):
-                m.move(f"{src}self_attn.{theirs}.{p}", f"{dst}attn.{ours}.{p}")
-        for p in ("weight", "bias") if cfg.out_bias else ("weight",):
-            m.move(f"{src}self_attn.out_proj.{p}", f"{dst}attn.o_proj.{p}")
-        mlp = (("gate_fc", "fc1_g"), ("fc1", "fc1_x"), ("fc2", "fc2")) if cfg.ffn_type == "swiglu" else (
-            ("fc1", "fc1"), ("fc2", "fc2"))
-        for theirs, ours in mlp:
-            for p in ("weight", "bias") if cfg.ffn_bias else ("weight",):
-                m.move(f"{src}mlp.{theirs}.{p}", f"{dst}mlp.{ours}.{p}")
-        if cfg.layer_scale_init:
-            m.move(f"{src}layer_scale1.lambda1", f"{dst}ls1.gamma")
-            m.move(f"{src}layer_scale2.lambda1", f"{dst}ls2.gamma")
+        move_block(m, cfg, f"visual.layers.{i}.", f"blocks.{i}.")
     for p in ("weight", "bias"):
         m.move(f"ln_post.{p}", f"norm.{p}")
     m.move("embeddings.weight", "tok_embed.weight")
@@ -126,22 +96,41 @@ def convert_official_state(state: dict[str, Tensor], cfg: GenLIPConfig, origin: 
     return m.finish()
 
 
-def preprocessing_of(src: Path) -> dict[str, Any]:
-    """Image size and mean/std from the directory's image processor config, else the authors' defaults."""
-    from genlip_lit.convert.common import read_json
+@register_format
+class OfficialFormat(ImportFormat):
+    """The authors' Hugging Face layout: config.json (model_type 'genlip'), safetensors, Qwen3's tokenizer.json."""
 
-    out = dict(DEFAULT_PREPROCESSING)
-    path = src / "preprocessor_config.json"
-    if not path.is_file():
+    name = "official"
+    description = "the authors' Hugging Face layout"
+    detected_by = "an official GenLIP config (model_type 'genlip')"
+    tokenizer_hint = "the authors ship Qwen3's tokenizer.json with the weights"
+
+    def detect(self, config: dict[str, Any], directory: Path) -> bool:
+        return config.get("model_type") == "genlip" or "GenLIPModel" in (config.get("architectures") or [])
+
+    def model_config(self, config: dict[str, Any], origin: str, ignore: tuple[str, ...] = ()) -> GenLIPConfig:
+        return config_from_official(config, origin, ignore)
+
+    def text(self, config: dict[str, Any]) -> dict[str, Any]:
+        return {"prompt": PROMPT, "text_template": TEMPLATE, "max_text_len": 512, "caption_max_new_tokens": 256}
+
+    def preprocessing(self, config: dict[str, Any], directory: Path) -> dict[str, Any]:
+        """Image size and mean/std from the directory's image processor config, else the authors' defaults."""
+        out = dict(DEFAULT_PREPROCESSING)
+        path = directory / "preprocessor_config.json"
+        if not path.is_file():
+            return out
+        proc = read_json(path)
+        size = proc.get("size") or proc.get("crop_size")
+        if isinstance(size, dict):
+            size = size.get("height") or size.get("shortest_edge")
+        if isinstance(size, int) and size > 0:
+            out["image_size"] = size
+        for theirs, ours in (("image_mean", "mean"), ("image_std", "std")):
+            value = proc.get(theirs)
+            if isinstance(value, list) and len(value) == 3:
+                out[ours] = [float(v) for v in value]
         return out
-    proc = read_json(path)
-    size = proc.get("size") or proc.get("crop_size")
-    if isinstance(size, dict):
-        size = size.get("height") or size.get("shortest_edge")
-    if isinstance(size, int) and size > 0:
-        out["image_size"] = size
-    for theirs, ours in (("image_mean", "mean"), ("image_std", "std")):
-        value = proc.get(theirs)
-        if isinstance(value, list) and len(value) == 3:
-            out[ours] = [float(v) for v in value]
-    return out
+
+    def convert(self, state: dict[str, Tensor], cfg: GenLIPConfig, origin: str) -> dict[str, Tensor]:
+        return convert_official_state(state, cfg, origin)

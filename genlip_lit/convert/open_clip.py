@@ -8,17 +8,19 @@ Layout (tests/fixtures/open_clip/README.md): a Linear patch embedding over chann
 `lm_head`, and `visual.*` aliases of the image parts (checked equal, then dropped). Text is
 `[BOS] caption [EOS]` over tiktoken cl100k_base with eos / pad / bos appended after its vocabulary; our "genlip"
 template is exactly that (their extra target, BOS predicted from the last image slot, has no counterpart in a
-captioner that is given BOS; test_convert_open_clip.py compares both). The tokenizer needs a download we never
+captioner that is given BOS; tests/convert/test_open_clip.py compares both). The tokenizer needs a download we never
 do: give a tokenizers JSON of cl100k_base with --tokenizer.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
-from genlip_lit.convert.common import StateMapper, check_config_keys, expected_shapes
+from genlip_lit.convert.common import StateMapper, check_config_keys, expected_shapes, move_block
+from genlip_lit.convert.formats import ImportFormat, register_format
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.models.config import GenLIPConfig
 
@@ -41,10 +43,6 @@ _TEXT_KEYS = {"vocab_size", "context_length", "pad_id", "bos_id", "eos_id", "tok
 def model_config_of(config: dict[str, Any]) -> dict[str, Any]:
     """The model config inside an open_clip JSON (a bare model config, or a hub `open_clip_config.json`)."""
     return config["model_cfg"] if isinstance(config.get("model_cfg"), dict) else config
-
-
-def is_open_clip(config: dict[str, Any]) -> bool:
-    return isinstance(model_config_of(config).get("genlip_cfg"), dict)
 
 
 def config_from_open_clip(config: dict[str, Any], origin: str = "config.json", ignore: tuple[str, ...] = ()
@@ -86,15 +84,6 @@ def config_from_open_clip(config: dict[str, Any], origin: str = "config.json", i
     )
 
 
-def special_ids(config: dict[str, Any]) -> dict[str, int]:
-    """eos / pad / bos ids of the text config (appended after the base vocabulary)."""
-    text = model_config_of(config).get("text_cfg") or {}
-    missing = [k for k in ("eos_id", "pad_id", "bos_id") if k not in text]
-    if missing:
-        raise GenLIPUserError(f"text_cfg has no {missing[0]}: open_clip GenLIP configs name eos_id, pad_id, bos_id")
-    return {k: int(text[k]) for k in ("eos_id", "pad_id", "bos_id")}
-
-
 def convert_open_clip_state(state: dict[str, Tensor], cfg: GenLIPConfig, origin: str = "checkpoint"
                             ) -> dict[str, Tensor]:
     """open_clip NaFlexGenLip state dict -> GenLIP state dict; `visual.*` aliases must equal their originals."""
@@ -110,39 +99,8 @@ def convert_open_clip_state(state: dict[str, Tensor], cfg: GenLIPConfig, origin:
     originals: dict[str, Tensor] = {}
     originals["patch_embed.proj.weight"] = m.move("patch_embed.proj.weight", "patch_embed.weight", to_conv)
     originals["patch_embed.proj.bias"] = m.move("patch_embed.proj.bias", "patch_embed.bias")
-    a = cfg.attn_dim
     for i in range(cfg.depth):
-        src, dst = f"trunk.layers.{i}.", f"blocks.{i}."
-
-        def move(theirs: str, ours: str, src: str = src, dst: str = dst) -> None:
-            originals[src + theirs] = m.move(src + theirs, dst + ours)
-
-        for theirs, ours in (("layer_norm1", "norm1"), ("layer_norm2", "norm2")):
-            move(f"{theirs}.weight", f"{ours}.weight")
-            move(f"{theirs}.bias", f"{ours}.bias")
-        for param in ("weight", "bias") if cfg.qkv_bias else ("weight",):
-            key = f"{src}self_attn.q_proj.{param}"
-            if cfg.gated_attn:
-                fused = originals[key] = m.take(key)
-                if fused.shape[0] != 2 * a:
-                    raise GenLIPUserError(f"{origin}: {key!r} has shape {list(fused.shape)}, the gated "
-                                          f"architecture needs {[2 * a, *fused.shape[1:]]}")
-                m.put(f"{dst}attn.q_proj.{param}", fused[:a], key)
-                m.put(f"{dst}attn.gate_proj.{param}", fused[a:], key)
-            else:
-                move(f"self_attn.q_proj.{param}", f"attn.q_proj.{param}")
-            move(f"self_attn.k_proj.{param}", f"attn.k_proj.{param}")
-            move(f"self_attn.v_proj.{param}", f"attn.v_proj.{param}")
-        for param in ("weight", "bias") if cfg.out_bias else ("weight",):
-            move(f"self_attn.out_proj.{param}", f"attn.o_proj.{param}")
-        mlp = (("gate_fc", "fc1_g"), ("fc1", "fc1_x"), ("fc2", "fc2")) if cfg.ffn_type == "swiglu" else (
-            ("fc1", "fc1"), ("fc2", "fc2"))
-        for theirs, ours in mlp:
-            for param in ("weight", "bias") if cfg.ffn_bias else ("weight",):
-                move(f"mlp.{theirs}.{param}", f"mlp.{ours}.{param}")
-        if cfg.layer_scale_init:
-            move("layer_scale1.lambda1", "ls1.gamma")
-            move("layer_scale2.lambda1", "ls2.gamma")
+        move_block(m, cfg, f"trunk.layers.{i}.", f"blocks.{i}.", originals)
     for param in ("weight", "bias"):
         originals[f"trunk.ln_post.{param}"] = m.move(f"trunk.ln_post.{param}", f"norm.{param}")
     m.move("text_embed.weight", "tok_embed.weight")
@@ -156,11 +114,48 @@ def convert_open_clip_state(state: dict[str, Tensor], cfg: GenLIPConfig, origin:
     return m.finish()
 
 
-def preprocessing_of(config: dict[str, Any]) -> dict[str, Any]:
-    """Image size from vision_cfg, mean/std from a hub `preprocess_cfg` (else open_clip's OpenAI defaults)."""
-    vision = model_config_of(config).get("vision_cfg") or {}
-    pre = config.get("preprocess_cfg") or {}
-    size = pre.get("size", vision.get("image_size", 224))
-    size = size[0] if isinstance(size, list | tuple) else size
-    return {"image_size": int(size), "mean": [float(v) for v in pre.get("mean", OPENAI_MEAN)],
-            "std": [float(v) for v in pre.get("std", OPENAI_STD)]}
+@register_format
+class OpenCLIPFormat(ImportFormat):
+    """open_clip's `NaFlexGenLip`: a model config with `genlip_cfg` (bare, or a hub open_clip_config.json)."""
+
+    name = "open_clip"
+    description = "open_clip's NaFlexGenLip"
+    option_notes = {"tokenizer": "needs one for cl100k_base", "ema": "training checkpoint: take state_dict_ema"}
+    detected_by = "an open_clip GenLIP model config (genlip_cfg)"
+    tokenizer_hint = ("open_clip's GenLIP reads tiktoken cl100k_base, which needs a download: give a tokenizers "
+                      "JSON of cl100k_base")
+    config_names = ("config.json", "open_clip_config.json")
+    weights_names = ("model.safetensors", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # hub names
+
+    def detect(self, config: dict[str, Any], directory: Path) -> bool:
+        return isinstance(model_config_of(config).get("genlip_cfg"), dict)
+
+    def model_config(self, config: dict[str, Any], origin: str, ignore: tuple[str, ...] = ()) -> GenLIPConfig:
+        return config_from_open_clip(config, origin, ignore)
+
+    def text(self, config: dict[str, Any]) -> dict[str, Any]:
+        """No prompt; captions fit the context length with BOS and EOS."""
+        context = int((model_config_of(config).get("text_cfg") or {}).get("context_length", 256))
+        return {"prompt": None, "text_template": TEMPLATE, "max_text_len": context,
+                "caption_max_new_tokens": min(256, context - 2)}
+
+    def special_ids(self, config: dict[str, Any]) -> dict[str, int]:
+        """eos / pad / bos ids of the text config (appended after the base vocabulary)."""
+        text = model_config_of(config).get("text_cfg") or {}
+        missing = [k for k in ("eos_id", "pad_id", "bos_id") if k not in text]
+        if missing:
+            raise GenLIPUserError(f"text_cfg has no {missing[0]}: open_clip GenLIP configs name eos_id, pad_id, "
+                                  "bos_id")
+        return {k: int(text[k]) for k in ("eos_id", "pad_id", "bos_id")}
+
+    def preprocessing(self, config: dict[str, Any], directory: Path) -> dict[str, Any]:
+        """Image size from vision_cfg, mean/std from a hub `preprocess_cfg` (else open_clip's OpenAI defaults)."""
+        vision = model_config_of(config).get("vision_cfg") or {}
+        pre = config.get("preprocess_cfg") or {}
+        size = pre.get("size", vision.get("image_size", 224))
+        size = size[0] if isinstance(size, list | tuple) else size
+        return {"image_size": int(size), "mean": [float(v) for v in pre.get("mean", OPENAI_MEAN)],
+                "std": [float(v) for v in pre.get("std", OPENAI_STD)]}
+
+    def convert(self, state: dict[str, Tensor], cfg: GenLIPConfig, origin: str) -> dict[str, Tensor]:
+        return convert_open_clip_state(state, cfg, origin)
