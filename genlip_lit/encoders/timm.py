@@ -17,7 +17,6 @@ M-RoPE layout, a head dim other than width / heads, and a LayerNorm eps other th
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -26,6 +25,7 @@ from torch import Tensor
 
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.models.config import GenLIPConfig
+from genlip_lit.storage.paths import write_json
 
 ARCHITECTURE = "naflexvit_base_patch16_gap"  # any registered NaFlexVit entrypoint: model_args override it all
 
@@ -142,5 +142,4 @@ def write_timm_form(directory: str, state: dict[str, Tensor], cfg: GenLIPConfig,
     }
     os.makedirs(directory, exist_ok=True)
     save_file(weights, os.path.join(directory, "model.safetensors"))
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(config, f, indent=1)
+    write_json(os.path.join(directory, "config.json"), config, indent=1)

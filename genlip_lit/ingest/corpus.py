@@ -42,9 +42,9 @@ from genlip_lit.ingest.unit_writer import (
     IngestOptions,
     process_unit,
     split_of,
-    write_json,
 )
 from genlip_lit.ingest.workers import WorkerDied, run_jobs
+from genlip_lit.storage.paths import write_json
 
 log = logging.getLogger(__name__)
 

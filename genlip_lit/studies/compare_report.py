@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 
 from genlip_lit.console.run_logs import read_scalars
-from genlip_lit.eval.tables import markdown_table, write_table
+from genlip_lit.console.tables import markdown_table, write_table
 
 # (column, scalar tag, format) of the evaluation metrics; a missing tag shows as "-".
 METRIC_COLUMNS = [
