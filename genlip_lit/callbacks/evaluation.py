@@ -371,11 +371,12 @@ class TransferProbe(EvalCallback):
 
     def data_view(self, view: EvalView) -> EvalView:
         if isinstance(view, DataModuleView):
-            from genlip_lit.data.transforms import Preprocessing
+            from genlip_lit.data.transforms import DEFAULT_IMAGE_SIZE, Preprocessing
             from genlip_lit.eval.real_images import RealImageView
 
             dm = view.datamodule
-            return RealImageView(self.dataset, Preprocessing(dm.image_size or 224, dm.mean, dm.std), view.device)
+            size = dm.image_size or DEFAULT_IMAGE_SIZE
+            return RealImageView(self.dataset, Preprocessing(size, dm.mean, dm.std), view.device)
         return view
 
     def plan(self, view: EvalView) -> tuple[str, int, int, str]:

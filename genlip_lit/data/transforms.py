@@ -20,6 +20,14 @@ from PIL import Image
 
 from genlip_lit.data.batch import normalize_pixels
 
+# The one home of the preprocessing defaults: GenLIP's stage 1, as the authors' image processor does it
+# (google/siglip2-base-patch16-224: 224 px, mean = std = 0.5, i.e. pixels to [-1, 1]). The data module, the loaders,
+# the transforms, `Preprocessing` (what a checkpoint without data settings is read with), the importers and the
+# timm form all take them from here.
+DEFAULT_IMAGE_SIZE = 224
+DEFAULT_MEAN = (0.5, 0.5, 0.5)
+DEFAULT_STD = (0.5, 0.5, 0.5)
+
 
 def decode_image(data: bytes) -> Image.Image:
     """Decode encoded image bytes (PNG, JPEG, ...) into a fully loaded PIL image.
@@ -52,9 +60,9 @@ class FixedResTransform:
 
     def __init__(
         self,
-        image_size: int = 224,
-        mean: Sequence[float] = (0.5, 0.5, 0.5),
-        std: Sequence[float] = (0.5, 0.5, 0.5),
+        image_size: int = DEFAULT_IMAGE_SIZE,
+        mean: Sequence[float] = DEFAULT_MEAN,
+        std: Sequence[float] = DEFAULT_STD,
         train: bool = False,
     ) -> None:
         if image_size <= 0:
@@ -152,8 +160,8 @@ class NativeResTransform:
         patch_size: int,
         min_patches: int = 16,
         max_patches: int = 1024,
-        mean: Sequence[float] = (0.5, 0.5, 0.5),
-        std: Sequence[float] = (0.5, 0.5, 0.5),
+        mean: Sequence[float] = DEFAULT_MEAN,
+        std: Sequence[float] = DEFAULT_STD,
     ) -> None:
         if patch_size <= 0:
             raise ValueError(f"patch_size must be positive, got {patch_size}")
@@ -196,7 +204,7 @@ class SquashTransform:
     objects out of wide or tall images, which no model could then read.
     """
 
-    def __init__(self, image_size: int, mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5)) -> None:
+    def __init__(self, image_size: int, mean: Sequence[float] = DEFAULT_MEAN, std: Sequence[float] = DEFAULT_STD) -> None:
         if image_size <= 0:
             raise ValueError(f"image_size must be positive, got {image_size}")
         self.image_size = int(image_size)
@@ -218,14 +226,14 @@ class Preprocessing:
     """How a trained model wants its images: side, mean and std, rebuilt from a checkpoint's data settings.
 
     The one place that reads them back (`genlip caption`, `probe`, `eval`, `eval-res`, `export`, the views of
-    `eval/data.py`); missing keys fall back to the data module's defaults (224 px, mean/std 0.5).
+    `eval/data.py`); missing keys fall back to the defaults above (224 px, mean/std 0.5).
     """
 
     def __init__(
         self,
-        image_size: int = 224,
-        mean: Sequence[float] = (0.5, 0.5, 0.5),
-        std: Sequence[float] = (0.5, 0.5, 0.5),
+        image_size: int = DEFAULT_IMAGE_SIZE,
+        mean: Sequence[float] = DEFAULT_MEAN,
+        std: Sequence[float] = DEFAULT_STD,
     ) -> None:
         self.image_size = int(image_size)
         self.mean = tuple(float(m) for m in mean)
@@ -235,7 +243,7 @@ class Preprocessing:
     def from_hparams(cls, data_hparams: dict | None) -> Preprocessing:
         """From a checkpoint's `datamodule_hyper_parameters` (or a data module's hparams)."""
         d = dict(data_hparams or {})
-        return cls(d.get("image_size", 224), d.get("mean", (0.5, 0.5, 0.5)), d.get("std", (0.5, 0.5, 0.5)))
+        return cls(d.get("image_size", DEFAULT_IMAGE_SIZE), d.get("mean", DEFAULT_MEAN), d.get("std", DEFAULT_STD))
 
     def transform(self) -> FixedResTransform:
         """The evaluation transform: shorter side to `image_size`, centre crop, normalize."""

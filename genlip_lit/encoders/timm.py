@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from genlip_lit.data.transforms import Preprocessing
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.models.config import GenLIPConfig
 from genlip_lit.storage.paths import write_json
@@ -126,17 +127,16 @@ def write_timm_form(directory: str, state: dict[str, Tensor], cfg: GenLIPConfig,
     except RuntimeError as err:  # a timm release that names things differently
         raise GenLIPUserError(f"timm {timm.__version__} does not take this encoder: {str(err).splitlines()[0]}"
                               ) from None
-    size = int(preprocessing.get("image_size", 224))
+    pre = Preprocessing.from_hparams(preprocessing)  # missing keys: the training defaults
     config = {
         "architecture": ARCHITECTURE,
         "num_classes": 0,
         "num_features": cfg.width,
         "model_args": {k: v for k, v in args.items() if k != "num_classes"},
         "pretrained_cfg": {
-            "tag": "genlip", "custom_load": False, "input_size": [cfg.in_chans, size, size],
+            "tag": "genlip", "custom_load": False, "input_size": [cfg.in_chans, pre.image_size, pre.image_size],
             "fixed_input_size": False, "interpolation": "bicubic", "crop_pct": 1.0, "crop_mode": "center",
-            "mean": list(preprocessing.get("mean", (0.5, 0.5, 0.5))),
-            "std": list(preprocessing.get("std", (0.5, 0.5, 0.5))),
+            "mean": list(pre.mean), "std": list(pre.std),
             "num_classes": 0, "pool_size": None, "first_conv": "embeds.proj", "classifier": "head",
         },
     }
