@@ -30,9 +30,14 @@ def fmt(value: Any, kind: str = "num4", missing: str = "n/a") -> str:
     return str(value)
 
 
+def markdown_row(cells: Sequence[Any]) -> str:
+    """One `| a | b |` line (a row built on its own, e.g. `genlip plan`'s one-line summary of a plan)."""
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
+    lines = [markdown_row(header), "|" + "---|" * len(header)]
+    return "\n".join(lines + [markdown_row(row) for row in rows])
 
 
 def metric_table(values: Mapping[str, Any]) -> str:

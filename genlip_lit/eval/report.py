@@ -70,7 +70,8 @@ def _run_one(module: Any, ev: Any, view: EvalView, output: str, report: dict[str
         **({"held_out": note} if note else {}),
     }
     md += [f"## {type(ev).__name__}", ""] + ([f"Scored {note}.", ""] if note else [])
-    md.append(metric_table({k: v for k, v in result.scalars.items() if not k.startswith("sink/") or k.endswith("_mean")}))
+    shown = {k: v for k, v in result.scalars.items() if not k.startswith("sink/") or k.endswith("_mean")}
+    md.append(metric_table(shown))
     md.append("")
     md += [f"![{tag}]({name})" for tag, name in images.items()]
     for tag, text in result.texts.items():
