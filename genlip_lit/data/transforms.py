@@ -29,6 +29,15 @@ DEFAULT_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_STD = (0.5, 0.5, 0.5)
 
 
+def checked_mean_std(mean: Sequence[float], std: Sequence[float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std as float tuples; a ValueError unless both hold 3 values (RGB) and std > 0."""
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"mean and std need 3 values (RGB), got {tuple(mean)} and {tuple(std)}")
+    if any(s <= 0 for s in std):
+        raise ValueError(f"std values must be positive, got {tuple(std)}")
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
 def decode_image(data: bytes) -> Image.Image:
     """Decode encoded image bytes (PNG, JPEG, ...) into a fully loaded PIL image.
 
@@ -67,13 +76,8 @@ class FixedResTransform:
     ) -> None:
         if image_size <= 0:
             raise ValueError(f"image_size must be positive, got {image_size}")
-        if len(mean) != 3 or len(std) != 3:
-            raise ValueError(f"mean and std need 3 values (RGB), got {tuple(mean)} and {tuple(std)}")
-        if any(s <= 0 for s in std):
-            raise ValueError(f"std values must be positive, got {tuple(std)}")
         self.image_size = int(image_size)
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
+        self.mean, self.std = checked_mean_std(mean, std)
         self.train = bool(train)
 
     def __repr__(self) -> str:
@@ -167,12 +171,9 @@ class NativeResTransform:
             raise ValueError(f"patch_size must be positive, got {patch_size}")
         if not 1 <= min_patches <= max_patches:
             raise ValueError(f"need 1 <= min_patches <= max_patches, got {min_patches} and {max_patches}")
-        if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
-            raise ValueError(f"mean and std need 3 values (RGB, std > 0), got {tuple(mean)} and {tuple(std)}")
         self.patch_size = int(patch_size)
         self.min_patches, self.max_patches = int(min_patches), int(max_patches)
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
+        self.mean, self.std = checked_mean_std(mean, std)
 
     def __repr__(self) -> str:
         return (
@@ -236,8 +237,7 @@ class Preprocessing:
         std: Sequence[float] = DEFAULT_STD,
     ) -> None:
         self.image_size = int(image_size)
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
+        self.mean, self.std = checked_mean_std(mean, std)
 
     @classmethod
     def from_hparams(cls, data_hparams: dict | None) -> Preprocessing:
