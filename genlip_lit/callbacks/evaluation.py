@@ -34,11 +34,10 @@ import torch
 from genlip_lit.console.progress import progress
 from genlip_lit.eval import evaluations
 from genlip_lit.eval.data import DataModuleView, EvalView, ImageFolderView
-from genlip_lit.eval.result import EvalResult
+from genlip_lit.eval.result import MIN_RELIABLE_IMAGES, EvalResult
 
 log = logging.getLogger(__name__)
 
-FEW_SAMPLES = 50  # below this many samples the start line warns that the figure is noisy
 EVAL_PERCENT_STEP = 25.0  # an evaluation takes seconds to a few minutes: a line per quarter (or per 30 s) is enough
 
 __all__ = ["AttentionSink", "CaptionSamples", "EvalCallback", "EvalResult", "LinearProbe", "PatchReadout", "TransferProbe", "ZeroShot"]
@@ -168,7 +167,7 @@ class EvalCallback(L.Callback):
         view = self.data_view(DataModuleView(trainer.datamodule, pl_module.device))
         reads, most, passes, then = self.plan(view)
         label = f"{when or f'step {trainer.global_step}'}: {self.title}"
-        noisy = f"; under {FEW_SAMPLES} samples: a noisy figure" if most < FEW_SAMPLES else ""
+        noisy = f"; under {MIN_RELIABLE_IMAGES} samples: a noisy figure" if most < MIN_RELIABLE_IMAGES else ""
         log.info("%s (%s%s)", label, reads, noisy)
         was_training = pl_module.training
         pl_module.eval()
@@ -372,11 +371,12 @@ class TransferProbe(EvalCallback):
 
     def data_view(self, view: EvalView) -> EvalView:
         if isinstance(view, DataModuleView):
-            from genlip_lit.data.transforms import Preprocessing
+            from genlip_lit.data.transforms import DEFAULT_IMAGE_SIZE, Preprocessing
             from genlip_lit.eval.real_images import RealImageView
 
             dm = view.datamodule
-            return RealImageView(self.dataset, Preprocessing(dm.image_size or 224, dm.mean, dm.std), view.device)
+            size = dm.image_size or DEFAULT_IMAGE_SIZE
+            return RealImageView(self.dataset, Preprocessing(size, dm.mean, dm.std), view.device)
         return view
 
     def plan(self, view: EvalView) -> tuple[str, int, int, str]:

@@ -50,7 +50,7 @@ def media_dir(logger: Any) -> str | None:
 def _write_files(directory: str, step: int, images: dict, texts: dict, tables: dict) -> None:
     from PIL import Image
 
-    from genlip_lit.eval.tables import csv_text
+    from genlip_lit.console.tables import csv_text
 
     os.makedirs(directory, exist_ok=True)
     for tag, image in images.items():

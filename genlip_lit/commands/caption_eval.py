@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from genlip_lit.commands.common import load_module, torch_threads
     from genlip_lit.commands.output import check_output, claim_output
     from genlip_lit.errors import GenLIPUserError
-    from genlip_lit.eval.tables import write_json
+    from genlip_lit.storage.paths import write_json
     from genlip_lit.studies.scene_captions import evaluate_scene_captions, scene_config_of
 
     if args.output:

@@ -31,6 +31,7 @@ from typing import Any
 
 from genlip_lit.data.shard_check import FIX as SHARDS_FIX
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.storage.paths import write_json
 
 DEFAULT_BASE = "experiments/quickstart.yaml"
 LOG_VERSION = "tb"  # DIR/<name>/tb/: the logger's files (TensorBoard events or metrics.csv), config, checkpoints/
@@ -212,7 +213,7 @@ def run_one(spec: RunSpec, output: Path, rerun: bool, fit_command: list[str]) ->
     seconds = time.perf_counter() - start
     attempts.append({"fingerprint": fingerprint, "seconds": seconds, "returncode": returncode,
                      "resumed_from": str(resume_from) if resume_from else None})
-    attempts_path.write_text(json.dumps(attempts, indent=1))
+    write_json(attempts_path, attempts, indent=1)
     if returncode != 0:
         tail = log_path.read_text().strip().splitlines()[-5:]
         damaged = [line for line in tail if line.startswith("genlip: error: ") and SHARDS_FIX in line]
@@ -230,7 +231,7 @@ def run_one(spec: RunSpec, output: Path, rerun: bool, fit_command: list[str]) ->
     result.update(fingerprint=fingerprint, status="finished",
                   wall_s=sum(a["seconds"] for a in attempts if a["fingerprint"] == fingerprint),
                   attempts=len(attempts))
-    result_path.write_text(json.dumps(result, indent=1))
+    write_json(result_path, result, indent=1)
     resumed = f", resumed from {resume_from.name}" if resume_from else ""
     return {**result, "status_line": f"done in {seconds:.0f} s{resumed}"}
 

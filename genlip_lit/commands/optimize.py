@@ -59,9 +59,6 @@ def _run_synthetic(args: Any) -> dict[str, Any]:
 SOURCES: dict[str, Callable[[Any], dict[str, Any]]] = {"synthetic": _run_synthetic}
 
 
-SMALL_VAL = 50  # held-out images below which an evaluation's figure is noise more than signal
-
-
 def build_parser() -> Any:
     """The jsonargparse parser (no abbreviated flags: `--over` is an unknown option, see commands/common.py)."""
     from jsonargparse import ActionYesNo
@@ -230,7 +227,6 @@ def warn_multiline_sidecars(report: dict[str, Any]) -> None:
 
 def report_caption_lengths(out: str) -> None:
     """Log the captions' token lengths against the configs' max_text_len, and add them to the report file."""
-    import json
 
     from genlip_lit.data.shards import REPORT_FILE
     from genlip_lit.ingest.caption_lengths import caption_token_lengths, summary_text
@@ -246,14 +242,7 @@ def report_caption_lengths(out: str) -> None:
         return
     report = storage.read_json(path)
     report["caption_tokens"] = summary
-    data = json.dumps(report, indent=2).encode("utf-8")
-    if storage.is_remote(path):
-        storage.write_bytes(path, data)
-        return
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    storage.write_json(path, report)
 
 
 def resume_command(argv: Sequence[str]) -> str:
@@ -344,11 +333,13 @@ def _run(args: Any, argv: list[str], parser: Any, out: str, staged: bool = False
         warn_multiline_sidecars(report)
         if not staged:
             report_caption_lengths(out)
+        from genlip_lit.eval.result import MIN_RELIABLE_IMAGES
+
         val = report["kept"]["val"]
-        if 0 < val < SMALL_VAL:  # e.g. 200 images at the default 1%: every evaluation would score on 2 of them
+        if 0 < val < MIN_RELIABLE_IMAGES:  # e.g. 200 images at the default 1%: every evaluation would score on 2 of them
             logging.getLogger("genlip_lit").warning(
                 "only %d val images: evaluations on fewer than ~%d samples are rough figures; raise --val-fraction "
-                "(with --overwrite)", val, SMALL_VAL)
+                "(with --overwrite)", val, MIN_RELIABLE_IMAGES)
         return 0
     _check_source(args)
     args.source = args.source or "synthetic"

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.storage.paths import write_json
 
 MARKER = ".genlip_output.json"
 
@@ -75,8 +76,7 @@ def check_output(path: str, command: str, overwrite: bool = False) -> None:
 
 
 def _write_marker(directory: str, command: str, files: list[str]) -> None:
-    with open(os.path.join(directory, MARKER), "w", encoding="utf-8") as fh:
-        json.dump({"command": command, "files": files}, fh, indent=1)
+    write_json(os.path.join(directory, MARKER), {"command": command, "files": files}, indent=1)
 
 
 def claim_output(path: str, command: str, overwrite: bool = False) -> str:

@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"probe of {args.ckpt} on {view.source}:")
     print(result.texts["probe/table"])
     if args.output:
-        from genlip_lit.eval.tables import fmt, write_json, write_table
+        from genlip_lit.console.tables import fmt, write_table
+        from genlip_lit.storage.paths import write_json
 
         claim_output(args.output, "probe", args.overwrite)
         header, raw = result.tables["probe/table"]

@@ -1,2 +1,3 @@
-"""What the user reads on the terminal: the `genlip_lit` logger and its one-line warnings (logs.py) and progress
-bars, rich or plain (progress.py). A floor: every layer may use it."""
+"""What the user reads: the `genlip_lit` logger and its one-line warnings (logs.py), progress bars, rich or plain
+(progress.py), the one markdown/CSV table writer (tables.py) and what a run logged, read back (run_logs.py). A
+floor: every layer may use it."""

@@ -24,8 +24,8 @@ from genlip_lit.models.config import GenLIPConfig
 
 PROMPT = "Describe the image in detail."  # the authors' caption prompt (conv_preprocess 'recap_datacomp_1b')
 TEMPLATE = "official"
-# what the authors' stage-1 image processor does (google/siglip2-base-patch16-224: 224 px, mean = std = 0.5)
-DEFAULT_PREPROCESSING = {"image_size": 224, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+# what the authors' stage-1 image processor does (google/siglip2-base-patch16-224): our training defaults too
+DEFAULT_PREPROCESSING = Preprocessing().as_dict()
 
 # config keys that must hold this value: anything else is an architecture we do not have
 _REQUIRED = {"attention_dropout": 0.0, "use_llm_head": False, "llm_decoder": None, "tie_word_embeddings": False,

@@ -57,7 +57,14 @@ from genlip_lit.data.streaming import (
 )
 from genlip_lit.data.synthetic import SceneConfig
 from genlip_lit.data.tokenizer import CaptionEncoder
-from genlip_lit.data.transforms import FixedResTransform, NativeResTransform, SquashTransform
+from genlip_lit.data.transforms import (
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_MEAN,
+    DEFAULT_STD,
+    FixedResTransform,
+    NativeResTransform,
+    SquashTransform,
+)
 from genlip_lit.data.world import WorldConfig
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.storage.paths import isfile as storage_isfile
@@ -157,9 +164,9 @@ class GenLIPDataModule(L.LightningDataModule):
         weights: list[float] | None = None,
         synthetic: dict | None = None,
         cache_dir: str | None = None,
-        image_size: int = 224,
-        mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
-        std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        image_size: int = DEFAULT_IMAGE_SIZE,
+        mean: tuple[float, float, float] = DEFAULT_MEAN,
+        std: tuple[float, float, float] = DEFAULT_STD,
         batch_size: int = 32,
         val_batch_size: int | None = None,
         num_workers: int = 2,

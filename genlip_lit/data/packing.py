@@ -31,6 +31,7 @@ import torch
 
 from genlip_lit.data.batch import PAD, PATCH, REGISTER, TEXT, Batch, genlip_position_ids
 from genlip_lit.data.tokenizer import CaptionEncoder
+from genlip_lit.data.transforms import DEFAULT_MEAN, DEFAULT_STD
 
 __all__ = ["PAD", "PATCH", "REGISTER", "TEXT", "PackItem", "PackingCollator", "pack_items", "plan_rows"]
 
@@ -232,8 +233,8 @@ class PackingCollator:
         num_registers: int,
         max_tokens: int,
         pad_to_multiple: int = 8,
-        mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
-        std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        mean: tuple[float, float, float] = DEFAULT_MEAN,
+        std: tuple[float, float, float] = DEFAULT_STD,
     ) -> None:
         self.caption_encoder = caption_encoder
         self.patch_size, self.num_registers = int(patch_size), int(num_registers)

@@ -39,6 +39,7 @@ from genlip_lit.console.progress import progress
 from genlip_lit.data import world
 from genlip_lit.data.synthetic import SceneConfig, class_names, generate_scene
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.storage.paths import write_json
 
 META_FILE = "genlip_meta.json"  # written last: its presence marks a complete dataset
 SPLITS = ("train", "val")
@@ -246,8 +247,7 @@ def optimize_synthetic(
         "seconds": round(time.perf_counter() - start, 3),
     }
     # written last: its presence marks a complete dataset
-    with open(os.path.join(output_dir, META_FILE), "w", encoding="utf-8") as fh:
-        json.dump(meta, fh, indent=2)
+    write_json(os.path.join(output_dir, META_FILE), meta)
     return meta
 
 

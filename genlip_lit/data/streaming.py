@@ -21,7 +21,14 @@ from torch.utils.data import default_collate
 from genlip_lit.data.batch import Batch
 from genlip_lit.data.shard_check import FIX, READ_ERRORS, check_split, damaged_read
 from genlip_lit.data.tokenizer import CaptionEncoder
-from genlip_lit.data.transforms import FixedResTransform, NativeResTransform, SquashTransform, decode_image
+from genlip_lit.data.transforms import (
+    DEFAULT_MEAN,
+    DEFAULT_STD,
+    FixedResTransform,
+    NativeResTransform,
+    SquashTransform,
+    decode_image,
+)
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.storage.paths import allow_http_endpoint, is_remote, storage_errors
 
@@ -189,8 +196,8 @@ class BatchCollator:
         self,
         caption_encoder: CaptionEncoder,
         image_size: int,
-        mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
-        std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        mean: tuple[float, float, float] = DEFAULT_MEAN,
+        std: tuple[float, float, float] = DEFAULT_STD,
     ) -> None:
         self.caption_encoder = caption_encoder
         self.image_size = image_size

@@ -20,6 +20,23 @@ from PIL import Image
 
 from genlip_lit.data.batch import normalize_pixels
 
+# The one home of the preprocessing defaults: GenLIP's stage 1, as the authors' image processor does it
+# (google/siglip2-base-patch16-224: 224 px, mean = std = 0.5, i.e. pixels to [-1, 1]). The data module, the loaders,
+# the transforms, `Preprocessing` (what a checkpoint without data settings is read with), the importers and the
+# timm form all take them from here.
+DEFAULT_IMAGE_SIZE = 224
+DEFAULT_MEAN = (0.5, 0.5, 0.5)
+DEFAULT_STD = (0.5, 0.5, 0.5)
+
+
+def checked_mean_std(mean: Sequence[float], std: Sequence[float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std as float tuples; a ValueError unless both hold 3 values (RGB) and std > 0."""
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"mean and std need 3 values (RGB), got {tuple(mean)} and {tuple(std)}")
+    if any(s <= 0 for s in std):
+        raise ValueError(f"std values must be positive, got {tuple(std)}")
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
 
 def decode_image(data: bytes) -> Image.Image:
     """Decode encoded image bytes (PNG, JPEG, ...) into a fully loaded PIL image.
@@ -52,20 +69,15 @@ class FixedResTransform:
 
     def __init__(
         self,
-        image_size: int = 224,
-        mean: Sequence[float] = (0.5, 0.5, 0.5),
-        std: Sequence[float] = (0.5, 0.5, 0.5),
+        image_size: int = DEFAULT_IMAGE_SIZE,
+        mean: Sequence[float] = DEFAULT_MEAN,
+        std: Sequence[float] = DEFAULT_STD,
         train: bool = False,
     ) -> None:
         if image_size <= 0:
             raise ValueError(f"image_size must be positive, got {image_size}")
-        if len(mean) != 3 or len(std) != 3:
-            raise ValueError(f"mean and std need 3 values (RGB), got {tuple(mean)} and {tuple(std)}")
-        if any(s <= 0 for s in std):
-            raise ValueError(f"std values must be positive, got {tuple(std)}")
         self.image_size = int(image_size)
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
+        self.mean, self.std = checked_mean_std(mean, std)
         self.train = bool(train)
 
     def __repr__(self) -> str:
@@ -152,19 +164,16 @@ class NativeResTransform:
         patch_size: int,
         min_patches: int = 16,
         max_patches: int = 1024,
-        mean: Sequence[float] = (0.5, 0.5, 0.5),
-        std: Sequence[float] = (0.5, 0.5, 0.5),
+        mean: Sequence[float] = DEFAULT_MEAN,
+        std: Sequence[float] = DEFAULT_STD,
     ) -> None:
         if patch_size <= 0:
             raise ValueError(f"patch_size must be positive, got {patch_size}")
         if not 1 <= min_patches <= max_patches:
             raise ValueError(f"need 1 <= min_patches <= max_patches, got {min_patches} and {max_patches}")
-        if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
-            raise ValueError(f"mean and std need 3 values (RGB, std > 0), got {tuple(mean)} and {tuple(std)}")
         self.patch_size = int(patch_size)
         self.min_patches, self.max_patches = int(min_patches), int(max_patches)
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
+        self.mean, self.std = checked_mean_std(mean, std)
 
     def __repr__(self) -> str:
         return (
@@ -196,7 +205,7 @@ class SquashTransform:
     objects out of wide or tall images, which no model could then read.
     """
 
-    def __init__(self, image_size: int, mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5)) -> None:
+    def __init__(self, image_size: int, mean: Sequence[float] = DEFAULT_MEAN, std: Sequence[float] = DEFAULT_STD) -> None:
         if image_size <= 0:
             raise ValueError(f"image_size must be positive, got {image_size}")
         self.image_size = int(image_size)
@@ -218,24 +227,23 @@ class Preprocessing:
     """How a trained model wants its images: side, mean and std, rebuilt from a checkpoint's data settings.
 
     The one place that reads them back (`genlip caption`, `probe`, `eval`, `eval-res`, `export`, the views of
-    `eval/data.py`); missing keys fall back to the data module's defaults (224 px, mean/std 0.5).
+    `eval/data.py`); missing keys fall back to the defaults above (224 px, mean/std 0.5).
     """
 
     def __init__(
         self,
-        image_size: int = 224,
-        mean: Sequence[float] = (0.5, 0.5, 0.5),
-        std: Sequence[float] = (0.5, 0.5, 0.5),
+        image_size: int = DEFAULT_IMAGE_SIZE,
+        mean: Sequence[float] = DEFAULT_MEAN,
+        std: Sequence[float] = DEFAULT_STD,
     ) -> None:
         self.image_size = int(image_size)
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
+        self.mean, self.std = checked_mean_std(mean, std)
 
     @classmethod
     def from_hparams(cls, data_hparams: dict | None) -> Preprocessing:
         """From a checkpoint's `datamodule_hyper_parameters` (or a data module's hparams)."""
         d = dict(data_hparams or {})
-        return cls(d.get("image_size", 224), d.get("mean", (0.5, 0.5, 0.5)), d.get("std", (0.5, 0.5, 0.5)))
+        return cls(d.get("image_size", DEFAULT_IMAGE_SIZE), d.get("mean", DEFAULT_MEAN), d.get("std", DEFAULT_STD))
 
     def transform(self) -> FixedResTransform:
         """The evaluation transform: shorter side to `image_size`, centre crop, normalize."""

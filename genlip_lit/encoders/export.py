@@ -31,6 +31,7 @@ from genlip_lit.errors import GenLIPUserError
 from genlip_lit.models.arch_checks import check_architecture
 from genlip_lit.models.config import GenLIPConfig
 from genlip_lit.models.transformer import GenLIP, image_tower
+from genlip_lit.storage.paths import write_json
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,7 @@ def export_vision_encoder(ckpt: str, output: str, loaded: tuple[Any, dict[str, A
     timm_note = timm_incompatibility(config)
     description["timm"] = {"directory": "timm", "note": "timm.create_model('local-dir:DIR/timm', pretrained=True)"
                            } if timm_note is None else {"directory": None, "note": f"not expressible: {timm_note}"}
-    with open(os.path.join(output, "config.json"), "w") as f:
-        json.dump(description, f, indent=1)
+    write_json(os.path.join(output, "config.json"), description, indent=1)
     if timm_note is None:
         write_timm_form(os.path.join(output, "timm"), state, config, preprocessing)
     write_model_card(output, description, sum(t.numel() for t in state.values()), ckpt, timm_note)

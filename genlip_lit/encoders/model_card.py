@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from genlip_lit.console.tables import markdown_table, metric_table
+
 
 def checkpoint_facts(ckpt: str) -> dict[str, Any]:
     """Step, data settings, import provenance and the last evaluation figures of a checkpoint ({} if unreadable).
@@ -98,11 +100,6 @@ def _when(timestamp: float) -> str:
     return f"{datetime.datetime.fromtimestamp(timestamp, tz=datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
 
 
-def _figure_rows(figures: dict[str, Any]) -> list[str]:
-    return ["| metric | value |", "|---|---|",
-            *[f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in figures.items()]]
-
-
 def _data_lines(facts: dict[str, Any]) -> list[str]:
     imported = facts.get("imported")
     if imported:
@@ -132,7 +129,7 @@ def model_card(description: dict[str, Any], num_params: int, facts: dict[str, An
     lines = ["# GenLIP vision encoder", "",
              "The image tower of a GenLIP model (\"Let ViT Speak\", arXiv 2605.00809) exported by genlip_lit: "
              "normalized pixels in, final-norm patch features out (no [CLS], registers dropped).", "",
-             "## Architecture", "", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
+             "## Architecture", "", markdown_table(["", ""], rows), "",
              "## Preprocessing", "",
              f"- resize/crop to {pre.get('image_size')} px as trained (M-RoPE also takes any size divisible by "
              f"{pre.get('patch_size')}, e.g. native aspect ratios)" if a["pos_embed"] == "mrope" else
@@ -147,10 +144,10 @@ def model_card(description: dict[str, Any], num_params: int, facts: dict[str, An
     report, figures = facts.get("report"), facts.get("figures") or {}
     if report:
         lines += [f"From `genlip eval` (`{report['path']}`, written {_when(report['written'])}):", "",
-                  *_figure_rows(report["figures"]), ""]
+                  metric_table(report["figures"]), ""]
     if figures:
         lines += [f"Logged by the run's evaluation callbacks during fit (last figures, step "
-                  f"{facts.get('global_step')}):", "", *_figure_rows(figures)]
+                  f"{facts.get('global_step')}):", "", metric_table(figures)]
     if not report and not figures:
         lines.append("None recorded: no `genlip eval` report beside the checkpoint and no evaluation callbacks in "
                      "the run (run `genlip eval --ckpt CKPT --config experiments/eval.yaml`, then export again).")

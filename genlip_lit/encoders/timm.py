@@ -17,15 +17,16 @@ M-RoPE layout, a head dim other than width / heads, and a LayerNorm eps other th
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from genlip_lit.data.transforms import Preprocessing
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.models.config import GenLIPConfig
+from genlip_lit.storage.paths import write_json
 
 ARCHITECTURE = "naflexvit_base_patch16_gap"  # any registered NaFlexVit entrypoint: model_args override it all
 
@@ -126,21 +127,19 @@ def write_timm_form(directory: str, state: dict[str, Tensor], cfg: GenLIPConfig,
     except RuntimeError as err:  # a timm release that names things differently
         raise GenLIPUserError(f"timm {timm.__version__} does not take this encoder: {str(err).splitlines()[0]}"
                               ) from None
-    size = int(preprocessing.get("image_size", 224))
+    pre = Preprocessing.from_hparams(preprocessing)  # missing keys: the training defaults
     config = {
         "architecture": ARCHITECTURE,
         "num_classes": 0,
         "num_features": cfg.width,
         "model_args": {k: v for k, v in args.items() if k != "num_classes"},
         "pretrained_cfg": {
-            "tag": "genlip", "custom_load": False, "input_size": [cfg.in_chans, size, size],
+            "tag": "genlip", "custom_load": False, "input_size": [cfg.in_chans, pre.image_size, pre.image_size],
             "fixed_input_size": False, "interpolation": "bicubic", "crop_pct": 1.0, "crop_mode": "center",
-            "mean": list(preprocessing.get("mean", (0.5, 0.5, 0.5))),
-            "std": list(preprocessing.get("std", (0.5, 0.5, 0.5))),
+            "mean": list(pre.mean), "std": list(pre.std),
             "num_classes": 0, "pool_size": None, "first_conv": "embeds.proj", "classifier": "head",
         },
     }
     os.makedirs(directory, exist_ok=True)
     save_file(weights, os.path.join(directory, "model.safetensors"))
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(config, f, indent=1)
+    write_json(os.path.join(directory, "config.json"), config, indent=1)

@@ -95,7 +95,7 @@ def transfer_evaluation(module: Any, view: EvalView, *, folds: int = 5, seed: in
 
 
 def _markdown(header: list[str], rows: list[list[Any]]) -> str:
-    from genlip_lit.eval.tables import markdown_table
+    from genlip_lit.console.tables import markdown_table
 
     return markdown_table(header, rows)
 

@@ -36,8 +36,11 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _finite(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    return sorted((float(x), float(y)) for x, y in points if x == x and y == y and not math.isinf(y))
+def _finite(points: Sequence[tuple[float, float | None]]) -> list[tuple[float, float]]:
+    """The plottable points: a NaN, an infinity or a null (NaN as JSON writes it, e.g. compare's result.json) is
+    a gap."""
+    return sorted((float(x), float(y)) for x, y in points if y is not None and x == x and y == y
+                  and not math.isinf(y))
 
 
 def _percent_log_axis(ax, values: list[float]) -> None:

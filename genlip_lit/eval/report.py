@@ -19,9 +19,10 @@ import torch
 from PIL import Image
 
 from genlip_lit.console.progress import progress
+from genlip_lit.console.tables import metric_table
 from genlip_lit.eval.data import EvalView
 from genlip_lit.eval.result import held_out_note
-from genlip_lit.eval.tables import clean, write_json
+from genlip_lit.storage.paths import nan_to_null, write_json
 
 
 def slug(tag: str) -> str:
@@ -63,15 +64,14 @@ def _run_one(module: Any, ev: Any, view: EvalView, output: str, report: dict[str
     note = held_out_note(result.details)
     report["evaluations"][ev.name] = {
         "class": type(ev).__name__,
-        "scalars": clean(result.scalars),
+        "scalars": nan_to_null(result.scalars),
         "images": images,
         "details": result.details,
         **({"held_out": note} if note else {}),
     }
     md += [f"## {type(ev).__name__}", ""] + ([f"Scored {note}.", ""] if note else [])
-    md += ["| metric | value |", "|---|---|"]
-    md += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in result.scalars.items()
-           if not k.startswith("sink/") or k.endswith("_mean")]
+    shown = {k: v for k, v in result.scalars.items() if not k.startswith("sink/") or k.endswith("_mean")}
+    md.append(metric_table(shown))
     md.append("")
     md += [f"![{tag}]({name})" for tag, name in images.items()]
     for tag, text in result.texts.items():

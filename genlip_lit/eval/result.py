@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
-MIN_RELIABLE_IMAGES = 50  # fewer held-out images than this and a figure moves by several points per image
+# fewer held-out images than this and a figure moves by several points per image: the one threshold behind the
+# report notes (`held_out_note`), the evaluation callbacks' start line and `genlip optimize`'s small-val warning
+MIN_RELIABLE_IMAGES = 50
 
 
 @dataclass

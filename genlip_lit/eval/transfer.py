@@ -136,7 +136,7 @@ def transfer_evaluation(module: Any, view: Any, *, folds: int = 5, seed: int = 0
     header, shown, raw = _table(rows, num_classes)
     note = (f"{n:,} images of {view.data.origin}, {num_classes} classes; {folds}-fold stratified cross-validation "
             f"(seed {seed}): every image held out once; ± is the binomial standard error sqrt(p(1-p)/{n:,})")
-    from genlip_lit.eval.tables import markdown_table
+    from genlip_lit.console.tables import markdown_table
 
     text = markdown_table(header, shown) + "\n\n" + note
     details = {"source": view.source, "origin": view.data.origin, "num_images": n, "num_classes": num_classes,

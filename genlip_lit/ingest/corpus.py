@@ -17,7 +17,6 @@ import collections
 import dataclasses
 import functools
 import glob
-import json
 import logging
 import os
 import shutil
@@ -42,9 +41,9 @@ from genlip_lit.ingest.unit_writer import (
     IngestOptions,
     process_unit,
     split_of,
-    write_json,
 )
 from genlip_lit.ingest.workers import WorkerDied, run_jobs
+from genlip_lit.storage.paths import read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +52,6 @@ FIELDS = ["image", "caption", "key", "label"]
 
 class IngestStopped(GenLIPUserError):
     """The run stopped part-way (Ctrl-C, SIGTERM, a worker that died); the output is resumable."""
-
-
-def _read_json(path: str) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
 
 
 def merge_split(out_dir: str, split: str, unit_ids: Sequence[int]) -> int:
@@ -69,7 +63,7 @@ def merge_split(out_dir: str, split: str, unit_ids: Sequence[int]) -> int:
         path = os.path.join(work_dir, f"{split}-{unit_id}.index.json")
         if not os.path.exists(path):
             continue  # this unit kept nothing for this split
-        part = _read_json(path)
+        part = read_json(path)
         if config is None:
             config = part["config"]
         elif part["config"].get("data_format") != config.get("data_format"):
@@ -161,7 +155,7 @@ def _prepare(out_dir: str, source: Source, units: list[Unit], options: IngestOpt
             f"output directory {out_dir!r} is not empty and was not written by `genlip optimize --input`: "
             "choose another path or pass --overwrite"
         )
-    plan = _read_json(plan_path)
+    plan = read_json(plan_path)
     plan["options"] = {"caption_lines": "all", **plan["options"]}  # written before --caption-lines: all lines
     if plan["options"] != options.to_dict():
         raise GenLIPUserError(
@@ -215,7 +209,7 @@ def _done_units(out_dir: str) -> dict[int, dict[str, Any]]:
     done: dict[int, dict[str, Any]] = {}
     for path in glob.glob(os.path.join(out_dir, WORK_DIR, "unit-*.json")):
         unit_id = int(os.path.basename(path)[len("unit-") : -len(".json")])
-        done[unit_id] = _read_json(path)
+        done[unit_id] = read_json(path)
     return done
 
 

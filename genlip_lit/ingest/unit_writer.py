@@ -17,7 +17,6 @@ import dataclasses
 import glob
 import hashlib
 import io
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from genlip_lit.ingest.cleaning import (
     clean_label,
 )
 from genlip_lit.ingest.sources import Record, ShardReadError, Source, Unit
+from genlip_lit.storage.paths import write_json
 
 CAPTION_LINES = ("first", "all")  # `--caption-lines`: what a .txt sidecar of several lines contributes
 EXAMPLES_PER_REASON = 5  # skipped sample keys kept per reason in the report, to find the culprits
@@ -281,10 +281,3 @@ def _write_records(source: Source, unit: Unit, options: IngestOptions, class_ids
             stats.multiline_sidecars += 1
             stats.most_sidecar_lines = max(stats.most_sidecar_lines, record.caption_lines)
         stats.bytes_out += len(sample["image"])
-
-
-def write_json(path: str, value: Any) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(value, fh, indent=2)
-    os.replace(tmp, path)

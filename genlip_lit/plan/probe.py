@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from genlip_lit.data.transforms import DEFAULT_IMAGE_SIZE
 from genlip_lit.perf.devices import GPUS, GPUSpec, usable_bytes
 
 IMAGENET_TRAIN, IMAGENET_VAL, IMAGENET_CLASSES = 1_281_167, 50_000, 1000
@@ -35,7 +36,7 @@ class ProbeRequest:
     train_images: int = IMAGENET_TRAIN
     val_images: int = IMAGENET_VAL
     num_classes: int = IMAGENET_CLASSES
-    image_size: int = 224
+    image_size: int = DEFAULT_IMAGE_SIZE
     global_batch: int = 1024
     mfu: float = 0.4
     workers_per_gpu: int = 8

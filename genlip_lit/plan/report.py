@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from genlip_lit.console.tables import markdown_row
 from genlip_lit.plan.estimate import Plan, flops_per_sample_for_time
 from genlip_lit.plan.memory import MemoryEstimate, param_bytes_per_element
 
@@ -96,5 +97,6 @@ def table_row(plan: Plan, label: str) -> str:
     """`| run | GFLOP/sample | GPUs | micro-batch x accumulate | peak GiB | samples/s/GPU | days | GPU-hours |`."""
     best, req = plan.best, plan.request
     ckpt = " (ckpt)" if best.checkpointing else ""
-    return (f"| {label} | {plan.model_flops / 1e9:,.1f} | {req.gpus} | {best.micro_batch} x {plan.best_accumulate}{ckpt} "
-            f"| {best.peak / GIB:,.1f} | {plan.samples_per_s:,.0f} | {plan.days:,.1f} | {plan.gpu_hours:,.0f} |")
+    return markdown_row([label, f"{plan.model_flops / 1e9:,.1f}", req.gpus,
+                         f"{best.micro_batch} x {plan.best_accumulate}{ckpt}", f"{best.peak / GIB:,.1f}",
+                         f"{plan.samples_per_s:,.0f}", f"{plan.days:,.1f}", f"{plan.gpu_hours:,.0f}"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -164,6 +165,41 @@ def write_bytes(url: str, data: bytes) -> None:
     fs, inner = _fs(url)
     with storage_errors(url):
         fs.pipe_file(inner, data)
+
+
+def nan_to_null(value: Any) -> Any:
+    """NaN -> None (JSON null), recursively through dicts, lists and tuples."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: nan_to_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [nan_to_null(v) for v in value]
+    return value
+
+
+def write_json(path: str | os.PathLike, payload: Any, indent: int | None = 2) -> None:
+    """The one JSON writer: `payload` as strict JSON (NaN as null; strict readers refuse NaN), whole or not at all.
+
+    Many of these files mark work as done (an ingest unit, a finished comparison run, a complete dataset), so a
+    half-written one must never exist: locally the text goes to a temporary name beside the file and is renamed
+    over it (a process stopped meanwhile leaves the previous file, or none, and removes its temporary file when
+    it can); to object storage it is one PUT, which the store shows only once complete."""
+    data = json.dumps(nan_to_null(payload), indent=indent).encode("utf-8")  # fails before anything is touched
+    path = os.fspath(path)
+    if is_remote(path):
+        write_bytes(path, data)
+        return
+    folder, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(folder, f".{name}.{os.getpid()}.tmp")  # hidden: no glob of the real names sees it
+    try:
+        with open(temporary, "wb") as fh:
+            fh.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
 
 
 def find(url: str, name: str) -> list[tuple[str, float]]:

@@ -1,16 +1,16 @@
 """What `genlip compare` reads back from a finished run, and the table and curves it writes.
 
-    python -m pytest tests/test_compare.py -q
+    python -m pytest tests/studies/test_compare.py -q
 
-A run's numbers come from its own logs (TensorBoard events or a CSVLogger's metrics.csv: the last value of every
-scalar the evaluation callbacks and the Throughput callback logged, and the loss curve), its saved config (batch
+A run's numbers come from its own logs (TensorBoard events or a CSVLogger's metrics.csv, read by
+console/run_logs.py: the last value of every scalar the evaluation callbacks and the Throughput callback logged,
+and the loss curve; a resumed run's repeated steps count once), its saved config (batch
 size, devices) and its last checkpoint (parameter counts, objective): nothing is re-evaluated, so the table
 shows what training logged. Columns are metric tags, so a new objective needs no change here.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from genlip_lit.eval.tables import markdown_table, write_table
+from genlip_lit.console.run_logs import read_scalars
+from genlip_lit.console.tables import markdown_table, write_table
 
 # (column, scalar tag, format) of the evaluation metrics; a missing tag shows as "-".
 METRIC_COLUMNS = [
@@ -40,54 +41,6 @@ CURVES = [
     ("captions/cider", "caption CIDEr-D"),
     ("sink/vision_to_first_mean", "first-token attention mass (vision)"),
 ]
-
-
-def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar series of a run's log directory (TensorBoard events and/or a CSVLogger's metrics.csv), as
-    sorted (step, value) with one value per step (the latest written wins: a resumed run may repeat steps it had
-    logged before the interruption)."""
-    series = read_tensorboard_scalars(log_dir)
-    for tag, per_step in read_csv_metrics(log_dir / "metrics.csv").items():
-        series.setdefault(tag, {}).update(per_step)
-    return {tag: sorted(v.items()) for tag, v in series.items()}
-
-
-def read_tensorboard_scalars(log_dir: Path) -> dict[str, dict[int, float]]:
-    """{tag: {step: value}} from the TensorBoard event files of a directory (oldest file first)."""
-    events = sorted(log_dir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
-    if not events:
-        return {}
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    series: dict[str, dict[int, float]] = {}
-    for events_file in events:
-        acc = EventAccumulator(str(events_file), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags().get("scalars", []):
-            per_step = series.setdefault(tag, {})
-            for event in acc.Scalars(tag):
-                per_step[event.step] = event.value
-    return series
-
-
-def read_csv_metrics(path: Path) -> dict[str, dict[int, float]]:
-    """{tag: {step: value}} from a Lightning CSVLogger file (a row per logging call, empty cells elsewhere)."""
-    if not path.is_file():
-        return {}
-    series: dict[str, dict[int, float]] = {}
-    with open(path, newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            step = row.get("step")
-            if not step:
-                continue
-            for tag, value in row.items():
-                if tag in ("step", "epoch") or value in ("", None):
-                    continue
-                try:
-                    series.setdefault(tag, {})[int(float(step))] = float(value)
-                except ValueError:
-                    continue  # not a number (a text column): not a scalar series
-    return series
 
 
 def global_batch_size(config: dict[str, Any]) -> int:

@@ -333,7 +333,8 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]], list[list
 
 
 def write_reports(result: dict[str, Any], output: str) -> str:
-    from genlip_lit.eval.tables import write_json, write_table
+    from genlip_lit.console.tables import write_table
+    from genlip_lit.storage.paths import write_json
 
     header, shown, raw = table(result)
     s = result["settings"]

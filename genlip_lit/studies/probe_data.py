@@ -34,7 +34,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from genlip_lit.data.transforms import FixedResTransform, Preprocessing, decode_image, normalize_pixels
+from genlip_lit.data.transforms import (
+    DEFAULT_IMAGE_SIZE,
+    FixedResTransform,
+    Preprocessing,
+    decode_image,
+    normalize_pixels,
+)
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.eval.labelled import ImageFolderSet, ShardLabelledSet, read_meta
 
@@ -233,7 +239,7 @@ class ProbeDataModule(L.LightningDataModule):
             raise GenLIPUserError(f"data.data {data}: no such directory (labelled shards from `genlip optimize "
                                   "--labels folders`, or an ImageFolder)")
         self.data = expanded
-        self.preprocessing = Preprocessing(image_size or 224)
+        self.preprocessing = Preprocessing(image_size or DEFAULT_IMAGE_SIZE)
         self._classes: list[str] | None = None
         self._train: LabelledImages | None = None  # built once (the file listing of a large folder takes a while)
 

@@ -173,8 +173,9 @@ def write_outputs(rows: list[dict[str, Any]], meta: dict[str, Any], output: Path
     """DIR/table.md, table.csv, result.json, resolution.png; returns the markdown table."""
     from PIL import Image
 
+    from genlip_lit.console.tables import fmt, write_table
     from genlip_lit.eval.plots import panels_plot
-    from genlip_lit.eval.tables import clean, fmt, write_json, write_table
+    from genlip_lit.storage.paths import nan_to_null, write_json
 
     attentive = meta.get("attentive_epochs", 0) > 0  # without it the column would be n/a throughout
     columns = [c for c in METRICS if attentive or c[1] != "attentive_top1"]
@@ -185,7 +186,7 @@ def write_outputs(rows: list[dict[str, Any]], meta: dict[str, Any], output: Path
         shown.append([r["name"], r["resolution"], r["input"], f"{r['patches']:.0f}"]
                      + [fmt(m.get(key), kind) for _, key, kind in columns] + [f"{m['seconds']:.1f}"])
         raw.append([r["name"], r["resolution"], r["input"], round(r["patches"], 2)]
-                   + ["" if clean(m.get(key)) is None else m[key] for _, key, _ in columns]
+                   + ["" if nan_to_null(m.get(key)) is None else m[key] for _, key, _ in columns]
                    + [round(m["seconds"], 2)])
     notes = [f"- {r['name']} @ {r['resolution']}: {n}" for r in rows for n in r["metrics"]["notes"]]
     notes += [f"- {n}" for n in meta.get("notes", [])]

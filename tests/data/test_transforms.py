@@ -117,3 +117,32 @@ def test_native_transform_resizes_to_its_grid_without_cropping() -> None:
     assert squash.shape == (3, 64, 64) and squash[2, :, -1].float().mean() > 200
     with pytest.raises(ValueError, match="patch_size"):
         NativeResTransform(0)
+
+
+def test_every_preprocessing_default_is_the_one_in_transforms() -> None:
+    """A checkpoint without data settings must be read back (eval, export, timm form, imports) exactly as the
+    data module trains by default: every default comes from data/transforms.py, none is restated."""
+    import inspect
+
+    from genlip_lit.convert.official import DEFAULT_PREPROCESSING
+    from genlip_lit.data.datamodule import GenLIPDataModule
+    from genlip_lit.data.packing import PackingCollator
+    from genlip_lit.data.streaming import BatchCollator
+    from genlip_lit.data.transforms import (
+        DEFAULT_IMAGE_SIZE,
+        DEFAULT_MEAN,
+        DEFAULT_STD,
+        NativeResTransform,
+        Preprocessing,
+        SquashTransform,
+    )
+    from genlip_lit.plan.probe import ProbeRequest
+
+    defaults = {"image_size": DEFAULT_IMAGE_SIZE, "mean": DEFAULT_MEAN, "std": DEFAULT_STD}
+    for owner in (GenLIPDataModule, FixedResTransform, Preprocessing, NativeResTransform, SquashTransform,
+                  PackingCollator, BatchCollator, ProbeRequest):
+        params = inspect.signature(owner).parameters
+        found = {k: params[k].default for k in defaults if k in params and params[k].default is not params[k].empty}
+        assert found and found == {k: defaults[k] for k in found}, owner.__name__
+    as_dict = {"image_size": 224, "mean": [0.5] * 3, "std": [0.5] * 3}  # GenLIP stage 1 (SigLIP2's processor)
+    assert Preprocessing.from_hparams({}).as_dict() == Preprocessing().as_dict() == DEFAULT_PREPROCESSING == as_dict

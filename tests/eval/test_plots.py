@@ -45,3 +45,11 @@ def test_images_are_rgb_arrays() -> None:
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3 and (image != 255).any()
     grid = image_grid([np.zeros((4, 4, 3), np.uint8)] * 5, columns=2, pad=1)
     assert grid.shape == (3 * 5 + 1, 2 * 5 + 1, 3)
+
+
+def test_a_null_point_is_a_gap_like_nan() -> None:
+    """`genlip compare` keeps curves in result.json, where the one JSON writer stores NaN as null."""
+    series = {"genlip": [(0, 2.0), (200, None), (400, float("nan")), (600, 1.0)]}
+    fig = panels_figure([("loss", series)], "samples seen")
+    (line,) = fig.axes[0].get_lines()
+    assert list(line.get_xdata()) == [0.0, 600.0] and list(line.get_ydata()) == [2.0, 1.0]

@@ -15,6 +15,7 @@ from PIL import Image
 from genlip_lit.commands import optimize as opt
 from genlip_lit.data.shards import META_FILE, default_val_samples
 from genlip_lit.errors import GenLIPUserError
+from genlip_lit.eval.result import MIN_RELIABLE_IMAGES
 from genlip_lit.ingest import corpus, sources
 from genlip_lit.ingest.corpus import IngestStopped
 
@@ -166,5 +167,5 @@ def test_a_small_val_split_is_flagged(tmp_path, caplog) -> None:
     with caplog.at_level("WARNING", logger="genlip_lit"):
         opt.main(["--input", folder, "--num-workers", "1", "--val-fraction", "0.5", "--output", str(tmp_path / "o")])
     kept = json.loads((tmp_path / "o" / "genlip_report.json").read_text())["kept"]
-    assert 0 < kept["val"] < opt.SMALL_VAL
+    assert 0 < kept["val"] < MIN_RELIABLE_IMAGES
     assert f"only {kept['val']} val images" in caplog.text and "--val-fraction" in caplog.text

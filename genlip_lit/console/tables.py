@@ -1,17 +1,19 @@
-"""The one table writer: markdown for reading, CSV for spreadsheets, JSON (NaN as null) for programs.
+"""The one table writer: markdown for reading, CSV for spreadsheets (JSON for programs: storage.paths.write_json).
 
     md = write_table(out_dir, ["run", "top-1"], [["a", "41.0%"]], raw=[["a", 0.41]])   # table.md + table.csv
+    md = metric_table({"probe/linear_top1": 0.41, "probe/num_images": 120})           # | metric | value |
 
-Used by `genlip eval`, `probe`, `eval-res`, `compare` and `llm-probe` and by the probe reports of the callbacks.
+Used by `genlip eval`, `probe`, `eval-res`, `compare` and `llm-probe`, the probe reports of the callbacks, the
+evaluation report (eval/report.py) and the model card of `genlip export` (encoders/model_card.py). On the lowest
+floor (console/: what the user reads) so that every layer that writes a table can use it.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +30,20 @@ def fmt(value: Any, kind: str = "num4", missing: str = "n/a") -> str:
     return str(value)
 
 
+def markdown_row(cells: Sequence[Any]) -> str:
+    """One `| a | b |` line (a row built on its own, e.g. `genlip plan`'s one-line summary of a plan)."""
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
+    lines = [markdown_row(header), "|" + "---|" * len(header)]
+    return "\n".join(lines + [markdown_row(row) for row in rows])
+
+
+def metric_table(values: Mapping[str, Any]) -> str:
+    """A `| metric | value |` table: floats to 4 decimals (NaN as n/a), anything else as written."""
+    return markdown_table(["metric", "value"],
+                          [[k, fmt(v) if isinstance(v, float) else v] for k, v in values.items()])
 
 
 def csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -60,19 +73,3 @@ def write_table(
     (output / f"{name}.csv").write_text(csv_text(csv_header or header, raw if raw is not None else shown),
                                         encoding="utf-8")
     return table
-
-
-def clean(value: Any) -> Any:
-    """NaN -> None (JSON null), recursively through dicts, lists and tuples."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
-    return value
-
-
-def write_json(path: str | Path, payload: Any, indent: int = 2) -> None:
-    """`payload` as JSON with NaN written as null (strict JSON readers refuse NaN)."""
-    Path(path).write_text(json.dumps(clean(payload), indent=indent), encoding="utf-8")

@@ -1,11 +1,8 @@
-"""The one table writer: markdown + CSV side by side, JSON with NaN as null, number formats."""
+"""The one table writer (console/tables.py): markdown + CSV side by side, number formats, metric tables."""
 
 from __future__ import annotations
 
-import json
-import math
-
-from genlip_lit.eval.tables import fmt, markdown_table, write_json, write_table
+from genlip_lit.console.tables import fmt, markdown_table, metric_table, write_table
 
 
 def test_markdown_csv_and_footer(tmp_path) -> None:
@@ -18,8 +15,13 @@ def test_markdown_csv_and_footer(tmp_path) -> None:
     assert markdown_table(["a", "b"], [["1", "2"]]).splitlines() == ["| a | b |", "|---|---|", "| 1 | 2 |"]
 
 
-def test_json_nan_is_null_and_formats(tmp_path) -> None:
-    write_json(tmp_path / "r.json", {"a": [1.0, float("nan")], "b": {"c": math.nan}})
-    assert json.loads((tmp_path / "r.json").read_text()) == {"a": [1.0, None], "b": {"c": None}}
+def test_formats() -> None:
     assert (fmt(0.4126, "pct"), fmt(6.071, "num2"), fmt(0.6789, "num3")) == ("41.3%", "6.07", "0.679")
     assert fmt(float("nan"), "pct") == "n/a" and fmt(None, "pct", "-") == "-" and fmt("x", "pct") == "x"
+
+
+def test_metric_table_as_the_eval_report_and_the_model_card_show_it() -> None:
+    table = metric_table({"probe/linear_top1": 0.41267, "probe/num_images": 120, "sink/skipped": float("nan"),
+                          "probe/kind": "linear"})
+    assert table.splitlines() == ["| metric | value |", "|---|---|", "| probe/linear_top1 | 0.4127 |",
+                                  "| probe/num_images | 120 |", "| sink/skipped | n/a |", "| probe/kind | linear |"]
