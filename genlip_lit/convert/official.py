@@ -19,6 +19,7 @@ from torch import Tensor
 
 from genlip_lit.convert.common import StateMapper, check_config_keys, expected_shapes, move_block, read_json
 from genlip_lit.convert.formats import ImportFormat, register_format
+from genlip_lit.data.transforms import Preprocessing
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.models.config import GenLIPConfig
 
