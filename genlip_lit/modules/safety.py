@@ -184,6 +184,8 @@ class TrainingSafety:
         verdict on the device the loss is returned as is (its gradients are dropped there). Otherwise the verdict
         is read here and the loss is replaced: None in one process (no backward), a zero-gradient loss under DDP
         (every rank must reduce)."""
+        if loss.is_meta:  # a meta-device trace (`genlip plan`): shapes only, no value to check
+            return loss
         state = self._safety()
         on_device = self.guard_on_device()
         if nonfinite is None and not on_device:  # read here; under DDP every rank's (so all count it alike)
