@@ -8,7 +8,7 @@ The block sits between START and END in README.md: a table of every command (nam
 required arguments) and, per project command, its options with the help, type and default that `--help` shows.
 The LightningCLI commands (fit, validate, test, predict) take every config key as `--section.key VALUE`; their
 `--help` depends on the installed Lightning, so the table points at it instead of copying it.
-tests/test_command_reference.py fails when a command's options change and the README was not regenerated.
+tests/commands/test_command_reference.py fails when a command's options change and the README was not regenerated.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What keeps a training run recoverable, shared by every genlip module through `EncoderModule`.
 
-    python -m pytest tests/test_safety.py -q
+    python -m pytest tests/modules/test_safety.py -q
 
 - Non-finite steps: a NaN/inf loss (or, outside fp16 loss scaling, a NaN/inf gradient) in any micro-batch of an
   optimizer step makes no optimizer update and is counted in `train/nonfinite_steps`. After `max_nonfinite_steps` such steps in a row (default 8; set it
