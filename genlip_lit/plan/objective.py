@@ -83,8 +83,11 @@ def _without_compilation(module: nn.Module) -> None:
 
 
 def _build(run: RunConfig, args: dict[str, Any], attn_impl: str) -> nn.Module:
-    with torch.device("meta"):
-        module = run.module_class(**args)
+    try:
+        with torch.device("meta"):
+            module = run.module_class(**args)
+    except ImportError as err:  # a package the objective needs is not installed here
+        raise GenLIPUserError(f"{run.module_class.__name__} cannot be built here: {err}") from None
     if getattr(module, "config", None) is None:
         raise GenLIPUserError(f"{run.module_class.__name__} has no GenLIP network config (module.config): genlip plan "
                               "traces objectives on GenLIP's image tower")
@@ -113,7 +116,11 @@ def meta_objective(run: RunConfig, vocab_size: int | None = None, attn_impl: str
             if vocab_size is None:
                 raise GenLIPUserError("the configured tokenizer cannot be built here: give its size with "
                                       "--vocab-size N") from None
-            args["tokenizer"] = OpenCLIPTokenizer()
+            try:
+                args["tokenizer"] = OpenCLIPTokenizer()
+            except ImportError as err:
+                raise GenLIPUserError(f"the configured tokenizer cannot be built here, nor open_clip's BPE that stands "
+                                      f"in for it ({err})") from None
             how = "open_clip's BPE (the configured tokenizer cannot be built here)"
     module = _build(run, args, attn_impl)
     if vocab_size is not None:

@@ -122,7 +122,8 @@ def test_impossible_plans_are_refused_in_one_line(capsys, tmp_path) -> None:
     assert "no perf/mfu or perf/samples_per_s" in refusal(capsys, [*base, *CUSTOM, "--throughput-log", str(tmp_path)])
 
 
-def test_prompt_length_without_the_configured_tokenizer(capsys) -> None:
+def test_prompt_length_without_the_configured_tokenizer(capsys, monkeypatch) -> None:
+    from genlip_lit.data import tokenizer as tokenizers
     from genlip_lit.plan.objective import meta_objective
 
     hf = ["--model.init_args.tokenizer={class_path: genlip_lit.data.tokenizer.HFTokenizer, "
@@ -133,6 +134,13 @@ def test_prompt_length_without_the_configured_tokenizer(capsys) -> None:
     assert (objective.head_tokens, objective.vocab_size) == (7, 1000) and "open_clip" in objective.tokenizer_source
     assert objective.module.model.lm_head.out_features == 1000
     assert "give its size with --vocab-size N" in refusal(capsys, [*SMALL, *hf, *CUSTOM, "--gpus", "1"])
+
+    def missing(*args, **kwargs):
+        raise ImportError("no open_clip")
+
+    monkeypatch.setattr(tokenizers, "OpenCLIPTokenizer", missing)  # nothing to stand in: said in one line
+    assert "nor open_clip's BPE that stands in for it (no open_clip)" in refusal(
+        capsys, [*SMALL, *hf, *CUSTOM, "--gpus", "1", "--vocab-size", "1000"])
 
 
 def test_plan_options_come_from_a_file_as_print_config_writes_them(tmp_path, capsys) -> None:
