@@ -271,7 +271,8 @@ def step_of(model: nn.Module) -> tuple[nn.Module, object, Callable[[Tensor, Tens
         from genlip_lit.data.batch import Batch
 
         def objective_loss(pixels: Tensor, input_ids: Tensor, loss_mask: Tensor) -> Tensor:
-            batch = Batch(pixels, input_ids, loss_mask, torch.empty_like(loss_mask))
+            # the loss mask stands in for the text mask (same shape and dtype): no storage the timeline would count
+            batch = Batch(pixels, input_ids, loss_mask, loss_mask)
             with warnings.catch_warnings():  # self.log without a trainer: nothing to log in a trace
                 warnings.filterwarnings("ignore", message=".*self.log.*")
                 loss = model.training_step(batch, 0)
