@@ -54,13 +54,12 @@ class MetaObjective:
         return self.module.config
 
 
-def build_tokenizer(spec: Any, source: str) -> Any:
-    """The tokenizer `spec` ({class_path, init_args}, or a class path) names, resolved through the registry."""
+def tokenizer_class(spec: Any, source: str) -> type:
+    """The tokenizer class `spec` ({class_path, init_args}, or a class path) names, resolved through the registry
+    (an unregistered name is refused, never imported)."""
     from genlip_lit.checkpoints.registry import resolve
 
-    class_path = spec.get("class_path") if isinstance(spec, dict) else spec
-    cls = resolve("tokenizer", class_path, source)
-    return cls(**_init_args(spec))
+    return resolve("tokenizer", spec.get("class_path") if isinstance(spec, dict) else spec, source)
 
 
 def _text_facts(module: nn.Module) -> tuple[int, int]:
@@ -107,8 +106,9 @@ def meta_objective(run: RunConfig, vocab_size: int | None = None, attn_impl: str
     how = THE_CONFIGURED_TOKENIZER
     takes_tokenizer = "tokenizer" in args
     if takes_tokenizer and args["tokenizer"] is not None and not hasattr(args["tokenizer"], "encode"):
+        cls = tokenizer_class(args["tokenizer"], "model.init_args.tokenizer")
         try:
-            args["tokenizer"] = build_tokenizer(args["tokenizer"], "model.init_args.tokenizer")
+            args["tokenizer"] = cls(**_init_args(args["tokenizer"]))
             args["tokenizer"].vocab_size  # noqa: B018 - a tokenizer that loads lazily (HFTokenizer) reads its file here
         except (GenLIPUserError, ImportError, OSError):
             from genlip_lit.data.tokenizer import OpenCLIPTokenizer

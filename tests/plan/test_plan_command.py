@@ -135,6 +135,10 @@ def test_prompt_length_without_the_configured_tokenizer(capsys, monkeypatch) -> 
     assert objective.module.model.lm_head.out_features == 1000
     assert "give its size with --vocab-size N" in refusal(capsys, [*SMALL, *hf, *CUSTOM, "--gpus", "1"])
 
+    unregistered = "--model.init_args.tokenizer={class_path: os.Popen, init_args: {args: ls}}"
+    assert "not a registered genlip_lit class" in refusal(  # refused, not replaced by the stand-in
+        capsys, [*SMALL, unregistered, *CUSTOM, "--gpus", "1", "--vocab-size", "1000"])
+
     def missing(*args, **kwargs):
         raise ImportError("no open_clip")
 
