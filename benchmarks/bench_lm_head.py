@@ -6,7 +6,7 @@
 Each variant runs in a fresh process. On CPU the peak is the process's resident-set high-water mark minus its
 size after the inputs exist (glibc returns large freed blocks to the system, so this tracks tensors); on CUDA it
 is `torch.cuda.max_memory_allocated` minus the inputs. Both variants compute the same loss and gradients
-(tests/test_lm_loss.py); the table shows the loss so this can be seen too. Prints a table last (nothing asserted).
+(tests/models/test_lm_loss.py); the table shows the loss so this can be seen too. Prints a table last (nothing asserted).
 """
 
 from __future__ import annotations

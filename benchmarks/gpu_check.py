@@ -1,7 +1,7 @@
 """The first-GPU check: FlexAttention at So/16's head dim, So/16 training steps, CE memory, KV-cache captions.
 
     python benchmarks/gpu_check.py                       # one H100 / H200: under 8 minutes, prints a table
-    python benchmarks/gpu_check.py --cpu                 # shrunk shapes on CPU (~1 min; tests/test_gpu_check.py)
+    python benchmarks/gpu_check.py --cpu                 # shrunk shapes on CPU (~1 min; tests/perf/test_gpu_check.py)
     python benchmarks/gpu_check.py --json gpu_check.json
 
 What it runs (GPU shapes; --cpu shrinks every one, keeping head dim 72):

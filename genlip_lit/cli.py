@@ -37,8 +37,9 @@ LIGHTNING_COMMANDS: dict[str, str] = {
 }
 LIGHTNING_ENTRY = "genlip_lit.commands.fit:main"
 
-# Project commands: name -> ("module:function", one-line description). The function takes the arguments after
-# the command name and returns an exit code (None = 0). Register a command with one line here.
+# Project commands: name -> (entry point, one-line description), the entry point a "package.module:function"
+# string imported only when the command runs. The function takes the arguments after the command name and returns
+# an exit code (None = 0). Register a command with one line here.
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "optimize": ("genlip_lit.commands.optimize:main", "turn images with captions (or synthetic scenes) into litdata shards"),
     "caption": ("genlip_lit.commands.caption:main", "caption image files, folders and globs with a checkpoint (bad files skipped)"),
@@ -59,10 +60,10 @@ EXIT_USAGE = 2  # a user mistake, as argparse and jsonargparse use it
 
 
 def command_table() -> dict[str, tuple[str, str]]:
-    """Every command: name -> ("module:function", description), Lightning's first."""
+    """Every command: name -> (entry point "package.module:function", description), Lightning's first."""
     table = {name: (LIGHTNING_ENTRY, text) for name, text in LIGHTNING_COMMANDS.items()}
     for name, entry in EXTRA_COMMANDS.items():
-        # a bare "module:function" (a registration without a description) still runs
+        # a bare entry-point string (a registration without a description) still runs, described by ""
         table[name] = (entry, "") if isinstance(entry, str) else (entry[0], entry[1])
     return table
 

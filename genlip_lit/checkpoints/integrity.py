@@ -1,6 +1,6 @@
 """Reading checkpoint files safely and checking their weights: what every genlip load path goes through.
 
-    python -m pytest tests/test_integrity.py -q
+    python -m pytest tests/checkpoints/test_integrity.py -q
 
 - `read_checkpoint`: `torch.load(weights_only=True)`, so a file can hold tensors and plain data but no object
   whose unpickling runs code; a refused or unreadable file is one error line naming it.

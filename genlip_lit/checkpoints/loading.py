@@ -6,7 +6,7 @@ A checkpoint written by a genlip module names its own class and carries its toke
 state), so nothing but the file is needed. The data module's hyper-parameters (image size, mean/std) come back
 too, for preprocessing new images the way the model was trained.
 
-Nothing in the file can run code: it is read with `torch.load(weights_only=True)` (modules/integrity.py), the
+Nothing in the file can run code: it is read with `torch.load(weights_only=True)` (checkpoints/integrity.py), the
 class names it holds are resolved only against genlip_lit's registry (genlip_lit/checkpoints/registry.py), the module is
 first built on the meta device so that sizes which do not match the stored tensors are refused before any
 memory is allocated, and the weights must match their stored sha256 and be finite.

@@ -115,7 +115,7 @@ def resolve(kind: str, name: object, source: str, allow: tuple[str, ...] = ()) -
 # Class paths a genlip checkpoint holds besides modules and tokenizers: the data module LightningCLI records in
 # `datamodule_hyper_parameters._class_path`, and the function LightningCLI records as `_instantiator`. Only
 # compared as names here: vetting imports nothing.
-_DATA_CLASSES = {"genlip_lit.data.datamodule.GenLIPDataModule", "genlip_lit.data.GenLIPDataModule"}
+DATA_CLASSES = {"genlip_lit.data.datamodule.GenLIPDataModule", "genlip_lit.data.GenLIPDataModule"}
 _INSTANTIATORS = {"lightning.pytorch.cli.instantiate_module"}
 CLASS_KEYS = ("class_path", "_class_path", "genlip_module_class")
 # `pkg.mod.Class`: a dotted name ending in a capitalised class name (file names such as `tokenizer.json` are not)
@@ -150,7 +150,7 @@ def vet_class_paths(ckpt: object, source: str, allow: Iterable[str] = ()) -> Non
     init_args any other string shaped like a dotted class name whose package exists (`thatmodule.Zen` as a bare
     tokenizer value, which jsonargparse would import as a class path) is refused too. Run before Lightning or
     jsonargparse sees the dict; imports nothing."""
-    trusted = {*known("module"), *known("tokenizer"), *_DATA_CLASSES, *allow}
+    trusted = {*known("module"), *known("tokenizer"), *DATA_CLASSES, *allow}
     stack: list[tuple[str, object]] = [("", ckpt)]
     while stack:
         where, node = stack.pop()

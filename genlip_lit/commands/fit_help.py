@@ -16,7 +16,7 @@ import inspect
 import re
 from typing import Any
 
-# GenLIPDataModule's arguments, one line each (tests/test_fit_help.py: every argument has one)
+# GenLIPDataModule's arguments, one line each (tests/commands/test_fit_help.py: every argument has one)
 DATA_KEYS: dict[str, str] = {
     "data_dir": "`genlip optimize` output (train/ and val/), local or s3://...; a list mixes several",
     "weights": "sampling weight of each data_dir (a mixture); null: read each to its end",

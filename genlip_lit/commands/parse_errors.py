@@ -7,7 +7,7 @@ jsonargparse reports a bad value inside a class_path plug-in as a union error of
 tried, the value it was given, then usage). The culprit is always in there: the nested `Parser key "..."`
 headers spell the key path, and the innermost message says what is wrong. This module rebuilds `key: problem`
 from them and adds one hint line. Plain text in, plain text out (no Lightning, no jsonargparse import), so every
-command's parser can use it; tests/test_lightning_cli.py pins the messages of the installed jsonargparse.
+command's parser can use it; tests/commands/test_fit.py pins the messages of the installed jsonargparse.
 """
 
 from __future__ import annotations

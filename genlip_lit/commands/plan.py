@@ -7,8 +7,9 @@
     genlip plan --probe so16 --gpus 8        # the full ImageNet probe of `genlip probe-full` (plan/probe.py)
 
 Reads the same YAML files as `genlip fit` (several compose, later wins; `--section.key value` overrides as on
-the fit command line), builds the network on the meta device (no memory, no GPU) and prints the plan
-(genlip_lit/plan/). Argument parsing is kept apart from the work (`parse` / `run`) so another parser can drive it.
+the fit command line; what they leave out is the default in the classes' own signatures), builds the objective
+they name on the meta device (no memory, no GPU; any objective registered in checkpoints/registry.py), traces its
+own training step and prints the plan (genlip_lit/plan/). Argument parsing is kept apart from the work (`parse` / `run`) so another parser can drive it.
 
 Here `--config` is the fit config being planned (as in `genlip fit`), so this command's own options file is
 `--options FILE` (keys as `--print_config` writes them, `config:` included).

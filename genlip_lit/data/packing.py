@@ -1,6 +1,6 @@
 """Stage-2 sequence packing: variable-size samples (image patches + caption tokens) in rows of <= max_tokens.
 
-    python -m pytest tests/test_packing.py -q
+    python -m pytest tests/data/test_packing.py -q
 
 A sample is `[registers ; its image's patches (its own grid, raster order) ; BOS prompt caption EOS]`. The packer
 takes the samples of one training step (the loader's batch: a bounded window of `batch_size` samples, so the

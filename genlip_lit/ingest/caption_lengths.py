@@ -17,7 +17,7 @@ from typing import Any
 SAMPLE = 2_000  # captions read (evenly spread over the train split): bounds the cost on a large corpus
 TEXT_SPECIALS = 2  # BOS + EOS around a caption (the "genlip" text template, no prompt)
 # the text length (model.init_args.max_text_len) of each config that trains on your own data;
-# tests/test_caption_lengths.py checks these against the YAML files
+# tests/ingest/test_caption_lengths.py checks these against the YAML files
 CONFIG_TEXT_LENS: dict[str, int] = {"corpus_cpu.yaml": 64, "stage1_corpus.yaml": 128, "stage2_corpus.yaml": 512}
 
 

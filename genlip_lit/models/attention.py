@@ -1,6 +1,6 @@
 """Gated multi-head attention with prefix-LM masking, a KV cache, and interchangeable kernels.
 
-    python -m pytest tests/test_attention.py -q
+    python -m pytest tests/models/test_attention.py -q
 
 Gated attention (paper, against attention sinks): G = sigmoid(X W_g + b_g), out = o_proj(G * Attn(X)), one gate
 value per head channel. The official code computes [q ; gate] with one Linear(d, 2d); we keep W_g as its own

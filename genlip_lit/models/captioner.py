@@ -1,6 +1,6 @@
 """An encoder-decoder captioner (CapPa-style baseline) built from GenLIP's own parts.
 
-    python -m pytest tests/test_captioner.py -q
+    python -m pytest tests/modules/test_captioner.py -q
 
 The paper's claim is that one transformer over [patches ; text] needs no separate text decoder. To test it in
 the same harness, this baseline keeps GenLIP's image tower unchanged (identical encoder, bidirectional over the

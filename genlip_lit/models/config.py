@@ -3,7 +3,7 @@
     python -c "from genlip_lit.models.config import GenLIPConfig; print(GenLIPConfig.from_name('so16'))"
 
 Presets l16 / so16 / g16 are the authors' released model configs (the architectures their checkpoints need,
-key for key and shape for shape: tests/test_convert_official.py). l16_paper / g16_paper keep the sizes the
+key for key and shape for shape: tests/convert/test_official.py). l16_paper / g16_paper keep the sizes the
 paper's Table 1 was first read as (24 x 1024, FFN 2816; 40 x 1536 with 24 heads), which no checkpoint uses.
 tiny / s16 / b16 are ours, sized for CPU runs and tests.
 """

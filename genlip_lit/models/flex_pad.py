@@ -1,6 +1,6 @@
 """FlexAttention at any head dim: zero-pad q, k, v to a head dim the compiled kernel takes, cut the output back.
 
-    python -m pytest tests/test_flex_pad.py -q
+    python -m pytest tests/models/test_flex_pad.py -q
 
 Zero padding is exact: the padded channels add 0 to every q.k score, the softmax scale is passed explicitly as
 1/sqrt(the true head dim), and the padded value channels are 0, so the cut output (and its gradient) equals the

@@ -1,6 +1,6 @@
 """Caption generation with a KV cache, and log-likelihood scoring of given captions.
 
-    python -m pytest tests/test_generate.py -q
+    python -m pytest tests/models/test_generate.py -q
 
 Generation prefills [patches ; BOS + prompt] once, then decodes one token per step attending to the cache.
 `use_cache=False` recomputes the whole sequence every step: the reference the cached path must equal.

@@ -1,6 +1,6 @@
 """LM-head cross-entropy that never materialises the full tokens x vocabulary logits.
 
-    python -m pytest tests/test_lm_loss.py -q
+    python -m pytest tests/models/test_lm_loss.py -q
     python benchmarks/bench_lm_head.py
 
 With the paper's vocabulary (151,936 tokens) the logits of one stage-1 batch are the largest tensor of the step:

@@ -1,6 +1,6 @@
 """Multimodal rotary positions (M-RoPE): a (t, h, w) position triple per token.
 
-    python -m pytest tests/test_rope.py -q
+    python -m pytest tests/models/test_rope.py -q
 
 Image patch at grid row r, column c has position (0, r, c); text token j has s + j on all three axes with
 s = max(grid_h, grid_w) (the largest vision position + 1), so on text M-RoPE is exactly 1-D RoPE.

@@ -1,13 +1,14 @@
 """What every objective shares: one optimizer/schedule signature, `init_from`, and the encoder contract.
 
-    python -m pytest tests/test_base.py -q
+    python -m pytest tests/modules/test_base.py -q
 
-A new objective is one LightningModule subclass (plus its plain-torch model) and one overlay YAML. It takes its
-own arguments and passes `**kwargs` to `EncoderModule.__init__`, which owns the training arguments every
-objective accepts under the same YAML keys (`lr`, `min_lr`, `weight_decay`, `betas`, `warmup_ratio`,
-`warmup_steps`, `init_from`). The model (`optimized_model()`) declares its own training metadata
-(`no_weight_decay()`, `vision_tower()`, `shard_units()`), so the optimizer, FSDP and `genlip export` never learn an
-objective's name; `data_settings()` is what the data module is told through `GenLIPDataModule.connect`.
+A new objective is one LightningModule subclass (plus its plain-torch model), registered with
+`genlip_lit.checkpoints.registry.register`, and one overlay YAML. It takes its own arguments and passes `**kwargs`
+to `EncoderModule.__init__`, which owns the training arguments every objective accepts under the same YAML keys
+(`lr`, `min_lr`, `weight_decay`, `betas`, `warmup_ratio`, `warmup_steps`, `init_from`). The model
+(`optimized_model()`) declares its own training metadata (`no_weight_decay()`, `vision_tower()`, `shard_units()`),
+so the optimizer, FSDP and `genlip export` never learn an objective's name; `data_settings()` is what the data
+module is told through `GenLIPDataModule.connect`.
 
 Every objective's training steps are accounted for in one place (`on_train_batch_start`, below): the running data
 totals of the batches (`data/skipped_samples`, `data/truncated_captions`, `data/unknown_tokens`), the packing
@@ -15,9 +16,23 @@ statistics of packed batches (`data/packing_efficiency`, `data/unpacked_efficien
 global sums under DDP and travel in checkpoints (`genlip_<name>`), so a resumed run counts on from where it stopped.
 They stay on the device between steps: nothing in this path waits for the GPU (modules/safety.py, same rule).
 
-The encoder contract (`encode_patches`, `encode_pooled`, and for generative models `generate_captions`,
-`score_captions`) is the only way callbacks and evaluation code reach a model, so they work the same for
-GenLIP, the captioner and the contrastive baselines.
+The encoder contract is the only way callbacks and evaluation code reach a model, so they work the same for
+GenLIP, the captioner and the contrastive baselines:
+- every objective implements `encode_patches` (frozen patch features) and `num_vision_params`, and inherits
+  `encode_pooled` (mean of the patches), `vision_tower` (its model's, for `genlip export`), `objective_name` and
+  `is_generative` (False) unless it has better answers;
+- the capabilities an evaluation may ask for, each raising NotImplementedError where the objective has none (the
+  evaluation then reports a skip naming it): `generate_captions` and `score_captions` (generative models, with
+  `is_generative` True), `text_match_scores` (zero-shot), `patch_word_scores` (patch readout) and
+  `attention_maps` (attention-sink monitor).
+
+What `genlip plan` needs (genlip_lit/plan/objective.py), so that any registered objective is planned without
+edits there: the class is built from its config's arguments under `torch.device("meta")` with its
+`weight_sources` set to None (no weights read), so `__init__` must not read tensor values; `config` is the
+GenLIPConfig of its network (patch grid, registers, `grad_checkpointing`); `data_settings()["caption_encoder"]`
+is its text format; `training_step(batch, 0)` on a fixed-resolution `Batch` of meta tensors, with no trainer
+attached, returns the loss training backpropagates (logging is then a no-op and `skip_if_nonfinite` passes a meta
+loss through); the network's `shard_units()` are the blocks activation checkpointing recomputes.
 """
 
 from __future__ import annotations

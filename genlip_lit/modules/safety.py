@@ -1,6 +1,6 @@
 """What keeps a training run recoverable, shared by every genlip module through `EncoderModule`.
 
-    python -m pytest tests/test_safety.py -q
+    python -m pytest tests/modules/test_safety.py -q
 
 - Non-finite steps: a NaN/inf loss (or, outside fp16 loss scaling, a NaN/inf gradient) in any micro-batch of an
   optimizer step makes no optimizer update and is counted in `train/nonfinite_steps`. After `max_nonfinite_steps` such steps in a row (default 8; set it
@@ -184,6 +184,8 @@ class TrainingSafety:
         verdict on the device the loss is returned as is (its gradients are dropped there). Otherwise the verdict
         is read here and the loss is replaced: None in one process (no backward), a zero-gradient loss under DDP
         (every rank must reduce)."""
+        if loss.is_meta:  # a meta-device trace (`genlip plan`): shapes only, no value to check
+            return loss
         state = self._safety()
         on_device = self.guard_on_device()
         if nonfinite is None and not on_device:  # read here; under DDP every rank's (so all count it alike)

@@ -77,7 +77,7 @@ class _ExactFlopCounterMode(FlopCounterMode):
 
     def __enter__(self) -> _ExactFlopCounterMode:
         super().__enter__()
-        mode = getattr(self, "mode", None)  # private (torch 2.2+); tests/test_throughput.py checks exactness
+        mode = getattr(self, "mode", None)  # private (torch 2.2+); tests/callbacks/test_throughput.py checks exactness
         if mode is not None:
             mode.__class__ = _run_as_called(type(mode))
         return self

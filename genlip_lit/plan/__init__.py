@@ -3,8 +3,9 @@
     genlip plan --config experiments/stage1_corpus.yaml --gpus 64 --gpu h100 --mfu 0.4 --samples 8e9
 
 A library (no Lightning at import) over perf/ (the FLOP counter shared with the Throughput callback, GPU peaks and
-memory): trace.py (one step on the meta device), memory.py (per-strategy memory model),
-run_config.py (the `genlip fit` YAML, composed), logs.py (a previous run's measured MFU), estimate.py (the plan),
+memory): run_config.py (the `genlip fit` YAML, composed, defaults from the classes' signatures), objective.py (the
+objective it names, any registered one, built on the meta device), trace.py (one step of it on the meta device),
+memory.py (per-strategy memory model), logs.py (a previous run's measured MFU), estimate.py (the plan),
 report.py (its text).
 """
 

@@ -2,9 +2,9 @@
 
     from genlip_lit.plan import PlanRequest, make_plan, read_run_config
 
-Everything is read from the config (GenLIPConfig built from the preset and its overrides, the network built on
-the meta device) and from one traced step per micro-batch tried (plan/trace.py), so a preset that changes shape
-changes the plan with it. Time = counted FLOPs per sample x samples / (GPUs x peak x MFU), with the FLOPs counted
+Everything is read from the config (the objective it names built on the meta device by plan/objective.py, any
+registered objective alike) and from one traced step of that objective per micro-batch tried (plan/trace.py), so a
+preset or a default that changes shape changes the plan with it. Time = counted FLOPs per sample x samples / (GPUs x peak x MFU), with the FLOPs counted
 as the `Throughput` callback counts them (a recomputed forward included when activation checkpointing is on), so
 an MFU read from that callback's logs plugs straight in.
 """
@@ -12,13 +12,15 @@ an MFU read from that callback's logs plugs straight in.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.perf.devices import GPUSpec, computes_in_half, usable_bytes
 from genlip_lit.plan.memory import MemoryEstimate, NetworkSizes, Strategy, estimate_memory, half_dtype
-from genlip_lit.plan.run_config import RunConfig, tokenizer_facts
-from genlip_lit.plan.trace import SampleShape, StepTrace, meta_model, trace_step
+from genlip_lit.plan.objective import THE_CONFIGURED_TOKENIZER, MetaObjective, meta_objective
+from genlip_lit.plan.run_config import RunConfig
+from genlip_lit.plan.trace import SampleShape, StepTrace, trace_step
 
 
 @dataclass
@@ -30,7 +32,7 @@ class PlanRequest:
     mfu: float
     mfu_source: str = "--mfu"
     global_batch: int | None = None  # None: data.batch_size x accumulate_grad_batches x the config's GPUs
-    vocab_size: int | None = None  # None: the configured tokenizer's
+    vocab_size: int | None = None  # None: the configured tokenizer's (given: the tokenizer's vocabulary in the plan)
     text_tokens: int | None = None  # mean text positions per sample; None: max_text_len (an upper bound)
     mean_patches: int | None = None  # stage 2: mean patches per image; None: max_patches
     attn_impl: str = "sdpa"  # the kernel the step runs: "sdpa" on CUDA (the default), "mask" on CPU
@@ -61,6 +63,7 @@ class Plan:
     days: float = 0.0
     gpu_hours: float = 0.0
     searched: list[int] = field(default_factory=list)
+    vocab_size: int = 0  # the objective's tokenizer's (--vocab-size when given)
 
     @property
     def fits(self) -> bool:
@@ -89,10 +92,10 @@ def strategy_of(run: RunConfig, gpus: int) -> tuple[Strategy, list[str]]:
     raise GenLIPUserError(f"genlip plan models DDP and FSDP2; trainer.strategy {class_path!r} is not covered")
 
 
-def sample_shape(run: RunConfig, config, head: int, text_tokens: int | None, mean_patches: int | None
-                 ) -> tuple[SampleShape, list[str]]:
+def sample_shape(run: RunConfig, config, head: int, text_tokens: int | None, mean_patches: int | None,
+                 max_text_len: int) -> tuple[SampleShape, list[str]]:
     """One (mean) sample's grid and text, and how they were chosen."""
-    text = int(text_tokens or run.max_text_len)
+    text = int(text_tokens or max_text_len)
     notes = [f"text: {text} positions per sample" + ("" if text_tokens else
              " (max_text_len, an upper bound: batches pad to their longest caption; --text-tokens N for your mean)")]
     if text <= head:
@@ -129,16 +132,18 @@ def packing_efficiency(run: RunConfig, config, shape: SampleShape, micro_batch: 
 
 
 class _Tracer:
-    """Traces of one network at one sample shape, cached by (samples, checkpointing): each costs a meta step."""
+    """Traces of one objective at one sample shape, cached by (samples, checkpointing): each costs a meta step."""
 
-    def __init__(self, config, shape: SampleShape, precision: str, attn_impl: str) -> None:
+    def __init__(self, build: Callable[[], MetaObjective], shape: SampleShape, precision: str) -> None:
         self.shape = shape
-        self.model = meta_model(config, attn_impl)
+        self.model = build().module  # its own copy: a "*-true" precision casts it
+        self.network = self.model.optimized_model()
+        self.config = self.model.config
         self.half = half_dtype(precision)
         if precision in ("bf16-true", "16-true") and self.half is not None:
             self.model.to(self.half)  # half parameters, no autocast
             self.half = None
-        self.sizes = NetworkSizes.of(self.model)
+        self.sizes = NetworkSizes.of(self.network)
         self.cache: dict[tuple[int, bool], StepTrace] = {}
 
     def trace(self, samples: int, checkpointing: bool) -> StepTrace:
@@ -154,15 +159,28 @@ class _Tracer:
         return trace.flops / n
 
 
-# tracers by (config, shape, precision, kernel): a table of plans (benchmarks/plan_paper_runs.py) reuses them
+# objectives and tracers by what built them: a table of plans (benchmarks/plan_paper_runs.py) reuses them
+_OBJECTIVES: dict[tuple, MetaObjective] = {}
 _TRACERS: dict[tuple, _Tracer] = {}
 
 
-def _tracer(config, shape: SampleShape, precision: str, attn_impl: str) -> _Tracer:
-    key = (repr(config), shape, precision, attn_impl)
+def _objective_key(run: RunConfig, vocab_size: int | None, attn_impl: str) -> tuple:
+    return (run.module_class, repr(sorted(run.model.items())), vocab_size, attn_impl)
+
+
+def _objective(run: RunConfig, vocab_size: int | None, attn_impl: str) -> MetaObjective:
+    key = _objective_key(run, vocab_size, attn_impl)
+    if key not in _OBJECTIVES:
+        _OBJECTIVES.clear()  # one objective at a time
+        _OBJECTIVES[key] = meta_objective(run, vocab_size, attn_impl)
+    return _OBJECTIVES[key]
+
+
+def _tracer(run: RunConfig, vocab_size: int | None, attn_impl: str, shape: SampleShape, precision: str) -> _Tracer:
+    key = (_objective_key(run, vocab_size, attn_impl), shape, precision)
     if key not in _TRACERS:
         _TRACERS.clear()  # one network at a time: meta models are free, their traces' timelines are not
-        _TRACERS[key] = _Tracer(config, shape, precision, attn_impl)
+        _TRACERS[key] = _Tracer(lambda: meta_objective(run, vocab_size, attn_impl), shape, precision)
     return _TRACERS[key]
 
 
@@ -178,7 +196,7 @@ class _Memory:
     def at(self, micro_batch: int, checkpointing: bool, accumulate: int) -> MemoryEstimate:
         samples = micro_batch
         if self.run.resolution == "native":  # padding slots carry activations too
-            eff = packing_efficiency(self.run, self.tracer.model.cfg, self.tracer.shape, micro_batch)
+            eff = packing_efficiency(self.run, self.tracer.config, self.tracer.shape, micro_batch)
             samples = math.ceil(micro_batch / eff)
         est = estimate_memory(self.tracer.trace(samples, checkpointing), self.tracer.sizes, self.strategy,
                               self.run.precision, accumulate, self.fused_optimizer, checkpointing)
@@ -188,21 +206,22 @@ class _Memory:
 
 def make_plan(request: PlanRequest) -> Plan:
     """Count, trace and search: see the module docstring."""
-    from genlip_lit.models import GenLIPConfig
-
     run, gpus = request.run, request.gpus
     if gpus < 1:
         raise GenLIPUserError(f"--gpus must be >= 1, got {gpus}")
     if not 0 < request.mfu <= 1:
         raise GenLIPUserError(f"MFU must be in (0, 1], got {request.mfu}")
-    vocab, head, how = tokenizer_facts(run)
-    notes = [] if how == "the configured tokenizer" else [f"loss-free prompt length counted with {how}"]
-    vocab = request.vocab_size or vocab
-    if vocab is None:
-        raise GenLIPUserError("the configured tokenizer cannot be built here: give its size with --vocab-size N")
-    config = GenLIPConfig.from_name(run.arch, **{**run.arch_overrides, "vocab_size": int(vocab)})
-    shape, shape_notes = sample_shape(run, config, head, request.text_tokens, request.mean_patches)
+    objective = _objective(run, request.vocab_size, request.attn_impl)
+    how = objective.tokenizer_source
+    notes = [] if how == THE_CONFIGURED_TOKENIZER else [f"loss-free prompt length counted with {how}"]
+    config = objective.config
+    shape, shape_notes = sample_shape(run, config, objective.head_tokens, request.text_tokens, request.mean_patches,
+                                      objective.max_text_len)
     strategy, strategy_notes = strategy_of(run, gpus)
+    network = objective.module.optimized_model()
+    if strategy.kind == "fsdp" and not callable(getattr(network, "shard_units", None)):
+        raise GenLIPUserError(f"{run.module_class.__name__} does not support FSDP2 (ModelParallelStrategy): its "
+                              "network declares no shard_units(); plan it with DDP (experiments/scale/ddp.yaml)")
     notes += shape_notes + strategy_notes
     global_batch = request.global_batch or run.batch_size * run.accumulate * (run.world_size or gpus)
     if global_batch % gpus:
@@ -216,7 +235,7 @@ def make_plan(request: PlanRequest) -> Plan:
     if per_gpu % run.batch_size:
         raise GenLIPUserError(f"global batch {global_batch} is not divisible by {gpus} GPUs x micro-batch "
                               f"{run.batch_size} (data.batch_size)")
-    tracer = _tracer(config, shape, run.precision, request.attn_impl)
+    tracer = _tracer(run, request.vocab_size, request.attn_impl, shape, run.precision)
     memory = _Memory(tracer, run, strategy, request.fused_optimizer)
     ckpt = bool(config.grad_checkpointing)
     usable = usable_bytes(request.gpu.memory_gib)
@@ -236,7 +255,7 @@ def make_plan(request: PlanRequest) -> Plan:
     eff = packing_efficiency(run, config, shape, best.micro_batch) if run.resolution == "native" else None
     plan = Plan(request, config, shape, notes, tracer.sizes.params, strategy, global_batch, per_gpu,
                 run.batch_size, ckpt, counted[False], counted, eff, usable, at_config, other, best,
-                per_gpu // best.micro_batch, searched=searched)
+                per_gpu // best.micro_batch, searched=searched, vocab_size=objective.vocab_size)
     set_mfu(plan, request.mfu, request.mfu_source)
     if not computes_in_half(run.precision):
         plan.notes.append(f"precision {run.precision}: peak is the GPU's plain fp32 rate; use bf16-mixed on GPUs")
@@ -275,10 +294,4 @@ def _largest_fitting(memory: _Memory, per_gpu: int, checkpointing: bool, usable:
         else:
             hi = mid - 1
     return best, tried
-
-
-def trace_flops_per_sample(config, shape: SampleShape, attn_impl: str = "sdpa", precision: str = "32-true",
-                           checkpointing: bool = False) -> float:
-    """Training FLOPs per sample of `config` at `shape`, counted on the meta device (used by benchmarks)."""
-    return _tracer(config, shape, precision, attn_impl).flops_per_sample(checkpointing)
 

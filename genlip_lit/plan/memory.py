@@ -1,6 +1,6 @@
 """Memory per GPU of one training step: parameters, gradients, AdamW states, weight copies, activations, buffers.
 
-    python -m pytest tests/test_plan_memory.py -q
+    python -m pytest tests/plan/test_plan_memory.py -q
 
 The dynamic part (activations, the LM-head buffer, gradients as backward produces them, autocast's weight
 copies) comes from a meta-device trace of the step (plan/trace.py); what lives outside `model.loss` is modelled
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from genlip_lit.plan.trace import StepTrace
+from genlip_lit.plan.trace import StepTrace, blocks_of
 
 ADAM_STATES = 2  # exp_avg and exp_avg_sq, each the size of the parameter
 
@@ -62,7 +62,7 @@ class NetworkSizes:
     @classmethod
     def of(cls, model: nn.Module) -> NetworkSizes:
         params = [p for p in model.parameters() if p.requires_grad]
-        blocks = list(getattr(model, "blocks", []))
+        blocks = blocks_of(model)
         per_block = [sum(p.numel() for p in blk.parameters()) for blk in blocks]
         total = sum(p.numel() for p in params)
         return cls(total, max((p.numel() for p in params), default=0), max(per_block, default=0),

@@ -62,8 +62,9 @@ def format_plan(plan: Plan) -> str:
     run, gpu = req.run, req.gpu
     peak = gpu.peak_tflops(run.precision)
     lines = [f"genlip plan: {' + '.join(run.sources) or '(defaults)'}"]
-    lines.append(f"model     {run.arch}: {cfg.depth} blocks x {cfg.width}, {cfg.num_heads} heads x {cfg.head_dim}, "
-                 f"FFN {cfg.ffn_hidden}, vocab {cfg.vocab_size:,}: {_count(plan.params)} parameters")
+    lines.append(f"model     {run.module_class.__name__} {run.arch}: {cfg.depth} blocks x {cfg.width}, {cfg.num_heads} "
+                 f"heads x {cfg.head_dim}, FFN {cfg.ffn_hidden}, vocab {plan.vocab_size:,}: {_count(plan.params)} "
+                 "parameters")
     where = f"{run.image_size} px fixed" if run.resolution == "fixed" else "native resolution, packed"
     lines.append(f"sample    {where}: {shape.patches} patches + {shape.text_tokens} text positions "
                  f"({shape.targets} loss targets)")

@@ -3,16 +3,17 @@
     genlip plan --config experiments/stage1_corpus.yaml --config experiments/scale/fsdp2.yaml
 
 Several `--config` files compose the way LightningCLI composes them (nested keys merge, later files win, a new
-`class_path` drops the old `init_args`), and `--key.sub value` overrides apply last. Nothing is instantiated
-except the tokenizer (for its vocabulary size and the length of the loss-free prompt), and only tokenizers of
-`genlip_lit.data.tokenizer`: a config names classes, and a planner must not import whatever a file names.
-Defaults are those of GenLIPModule, GenLIPDataModule and Lightning's Trainer.
+`class_path` drops the old `init_args`), and `--key.sub value` overrides apply last. Every value the files leave
+out is the default of the class that would receive it, read from that class's own signature: the objective
+`model.class_path` names (resolved through checkpoints/registry.py, so a registered plug-in objective is read like
+a built-in one and nothing a file names is imported), GenLIPDataModule and Lightning's Trainer. No default is
+written here, so a default changed in a class changes the plan with it.
 """
 
 from __future__ import annotations
 
 import copy
-import re
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,32 +21,82 @@ import yaml
 
 from genlip_lit.errors import GenLIPUserError
 
-GENLIP_MODULES = ("genlip_lit.modules.GenLIPModule", "genlip_lit.modules.genlip.GenLIPModule")
-
 
 @dataclass
 class RunConfig:
-    """The settings of a run that decide its cost."""
+    """A run's settings: every argument of its objective, data module and trainer (the config's, else the
+    class's default), and the class of the objective."""
 
+    module_class: type
+    model: dict[str, Any]  # the objective's __init__ arguments (its own and those its **kwargs reach)
+    data: dict[str, Any]  # GenLIPDataModule's
+    trainer: dict[str, Any]  # Lightning Trainer's, as far as a config sets or planning reads them
     sources: list[str] = field(default_factory=list)
-    arch: str = "tiny"
-    arch_overrides: dict[str, Any] = field(default_factory=dict)
-    tokenizer: dict[str, Any] | None = None  # {class_path, init_args}; None = OpenCLIPTokenizer()
-    prompt: str | None = None
-    max_text_len: int = 64
-    resolution: str = "fixed"
-    image_size: int = 224
-    batch_size: int = 32  # samples per GPU per forward (the micro-batch)
-    min_patches: int = 16
-    max_patches: int = 1024
-    max_tokens: int = 16384
-    pad_to_multiple: int = 8
-    precision: str = "32-true"
-    strategy: Any = "auto"
-    accumulate: int = 1
-    devices: Any = "auto"
-    num_nodes: int = 1
-    max_steps: int = -1
+
+    # what the plan reads, by name
+    @property
+    def arch(self) -> str:
+        """The objective's preset (its `arch` argument), or its class name when it takes none."""
+        return str(self.model.get("arch", self.module_class.__name__))
+
+    @property
+    def arch_overrides(self) -> dict[str, Any]:
+        return dict(self.model.get("arch_overrides") or {})
+
+    @property
+    def resolution(self) -> str:
+        return str(self.data["resolution"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.data["image_size"])
+
+    @property
+    def batch_size(self) -> int:
+        """Samples per GPU per forward (the micro-batch)."""
+        return int(self.data["batch_size"])
+
+    @property
+    def min_patches(self) -> int:
+        return int(self.data["min_patches"])
+
+    @property
+    def max_patches(self) -> int:
+        return int(self.data["max_patches"])
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.data["max_tokens"])
+
+    @property
+    def pad_to_multiple(self) -> int:
+        return int(self.data["pad_to_multiple"])
+
+    @property
+    def precision(self) -> str:
+        # Trainer(precision=None) is Lightning's full precision, which it names "32-true"
+        return str(self.trainer["precision"] or "32-true")
+
+    @property
+    def strategy(self) -> Any:
+        return self.trainer["strategy"]
+
+    @property
+    def accumulate(self) -> int:
+        return int(self.trainer["accumulate_grad_batches"] or 1)
+
+    @property
+    def devices(self) -> Any:
+        return self.trainer["devices"]
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.trainer["num_nodes"] or 1)
+
+    @property
+    def max_steps(self) -> int:
+        steps = self.trainer["max_steps"]
+        return int(steps) if steps is not None else -1
 
     @property
     def world_size(self) -> int | None:
@@ -108,70 +159,90 @@ def apply_override(config: dict[str, Any], dotted: str, raw: str) -> dict[str, A
 
 def _init_args(node: Any) -> dict[str, Any]:
     if isinstance(node, dict):
-        return dict(node.get("init_args") or {k: v for k, v in node.items() if k != "class_path"})
+        if "init_args" in node:
+            return dict(node["init_args"] or {})
+        return {k: v for k, v in node.items() if k != "class_path"}
     return {}
 
 
+def signature_defaults(cls: type, stop: type | None = None) -> dict[str, Any]:
+    """Every argument `cls(...)` accepts -> its default (`inspect.Parameter.empty` when required): the class's own
+    `__init__`, then, while an `__init__` passes `**kwargs` on, those of its bases (GenLIPModule's `arch`, ...
+    then EncoderModule's `lr`, ...), stopping after `stop`'s."""
+    out: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        passes_on = False
+        for name, param in list(inspect.signature(init).parameters.items())[1:]:  # [0] is self
+            if param.kind is param.VAR_KEYWORD:
+                passes_on = True
+            elif param.kind is not param.VAR_POSITIONAL:
+                out.setdefault(name, param.default)
+        if not passes_on or klass is stop:
+            break
+    return out
+
+
+def filled(cls: type, given: dict[str, Any], section: str, stop: type | None = None) -> dict[str, Any]:
+    """`given` (a config section's init_args) over `cls`'s signature defaults; unknown or missing keys refused."""
+    defaults = signature_defaults(cls, stop)
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise GenLIPUserError(f"{section}: {cls.__name__} takes no argument {unknown[0]!r}")
+    out = {**defaults, **given}
+    missing = [name for name, value in out.items() if value is inspect.Parameter.empty]
+    if missing:
+        raise GenLIPUserError(f"{section}.{missing[0]} is required by {cls.__name__}")
+    return out
+
+
+def _module_class(model: Any, source: str) -> type:
+    from genlip_lit.checkpoints.registry import resolve
+
+    if not isinstance(model, dict) or "class_path" not in model:
+        raise GenLIPUserError(f"{source}: set model.class_path (the objective to plan), as `genlip fit` needs it")
+    return resolve("module", model["class_path"], f"model.class_path in {source}")
+
+
+def _data_class(data: Any, source: str) -> type:
+    from genlip_lit.checkpoints.registry import DATA_CLASSES
+    from genlip_lit.data.datamodule import GenLIPDataModule
+
+    name = data.get("class_path") if isinstance(data, dict) else None
+    if name is not None and name not in DATA_CLASSES:
+        raise GenLIPUserError(f"{source}: genlip plan reads GenLIPDataModule's settings; data.class_path is {name!r}")
+    return GenLIPDataModule
+
+
 def read_run_config(paths: list[str], overrides: list[tuple[str, str]] | None = None) -> RunConfig:
-    """Compose `paths` (later wins), apply `overrides`, and pick out what planning needs."""
+    """Compose `paths` (later wins), apply `overrides`, and fill what they leave out from the classes' defaults."""
     raw: dict[str, Any] = {}
     for path in paths:
         raw = merge(raw, load_yaml(path))
     for dotted, value in overrides or []:
         raw = apply_override(raw, dotted, value)
-    model = raw.get("model") or {}
-    class_path = model.get("class_path", GENLIP_MODULES[0]) if isinstance(model, dict) else None
-    if class_path not in GENLIP_MODULES:
-        raise GenLIPUserError(f"genlip plan covers GenLIPModule configs; model.class_path is {class_path!r}")
-    margs, dargs = _init_args(model), _init_args(raw.get("data"))
-    trainer = raw.get("trainer") or {}
-    run = RunConfig(sources=list(paths))
-    run.arch = str(margs.get("arch", run.arch))
-    run.arch_overrides = dict(margs.get("arch_overrides") or {})
-    run.tokenizer = margs.get("tokenizer")
-    run.prompt = margs.get("prompt")
-    run.max_text_len = int(margs.get("max_text_len", run.max_text_len))
-    for key in ("resolution", "image_size", "batch_size", "min_patches", "max_patches", "max_tokens",
-                "pad_to_multiple"):
-        if dargs.get(key) is not None:
-            setattr(run, key, type(getattr(run, key))(dargs[key]))
+    return run_config_of(raw, list(paths))
+
+
+def run_config_of(raw: dict[str, Any], sources: list[str] | None = None) -> RunConfig:
+    """The RunConfig of one composed config (`{model: {class_path, init_args}, data: ..., trainer: ...}`)."""
+    from lightning.pytorch import Trainer
+
+    from genlip_lit.modules.base import EncoderModule
+
+    source = " + ".join(sources or []) or "the config"
+    module_class = _module_class(raw.get("model"), source)
+    model = filled(module_class, _init_args(raw.get("model")), "model.init_args", stop=EncoderModule)
+    data = filled(_data_class(raw.get("data"), source), _init_args(raw.get("data")), "data.init_args")
+    trainer_given = raw.get("trainer") or {}
+    if not isinstance(trainer_given, dict):
+        raise GenLIPUserError(f"{source}: trainer must be a mapping")
+    trainer = filled(Trainer, trainer_given, "trainer")
+    run = RunConfig(module_class, model, data, trainer, list(sources or []))
     if run.resolution not in ("fixed", "native"):
         raise GenLIPUserError(f"data.resolution must be 'fixed' or 'native', got {run.resolution!r}")
     if run.batch_size < 1:
         raise GenLIPUserError(f"data.batch_size must be >= 1, got {run.batch_size}")
-    run.precision = str(trainer.get("precision") or run.precision)
-    run.strategy = trainer.get("strategy", run.strategy)
-    run.accumulate = int(trainer.get("accumulate_grad_batches") or 1)
-    run.devices = trainer.get("devices", run.devices)
-    run.num_nodes = int(trainer.get("num_nodes") or 1)
-    run.max_steps = int(trainer.get("max_steps") if trainer.get("max_steps") is not None else -1)
     return run
-
-
-def tokenizer_facts(run: RunConfig) -> tuple[int | None, int, str]:
-    """(vocabulary size or None, leading text positions without loss, how they were found).
-
-    Builds the configured tokenizer when it is one of ours and can be built here (a HFTokenizer needs its
-    file); otherwise counts the prompt with open_clip's BPE, which the caller must then say is an estimate.
-    """
-    from genlip_lit.data import tokenizer as tokenizers
-
-    spec = run.tokenizer or {"class_path": "genlip_lit.data.tokenizer.OpenCLIPTokenizer"}
-    class_path = spec.get("class_path", "") if isinstance(spec, dict) else str(spec)
-    module, _, name = class_path.rpartition(".")
-    tok, how = None, "the configured tokenizer"
-    if module == "genlip_lit.data.tokenizer" and isinstance(getattr(tokenizers, name, None), type):
-        try:
-            tok = getattr(tokenizers, name)(**_init_args(spec))
-            vocab = tok.vocab_size
-        except (GenLIPUserError, ImportError):
-            tok = None
-    if tok is None:
-        vocab, how = None, "open_clip's BPE (the configured tokenizer cannot be built here)"
-        try:
-            tok = tokenizers.OpenCLIPTokenizer()
-        except ImportError:  # no open_clip either: BOS + one token per word or punctuation mark
-            return None, 1 + len(re.findall(r"\w+|[^\w\s]", run.prompt or "")), "a word count of the prompt"
-    ids, mask = tokenizers.CaptionEncoder(tok, run.prompt, run.max_text_len).encode("a")
-    head = mask.index(True) if True in mask else len(ids)
-    return vocab, head, how

@@ -4,7 +4,8 @@
 
 Nothing is allocated: parameters and activations are meta tensors (shape and dtype only), so So/16 or g/16 at a
 real micro-batch is traced in a second on a laptop. Three interposers run the forward, loss and backward of
-`model.loss` exactly as training calls it:
+one step exactly as training runs it: an objective's own `training_step` (any registered objective, built by
+plan/objective.py), or a bare GenLIP network's `loss`:
 
 - the FLOP counter the `Throughput` callback uses (perf/counting.py), so a planned and a logged count agree;
 - `_MetaKernels` (a TorchFunctionMode) stands in for what the meta device cannot choose or do itself. Attention
@@ -18,14 +19,15 @@ real micro-batch is traced in a second on a laptop. Three interposers run the fo
   size the meta device cannot compute; the loss mask's count of targets is known, so it is supplied.
 
 What it does not see: the caching allocator's rounding and fragmentation (perf/devices.py keeps headroom for them)
-and anything outside `model.loss` (the optimizer step, communication buffers: plan/memory.py models those).
+and anything outside the loss (the optimizer step, communication buffers: plan/memory.py models those).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +38,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
+from genlip_lit.errors import GenLIPUserError
 from genlip_lit.perf.counting import flop_counter
 
 aten = torch.ops.aten
@@ -221,7 +224,7 @@ def _fused_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tenso
     return out
 
 
-def _recompute_hooks(model: nn.Module, kernels: _MetaKernels) -> list:
+def _recompute_hooks(blocks: list[nn.Module], kernels: _MetaKernels) -> list:
     """Put the kernels back in place while a checkpointed block recomputes its forward inside backward.
 
     Backward cannot run under the mode itself: `Tensor.backward` is a torch function, and a mode is off while
@@ -244,7 +247,6 @@ def _recompute_hooks(model: nn.Module, kernels: _MetaKernels) -> list:
             if kernels in _get_current_function_mode_stack():
                 kernels.__exit__(None, None, None)
 
-    blocks = getattr(model, "blocks", [])
     return [h for blk in blocks for h in (blk.register_forward_pre_hook(before), blk.register_forward_hook(after))]
 
 
@@ -259,34 +261,78 @@ def meta_model(config, attn_impl: str = "sdpa") -> nn.Module:
     return model.train()
 
 
+def step_of(model: nn.Module) -> tuple[nn.Module, object, Callable[[Tensor, Tensor, Tensor], Tensor]]:
+    """(the network whose blocks run, its GenLIPConfig, the loss of one batch) of what `trace_step` is given.
+
+    An objective (an EncoderModule: it has `training_step` and `optimized_model`) is traced through its own
+    `training_step` on a fixed-resolution `Batch`, so its loss is what training computes; a bare GenLIP
+    network through its `loss`."""
+    if callable(getattr(model, "training_step", None)) and callable(getattr(model, "optimized_model", None)):
+        from genlip_lit.data.batch import Batch
+
+        def objective_loss(pixels: Tensor, input_ids: Tensor, loss_mask: Tensor) -> Tensor:
+            # the loss mask stands in for the text mask (same shape and dtype): no storage the timeline would count
+            batch = Batch(pixels, input_ids, loss_mask, loss_mask)
+            with warnings.catch_warnings():  # self.log without a trainer: nothing to log in a trace
+                warnings.filterwarnings("ignore", message=".*self.log.*")
+                loss = model.training_step(batch, 0)
+            if not isinstance(loss, Tensor):
+                raise GenLIPUserError(f"{type(model).__name__}.training_step returned {type(loss).__name__} on a meta "
+                                      "batch, not its loss: genlip plan traces the loss it returns")
+            return loss
+
+        return model.optimized_model(), model.config, objective_loss
+    return model, model.cfg, lambda pixels, input_ids, loss_mask: model.loss(pixels, input_ids, loss_mask).loss
+
+
+def blocks_of(network: nn.Module) -> list[nn.Module]:
+    """The network's transformer blocks, the ones activation checkpointing recomputes: its FSDP units
+    (`shard_units()`), or those of the outermost submodules that declare them (a contrastive objective's image
+    tower); `blocks` of a network that declares none."""
+    units = getattr(network, "shard_units", None)
+    if callable(units):
+        return list(units())
+    found: list[nn.Module] = []
+    for name, sub in network.named_modules():
+        if name and callable(getattr(sub, "shard_units", None)) and not any(
+                sub in outer.modules() for outer in found):
+            found.append(sub)
+    if found:
+        return [unit for outer in found for unit in outer.shard_units()]
+    return list(getattr(network, "blocks", []))
+
+
 def trace_step(model: nn.Module, shape: SampleShape, micro_batch: int, half: torch.dtype | None = None,
                checkpointing: bool = False) -> StepTrace:
-    """Forward, loss and backward of `micro_batch` samples of `shape` through a meta `model`."""
-    cfg = model.cfg
+    """Forward, loss and backward of `micro_batch` samples of `shape` through a meta `model` (an objective built
+    by plan/objective.py, or a GenLIP network from `meta_model`)."""
+    network, cfg, loss_of = step_of(model)
     b, (gh, gw), p = micro_batch, shape.grid, cfg.patch_size
-    pixels = torch.empty(b, cfg.in_chans, gh * p, gw * p, device="meta")
+    # under a "*-true" precision Lightning hands the step its inputs in the parameters' dtype
+    dtype = next((t.dtype for t in network.parameters() if t.is_floating_point()), torch.float32)
+    pixels = torch.empty(b, cfg.in_chans, gh * p, gw * p, dtype=dtype, device="meta")
     input_ids = torch.empty(b, shape.text_tokens, dtype=torch.long, device="meta")
     loss_mask = torch.empty(b, shape.text_tokens, dtype=torch.bool, device="meta")
     # next_token_loss indexes with loss_mask[:, 1:]
     live = _LiveBytes({(b, shape.text_tokens - 1): b * shape.targets})
     live.ignore([*model.parameters(), *model.buffers(), pixels, input_ids, loss_mask])
     kernels = _MetaKernels(half)
-    hooks = _recompute_hooks(model, kernels)
-    if isinstance(getattr(model, "norm", None), nn.Module):  # the blocks end at the final norm
-        hooks.append(model.norm.register_forward_hook(lambda *_: live.mark("trunk_end")))
+    hooks = _recompute_hooks(blocks_of(network), kernels)
+    if isinstance(getattr(network, "norm", None), nn.Module):  # the blocks end at the final norm
+        hooks.append(network.norm.register_forward_hook(lambda *_: live.mark("trunk_end")))
     before = cfg.grad_checkpointing
     cfg.grad_checkpointing = checkpointing
     try:
         with flop_counter() as counter, live:
             live.mark("start")
             with kernels:
-                out = model.loss(pixels, input_ids, loss_mask)
+                loss = loss_of(pixels, input_ids, loss_mask)
             live.mark("forward_end")
             copies = [live.number_of(t) for t in kernels.weight_copies.values()]
             kernels.weight_copies.clear()  # autocast drops its cache here; autograd keeps what backward needs
             kernels.caching = False
-            out.loss.backward()
-            del out
+            loss.backward()
+            del loss
             live.mark("backward_end")
         kinds = {n: "weight_copy" for n in copies if n is not None}
         for param in model.parameters():

@@ -2,7 +2,7 @@
 
     genlip probe-full --config experiments/probe_imagenet.yaml --model.encoder runs/so16 --data.data data/in1k
 
-The encoder comes from a checkpoint through `modules/loading.load_checkpoint` (weights-only, registered classes,
+The encoder comes from a checkpoint through `checkpoints/loading.load_checkpoint` (weights-only, registered classes,
 sizes checked on the meta device, digests and finiteness verified), is frozen and stays in eval mode; it runs on
 every mini-batch (no features are stored: ImageNet's patch features of So/16 would be ~1.2 TB in fp32, and
 augmentation changes them every epoch). Heads, trained together on the same forward pass (each only reads the

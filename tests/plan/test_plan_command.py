@@ -51,7 +51,7 @@ def test_configs_compose_like_lightning_cli(tmp_path) -> None:
     # a new class_path replaces the node's init_args instead of merging into them
     swap = write_yaml(tmp_path / "s.yaml", {"trainer": {"strategy": {
         "class_path": "lightning.pytorch.strategies.DDPStrategy", "init_args": {"gradient_as_bucket_view": True}}}})
-    run_config = read_run_config(["experiments/scale/fsdp2.yaml", swap])
+    run_config = read_run_config(["experiments/stage1_corpus.yaml", "experiments/scale/fsdp2.yaml", swap])
     assert run_config.strategy["init_args"] == {"gradient_as_bucket_view": True}
 
 
@@ -116,27 +116,35 @@ def test_impossible_plans_are_refused_in_one_line(capsys, tmp_path) -> None:
     assert "--peak-tflops and --memory-gib" in refusal(capsys, [*base, "--gpu", "custom", "--peak-tflops", "5"])
     assert "give --gpus N" in refusal(capsys, ["--config", "experiments/stage1_corpus.yaml", "--samples", "1e6"])
     assert "unrecognised argument 'extra'" in refusal(capsys, [*base, *CUSTOM, "extra"])
-    assert "covers GenLIPModule configs" in refusal(
-        capsys, ["--config", "experiments/quickstart.yaml", "--config", "experiments/compare/clip.yaml"])
+    assert "not a registered genlip_lit class" in refusal(capsys, [*base, *CUSTOM, "--model.class_path", "os.Popen"])
+    assert "GenLIPModule takes no argument 'depth'" in refusal(capsys, [*base, *CUSTOM, "--model.init_args.depth", "2"])
     assert "does not exist" in refusal(capsys, ["--config", os.path.join(tmp_path, "missing.yaml")])
     assert "no perf/mfu or perf/samples_per_s" in refusal(capsys, [*base, *CUSTOM, "--throughput-log", str(tmp_path)])
 
 
-def test_prompt_length_without_the_configured_tokenizer(monkeypatch) -> None:
+def test_prompt_length_without_the_configured_tokenizer(capsys, monkeypatch) -> None:
     from genlip_lit.data import tokenizer as tokenizers
-    from genlip_lit.plan.run_config import RunConfig, tokenizer_facts
+    from genlip_lit.plan.objective import meta_objective
 
-    run_config = RunConfig(prompt="Describe the image in detail.", max_text_len=32,
-                           tokenizer={"class_path": "genlip_lit.data.tokenizer.HFTokenizer",
-                                      "init_args": {"path": "/nowhere/tokenizer.json"}})
-    vocab, head, how = tokenizer_facts(run_config)
-    assert (vocab, head) == (None, 7) and "open_clip" in how  # BOS + 6 BPE pieces; --vocab-size must say the rest
+    hf = ["--model.init_args.tokenizer={class_path: genlip_lit.data.tokenizer.HFTokenizer, "
+          "init_args: {path: /nowhere/tokenizer.json}}", "--model.init_args.prompt=Describe the image in detail."]
+    args, overrides = parse([*SMALL, *hf])
+    objective = meta_objective(read_run_config(args.config, overrides), vocab_size=1000)
+    # BOS + 6 BPE pieces counted with open_clip's BPE; --vocab-size sizes the LM head
+    assert (objective.head_tokens, objective.vocab_size) == (7, 1000) and "open_clip" in objective.tokenizer_source
+    assert objective.module.model.lm_head.out_features == 1000
+    assert "give its size with --vocab-size N" in refusal(capsys, [*SMALL, *hf, *CUSTOM, "--gpus", "1"])
+
+    unregistered = "--model.init_args.tokenizer={class_path: os.Popen, init_args: {args: ls}}"
+    assert "not a registered genlip_lit class" in refusal(  # refused, not replaced by the stand-in
+        capsys, [*SMALL, unregistered, *CUSTOM, "--gpus", "1", "--vocab-size", "1000"])
 
     def missing(*args, **kwargs):
         raise ImportError("no open_clip")
 
-    monkeypatch.setattr(tokenizers, "OpenCLIPTokenizer", missing)
-    assert tokenizer_facts(run_config) == (None, 7, "a word count of the prompt")
+    monkeypatch.setattr(tokenizers, "OpenCLIPTokenizer", missing)  # nothing to stand in: said in one line
+    assert "nor open_clip's BPE that stands in for it (no open_clip)" in refusal(
+        capsys, [*SMALL, *hf, *CUSTOM, "--gpus", "1", "--vocab-size", "1000"])
 
 
 def test_plan_options_come_from_a_file_as_print_config_writes_them(tmp_path, capsys) -> None:

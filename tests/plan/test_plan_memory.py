@@ -22,15 +22,20 @@ from genlip_lit.callbacks.throughput import Throughput
 from genlip_lit.data.batch import Batch
 from genlip_lit.data.tokenizer import OpenCLIPTokenizer
 from genlip_lit.modules import GenLIPModule
-from genlip_lit.plan import GPUSpec, PlanRequest, RunConfig, make_plan
+from genlip_lit.plan import GPUSpec, PlanRequest, make_plan
 from genlip_lit.plan.memory import NetworkSizes, Strategy, estimate_memory
+from genlip_lit.plan.run_config import run_config_of
 from genlip_lit.plan.trace import StepTrace
 
 COMPACT = {"class_path": "genlip_lit.data.tokenizer.OpenCLIPTokenizer", "init_args": {"compact_corpus": "synthetic"}}
 
 
 def cpu_plan(arch: str, image_size: int, batch: int, text_tokens: int):
-    run = RunConfig(arch=arch, tokenizer=COMPACT, image_size=image_size, batch_size=batch, devices=1)
+    run = run_config_of({
+        "model": {"class_path": "genlip_lit.modules.GenLIPModule", "init_args": {"arch": arch, "tokenizer": COMPACT}},
+        "data": {"class_path": "genlip_lit.data.GenLIPDataModule",
+                 "init_args": {"image_size": image_size, "batch_size": batch}},
+        "trainer": {"devices": 1}})
     cpu = GPUSpec("this CPU", 1.0, 1.0, 64.0)
     # the CPU step's kernels: one SDPA call with a boolean mask, AdamW's unfused loop
     request = PlanRequest(run, cpu, 1, 1.0, 0.5, text_tokens=text_tokens, attn_impl="mask", fused_optimizer=False)
