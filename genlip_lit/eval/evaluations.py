@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 from genlip_lit.eval.data import DataModuleView, EvalBatch, EvalView
-from genlip_lit.eval.registry import Metric, evaluation, get, registered
+from genlip_lit.eval.registry import Metric, curve_panels, evaluation, get, metric_columns, registered
 from genlip_lit.eval.result import EvalResult, skipped
 
-__all__ = ["caption_evaluation", "get", "probe_evaluation", "readout_evaluation", "registered", "sink_evaluation",
-           "transfer_evaluation", "zero_shot_evaluation"]
+__all__ = ["caption_evaluation", "curve_panels", "get", "metric_columns", "probe_evaluation", "readout_evaluation",
+           "registered", "sink_evaluation", "transfer_evaluation", "zero_shot_evaluation"]
 
 
 def _preprocessing(view: EvalView, default_size: int | None = None) -> Any:
