@@ -181,6 +181,11 @@ def registered() -> list[Evaluation]:
     return list(_REGISTRY.values())
 
 
+def unregister(name: str) -> None:
+    """Forget evaluation `name` (a plug-in a test registered for its own run); unknown names are ignored."""
+    _REGISTRY.pop(name, None)
+
+
 def get(name: str, where: str = "") -> Evaluation:
     """The evaluation registered as `name`; anything else is refused in one line naming the known ones."""
     if name in _REGISTRY:
