@@ -1,6 +1,7 @@
 """Trainer plug-ins, each swappable from YAML (`trainer.callbacks`, or the CLI's `checkpoint.*` and `distributed.*`):
-when to evaluate and where results go (the evaluations themselves are `genlip_lit.eval`), checkpoints, throughput,
-the process-group timeout."""
+when to evaluate and where results go (the evaluations themselves are `genlip_lit.eval`; these callbacks are made
+from its registry, and `Evaluate` runs any registered one by name), checkpoints, throughput, the process-group
+timeout."""
 
 from genlip_lit.callbacks.checkpoint import ResumableCheckpoint
 from genlip_lit.callbacks.evaluation import (
@@ -8,10 +9,12 @@ from genlip_lit.callbacks.evaluation import (
     CaptionSamples,
     EvalCallback,
     EvalResult,
+    Evaluate,
     LinearProbe,
     PatchReadout,
     TransferProbe,
     ZeroShot,
+    evaluation_callback,
 )
 from genlip_lit.callbacks.nonfinite import NonFiniteGuard
 from genlip_lit.callbacks.process_group import ProcessGroupGuard
@@ -22,6 +25,7 @@ __all__ = [
     "CaptionSamples",
     "EvalCallback",
     "EvalResult",
+    "Evaluate",
     "LinearProbe",
     "NonFiniteGuard",
     "PatchReadout",
@@ -30,4 +34,5 @@ __all__ = [
     "Throughput",
     "TransferProbe",
     "ZeroShot",
+    "evaluation_callback",
 ]

@@ -1,6 +1,11 @@
 """Evaluation callbacks: when, on which rank, and where the results of `genlip_lit.eval` go during training.
 
-Each callback runs its evaluation (`eval/evaluations.py`) every `every_n_steps` optimizer steps (0: never during
+The callbacks come from the registry of evaluations (`eval/registry.py`): `Evaluate` runs any registered one by
+name (`evaluation: probe`, its own options under `options:`), and the named classes below (LinearProbe,
+PatchReadout, ...: the class paths configs and checkpoints already name) are one line each, their options the
+evaluation function's own. A new evaluation needs no change here.
+
+Each callback runs its evaluation every `every_n_steps` optimizer steps (0: never during
 training) and at the end of fit, on a bounded sample budget, in eval mode under `torch.no_grad()`, on global
 rank 0 only; it logs scalars to every logger (and images, tables and text to the loggers that take them:
 `callbacks/media.py`) at the trainer's global step and keeps its history in checkpoints. `genlip eval` runs the
@@ -19,11 +24,15 @@ when it starts, the samples read so far with rate and ETA, and its headline figu
       callbacks:
         - class_path: genlip_lit.callbacks.PatchReadout
           init_args: {every_n_steps: 1350, budget: 256}
+        - class_path: genlip_lit.callbacks.Evaluate    # any registered evaluation, by name
+          init_args: {evaluation: sink, every_n_steps: 1350, options: {budget: 32}}
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -32,15 +41,17 @@ import lightning as L
 import torch
 
 from genlip_lit.console.progress import progress
-from genlip_lit.eval import evaluations
-from genlip_lit.eval.data import DataModuleView, EvalView, ImageFolderView
+from genlip_lit.eval import evaluations  # registers the built-in evaluations
+from genlip_lit.eval.data import DataModuleView, EvalView
+from genlip_lit.eval.registry import Evaluation
 from genlip_lit.eval.result import MIN_RELIABLE_IMAGES, EvalResult
 
 log = logging.getLogger(__name__)
 
 EVAL_PERCENT_STEP = 25.0  # an evaluation takes seconds to a few minutes: a line per quarter (or per 30 s) is enough
 
-__all__ = ["AttentionSink", "CaptionSamples", "EvalCallback", "EvalResult", "LinearProbe", "PatchReadout", "TransferProbe", "ZeroShot"]
+__all__ = ["AttentionSink", "CaptionSamples", "EvalCallback", "EvalResult", "Evaluate", "LinearProbe", "PatchReadout",
+           "TransferProbe", "ZeroShot", "evaluation_callback"]
 
 
 def _shards_parameters(trainer: L.Trainer) -> bool:
@@ -167,12 +178,12 @@ class EvalCallback(L.Callback):
         view = self.data_view(DataModuleView(trainer.datamodule, pl_module.device))
         reads, most, passes, then = self.plan(view)
         label = f"{when or f'step {trainer.global_step}'}: {self.title}"
-        noisy = f"; under {MIN_RELIABLE_IMAGES} samples: a noisy figure" if most < MIN_RELIABLE_IMAGES else ""
+        noisy = f"; under {MIN_RELIABLE_IMAGES} samples: a noisy figure" if 0 < most < MIN_RELIABLE_IMAGES else ""
         log.info("%s (%s%s)", label, reads, noisy)
         was_training = pl_module.training
         pl_module.eval()
         start = time.perf_counter()
-        bar = progress(total=most, description=label, unit="samples", percent_step=EVAL_PERCENT_STEP)
+        bar = progress(total=most or None, description=label, unit="samples", percent_step=EVAL_PERCENT_STEP)
         bar.percent_step = EVAL_PERCENT_STEP  # also as a stage of the fit's progress (mid-training runs)
         try:
             # fork_rng: an evaluation leaves the training's random streams (drop-path, dropout) where they were
@@ -207,188 +218,115 @@ class EvalCallback(L.Callback):
         self._last_step = int(state_dict.get("last_step", -1))
 
 
-class AttentionSink(EvalCallback):
-    """Per-layer attention mass on the first token (from image and from text queries) and from text to image."""
+class Evaluate(EvalCallback):
+    """Runs the registered evaluation named `evaluation` (`eval/registry.py`; the built-in ones:
+    `genlip_lit.eval.evaluations`) on this schedule; `options`: its own (the evaluation function's keyword
+    arguments, e.g. `{budget: 64}`; unset ones keep the function's defaults).
 
-    name = "sink"
-    title = "attention sink"
-    headline = ("sink/vision_to_first_mean", "sink/text_to_first_mean")
-
-    def __init__(self, every_n_steps: int = 0, at_fit_end: bool = True, budget: int = 32, batch_size: int = 32):
-        super().__init__(every_n_steps, at_fit_end, budget, batch_size)
-
-    def evaluate(self, module: Any, view: EvalView) -> EvalResult:
-        return evaluations.sink_evaluation(module, view, budget=self.budget, batch_size=self.batch_size)
-
-
-class PatchReadout(EvalCallback):
-    """Top-k words per patch through the LM head (or text embeddings); accuracy where the data has label maps.
-
-    `words`: the candidate words; None = the data's (the embedded captions' vocabulary, else its class names).
+    Args:
+        evaluation: a registered evaluation's name (probe, readout, zero_shot, captions, sink, transfer, or your own)
+        every_n_steps: run every this many optimizer steps (0: only at the end of fit)
+        at_fit_end: run once more when fit ends
+        options: the evaluation's own options
     """
 
-    name = "readout"
-    title = "patch readout"
-    headline = ("readout/accuracy",)
+    def __init__(self, evaluation: str, every_n_steps: int = 0, at_fit_end: bool = True,
+                 options: dict[str, Any] | None = None):
+        self._set_up(evaluations.get(evaluation, where=type(self).__name__), every_n_steps, at_fit_end, options)
 
-    def __init__(self, every_n_steps: int = 0, at_fit_end: bool = True, budget: int = 256, batch_size: int = 64,
-                 k: int = 5, words: list[str] | None = None, grid_images: int = 8):
-        super().__init__(every_n_steps, at_fit_end, budget, batch_size)
-        self.k = k
-        self.words = words
-        self.grid_images = grid_images
+    def _set_up(self, spec: Evaluation, every_n_steps: int, at_fit_end: bool, options: dict[str, Any] | None) -> None:
+        opts = spec.resolve(options, where=type(self).__name__)  # unknown names; its check's ValueError
+        # budget and batch_size are checked by the scheduler; an evaluation without them reads what its data holds
+        super().__init__(every_n_steps, at_fit_end, opts.get("budget", 1), opts.get("batch_size", 64))
+        self.spec = spec
+        self.options = opts
+        self.name = spec.tag_prefix(opts)
+        self.title = spec.title
+        self.headline = spec.headline(opts)
+        self._baseline_rows: dict[str, Any] | None = None  # computed at the first run (they do not train)
 
-    def evaluate(self, module: Any, view: EvalView) -> EvalResult:
-        return evaluations.readout_evaluation(module, view, budget=self.budget, batch_size=self.batch_size,
-                                              k=self.k, words=self.words, grid_images=self.grid_images)
+    def __getattr__(self, name: str) -> Any:  # cb.k, cb.image_folder, ...: its options, read-only
+        options = self.__dict__.get("options") or {}
+        if name in options:
+            return options[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-
-class ZeroShot(EvalCallback):
-    """Image classification from class names: caption likelihood (GenLIP) or text similarity (contrastive).
-
-    `class_names` / `templates`: None = the data's (its class names; templates from the data, e.g. "a {size}
-    {colour} {}" for the embedded scenes, else "a photo of a {}.").
-    """
-
-    name = "zero_shot"
-    title = "zero-shot classification"
-    headline = ("zero_shot/top1",)
-
-    def __init__(self, every_n_steps: int = 0, at_fit_end: bool = True, budget: int = 128, batch_size: int = 64,
-                 class_names: list[str] | None = None, templates: list[str] | None = None):
-        super().__init__(every_n_steps, at_fit_end, budget, batch_size)
-        self.class_names = class_names
-        self.templates = templates
-
-    def evaluate(self, module: Any, view: EvalView) -> EvalResult:
-        return evaluations.zero_shot_evaluation(module, view, budget=self.budget, batch_size=self.batch_size,
-                                                class_names=self.class_names, templates=self.templates)
-
-
-class CaptionSamples(EvalCallback):
-    """Greedy captions for a fixed held-out set (the first `budget` val samples), with CIDEr-D and BLEU-4."""
-
-    name = "captions"
-    title = "captions"
-    headline = ("captions/cider", "captions/cider_constant", "captions/bleu4")
-
-    def __init__(self, every_n_steps: int = 0, at_fit_end: bool = True, budget: int = 64, batch_size: int = 64,
-                 max_new_tokens: int | None = None, show: int = 8):
-        super().__init__(every_n_steps, at_fit_end, budget, batch_size)
-        self.max_new_tokens = max_new_tokens  # None: the module's caption_max_new_tokens
-        self.show = show  # captions written to the log as text
-
-    def evaluate(self, module: Any, view: EvalView) -> EvalResult:
-        return evaluations.caption_evaluation(module, view, budget=self.budget, batch_size=self.batch_size,
-                                              max_new_tokens=self.max_new_tokens, show=self.show)
-
-
-class LinearProbe(EvalCallback):
-    """Frozen features -> a linear classifier on mean-pooled features and an attentive-pooling probe; top-1,
-    beside two baselines on the same images: raw pixels at the patch grid, the same architecture at random init.
-
-    Labelled data: the datamodule's shards by default (train split to fit, val split to test; classes from the
-    shards' metadata, e.g. the embedded scenes' six shapes or `genlip optimize --classes`), or an ImageFolder
-    tree (`image_folder: path/to/imagenet`, `CLASS/*.jpg`; its own train/val folders or a seeded split) at the
-    data module's image size and normalisation. `budget` caps each split. The baselines do not change while the
-    encoder trains: they are computed at the first run and reused (`baselines: false` skips them).
-    """
-
-    name = "probe"
-    title = "linear probe"
-    # the end-of-fit line carries every row of the report: encoder, random init, raw pixels, majority, chance
-    headline = ("probe/linear_top1", "probe/attentive_top1", "probe/random_init_linear_top1",
-                "probe/random_init_attentive_top1", "probe/pixels_linear_top1", "probe/majority_top1", "probe/chance")
-
-    def __init__(self, every_n_steps: int = 0, at_fit_end: bool = True, budget: int = 2000, batch_size: int = 64,
-                 image_folder: str | None = None, test_budget: int | None = 500, attentive_epochs: int | None = None,
-                 baselines: bool = True):
-        super().__init__(every_n_steps, at_fit_end, budget, batch_size)
-        self.image_folder = image_folder
-        self.test_budget = test_budget  # None: same as budget
-        self.attentive_epochs = attentive_epochs  # None: the probe's default
-        self.baselines = baselines
-        self._baseline_rows: dict[str, Any] | None = None  # computed once per view (they do not train)
+    def _current_options(self) -> dict[str, Any]:
+        # budget and batch_size live on the scheduler (EvalCallback) too: a changed attribute wins
+        return {**self.options, **{k: getattr(self, k) for k in ("budget", "batch_size") if k in self.options}}
 
     def _key_fields(self) -> dict[str, Any]:
-        return {**super()._key_fields(), "image_folder": self.image_folder}
+        return {"evaluation": self.spec.name, **self._schedule_key()}
+
+    def _schedule_key(self) -> dict[str, Any]:
+        return {"every_n_steps": self.every_n_steps, **{k: self.options[k] for k in self.spec.key}}
 
     def data_view(self, view: EvalView) -> EvalView:
-        if self.image_folder and isinstance(view, DataModuleView):
-            from genlip_lit.data.transforms import Preprocessing
-
-            dm = view.datamodule
-            return ImageFolderView(self.image_folder, Preprocessing(dm.image_size, dm.mean, dm.std), view.device)
-        return view
+        return self.spec.data(view, self._current_options())
 
     def plan(self, view: EvalView) -> tuple[str, int, int, str]:
-        train, train_text = _reads(view, "train", self.budget)
-        test, test_text = _reads(view, "val", self.test_budget or self.budget)
-        return f"{train_text} + {test_text} samples", train + test, 2, "features read, training the probes"
+        opts = self._current_options()
+        if self.spec.plan is not None:
+            return self.spec.plan(view, opts)
+        if not self.spec.reads:
+            return "its own data", 0, 0, self.spec.then
+        parts = [_reads(view, split, opts[option] or opts["budget"]) for split, option in self.spec.reads]
+        return (" + ".join(text for _, text in parts) + " samples", sum(n for n, _ in parts), len(parts),
+                self.spec.then)
 
     def evaluate(self, module: Any, view: EvalView) -> EvalResult:
-        view = self.data_view(view)
-        result = evaluations.probe_evaluation(
-            module, view, budget=self.budget, test_budget=self.test_budget or self.budget,
-            batch_size=self.batch_size, attentive_epochs=self.attentive_epochs, baselines=self.baselines,
-            cached_baselines=self._baseline_rows,
-        )
-        if self.baselines and self._baseline_rows is None:
+        result = self.spec.run(module, self.data_view(view), self._current_options(), self._baseline_rows)
+        if self.spec.carries and self._baseline_rows is None:
             self._baseline_rows = result.details.get("baselines") or None
         return result
 
 
-class TransferProbe(EvalCallback):
-    """Transfer to real images the encoder never saw: k-fold linear and attentive probes on a labelled set that
-    an installed package ships (`dataset: digits`, scikit-learn's 1,797 handwritten digits; `pip install
-    'genlip_lit[transfer]'`), every image held out once, each figure with its binomial standard error, beside
-    the same architecture at random init, raw pixels, majority class and chance. Images are drawn at the data
-    module's image size and normalisation. The baselines are computed at the first run and reused.
-    `attentive_epochs` > 0 adds the attentive probe (0: linear only; 10 epochs triples the cost: on 2 busy cores
-    the linear probes of encoder, random init and pixels took about 2 minutes, the attentive ones 3 more).
+class _Named(Evaluate):
+    """The base of `evaluation_callback`'s classes: the evaluation is fixed, its options are init arguments."""
+
+    evaluation = ""
+
+    def __init__(self, every_n_steps: int = 0, at_fit_end: bool = True, **options: Any):
+        self._set_up(evaluations.get(self.evaluation), every_n_steps, at_fit_end, options)
+
+    def _key_fields(self) -> dict[str, Any]:  # the class names the evaluation (and keeps older checkpoints' keys)
+        return self._schedule_key()
+
+
+def evaluation_callback(class_name: str, evaluation: str) -> type[Evaluate]:
+    """A callback class for the registered `evaluation`, named `class_name` in the calling module, whose init
+    arguments are `every_n_steps`, `at_fit_end` and the evaluation's options (defaults, types and help from its
+    function, so `--trainer.callbacks.help` and jsonargparse's checks see them). One line declares one:
+
+        LinearProbe = evaluation_callback("LinearProbe", "probe")
     """
+    spec = evaluations.get(evaluation)
+    kw = inspect.Parameter.KEYWORD_ONLY
+    plain = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter("self", plain), inspect.Parameter("every_n_steps", plain, default=0, annotation=int),
+              inspect.Parameter("at_fit_end", plain, default=True, annotation=bool),
+              *(inspect.Parameter(o.name, kw, default=o.default, annotation=o.annotation) for o in spec.options.values())]
+    args = ["every_n_steps: run every this many optimizer steps (0: only at the end of fit)",
+            "at_fit_end: run once more when fit ends", *(f"{o.name}: {o.help}" for o in spec.options.values())]
+    doc = (f"{spec.summary}\n\nThe registered `{spec.name}` evaluation "
+           f"({spec.function.__module__}.{spec.function.__qualname__}) on a training schedule, and in `genlip eval`."
+           "\n\nArgs:\n" + "\n".join(f"    {line}" for line in args) + "\n")
 
-    name = "transfer"
-    title = "transfer probe"
-    headline = ("linear_top1", "random_init_linear_top1", "margin_in_se")
+    def __init__(self: Any, every_n_steps: int = 0, at_fit_end: bool = True, **options: Any) -> None:
+        _Named.__init__(self, every_n_steps, at_fit_end, **options)
 
-    def __init__(self, every_n_steps: int = 0, at_fit_end: bool = True, dataset: str = "digits", folds: int = 5,
-                 attentive_epochs: int = 0, batch_size: int = 64, seed: int = 0):
-        from genlip_lit.eval.real_images import REAL_SETS
+    __init__.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    __init__.__doc__ = doc
+    __init__.__qualname__ = f"{class_name}.__init__"
+    caller = sys._getframe(1).f_globals.get("__name__", __name__)
+    return type(class_name, (_Named,), {"__init__": __init__, "__doc__": doc, "__module__": caller,
+                                        "__qualname__": class_name, "evaluation": evaluation})
 
-        super().__init__(every_n_steps, at_fit_end, budget=1, batch_size=batch_size)
-        if dataset not in REAL_SETS:
-            raise ValueError(f"TransferProbe: unknown dataset {dataset!r}; known: {sorted(REAL_SETS)}")
-        if folds < 2 or attentive_epochs < 0:
-            raise ValueError("TransferProbe: folds >= 2 and attentive_epochs >= 0 needed")
-        self.dataset, self.folds, self.attentive_epochs, self.seed = dataset, folds, attentive_epochs, seed
-        self.name = f"transfer_{dataset}"
-        self.headline = tuple(f"{self.name}/{k}" for k in type(self).headline)
-        self._baseline_rows: dict[str, Any] | None = None
 
-    def _key_fields(self) -> dict[str, Any]:
-        return {"every_n_steps": self.every_n_steps, "dataset": self.dataset, "folds": self.folds}
-
-    def data_view(self, view: EvalView) -> EvalView:
-        if isinstance(view, DataModuleView):
-            from genlip_lit.data.transforms import DEFAULT_IMAGE_SIZE, Preprocessing
-            from genlip_lit.eval.real_images import RealImageView
-
-            dm = view.datamodule
-            size = dm.image_size or DEFAULT_IMAGE_SIZE
-            return RealImageView(self.dataset, Preprocessing(size, dm.mean, dm.std), view.device)
-        return view
-
-    def plan(self, view: EvalView) -> tuple[str, int, int, str]:
-        n = view.num_images  # type: ignore[attr-defined]
-        return (f"{n:,} real images, {self.folds}-fold", n, 1,
-                f"features read, training the probes on {self.folds} folds")
-
-    def evaluate(self, module: Any, view: EvalView) -> EvalResult:
-        view = self.data_view(view)
-        result = evaluations.transfer_evaluation(module, view, folds=self.folds, seed=self.seed,
-                                                 attentive_epochs=self.attentive_epochs, batch_size=self.batch_size,
-                                                 cached_baselines=self._baseline_rows)
-        if self._baseline_rows is None:
-            self._baseline_rows = result.details.get("baselines") or None
-        return result
+# The class paths shipped configs and saved checkpoints name (genlip_lit.callbacks.NAME): one line each.
+LinearProbe = evaluation_callback("LinearProbe", "probe")  # a linear AND an attentive probe, with baseline rows
+PatchReadout = evaluation_callback("PatchReadout", "readout")
+ZeroShot = evaluation_callback("ZeroShot", "zero_shot")
+CaptionSamples = evaluation_callback("CaptionSamples", "captions")  # greedy captions scored by CIDEr-D and BLEU-4
+AttentionSink = evaluation_callback("AttentionSink", "sink")
+TransferProbe = evaluation_callback("TransferProbe", "transfer")

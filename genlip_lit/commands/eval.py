@@ -2,15 +2,17 @@
 
     genlip eval --ckpt runs/quickstart/version_0/checkpoints/last.ckpt --config experiments/eval.yaml
 
-The config is a YAML of this command's options: `evaluations:` lists evaluation callbacks exactly as
-`trainer.callbacks` does in a fit config (class_path + init_args; a bare name means genlip_lit.callbacks.NAME),
-and an optional `data:` block of `GenLIPDataModule` arguments; without one, the data the checkpoint was trained
+The config is a YAML of this command's options: `evaluations:` lists registered evaluations by name (`probe`,
+`readout`, `zero_shot`, `captions`, `sink`, `transfer`, and any registered in code: `eval/registry.py`), with
+their options as `{evaluation: probe, budget: 500}`, or evaluation callbacks exactly as `trainer.callbacks` does in
+a fit config (class_path + init_args; a bare class name means genlip_lit.callbacks.NAME), and an optional `data:` block of `GenLIPDataModule` arguments; without one, the data the checkpoint was trained
 on is used (its val split is the held-out set). Images go next to the reports as PNG files.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from genlip_lit.commands.common import add_ckpt, add_device, add_output, add_threads, command_parser, parse
@@ -32,39 +34,73 @@ def build_parser() -> Any:
 
 
 def build_evaluations(specs: list[Any]) -> list[Any]:
-    """Instantiate `[{class_path, init_args}, ...]`; a bare class path string is allowed too."""
-    import difflib
-    import importlib
-
-    from genlip_lit.callbacks.evaluation import EvalCallback
+    """The evaluation callbacks of `evaluations:`. Each entry is a registered evaluation's name (`probe`), or
+    `{evaluation: NAME, OPTION: value, ...}`, or a callback class as in trainer.callbacks (`{class_path,
+    init_args}`; a bare class name means genlip_lit.callbacks.NAME). A name runs the callback class named for it
+    (probe: LinearProbe, so reports and checkpoints read as before), else `genlip_lit.callbacks.Evaluate`."""
+    from genlip_lit.eval import evaluations as registry
 
     out = []
     for i, spec in enumerate(specs):
         if hasattr(spec, "as_dict"):  # jsonargparse resolved it into a Namespace
             spec = spec.as_dict()
-        if isinstance(spec, str):
-            spec = {"class_path": spec}
+        if isinstance(spec, str):  # lower case without dots: an evaluation's name; else a class
+            spec = {"evaluation": spec} if spec.isidentifier() and spec[:1].islower() else {"class_path": spec}
+        if isinstance(spec, dict) and "evaluation" in spec and "class_path" not in spec:
+            name = spec["evaluation"]
+            options = {k: v for k, v in spec.items() if k != "evaluation"}
+            make = _callback_for(registry.get(str(name), where=f"evaluations[{i}]").name)
+            out.append(_instantiate(make, options, f"evaluations[{i}] ({name})"))
+            continue
         if not isinstance(spec, dict) or "class_path" not in spec:
-            raise GenLIPUserError(f"evaluations[{i}] needs a class_path, got {spec!r}")
+            raise GenLIPUserError(f"evaluations[{i}] needs a registered evaluation's name or a class_path, got {spec!r}"
+                                  f" (registered: {', '.join(e.name for e in registry.registered())})")
         path = spec["class_path"]
-        if "." not in path:
-            path = f"genlip_lit.callbacks.{path}"
-        module_name, _, name = path.rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module_name), name)
-        except (ImportError, AttributeError, ValueError) as err:
-            import genlip_lit.callbacks as known
-
-            close = difflib.get_close_matches(name, known.__all__, n=1, cutoff=0.6)
-            hint = f"; did you mean genlip_lit.callbacks.{close[0]}?" if close else ""
-            raise GenLIPUserError(f"evaluations[{i}]: cannot import {path!r} ({err}){hint}") from None
-        if not (isinstance(cls, type) and issubclass(cls, EvalCallback)):
-            raise GenLIPUserError(f"evaluations[{i}]: {path} is not an evaluation callback (EvalCallback)")
-        try:
-            out.append(cls(**(spec.get("init_args") or {})))
-        except TypeError as err:
-            raise GenLIPUserError(f"evaluations[{i}] ({path}): {err}") from None
+        out.append(_instantiate(_callback_class(path, i), dict(spec.get("init_args") or {}),
+                                f"evaluations[{i}] ({path})"))
     return out
+
+
+def _callback_for(name: str) -> Any:
+    """A maker of the callback for registered evaluation `name`: the class named for it, else `Evaluate`."""
+    import genlip_lit.callbacks as callbacks
+
+    for attr in callbacks.__all__:
+        cls = getattr(callbacks, attr)
+        if isinstance(cls, type) and getattr(cls, "evaluation", None) == name:
+            return cls
+    return lambda **options: callbacks.Evaluate(name, options=options)
+
+
+def _callback_class(path: str, i: int) -> type:
+    import difflib
+    import importlib
+
+    from genlip_lit.callbacks.evaluation import EvalCallback
+
+    if "." not in path:
+        path = f"genlip_lit.callbacks.{path}"
+    module_name, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        import genlip_lit.callbacks as known
+
+        close = difflib.get_close_matches(name, known.__all__, n=1, cutoff=0.6)
+        hint = f"; did you mean genlip_lit.callbacks.{close[0]}?" if close else ""
+        raise GenLIPUserError(f"evaluations[{i}]: cannot import {path!r} ({err}){hint}") from None
+    if not (isinstance(cls, type) and issubclass(cls, EvalCallback)):
+        raise GenLIPUserError(f"evaluations[{i}]: {path} is not an evaluation callback (EvalCallback)")
+    return cls
+
+
+def _instantiate(make: Any, args: dict[str, Any], where: str) -> Any:
+    """`make(**args)`; a wrong option or value is one line naming the entry (once: the class's own prefix goes)."""
+    try:
+        return make(**args)
+    except (TypeError, ValueError, GenLIPUserError) as err:
+        message = re.sub(r"^[A-Z]\w*: ", "", str(err))
+        raise GenLIPUserError(f"{where}: {message}") from None
 
 
 def data_arguments(data: dict[str, Any] | None) -> dict[str, Any]:

@@ -6,7 +6,8 @@ A run's numbers come from its own logs (TensorBoard events or a CSVLogger's metr
 console/run_logs.py: the last value of every scalar the evaluation callbacks and the Throughput callback logged,
 and the loss curve; a resumed run's repeated steps count once), its saved config (batch
 size, devices) and its last checkpoint (parameter counts, objective): nothing is re-evaluated, so the table
-shows what training logged. Columns are metric tags, so a new objective needs no change here.
+shows what training logged. Columns are metric tags (the registered evaluations' `Metric.column`s), so neither a new
+objective nor a new evaluation needs a change here.
 """
 
 from __future__ import annotations
@@ -21,26 +22,22 @@ import yaml
 from genlip_lit.console.run_logs import read_scalars
 from genlip_lit.console.tables import markdown_table, write_table
 
-# (column, scalar tag, format) of the evaluation metrics; a missing tag shows as "-".
-METRIC_COLUMNS = [
-    ("linear probe top-1", "probe/linear_top1", "pct"),
-    ("attentive probe top-1", "probe/attentive_top1", "pct"),
-    ("patch readout", "readout/accuracy", "pct"),
-    ("readout chance (permuted)", "readout/chance_permuted", "pct"),
-    ("zero-shot top-1", "zero_shot/top1", "pct"),
-    ("caption CIDEr-D", "captions/cider", "num"),
-    ("first-token mass, vision", "sink/vision_to_first_mean", "pct"),
-    ("first-token mass, text", "sink/text_to_first_mean", "pct"),
-]
-# Panels of curves.png: (tag, title)
-CURVES = [
-    ("train/loss", "train loss (objective-specific scale)"),
-    ("probe/attentive_top1", "attentive probe top-1"),
-    ("readout/accuracy", "patch readout accuracy"),
-    ("zero_shot/top1", "zero-shot top-1"),
-    ("captions/cider", "caption CIDEr-D"),
-    ("sink/vision_to_first_mean", "first-token attention mass (vision)"),
-]
+LOSS_CURVE = ("train/loss", "train loss (objective-specific scale)")  # the first panel of curves.png
+
+
+def metric_columns() -> list[tuple[str, str, str]]:
+    """(column, scalar tag, format) of the evaluation metrics, from the registry of evaluations (each registration
+    names its columns: `Metric.column`); a missing tag shows as "-"."""
+    from genlip_lit.eval import evaluations
+
+    return evaluations.metric_columns()
+
+
+def curve_panels() -> list[tuple[str, str]]:
+    """Panels of curves.png: (tag, title): the loss, then the registered metrics that name a curve."""
+    from genlip_lit.eval import evaluations
+
+    return [LOSS_CURVE, *evaluations.curve_panels()]
 
 
 def global_batch_size(config: dict[str, Any]) -> int:
@@ -75,7 +72,7 @@ def collect_result(name: str, config_path: str, log_dir: Path) -> dict[str, Any]
         "steps": steps,
         "samples_seen": steps * batch,
         "metrics": {tag: series[-1][1] for tag, series in scalars.items()},
-        "curves": {tag: [(s * batch, v) for s, v in scalars[tag]] for tag, _ in CURVES if tag in scalars},
+        "curves": {tag: [(s * batch, v) for s, v in scalars[tag]] for tag, _ in curve_panels() if tag in scalars},
     }
 
 
@@ -87,8 +84,9 @@ def _fmt(value: float | None, kind: str) -> str:
 
 def table_rows(results: list[dict[str, Any]]) -> tuple[list[str], list[list[str]], list[list[Any]]]:
     """Header, formatted rows (markdown) and raw rows (csv)."""
+    columns = metric_columns()
     header = ["run", "objective", "vision params", "total params", "train GFLOPs/sample", "samples seen",
-              "wall time (s)"] + [c for c, _, _ in METRIC_COLUMNS]
+              "wall time (s)"] + [c for c, _, _ in columns]
     shown, raw = [], []
     for r in results:
         if r.get("status") != "finished":
@@ -100,10 +98,10 @@ def table_rows(results: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
         shown.append([
             r["name"], r["objective"], f"{r['vision_params'] / 1e6:.2f}M", f"{r['total_params'] / 1e6:.2f}M",
             "-" if flops is None else f"{flops / 1e9:.3f}", f"{r['samples_seen']:,}", f"{r['wall_s']:.0f}",
-        ] + [_fmt(m.get(tag), kind) for _, tag, kind in METRIC_COLUMNS])
+        ] + [_fmt(m.get(tag), kind) for _, tag, kind in columns])
         raw.append([r["name"], r["objective"], r["vision_params"], r["total_params"],
                     "" if flops is None else flops / 1e9, r["samples_seen"], round(r["wall_s"], 1)]
-                   + ["" if m.get(tag) is None else m[tag] for _, tag, _ in METRIC_COLUMNS])
+                   + ["" if m.get(tag) is None else m[tag] for _, tag, _ in columns])
     return header, shown, raw
 
 
@@ -112,7 +110,7 @@ def curves_image(results: list[dict[str, Any]]) -> np.ndarray:
 
     finished = [r for r in results if r.get("status") == "finished"]
     panels = []
-    for tag, title in CURVES:
+    for tag, title in curve_panels():
         panels.append((title, {r["name"]: [tuple(p) for p in r["curves"].get(tag, [])] for r in finished}))
     return panels_plot(panels, "samples seen", columns=3)
 
