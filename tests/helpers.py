@@ -68,6 +68,14 @@ OBJECTIVES = {
 }
 
 
+def tiny_genlip(**config):
+    """A plain-torch GenLIP on the preset "tiny" with `config` overrides, seeded with 0 first, in eval mode."""
+    from genlip_lit.models import GenLIP, GenLIPConfig
+
+    torch.manual_seed(0)
+    return GenLIP(GenLIPConfig.from_name("tiny", **config)).eval()
+
+
 def compact_tokenizer():
     """The compact vocabulary of the synthetic scenes: what `genlip fit` on the quickstart tokenizes with."""
     from genlip_lit.data.tokenizer import OpenCLIPTokenizer
