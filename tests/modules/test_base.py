@@ -175,6 +175,27 @@ def test_every_objective_starts_from_init_from(name, tmp_path) -> None:
         tiny_objective(cls, {**TINY, "width": 64}, max_text_len=24, init_from=str(path), **choice)
 
 
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_every_objective_reloads_and_exports_its_encoder(name, tmp_path) -> None:
+    """A checkpoint of any objective rebuilds the same module (class from the registry, tokenizer, weights), and
+    `genlip export` writes a vision encoder that computes its patch features."""
+    import torch
+
+    from genlip_lit.checkpoints.loading import load_checkpoint
+    from genlip_lit.encoders.export import export_vision_encoder, load_vision_encoder
+
+    m = _objective(name).eval()
+    ckpt = write_checkpoint(m, tmp_path / "m.ckpt")
+    loaded, _ = load_checkpoint(ckpt)
+    assert type(loaded) is type(m) and loaded.hparams == m.hparams
+    encoder = load_vision_encoder(export_vision_encoder(ckpt, str(tmp_path / "enc")))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval().encode_patches(x), m.encode_patches(x), rtol=0, atol=0)
+        torch.testing.assert_close(encoder(x), m.encode_patches(x), rtol=0, atol=1e-6)
+    assert sum(p.numel() for p in encoder.parameters()) == m.num_vision_params()
+
+
 @pytest.mark.slow
 def test_a_new_objective_is_one_module_file_and_one_overlay(tmp_path) -> None:
     """tests/helpers.py's ColourObjective and this overlay are all it takes: it trains under the CLI with the shared
