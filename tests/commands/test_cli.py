@@ -27,13 +27,9 @@ def _last_ckpt(tmp_path) -> str:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One 4-step quickstart-shaped run shared by the tests below."""
-    tmp = tmp_path_factory.mktemp("fit")
-    os.chdir(REPO)
-    RECORDS.clear()
-    assert main(tiny_fit_args(tmp, max_steps=4, extra=["--trainer.callbacks+=helpers.Recorder"])) == 0
-    return tmp, list(RECORDS)
+def trained(quickstart_run_4):
+    """One 4-step quickstart-shaped run shared by the tests below (this module's copy: tests/conftest.py)."""
+    return quickstart_run_4
 
 
 @pytest.mark.slow
@@ -56,7 +52,8 @@ def test_resume_continues_same_step_and_lr(trained, tmp_path):
     (ckpt,) = glob.glob(f"{tmp}/runs/quickstart/version_*/checkpoints/step*2*.ckpt")
     lr_after_step2 = next(r["lr"] for r in first if r["event"] == "step" and r["step"] == 2)
     RECORDS.clear()
-    extra = ["--trainer.callbacks+=helpers.Recorder", f"--ckpt_path={ckpt}", f"--data.init_args.cache_dir={tmp}/cache"]
+    cache = torch.load(ckpt, weights_only=True)["datamodule_hyper_parameters"]["cache_dir"]  # the run's own data
+    extra = ["--trainer.callbacks+=helpers.Recorder", f"--ckpt_path={ckpt}", f"--data.init_args.cache_dir={cache}"]
     args = tiny_fit_args(tmp_path, max_steps=4, extra=extra)  # same data, fresh log dir
     assert main(args) == 0
     start = next(r for r in RECORDS if r["event"] == "start")

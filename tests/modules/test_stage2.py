@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from helpers import REPO, TINY_ARCH, tiny_fit_args, tiny_objective
+from helpers import REPO, TINY_ARCH, tiny_objective
 
 from genlip_lit.checkpoints.loading import load_initial_weights, resolve_checkpoint
 from genlip_lit.cli import main
@@ -22,11 +22,9 @@ def _in_repo(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def stage1(tmp_path_factory) -> str:
-    tmp = tmp_path_factory.mktemp("stage1")
-    os.chdir(REPO)
-    assert main(tiny_fit_args(tmp, max_steps=4)) == 0
-    return str(tmp / "runs" / "quickstart")
+def stage1(quickstart_run_4) -> str:
+    """runs/quickstart of this module's copy of a 4-step quickstart run (tests/conftest.py)."""
+    return os.path.join(quickstart_run_4[0], "runs", "quickstart")
 
 
 def _stage2_args(tmp, init_from: str, max_steps: int = 4) -> list[str]:
