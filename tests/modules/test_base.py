@@ -40,9 +40,11 @@ def test_warmup_then_cosine_to_min():
 
 
 # ---------------------------------------------------------------------------------------------- every objective
-# The choices inside one class that count as objectives of their own (the compare overlays' clip and siglip), and
-# the captioner's one decoder layer (seconds saved); any other registered class runs as it comes.
+# The choices inside one class that count as objectives of their own (the compare overlays' clip and siglip), the
+# captioner's one decoder layer (seconds saved), and the overlays' names as test ids; any other registered class
+# runs as it comes, under its class name.
 CHOICES = {
+    "GenLIPModule": {"genlip": {}},
     "ContrastiveModule": {"clip": {"loss": "clip"}, "siglip": {"loss": "siglip"}},
     "CaptionerModule": {"captioner": {"decoder_layers": 1}},
 }
@@ -73,7 +75,7 @@ def _objective(name: str, seed: int = 0, **kw):
 
 def test_every_registered_objective_is_under_contract() -> None:
     """The built-in objectives (each loss of the contrastive one) and the plug-in all run below."""
-    assert {"GenLIPModule", "clip", "siglip", "captioner", "ColourObjective"} <= set(OBJECTIVES)
+    assert {"genlip", "clip", "siglip", "captioner", "ColourObjective"} <= set(OBJECTIVES)
     assert {cls for cls, _ in OBJECTIVES.values()} >= {
         registry.resolve("module", path, "tests") for path in registry.known("module")}
 
