@@ -127,7 +127,7 @@ def last_checkpoint(root) -> str:
 
 # ---------------------------------------------------------------------------------------------- a new objective
 # What the README's "add an objective" paragraph promises, as a test: this module file and one overlay YAML are all
-# a new objective needs (tests/test_base.py trains, exports and reloads it). It learns each image's mean colour.
+# a new objective needs (tests/modules/test_base.py trains, exports and reloads it). It learns each image's mean colour.
 from torch import nn  # noqa: E402
 
 from genlip_lit.checkpoints.registry import register  # noqa: E402

@@ -113,7 +113,7 @@ def test_missing_data_dir_is_named(tmp_path, capsys):
 
 
 def test_caption_rejects_a_missing_image_before_the_checkpoint(tmp_path, capsys):
-    # a file that is there but does not decode is skipped and counted: tests/test_caption.py
+    # a file that is there but does not decode is skipped and counted: tests/commands/test_caption.py
     err = _error(capsys, ["caption", "--ckpt", str(tmp_path / "x.ckpt"), str(tmp_path / "none.png")])
     assert "image file not found" in err and str(tmp_path / "none.png") in err
 
@@ -149,7 +149,7 @@ def test_stage1_corpus_config_runs_on_an_optimized_corpus(tmp_path):
 
 def _fit_configs() -> list[str]:
     """experiments/*.yaml that configure `genlip fit` (eval.yaml configures `genlip eval`, probe_imagenet.yaml
-    `genlip probe-full`: tests/test_probe_full.py parses it)."""
+    `genlip probe-full`: tests/studies/test_probe_full.py parses it)."""
     return [p for p in sorted(glob.glob(os.path.join(REPO, "experiments", "*.yaml")))
             if "\nmodel:" in (text := open(p, encoding="utf-8").read()) and "genlip probe-full --config" not in text]
 
