@@ -1,10 +1,13 @@
-"""Shared test helpers: a tiny-config builder for in-process `genlip fit` runs and a recording callback."""
+"""Shared test helpers: tiny objective modules and checkpoints (the builders every test file uses instead of its own),
+a tiny-config builder for in-process `genlip fit` runs, a recording callback, the toy objective of the "add an
+objective" promise. The session-wide fixtures built from these live in tests/conftest.py."""
 
 from __future__ import annotations
 
 import os
 
 import lightning as L
+import torch
 
 # the repository and this folder, for test files at any depth of tests/ (they mirror the package's folders)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,10 +55,79 @@ def tiny_fit_args(tmp_path, max_steps: int = 4, extra: list[str] | None = None) 
     ]
 
 
+# ---------------------------------------------------------------------------------------------- tiny modules
+# The model `tiny_fit_args` trains (the quickstart shrunk to 2 blocks of width 64): the builders' default size. A
+# test that pinned other sizes passes them, so the figures it asserts stay what they were.
+TINY_ARCH = {"depth": 2, "width": 64, "ffn_hidden": 128}
+# genlip_lit's objectives by the names the compare overlays use (experiments/compare/): class, arguments picking it
+OBJECTIVES = {
+    "genlip": ("GenLIPModule", {}),
+    "clip": ("ContrastiveModule", {"loss": "clip"}),
+    "siglip": ("ContrastiveModule", {"loss": "siglip"}),
+    "captioner": ("CaptionerModule", {}),
+}
+
+
+def tiny_genlip(**config):
+    """A plain-torch GenLIP on the preset "tiny" with `config` overrides, seeded with 0 first, in eval mode."""
+    from genlip_lit.models import GenLIP, GenLIPConfig
+
+    torch.manual_seed(0)
+    return GenLIP(GenLIPConfig.from_name("tiny", **config)).eval()
+
+
+def compact_tokenizer():
+    """The compact vocabulary of the synthetic scenes: what `genlip fit` on the quickstart tokenizes with."""
+    from genlip_lit.data.tokenizer import OpenCLIPTokenizer
+
+    return OpenCLIPTokenizer(compact_corpus="synthetic")
+
+
+def tiny_objective(objective: str | type = "genlip", arch_overrides: dict | None = None, seed: int | None = None,
+                   tokenizer=None, **kwargs):
+    """A tiny objective on the preset "tiny": `objective` is a name of OBJECTIVES or an objective class;
+    `arch_overrides` replaces TINY_ARCH whole; the tokenizer is `compact_tokenizer()` unless given; with `seed`,
+    torch is seeded first (the same weights in every run). `kwargs` go to the class (lr, max_text_len, ...)."""
+    import genlip_lit.modules as modules
+
+    if isinstance(objective, str):
+        cls_name, choice = OBJECTIVES[objective]
+        cls, kwargs = getattr(modules, cls_name), {**choice, **kwargs}
+    else:
+        cls = objective
+    if seed is not None:
+        torch.manual_seed(seed)
+    overrides = dict(TINY_ARCH if arch_overrides is None else arch_overrides)
+    return cls(arch="tiny", arch_overrides=overrides, tokenizer=tokenizer or compact_tokenizer(), **kwargs)
+
+
+def write_checkpoint(module, path, **entries) -> str:
+    """`module` written as `genlip fit` writes a checkpoint (Lightning's own save: the module's self-description,
+    hyper-parameters, loop state), without training; `entries` are then set at its top level (global_step=7,
+    datamodule_hyper_parameters={...}). Parent folders are made; returns the path as a string."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, max_steps=0)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(str(path))
+    if entries:
+        ckpt = torch.load(str(path), weights_only=True)
+        ckpt.update(entries)
+        torch.save(ckpt, str(path))
+    return str(path)
+
+
+def last_checkpoint(root) -> str:
+    """The one last.ckpt of the runs under `root` (a `genlip fit` run's save_dir, or any folder above it)."""
+    import glob
+
+    (last,) = glob.glob(f"{root}/**/checkpoints/last.ckpt", recursive=True)
+    return last
+
+
 # ---------------------------------------------------------------------------------------------- a new objective
 # What the README's "add an objective" paragraph promises, as a test: this module file and one overlay YAML are all
-# a new objective needs (tests/test_base.py trains, exports and reloads it). It learns each image's mean colour.
-import torch  # noqa: E402
+# a new objective needs (tests/modules/test_base.py trains, exports and reloads it). It learns each image's mean colour.
 from torch import nn  # noqa: E402
 
 from genlip_lit.checkpoints.registry import register  # noqa: E402

@@ -1,7 +1,7 @@
 """callbacks/process_group.py: `distributed.timeout` reaches the strategies' process group; a collective that lost
 its peers (gloo's own messages) becomes one line naming the rank, the step, the timeout and the last checkpoint,
 with the traceback in the run directory; other errors pass through untouched. (The real frozen and killed peers:
-tests/test_multinode.py.)"""
+tests/callbacks/test_multinode.py.)"""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from genlip_lit.callbacks.process_group import DEFAULT_TIMEOUT_S, ProcessGroupGu
 from genlip_lit.cli import main
 from genlip_lit.errors import GenLIPUserError
 
-# what gloo raised in tests/test_multinode.py's runs
+# what gloo raised in tests/callbacks/test_multinode.py's runs
 GLOO_TIMEOUT = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:129] Timed out "
                 "waiting 5000ms for send operation to complete")
 GLOO_CLOSED = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "

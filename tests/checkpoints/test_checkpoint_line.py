@@ -10,19 +10,15 @@ import re
 import shutil
 
 import pytest
-from helpers import REPO, tiny_fit_args
 
 from genlip_lit.checkpoints.loading import checkpoint_line, load_checkpoint, resolve_checkpoint
 from genlip_lit.cli import main
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> str:
-    tmp = tmp_path_factory.mktemp("ckptline")
-    os.chdir(REPO)
-    assert main(tiny_fit_args(tmp, max_steps=2)) == 0
-    (last,) = glob.glob(f"{tmp}/runs/*/version_*/checkpoints/last.ckpt")
-    return os.path.dirname(os.path.dirname(os.path.dirname(last)))  # runs/NAME: the folder of the versions
+def run_dir(quickstart_run) -> str:
+    """runs/NAME, the folder of the versions, of this module's copy of a 2-step quickstart run (tests/conftest.py)."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(quickstart_run)))
 
 
 def test_loading_names_file_step_and_date(run_dir, caplog) -> None:

@@ -13,7 +13,7 @@ import os
 
 import pytest
 import torch
-from helpers import REPO, tiny_fit_args
+from helpers import REPO, TINY_ARCH, tiny_fit_args
 
 from genlip_lit.checkpoints.integrity import weights_sha256
 from genlip_lit.checkpoints.loading import load_checkpoint, load_initial_weights
@@ -21,8 +21,6 @@ from genlip_lit.cli import main
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.modules import GenLIPModule
 from genlip_lit.studies.compare_report import collect_result
-
-TINY = "{depth: 2, width: 64, ffn_hidden: 128}"
 
 
 class MarkerPayload:
@@ -34,12 +32,8 @@ class MarkerPayload:
 
 
 @pytest.fixture(scope="module")
-def clean_ckpt(tmp_path_factory) -> str:
-    tmp = tmp_path_factory.mktemp("loadfit")
-    os.chdir(REPO)
-    assert main(tiny_fit_args(tmp, max_steps=2)) == 0
-    (last,) = glob.glob(f"{tmp}/runs/*/version_*/checkpoints/last.ckpt")
-    return last
+def clean_ckpt(quickstart_run) -> str:
+    return quickstart_run  # tests/conftest.py: this module's copy of a 2-step quickstart run
 
 
 def _hostile(clean: str, tmp, kind: str) -> tuple[str, str]:
@@ -100,7 +94,7 @@ def test_init_from_resume_and_compare_refuse_hostile_checkpoints(clean_ckpt, tmp
     path, marker = _hostile(clean_ckpt, tmp_path, kind)
     if kind == "pickle":  # init_from reads weights only: the class names are not used there
         with pytest.raises(GenLIPUserError, match="refused") as info:
-            GenLIPModule(arch_overrides={"depth": 2, "width": 64, "ffn_hidden": 128}, init_from=path)
+            GenLIPModule(arch_overrides=TINY_ARCH, init_from=path)
         assert path in str(info.value)
     # `fit --ckpt_path`: vetted before LightningCLI imports the class it names or Lightning unpickles it
     _refused_in_one_line(tiny_fit_args(tmp_path, max_steps=4, extra=[f"--ckpt_path={path}"]), path, capsys)
@@ -129,8 +123,7 @@ def test_damaged_checkpoints_are_refused(clean_ckpt, tmp_path) -> None:
     assert not torch.equal(torch.load(flipped, weights_only=True)["state_dict"][name], tensor)
     with pytest.raises(GenLIPUserError, match="do not match the sha256"):
         load_checkpoint(str(flipped))
-    module = GenLIPModule(arch_overrides={"depth": 2, "width": 64, "ffn_hidden": 128},
-                          tokenizer=load_checkpoint(clean_ckpt)[0].tokenizer)
+    module = GenLIPModule(arch_overrides=TINY_ARCH, tokenizer=load_checkpoint(clean_ckpt)[0].tokenizer)
     with pytest.raises(GenLIPUserError, match="do not match the sha256"):
         load_initial_weights(module, str(flipped))
     # a diverged run's weights (digest consistent with them): refused, naming the tensor

@@ -1,7 +1,7 @@
 """`genlip caption` at scale: folders and globs, input order, batches, bad files reported and skipped, exit status.
 
 A stand-in captioner (it names each image's dominant colour) replaces the checkpoint, so every line can be
-checked against its image; tests/test_cli.py captions with a real trained checkpoint.
+checked against its image; tests/commands/test_cli.py captions with a real trained checkpoint.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """User errors of the project commands (commands/*.py through cli.main), one test per kind: a bad key in a
 --config file, a value of the wrong type, an unknown class path, a missing checkpoint, data that cannot be read.
 Each message names the culprit (key, flag, file or value) in at most 5 lines, with exit status 2; `genlip fit`'s
-own are in tests/test_lightning_cli.py. Plus: plain progress lines with counts when stderr is not a terminal."""
+own are in tests/commands/test_fit.py. Plus: plain progress lines with counts when stderr is not a terminal."""
 
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ def test_data_that_cannot_be_read_is_named_before_anything_loads(tmp_path, capsy
     err = refused(capsys, ["optimize", "--input", nowhere, "--output", str(tmp_path / "shards")])
     assert f"--input '{nowhere}'" in err and "does not exist" in err
     assert f"image file not found: {nowhere}.png" in refused(capsys, ["caption", "--ckpt", "c", f"{nowhere}.png"])
-    # a file that does not decode is skipped and counted by caption, the rest captioned (tests/test_caption.py)
+    # a file that does not decode is skipped and counted by caption, the rest captioned (tests/commands/test_caption.py)
 
 
 def test_progress_is_plain_lines_with_counts_when_stderr_is_not_a_terminal(tmp_path, capsys, monkeypatch) -> None:

@@ -125,7 +125,7 @@ def test_null_and_none_on_the_command_line_are_none(capsys):
 
 
 def test_help_still_works(capsys):
-    assert main(["fit", "--help"]) == 0  # the project's page (tests/test_fit_help.py)
+    assert main(["fit", "--help"]) == 0  # the project's page (tests/commands/test_fit_help.py)
     assert "trainer.max_steps" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--help", "full"])  # Lightning's complete help

@@ -6,6 +6,7 @@ import random
 
 import pytest
 import torch
+from helpers import tiny_genlip
 
 from genlip_lit.data.batch import PAD, PATCH, REGISTER, TEXT, normalize_pixels
 from genlip_lit.data.packing import (
@@ -16,7 +17,7 @@ from genlip_lit.data.packing import (
     plan_rows,
     sample_length,
 )
-from genlip_lit.models import GenLIP, GenLIPConfig
+from genlip_lit.models import GenLIP
 from genlip_lit.models.rope import genlip_position_ids
 
 MEAN = STD = (0.5, 0.5, 0.5)
@@ -103,9 +104,7 @@ def test_packing_stats() -> None:
 
 
 def _tiny(registers: int = 0, **overrides) -> GenLIP:
-    torch.manual_seed(0)
-    cfg = GenLIPConfig.from_name("tiny", vocab_size=96, num_registers=registers, patch_size=8, **overrides)
-    return GenLIP(cfg).eval()
+    return tiny_genlip(vocab_size=96, num_registers=registers, patch_size=8, **overrides)
 
 
 SIZES = [(32, 48, 7), (64, 16, 5), (24, 24, 9), (40, 56, 4), (8, 72, 6)]

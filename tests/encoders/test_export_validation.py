@@ -10,30 +10,23 @@ import os
 
 import pytest
 import torch
-from helpers import one_line_refusal
+from helpers import one_line_refusal, tiny_objective, write_checkpoint
 from safetensors.torch import load_file, save_file
 
-from genlip_lit.data.tokenizer import OpenCLIPTokenizer
 from genlip_lit.encoders.export import export_vision_encoder, file_sha256, load_vision_encoder
 from genlip_lit.errors import GenLIPUserError
-from genlip_lit.modules import GenLIPModule
-
-
-def write_checkpoint(module, path) -> str:
-    """A checkpoint as `genlip fit` writes it (the module's own fields included), without a Trainer."""
-    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "global_step": 0}
-    module.on_save_checkpoint(ckpt)
-    torch.save(ckpt, path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory) -> str:
-    tmp = tmp_path_factory.mktemp("export")
-    torch.manual_seed(0)
-    module = GenLIPModule(arch_overrides={"depth": 2, "width": 32, "ffn_hidden": 64},
-                          tokenizer=OpenCLIPTokenizer(compact_corpus="synthetic"))
-    return export_vision_encoder(write_checkpoint(module, tmp / "m.ckpt"), str(tmp / "enc"))
+def good_ckpt(tmp_path_factory) -> str:
+    """An untrained GenLIP (2 blocks of width 32) as `genlip fit` writes it; read only."""
+    module = tiny_objective("genlip", {"depth": 2, "width": 32, "ffn_hidden": 64}, seed=0)
+    return write_checkpoint(module, tmp_path_factory.mktemp("good") / "m.ckpt")
+
+
+@pytest.fixture(scope="module")
+def export_dir(good_ckpt, tmp_path_factory) -> str:
+    return export_vision_encoder(good_ckpt, str(tmp_path_factory.mktemp("export") / "enc"))
 
 
 def _copy(src: str, dst, edit=None, weights=None) -> str:
@@ -125,16 +118,13 @@ def test_class_names_in_an_export_config_are_never_imported(export_dir, tmp_path
     assert "records no sha256" in caplog.text
 
 
-def test_export_output_is_whole_or_absent_and_never_over_a_users_files(tmp_path, capsys) -> None:
+def test_export_output_is_whole_or_absent_and_never_over_a_users_files(good_ckpt, tmp_path, capsys) -> None:
     """A file cannot switch off the weight checks (an 'already verified' key), a refused export leaves nothing,
     a folder the user filled is refused without --overwrite, and files get the usual permissions (not 0600)."""
     from genlip_lit.checkpoints.integrity import SHA_KEY, VERIFIED_KEY, weights_sha256
     from genlip_lit.cli import main
 
-    torch.manual_seed(0)
-    module = GenLIPModule(arch_overrides={"depth": 2, "width": 32, "ffn_hidden": 64},
-                          tokenizer=OpenCLIPTokenizer(compact_corpus="synthetic"))
-    good = write_checkpoint(module, tmp_path / "good.ckpt")
+    good = good_ckpt
     ckpt = torch.load(good, weights_only=True)
     name = next(iter(ckpt["state_dict"]))
     nan = {**ckpt, VERIFIED_KEY: True, "state_dict": {**ckpt["state_dict"], name: ckpt["state_dict"][name] * float("nan")}}

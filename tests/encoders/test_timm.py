@@ -6,32 +6,25 @@ from __future__ import annotations
 import json
 import os
 
-import lightning as L
 import pytest
 import timm
 import torch
+from helpers import tiny_objective, write_checkpoint
 
 import genlip_lit
 from genlip_lit.cli import main
-from genlip_lit.data.tokenizer import OpenCLIPTokenizer
 from genlip_lit.encoders.export import export_vision_encoder
 from genlip_lit.encoders.timm import timm_incompatibility, timm_model_args
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.models import GenLIPConfig
-from genlip_lit.modules import GenLIPModule
 
 
 def _checkpoint(tmp_path, **overrides) -> str:
-    torch.manual_seed(0)
-    module = GenLIPModule(arch="tiny", arch_overrides=overrides, tokenizer=OpenCLIPTokenizer("synthetic"))
+    module = tiny_objective("genlip", overrides, seed=0)  # the preset "tiny" (4 blocks of width 128) and overrides
     with torch.no_grad():  # move every parameter off its init (LayerScale 0.1, zero biases) so all of them count
         for p in module.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
-    trainer.strategy.connect(module)
-    path = str(tmp_path / "m.ckpt")
-    trainer.save_checkpoint(path)
-    return path
+    return write_checkpoint(module, tmp_path / "m.ckpt")
 
 
 @pytest.mark.parametrize("overrides", [{}, {"num_registers": 2, "text_width": 64, "ffn_bias": False}])

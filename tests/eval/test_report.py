@@ -3,14 +3,13 @@ raw-pixel and random-init baseline rows beside the encoder."""
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
 
 import numpy as np
 import pytest
-from helpers import REPO, tiny_fit_args
+from helpers import REPO
 from PIL import Image
 
 from genlip_lit.cli import main
@@ -20,12 +19,9 @@ EVALUATIONS = ["LinearProbe", "PatchReadout", "CaptionSamples", "ZeroShot", "Att
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    tmp = tmp_path_factory.mktemp("reportfit")
-    os.chdir(REPO)
-    assert main(tiny_fit_args(tmp, max_steps=2)) == 0
-    (last,) = glob.glob(f"{tmp}/runs/quickstart/version_*/checkpoints/last.ckpt")
-    return last
+def checkpoint(quickstart_run) -> str:
+    os.chdir(REPO)  # the evaluations' default data (the quickstart's synthetic scenes) is named from the repository
+    return quickstart_run  # this module's copy of a 2-step quickstart run (tests/conftest.py)
 
 
 def test_genlip_eval_writes_both_reports(checkpoint, tmp_path, capsys) -> None:

@@ -333,7 +333,7 @@ def test_caption_skips() -> None:
 
 
 def test_long_captions_are_cut_at_a_word() -> None:
-    long = clean_caption(b"word " * 40_000)  # 200 KB (tests/test_unit_writer.py stores a 10 MB one)
+    long = clean_caption(b"word " * 40_000)  # 200 KB (tests/ingest/test_unit_writer.py stores a 10 MB one)
     text, cut = cap_caption(long, 10_000)
     assert cut and len(text) <= 10_000 and text.endswith("word") and len(text) > 9_900
     assert cap_caption("short", 10) == ("short", False) and cap_caption("x" * 50, None) == ("x" * 50, False)

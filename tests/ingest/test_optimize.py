@@ -77,7 +77,7 @@ def _png(color) -> bytes:
 
 
 def test_keeping_nothing_is_a_failure(tmp_path) -> None:
-    """It used to exit 0; a GenLIPUserError is one line and exit status 2 from `genlip` (tests/test_cli.py)."""
+    """It used to exit 0; a GenLIPUserError is one line and exit status 2 from `genlip` (tests/commands/test_cli.py)."""
     folder = _folder(tmp_path / "in", n=3, bad=True)
     with pytest.raises(GenLIPUserError) as info:
         opt.main(["--input", folder, "--output", str(tmp_path / "out"), "--num-workers", "1"])

@@ -2,15 +2,14 @@
 
 import pytest
 import torch
+from helpers import tiny_genlip
 
-from genlip_lit.models import GenLIP, GenLIPConfig, generate, score
+from genlip_lit.models import generate, score
 from genlip_lit.models.generate import sample_next
 
 
 def _model(**overrides):
-    torch.manual_seed(0)
-    cfg = GenLIPConfig.from_name("tiny", vocab_size=40, depth=2, width=64, num_heads=4, ffn_hidden=96, **overrides)
-    return GenLIP(cfg).eval()
+    return tiny_genlip(vocab_size=40, depth=2, width=64, num_heads=4, ffn_hidden=96, **overrides)
 
 
 @pytest.mark.parametrize(

@@ -3,14 +3,13 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_genlip
 
 from genlip_lit.models import GenLIP, GenLIPConfig
 
 
 def _model(**overrides):
-    torch.manual_seed(0)
-    cfg = GenLIPConfig.from_name("tiny", vocab_size=50, depth=2, width=64, num_heads=4, ffn_hidden=96, **overrides)
-    return GenLIP(cfg).eval()
+    return tiny_genlip(vocab_size=50, depth=2, width=64, num_heads=4, ffn_hidden=96, **overrides)
 
 
 def _inputs(b=2, size=32, text=6):

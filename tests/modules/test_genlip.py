@@ -3,18 +3,16 @@
 import lightning as L
 import pytest
 import torch
+from helpers import TINY_ARCH, tiny_objective, write_checkpoint
 
 from genlip_lit.checkpoints.loading import load_checkpoint
-from genlip_lit.data.tokenizer import OpenCLIPTokenizer
 from genlip_lit.modules import GenLIPModule
 
-ARCH = {"depth": 2, "width": 64, "ffn_hidden": 128, "num_registers": 1}
+ARCH = {**TINY_ARCH, "num_registers": 1}
 
 
 def _module(**kw):
-    torch.manual_seed(0)
-    tok = OpenCLIPTokenizer(compact_corpus="synthetic")
-    return GenLIPModule(arch="tiny", arch_overrides=ARCH, tokenizer=tok, prompt="describe the image.", **kw)
+    return tiny_objective("genlip", ARCH, seed=0, prompt="describe the image.", **kw)
 
 
 def test_vocab_follows_tokenizer_and_contract_shapes():
@@ -31,11 +29,7 @@ def test_vocab_follows_tokenizer_and_contract_shapes():
 
 def test_checkpoint_round_trip_rebuilds_everything(tmp_path):
     m = _module().eval()
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
-    trainer.strategy.connect(m)
-    path = tmp_path / "m.ckpt"
-    trainer.save_checkpoint(path)
-    loaded, _ = load_checkpoint(str(path))
+    loaded, _ = load_checkpoint(write_checkpoint(m, tmp_path / "m.ckpt"))
     assert type(loaded) is GenLIPModule and loaded.caption_encoder.prompt_ids() == m.caption_encoder.prompt_ids()
     px = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(loaded.encode_patches(px), m.encode_patches(px), atol=0, rtol=0)

@@ -16,7 +16,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, tiny_fit_args
+from helpers import REPO, tiny_fit_args, tiny_objective
 
 from genlip_lit.callbacks import NonFiniteGuard, ResumableCheckpoint
 from genlip_lit.checkpoints.loading import load_checkpoint
@@ -93,7 +93,7 @@ def test_every_objective_skips_counts_and_stops(cls, fused, tmp_path, monkeypatc
     host."""
     monkeypatch.setattr(EncoderModule, "fused_optimizer", lambda self: fused)
     kwargs = {"loss": "clip", "text_layers": 1} if cls is NaNLossContrastive else {"max_text_len": 32}
-    module = cls(arch_overrides=TINY, tokenizer=OpenCLIPTokenizer(compact_corpus="synthetic"), **kwargs)
+    module = tiny_objective(cls, TINY, **kwargs)
     data = GenLIPDataModule(synthetic={"num_train": 64, "num_val": 8, "image_size": 32, "word_prob": 0.5},
                             cache_dir=str(tmp_path / "cache"), image_size=32, batch_size=8, num_workers=0)
     data.connect(**module.data_settings())  # what genlip fit does
@@ -169,7 +169,7 @@ def test_guard_and_bookkeeping_read_nothing_back_during_steps(tmp_path, monkeypa
     counters, RNG window, data totals) calls no Tensor method that copies a value to the host; the skipped steps
     still make no update and are counted."""
     monkeypatch.setattr(EncoderModule, "fused_optimizer", lambda self: True)
-    module = NaNOnSteps(arch_overrides=TINY, tokenizer=OpenCLIPTokenizer(compact_corpus="synthetic"), max_text_len=32)
+    module = tiny_objective(NaNOnSteps, TINY, max_text_len=32)
     data = GenLIPDataModule(synthetic={"num_train": 40, "num_val": 8, "image_size": 32, "word_prob": 0.5},
                             cache_dir=str(tmp_path / "cache"), image_size=32, batch_size=8, num_workers=0)
     data.connect(**module.data_settings())
@@ -194,7 +194,7 @@ def test_guard_and_bookkeeping_read_nothing_back_during_steps(tmp_path, monkeypa
 def test_nonfinite_guard_settings() -> None:
     with pytest.raises(GenLIPUserError, match="max_consecutive must be an integer >= 0"):
         NonFiniteGuard(-1)
-    module = GenLIPModule(arch_overrides=TINY, tokenizer=OpenCLIPTokenizer(compact_corpus="synthetic"))
+    module = tiny_objective("genlip", TINY)
     assert module.max_nonfinite_steps == 8
     NonFiniteGuard(0).setup(None, module, "fit")
     assert module.max_nonfinite_steps == 0  # skip forever, never stop
@@ -309,11 +309,11 @@ def test_ddp_gradient_equals_one_process_with_unequal_token_counts(tmp_path) -> 
 
 
 def test_checkpoint_tokenizer_must_match_the_model_it_is_loaded_into() -> None:
-    module = GenLIPModule(arch_overrides=TINY, tokenizer=OpenCLIPTokenizer(compact_corpus="synthetic"))
+    module = tiny_objective("genlip", TINY)
     ckpt = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(ckpt)
     module.on_load_checkpoint(dict(ckpt))  # its own checkpoint: fine
-    fresh = GenLIPModule(arch_overrides=TINY, tokenizer=OpenCLIPTokenizer(compact_corpus="synthetic"))
+    fresh = tiny_objective("genlip", TINY)
     other_class = {**ckpt, "genlip_tokenizer": {**ckpt["genlip_tokenizer"], "class_path": "subprocess.Popen"}}
     with pytest.raises(GenLIPUserError, match="holds a 'subprocess.Popen' tokenizer"):
         fresh.on_load_checkpoint(other_class)
@@ -328,7 +328,7 @@ def test_a_diverged_run_names_an_existing_last_ckpt_only_when_it_is_finite(tmp_p
 
     from genlip_lit.checkpoints.integrity import SHA_KEY, weights_sha256
 
-    module = GenLIPModule(arch_overrides=TINY, tokenizer=OpenCLIPTokenizer(compact_corpus="synthetic"))
+    module = tiny_objective("genlip", TINY)
     finite = {k: v.clone() for k, v in module.state_dict().items()}
     with torch.no_grad():
         next(module.parameters()).fill_(float("nan"))

@@ -7,12 +7,11 @@ import os
 
 import pytest
 import torch
-from helpers import REPO, tiny_fit_args
+from helpers import REPO, TINY_ARCH, tiny_objective
 
 from genlip_lit.checkpoints.loading import load_initial_weights, resolve_checkpoint
 from genlip_lit.cli import main
 from genlip_lit.errors import GenLIPUserError
-from genlip_lit.modules import GenLIPModule
 
 TINY = "{depth: 2, width: 64, ffn_hidden: 128}"
 
@@ -23,11 +22,9 @@ def _in_repo(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def stage1(tmp_path_factory) -> str:
-    tmp = tmp_path_factory.mktemp("stage1")
-    os.chdir(REPO)
-    assert main(tiny_fit_args(tmp, max_steps=4)) == 0
-    return str(tmp / "runs" / "quickstart")
+def stage1(quickstart_run_4) -> str:
+    """runs/quickstart of this module's copy of a 4-step quickstart run (tests/conftest.py)."""
+    return os.path.join(quickstart_run_4[0], "runs", "quickstart")
 
 
 def _stage2_args(tmp, init_from: str, max_steps: int = 4) -> list[str]:
@@ -72,8 +69,7 @@ def test_stage2_config_continues_from_stage1_weights(stage1, tmp_path):
     before = torch.load(stage1_ckpt, map_location="cpu", weights_only=True)["state_dict"]
     assert not torch.equal(before["model.patch_embed.weight"], ckpt["state_dict"]["model.patch_embed.weight"])
     # ... from exactly stage 1's weights
-    module = GenLIPModule(arch="tiny", arch_overrides={"depth": 2, "width": 64, "ffn_hidden": 128},
-                          tokenizer=_compact_tokenizer(), max_text_len=48, init_from=stage1)
+    module = tiny_objective("genlip", max_text_len=48, init_from=stage1)
     assert all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
     # packing was measured and logged
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -97,23 +93,16 @@ def test_stage2_config_continues_from_stage1_weights(stage1, tmp_path):
     assert rebuilt.init_source is None and data_hparams["max_tokens"] == 160
 
 
-def _compact_tokenizer():
-    from genlip_lit.data.tokenizer import OpenCLIPTokenizer
-
-    return OpenCLIPTokenizer(compact_corpus="synthetic")
-
-
 def test_init_from_errors_name_the_problem(stage1, tmp_path, monkeypatch):
     with pytest.raises(GenLIPUserError, match="no last.ckpt under"):
         resolve_checkpoint(str(tmp_path))
     with pytest.raises(GenLIPUserError, match="checkpoint not found"):
         resolve_checkpoint(str(tmp_path / "nope.ckpt"))
-    tiny = {"depth": 2, "width": 64, "ffn_hidden": 128}
     with pytest.raises(GenLIPUserError, match="does not fit this model.*shape differs"):
-        GenLIPModule(arch_overrides={**tiny, "width": 96}, tokenizer=_compact_tokenizer(), init_from=stage1)
+        tiny_objective("genlip", {**TINY_ARCH, "width": 96}, init_from=stage1)
     with pytest.raises(GenLIPUserError, match="does not fit this model.*missing"):
-        GenLIPModule(arch_overrides={**tiny, "depth": 3}, tokenizer=_compact_tokenizer(), init_from=stage1)
-    module = GenLIPModule(arch_overrides=tiny, tokenizer=_compact_tokenizer())
+        tiny_objective("genlip", {**TINY_ARCH, "depth": 3}, init_from=stage1)
+    module = tiny_objective("genlip")
     other = {**module.tokenizer.state_dict(), "compact_base_ids": [0, 1, 2]}  # same size, other tokens
     monkeypatch.setattr(module.tokenizer, "state_dict", lambda: other)
     with pytest.raises(GenLIPUserError, match="another tokenizer vocabulary"):

@@ -13,26 +13,20 @@ import traceback
 import lightning as L
 import pytest
 import torch
+from helpers import OBJECTIVES, tiny_objective
 
 from genlip_lit.callbacks import ResumableCheckpoint
 from genlip_lit.data.datamodule import GenLIPDataModule
 from genlip_lit.data.shards import synthetic_sample, write_shards
 from genlip_lit.data.synthetic import SceneConfig
 from genlip_lit.data.tokenizer import HFTokenizer
-from genlip_lit.modules import CaptionerModule, ContrastiveModule, GenLIPModule
 from genlip_lit.modules.base import DATA_COUNTERS, packing_sums
 
 TINY = {"depth": 1, "width": 32, "ffn_hidden": 64, "patch_size": 8}
 UNDECODABLE = (2, 9, 13)  # of 20 train samples: one batch in five holds one
 UNKNOWN_WORD = "zebra"  # outside the tokenizer's vocabulary: every caption holding it adds an unknown token
-OBJECTIVES = {
-    "genlip": lambda tok: GenLIPModule(arch_overrides=TINY, tokenizer=tok, max_text_len=10),
-    "captioner": lambda tok: CaptionerModule(arch_overrides=TINY, decoder_layers=1, tokenizer=tok, max_text_len=10),
-    "clip": lambda tok: ContrastiveModule(arch_overrides=TINY, loss="clip", text_layers=1, tokenizer=tok,
-                                          max_text_len=10),
-    "siglip": lambda tok: ContrastiveModule(arch_overrides=TINY, loss="siglip", text_layers=1, tokenizer=tok,
-                                            max_text_len=10),
-}
+# one text or decoder layer: each objective's run stays at seconds (helpers.OBJECTIVES names the objectives)
+ONE_LAYER = {"captioner": {"decoder_layers": 1}, "clip": {"text_layers": 1}, "siglip": {"text_layers": 1}}
 
 
 def _sample(index: int, damaged: bool) -> dict:
@@ -75,7 +69,8 @@ def _fit(objective: str, corpus: tuple[str, str], ckdir: str, ckpt_path: str | N
          kill_at: int | None = None) -> L.LightningModule:
     data_dir, tokenizer = corpus
     torch.manual_seed(0)
-    module = OBJECTIVES[objective](HFTokenizer(tokenizer))
+    module = tiny_objective(objective, TINY, tokenizer=HFTokenizer(tokenizer), max_text_len=10,
+                            **ONE_LAYER.get(objective, {}))
     data = GenLIPDataModule(data_dir=data_dir, cache_dir=ckdir + "_cache", image_size=16, batch_size=4,
                             num_workers=0)
     data.connect(**module.data_settings())

@@ -1,5 +1,5 @@
 """genlip_lit/storage/paths.py without a server: paths, the one-line verdicts on store failures, missing drivers.
-(Against a real S3 API: tests/test_object_storage.py.)"""
+(Against a real S3 API: tests/storage/test_object_storage.py.)"""
 
 from __future__ import annotations
 

@@ -43,17 +43,10 @@ def folder(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory) -> str:
-    from genlip_lit.data.tokenizer import OpenCLIPTokenizer
-    from genlip_lit.modules import GenLIPModule
+    from helpers import tiny_objective, write_checkpoint
 
-    torch.manual_seed(0)
-    module = GenLIPModule(arch="tiny", arch_overrides={"depth": 1, "width": 64, "num_heads": 2, "ffn_hidden": 128},
-                          tokenizer=OpenCLIPTokenizer("synthetic"))
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, max_steps=0)
-    trainer.strategy.connect(module)
-    path = str(tmp_path_factory.mktemp("probe_encoder") / "encoder.ckpt")
-    trainer.save_checkpoint(path)
-    return path
+    module = tiny_objective("genlip", {"depth": 1, "width": 64, "num_heads": 2, "ffn_hidden": 128}, seed=0)
+    return write_checkpoint(module, tmp_path_factory.mktemp("probe_encoder") / "encoder.ckpt")
 
 
 def test_epoch_sampler_order_ranks_and_resume() -> None:

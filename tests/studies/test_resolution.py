@@ -32,18 +32,13 @@ SMALL = ["--image-size", "32", "--max-image-size", "48", "--word-font-px", "8", 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory) -> str:
     """An untrained one-block GenLIP written the way `genlip fit` writes checkpoints (no training: seconds)."""
-    from genlip_lit.data.tokenizer import OpenCLIPTokenizer
+    from helpers import tiny_objective, write_checkpoint
 
-    torch.manual_seed(0)
-    module = GenLIPModule(arch="tiny", arch_overrides={"depth": 1, "width": 32, "num_heads": 2, "ffn_hidden": 64},
-                          tokenizer=OpenCLIPTokenizer(compact_corpus="synthetic"), max_text_len=48)
-    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-            "datamodule_hyper_parameters": {"image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}}
-    module.on_save_checkpoint(ckpt)
+    module = tiny_objective("genlip", {"depth": 1, "width": 32, "num_heads": 2, "ffn_hidden": 64}, seed=0,
+                            max_text_len=48)
     path = tmp_path_factory.mktemp("evalres") / "runs" / "tiny_run" / "version_0" / "checkpoints" / "last.ckpt"
-    path.parent.mkdir(parents=True)
-    torch.save(ckpt, path)
-    return str(path)
+    return write_checkpoint(module, path, datamodule_hyper_parameters={"image_size": 32, "mean": [0.5] * 3,
+                                                                       "std": [0.5] * 3})
 
 
 # ---------------------------------------------------------------------------------------------- pure parts
