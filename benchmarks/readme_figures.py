@@ -51,7 +51,7 @@ NOT_COVERED = [
     "stage 2 resolution table (stage2_quickstart.yaml fits, then genlip eval-res: ~1 h on 2 cores)",
     "llm-probe table (needs the SmolLM2 weights, not shipped)",
     "presets table (printed from genlip_lit/models/config.py; no measurement)",
-    "plan-vs-real memory table (python -m pytest tests/test_plan_memory.py asserts it)",
+    "plan-vs-real memory table (python -m pytest tests/plan/test_plan_memory.py asserts it)",
 ]
 
 
