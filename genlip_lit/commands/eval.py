@@ -23,8 +23,9 @@ from genlip_lit.errors import GenLIPUserError
 def build_parser() -> Any:
     p = command_parser("eval", "Run evaluations on a checkpoint; write report.json, report.md and figures.")
     add_ckpt(p)
-    p.add_argument("--evaluations", type=list[Any], default=[], help="evaluation callbacks (class_path + "
-                   "init_args, as in trainer.callbacks); usually given in the --config YAML")
+    p.add_argument("--evaluations", type=list[Any], default=[], help="registered evaluations by name (probe, "
+                   "readout, zero_shot, captions, sink, transfer; {evaluation: NAME, OPTION: value}) or callbacks as in "
+                   "trainer.callbacks; usually given in the --config YAML")
     p.add_argument("--data", type=dict | None, default=None, help="GenLIPDataModule arguments over the "
                    "checkpoint's own (null: the data it trained on)")
     add_output(p, required=False, help="report directory (null: eval/ beside the checkpoint)")
