@@ -2,6 +2,7 @@
 
     python benchmarks/readme_figures.py --section quickstart                  # seed 0, as the README runs it
     python benchmarks/readme_figures.py --section quickstart --seeds 0 1 2    # the three-seed table
+    python benchmarks/readme_figures.py --section quickstart --seeds 0 1 2 --threads 1   # at a fixed thread count
     python benchmarks/readme_figures.py --section digits --ckpt runs/quickstart   # the digits probe table
     python benchmarks/readme_figures.py --list                                # which README tables are covered
 
@@ -14,6 +15,12 @@ value of each evaluation callback (zero-shot, CIDEr-D, probes). Other sections c
 script that made their README table. The quickstart figures are per commit: a change of the recipe, the model
 or of float rounding (thread count, library versions) moves them by a few points, so the README states the
 commit and `tests/test_readme_figures.py` keeps its quickstart block naming the committed config's steps and batch.
+
+`--threads N` passes `--threads N` to every `genlip fit` (and caption-eval): the figures are deterministic per
+thread count, whatever the load (threads change the order of float sums, load does not), so a table measured on a
+busy machine at a stated thread count is what an idle one reproduces; only the wall times depend on the load,
+which the table's caption records (load average at start and end). Without it fit uses its default (`auto`, which
+follows the load: figures then depend on the load too).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = "experiments/quickstart.yaml"
+ROWS = "quickstart_rows.jsonl"  # in --out: one JSON line per finished quickstart seed
 GENLIP = [sys.executable, "-m", "genlip_lit.cli"]  # `genlip` of this interpreter (no activated venv needed)
 
 # section -> (README table it re-measures, how)
@@ -74,29 +82,39 @@ def _last(scalars: dict[str, list[tuple[int, float]]], tag: str) -> float | None
     return scalars[tag][-1][1] if scalars.get(tag) else None
 
 
-def quickstart(seeds: list[int], out: Path, config: str, reuse_cache: bool) -> list[dict[str, Any]]:
+def _thread_args(threads: int | None) -> list[str]:
+    return [] if threads is None else ["--threads", str(threads)]
+
+
+def quickstart(seeds: list[int], out: Path, config: str, reuse_cache: bool,
+               threads: int | None = None) -> list[dict[str, Any]]:
     from genlip_lit.studies.compare_report import read_scalars
 
     rows = []
     for seed in seeds:
+        load_start = os.getloadavg()[0]
         env = dict(os.environ)
         if not reuse_cache:
             env["GENLIP_CACHE"] = str(out / f"cache_seed{seed}")  # fresh: data generation is in the time
         run_dir = out / "quickstart" / f"seed{seed}"
         fit = [*GENLIP, "fit", "--config", config, "--seed_everything", str(seed),
-               "--trainer.logger.init_args.save_dir", str(out), "--trainer.logger.init_args.version", f"seed{seed}"]
+               "--trainer.logger.init_args.save_dir", str(out), "--trainer.logger.init_args.version", f"seed{seed}",
+               *_thread_args(threads)]
         wall, cpu = _run(fit, env, out / f"fit_seed{seed}.log")
         _run([*GENLIP, "caption-eval", "--ckpt", str(run_dir), "--objects", "1", "2", "3", "--output", str(run_dir),
-              "--overwrite"],  # beside the run's own files
+              "--overwrite", *_thread_args(threads)],  # beside the run's own files
              env, out / f"caption_eval_seed{seed}.log")
         accuracy = {r["objects_per_scene"]: 100 * r["object_accuracy"]
                     for r in json.loads((run_dir / "caption_eval.json").read_text())}
         scalars = read_scalars(run_dir)
-        rows.append({"seed": seed, "wall_s": wall, "cpu_s": cpu, "val_loss": _last(scalars, "val/loss"),
+        rows.append({"seed": seed, "threads": threads, "wall_s": wall, "cpu_s": cpu, "val_loss": _last(scalars, "val/loss"),
                      "objects_pct": accuracy, "zero_shot": _last(scalars, "zero_shot/top1"),
                      "cider": _last(scalars, "captions/cider"), "linear_probe": _last(scalars, "probe/linear_top1"),
                      "attentive_probe": _last(scalars, "probe/attentive_top1")})
+        rows[-1]["load_avg"] = [load_start, os.getloadavg()[0]]
         print(json.dumps(rows[-1]), flush=True)
+        with open(out / ROWS, "a") as sink:  # every finished seed, so runs in parallel can be tabulated together
+            sink.write(json.dumps(rows[-1]) + "\n")
     return rows
 
 
@@ -139,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/readme_figures", help="where runs, logs and caches go")
     parser.add_argument("--reuse-cache", action="store_true", help="quickstart: keep $GENLIP_CACHE (no data "
                         "generation in the time once it is cached)")
+    parser.add_argument("--threads", type=int, help="quickstart / compare / ablations: `--threads N` for every "
+                        "genlip fit (figures are deterministic per thread count; default: fit's own, `auto`)")
     parser.add_argument("--ckpt", help="digits / eval: the quickstart checkpoint (or its run directory)")
     parser.add_argument("--list", action="store_true", help="print which README tables are covered and exit")
     args = parser.parse_args(argv)
@@ -153,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     if section in ("digits", "eval") and not args.ckpt:
         parser.error(f"--section {section} needs --ckpt (a quickstart checkpoint or run directory)")
     if section == "quickstart":
-        rows = quickstart(args.seeds, out, args.config, args.reuse_cache)
+        rows = quickstart(args.seeds, out, args.config, args.reuse_cache, args.threads)
         print(f"\n{args.config}, commit {_commit()}, {os.cpu_count()} CPUs\n" + quickstart_table(rows))
     elif section == "digits":
         data = write_digits(out / "digits") if not (out / "digits").exists() else out / "digits"
@@ -166,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                    if section == "compare" else ["experiments/compare/genlip.yaml",
                                                  *sorted(str(p.relative_to(REPO))
                                                          for p in (REPO / "experiments/ablations").glob("*.yaml"))])
-        _run([*GENLIP, "compare", *configs, "--output", str(out / section)])
+        passed = ["--", *_thread_args(args.threads)] if args.threads is not None else []
+        _run([*GENLIP, "compare", *configs, "--output", str(out / section), *passed])
         print((out / section / "table.md").read_text())
     else:
         scripts = {"parity": ["parity_fixtures.py"], "plan": ["plan_paper_runs.py"],
