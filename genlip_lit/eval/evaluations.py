@@ -183,7 +183,8 @@ def caption_evaluation(
     module: Any, view: EvalView, *, budget: int = 64, batch_size: int = 64,
     max_new_tokens: int | None = None, show: int = 8,
 ) -> EvalResult:
-    """Greedy captions for a fixed held-out set (the first `budget` val samples), with CIDEr-D and BLEU-4."""
+    """Greedy captions for a fixed held-out set (`budget` val samples in the views' seeded order), with CIDEr-D and
+    BLEU-4."""
     from genlip_lit.eval.caption_metrics import caption_scores
 
     if not module.is_generative:
