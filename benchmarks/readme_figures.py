@@ -104,11 +104,13 @@ def quickstart(seeds: list[int], out: Path, config: str, reuse_cache: bool,
         _run([*GENLIP, "caption-eval", "--ckpt", str(run_dir), "--objects", "1", "2", "3", "--output", str(run_dir),
               "--overwrite", *_thread_args(threads)],  # beside the run's own files
              env, out / f"caption_eval_seed{seed}.log")
-        accuracy = {r["objects_per_scene"]: 100 * r["object_accuracy"]
-                    for r in json.loads((run_dir / "caption_eval.json").read_text())}
+        captioned = json.loads((run_dir / "caption_eval.json").read_text())
+        accuracy = {r["objects_per_scene"]: 100 * r["object_accuracy"] for r in captioned}
+        floor = {r["objects_per_scene"]: 100 * r["constant_object_accuracy"] for r in captioned
+                 if "constant_object_accuracy" in r}  # the most frequent training caption for every scene
         scalars = read_scalars(run_dir)
         rows.append({"seed": seed, "threads": threads, "wall_s": wall, "cpu_s": cpu, "val_loss": _last(scalars, "val/loss"),
-                     "objects_pct": accuracy, "zero_shot": _last(scalars, "zero_shot/top1"),
+                     "objects_pct": accuracy, "objects_constant_pct": floor, "zero_shot": _last(scalars, "zero_shot/top1"),
                      "cider": _last(scalars, "captions/cider"), "linear_probe": _last(scalars, "probe/linear_top1"),
                      "attentive_probe": _last(scalars, "probe/attentive_top1")})
         rows[-1]["load_avg"] = [load_start, os.getloadavg()[0]]
@@ -131,6 +133,45 @@ def quickstart_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['seed']} | {acc} | {loss} | {pct(r['zero_shot'])} | {cider} | "
                      f"{pct(r['linear_probe'])} / {pct(r['attentive_probe'])} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} |")
     return "\n".join(lines)
+
+
+SPREAD_COLUMNS = [  # (header, row -> value, format) of the mean +- spread table
+    ("1-object scenes named right", lambda r: r["objects_pct"].get(1), "{:.1f}%"),
+    ("2-object", lambda r: r["objects_pct"].get(2), "{:.1f}%"),
+    ("3-object", lambda r: r["objects_pct"].get(3), "{:.1f}%"),
+    ("val/loss", lambda r: r["val_loss"], "{:.4f}"),
+    ("zero-shot", lambda r: None if r["zero_shot"] is None else 100 * r["zero_shot"], "{:.1f}%"),
+    ("CIDEr-D", lambda r: r["cider"], "{:.2f}"),
+    ("linear probe", lambda r: None if r["linear_probe"] is None else 100 * r["linear_probe"], "{:.1f}%"),
+    ("attentive probe", lambda r: None if r["attentive_probe"] is None else 100 * r["attentive_probe"], "{:.1f}%"),
+]
+
+
+def spread_table(rows: list[dict[str, Any]]) -> str:
+    """One line per figure: mean, sample standard deviation and min-max over the rows (seeds)."""
+    import statistics
+
+    lines = [f"| figure | mean +- sd over {len(rows)} seeds | min - max |", "|---|---|---|"]
+    for header, value, fmt in SPREAD_COLUMNS:
+        values = [v for v in map(value, rows) if v is not None]
+        if not values:
+            continue
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        lines.append(f"| {header} | {fmt.format(statistics.fmean(values))} +- {fmt.format(sd).rstrip('%')} | "
+                     f"{fmt.format(min(values))} - {fmt.format(max(values))} |")
+    return "\n".join(lines)
+
+
+def read_rows(out: Path) -> list[dict[str, Any]]:
+    """The finished seeds recorded in `out` (quickstart runs append one JSON line each), by seed."""
+    path = out / ROWS
+    if not path.is_file():
+        sys.exit(f"readme_figures: no {path} (run --section quickstart with this --out first)")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for row in rows:  # JSON keys are strings
+        for key in ("objects_pct", "objects_constant_pct"):
+            row[key] = {int(k): v for k, v in (row.get(key) or {}).items()}
+    return sorted(rows, key=lambda r: r["seed"])
 
 
 def write_digits(root: Path) -> Path:
@@ -161,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                         "genlip fit (figures are deterministic per thread count; default: fit's own, `auto`)")
     parser.add_argument("--ckpt", help="digits / eval: the quickstart checkpoint (or its run directory)")
     parser.add_argument("--list", action="store_true", help="print which README tables are covered and exit")
+    parser.add_argument("--table", action="store_true", help="quickstart: print the tables of the seeds already "
+                        "recorded in --out (runs of several invocations, e.g. seeds run in parallel) and exit")
     args = parser.parse_args(argv)
     if args.list:
         for name, (table, how) in SECTIONS.items():
@@ -168,13 +211,20 @@ def main(argv: list[str] | None = None) -> int:
         print("not covered: " + "; ".join(NOT_COVERED))
         return 0
     out = Path(args.out).resolve()
+    if args.table:
+        rows = read_rows(out)
+        print(quickstart_table(rows) + "\n\n" + spread_table(rows))
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     section = args.section
     if section in ("digits", "eval") and not args.ckpt:
         parser.error(f"--section {section} needs --ckpt (a quickstart checkpoint or run directory)")
     if section == "quickstart":
         rows = quickstart(args.seeds, out, args.config, args.reuse_cache, args.threads)
-        print(f"\n{args.config}, commit {_commit()}, {os.cpu_count()} CPUs\n" + quickstart_table(rows))
+        threads = "fit's default threads" if args.threads is None else f"--threads {args.threads}"
+        print(f"\n{args.config}, commit {_commit()}, {os.cpu_count()} CPUs, {threads}\n" + quickstart_table(rows))
+        if len(rows) > 1:
+            print("\n" + spread_table(rows))
     elif section == "digits":
         data = write_digits(out / "digits") if not (out / "digits").exists() else out / "digits"
         _run([*GENLIP, "probe", "--ckpt", args.ckpt, "--data", str(data), "--output", str(out / "digits_probe")])
