@@ -357,7 +357,8 @@ class GenLIPDataModule(L.LightningDataModule):
         return NativeResTransform(patch, self.min_patches, self.max_patches, self.mean, self.std)
 
     def eval_dataset(self, split: str, base: str | None = None) -> GenLIPStreamingDataset:
-        """Unpacked, fixed-size (`image_size`) samples of `split` in stored order, for evaluation callbacks."""
+        """Unpacked, fixed-size (`image_size`) samples of `split` (by index; evaluations read them through
+        `eval_batches`)."""
         return self._dataset(base or self.data_dirs[0], split, train=False, for_eval=True)
 
     def eval_batches(self, split: str, batch_size: int, order: Callable[[int], Iterable[int]]) -> Iterator[Batch]:
