@@ -3,6 +3,7 @@
     python benchmarks/readme_figures.py --section quickstart                  # seed 0, as the README runs it
     python benchmarks/readme_figures.py --section quickstart --seeds 0 1 2    # the three-seed table
     python benchmarks/readme_figures.py --section quickstart --seeds 0 1 2 --threads 1   # at a fixed thread count
+    python benchmarks/readme_figures.py --table --out runs/readme_figures    # seeds recorded so far, + mean +- sd
     python benchmarks/readme_figures.py --section digits --ckpt runs/quickstart   # the digits probe table
     python benchmarks/readme_figures.py --list                                # which README tables are covered
 
