@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     if args.table:
         rows = read_rows(out)
-        print(quickstart_table(rows) + "\n\n" + spread_table(rows))
+        print(quickstart_table(rows) + ("\n\n" + spread_table(rows) if len(rows) > 1 else ""))
         return 0
     out.mkdir(parents=True, exist_ok=True)
     section = args.section
