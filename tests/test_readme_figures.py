@@ -46,3 +46,18 @@ def test_quickstart_table_prints_every_figure_of_a_run() -> None:
 def test_every_section_names_what_it_measures() -> None:
     assert set(readme_figures.SECTIONS) >= {"quickstart", "digits", "eval", "compare", "parity", "plan"}
     assert all(table and how for table, how in readme_figures.SECTIONS.values())
+
+
+def test_spread_table_gives_mean_sd_and_range_over_seeds(tmp_path) -> None:
+    rows = [{"seed": s, "wall_s": 1.0, "cpu_s": 1.0, "val_loss": loss, "objects_pct": {1: one, 2: 80.0, 3: 70.0},
+             "zero_shot": None, "cider": 6.0, "linear_probe": 0.4, "attentive_probe": 0.5}
+            for s, loss, one in ((2, 0.29, 95.0), (0, 0.30, 94.0), (1, 0.31, 96.0))]
+    with open(tmp_path / readme_figures.ROWS, "w") as sink:  # as three parallel invocations append them
+        sink.writelines(__import__("json").dumps(r) + "\n" for r in rows)
+    read = readme_figures.read_rows(tmp_path)
+    assert [r["seed"] for r in read] == [0, 1, 2] and read[0]["objects_pct"] == {1: 94.0, 2: 80.0, 3: 70.0}
+    lines = readme_figures.spread_table(read).splitlines()
+    assert lines[0] == "| figure | mean +- sd over 3 seeds | min - max |"
+    assert "| 1-object scenes named right | 95.0% +- 1.0 | 94.0% - 96.0% |" in lines
+    assert "| val/loss | 0.3000 +- 0.0100 | 0.2900 - 0.3100 |" in lines
+    assert not any(line.startswith("| zero-shot") for line in lines)  # no run logged it: no line

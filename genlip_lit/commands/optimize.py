@@ -321,6 +321,19 @@ def _check_source(args: Any) -> None:
         raise GenLIPUserError(f"--source synthetic needs --num-samples of at least 1, got {args.num_samples}")
 
 
+def print_classes(out: str, shown: int = 12) -> None:
+    """One line naming the classes the dataset records (`--labels folders`, `--classes`): what the probes will
+    score, e.g. the folder names a category tree gave, so a stray folder shows before training."""
+    from genlip_lit.eval.labelled import read_meta
+    from genlip_lit.ingest.corpus import CLASSES_FILE
+
+    names = read_meta(out).get("class_names") or []
+    if names:
+        more = f", ... ({len(names) - shown} more)" if len(names) > shown else ""
+        print(f"labels: {len(names)} classes ({', '.join(map(str, names[:shown]))}{more}) -> "
+              f"{os.path.join(out, CLASSES_FILE)}")
+
+
 def _run(args: Any, argv: list[str], parser: Any, out: str, staged: bool = False) -> int:
     """The run into `out` (the output as shown; `args.output` is where it is written: a staging folder when
     `staged`)."""
@@ -330,6 +343,8 @@ def _run(args: Any, argv: list[str], parser: Any, out: str, staged: bool = False
         with _sigterm_as_interrupt():
             report = run_corpus(args, resume_command(argv))
         print(summary_line(report, out))
+        if not staged:
+            print_classes(out)
         warn_multiline_sidecars(report)
         if not staged:
             report_caption_lengths(out)

@@ -93,14 +93,30 @@ class _DropMessages(logging.Filter):
 
 
 class _NoZeroFlops(logging.Filter):
-    """Lightning's model summary ends with "0  Total FLOPs" when the model has no `example_input_array`: a count
-    it never made, read as a fact. The line goes; the rest of the summary stays."""
+    """Lightning's model summary ends with "0  Total FLOPs", and its table has a FLOPs column of zeros, when the
+    model has no `example_input_array`: a count it never made, read as a fact. Both go; the rest stays."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if "total flops" in message.lower():
-            record.msg, record.args = re.sub(r"\n[ \t]*0[ \t]+Total FLOPs[^\n]*", "", message, flags=re.I), ()
+        if "flops" in message.lower():
+            message = re.sub(r"\n[ \t]*0[ \t]+Total FLOPs[^\n]*", "", message, flags=re.I)
+            record.msg, record.args = _without_zero_flops_column(message), ()
         return True
+
+
+def _without_zero_flops_column(summary: str) -> str:
+    """The summary table without its last column when that is "FLOPs" and every row there says 0."""
+    lines = summary.split("\n")
+    header = next((i for i, line in enumerate(lines) if re.search(r"\|\s*FLOPs\s*$", line)), None)
+    if header is None:
+        return summary
+    rows = [i for i, line in enumerate(lines) if i > header and re.match(r"\s*\d+\s*\|", line)]
+    if not rows or not all(re.search(r"\|\s*0\s*$", lines[i]) for i in rows):
+        return summary  # a real count (or no table): keep it
+    for i in [header, *rows]:
+        lines[i] = lines[i][:lines[i].rindex("|")].rstrip()
+    width = max(len(lines[i]) for i in [header, *rows])
+    return "\n".join("-" * width if set(line) == {"-"} and len(line) > width else line for line in lines)
 
 
 _SUMMARY_LOGGER = "lightning.pytorch.callbacks.model_summary"

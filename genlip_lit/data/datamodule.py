@@ -34,6 +34,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import lightning as L
@@ -363,12 +364,24 @@ class GenLIPDataModule(L.LightningDataModule):
         return NativeResTransform(patch, self.min_patches, self.max_patches, self.mean, self.std)
 
     def eval_dataset(self, split: str, base: str | None = None) -> GenLIPStreamingDataset:
-        """Unpacked, fixed-size (`image_size`) samples of `split` in stored order, for evaluation callbacks."""
+        """Unpacked, fixed-size (`image_size`) samples of `split` (by index; evaluations read them through
+        `eval_batches`)."""
         return self._dataset(base or self.data_dirs[0], split, train=False, for_eval=True)
 
-    def eval_loader(self, split: str, batch_size: int) -> litdata.StreamingDataLoader:
-        """A loader over `eval_dataset(split)` of the first dataset (stop its workers with `shutdown_workers`)."""
-        return self._loader(self.eval_dataset(split), batch_size)
+    def eval_batches(self, split: str, batch_size: int, order: Callable[[int], Iterable[int]]) -> Iterator[Batch]:
+        """`eval_dataset(split)` of the first dataset read in `order(len(split))` (sample indices) and collated in
+        batches of `batch_size`, in this process: an evaluation reads a seeded draw of the split
+        (eval/labelled.py `reading_order`), not its stored order. Lazy: only the samples asked for are decoded."""
+        dataset = self.eval_dataset(split)
+        collate = BatchCollator(self._encoder(), self.image_size, self.mean, self.std)
+        items: list[Any] = []
+        for index in order(len(dataset)):
+            items.append(dataset[int(index)])
+            if len(items) == batch_size:
+                yield collate(items)
+                items = []
+        if items:
+            yield collate(items)
 
     def _dataset(self, base: str, split: str, train: bool, for_eval: bool = False) -> GenLIPStreamingDataset:
         transform = self._transform(train, for_eval)

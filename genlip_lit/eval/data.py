@@ -9,7 +9,8 @@ Every evaluation takes a view, so none of them knows where data comes from or wh
 about comes from the shards' `genlip_meta.json` (written by `genlip optimize`: `class_names`, and `source:
 synthetic` for the embedded scenes, whose words, templates and label maps `data/synthetic.py` describes) or from
 the folder names of an ImageFolder. Views yield `EvalBatch`es of normalized pixels on the view's device, in a
-fixed order (the same samples every time), at most `budget` of them.
+fixed order (the same samples every time: eval/labelled.py's `reading_order` for every view), at most `budget`
+of them.
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ from torch import Tensor
 
 from genlip_lit.data.transforms import Preprocessing
 from genlip_lit.errors import GenLIPUserError
-from genlip_lit.eval.labelled import ImageFolderSet, ShardLabelledSet, read_meta
+from genlip_lit.eval.labelled import (
+    ImageFolderSet,
+    ShardLabelledSet,
+    describe_order,
+    read_meta,
+    reading_order,
+)
 
 # Zero-shot prompts for data that brings none (a real corpus, an ImageFolder): CLIP's plainest template.
 GENERIC_TEMPLATES = ("a photo of a {}.",)
@@ -142,9 +149,10 @@ def _head(batch: EvalBatch, n: int) -> EvalBatch:
 
 
 class DataModuleView(EvalView):
-    """The held-out data of a `GenLIPDataModule` (its first dataset): unpacked, at `image_size`, stored order."""
+    """The held-out data of a `GenLIPDataModule` (its first dataset): unpacked, at `image_size`, read in
+    `reading_order` (a seeded shuffle, as `genlip probe` reads the same shards: the same samples, the same figures)."""
 
-    sample_order = "the first in stored order"  # which samples a budget takes (probe reports state it)
+    sample_order = describe_order()  # which samples a budget takes (probe reports state it)
 
     def __init__(self, datamodule: Any, device: torch.device | str = "cpu") -> None:
         base = datamodule.data_dirs[0]
@@ -156,19 +164,13 @@ class DataModuleView(EvalView):
         self.datamodule = datamodule
 
     def _batches(self, split: str, batch_size: int) -> Iterator[EvalBatch]:
-        from genlip_lit.data.datamodule import shutdown_workers
-
         dm = self.datamodule
         if split == "val" and dm.val_dataset is None:
             dm.setup("validate")  # checks the data is there (a synthetic cache, shards)
-        loader = dm.eval_loader(split, batch_size)
-        try:
-            for batch in loader:
-                b = batch.to(self.device).normalized()
-                maps = {name: getattr(b, f) for name, f in PATCH_LABEL_FIELDS.items() if getattr(b, f) is not None}
-                yield EvalBatch(b.pixel_values, b.labels, list(b.captions), b.input_ids, b.text_mask, maps)
-        finally:
-            shutdown_workers(loader)
+        for batch in dm.eval_batches(split, batch_size, reading_order):
+            b = batch.to(self.device).normalized()
+            maps = {name: getattr(b, f) for name, f in PATCH_LABEL_FIELDS.items() if getattr(b, f) is not None}
+            yield EvalBatch(b.pixel_values, b.labels, list(b.captions), b.input_ids, b.text_mask, maps)
 
 
 class ImageFolderView(EvalView):
@@ -199,7 +201,7 @@ class ShardView(EvalView):
 
     def __init__(self, data_dir: str, preprocessing: Preprocessing, device: torch.device | str = "cpu") -> None:
         self.sets = {split: ShardLabelledSet(data_dir, split) for split in ("train", "val")}
-        self.sample_order = f"a seeded shuffle (seed {self.sets['train'].seed})"
+        self.sample_order = describe_order(self.sets["train"].seed)
         # class names from the metadata; None when it lists none (the probes then count the labels)
         super().__init__(Vocabulary.from_meta(read_meta(data_dir)), device, self.sets["train"].data_dir)
         self.transform = preprocessing.transform()

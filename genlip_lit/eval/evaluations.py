@@ -306,9 +306,9 @@ def caption_evaluation(
     module: Any, view: EvalView, *, budget: int = 64, batch_size: int = 64,
     max_new_tokens: int | None = None, show: int = 8,
 ) -> EvalResult:
-    """Greedy captions for a fixed held-out set (the first `budget` val samples), scored by CIDEr-D and BLEU-4
-    against their reference captions, beside the constant-caption floor (`captions/cider_constant`: the most
-    frequent training caption on every image, where the data has training captions).
+    """Greedy captions for a fixed held-out set (`budget` val samples in the views' seeded order), scored by CIDEr-D
+    and BLEU-4 against their reference captions, beside the constant-caption floor (`captions/cider_constant`: the
+    most frequent training caption on every image, where the data has training captions).
 
     Args:
         budget: held-out images captioned greedily

@@ -12,7 +12,9 @@ shards, a sample labelled -1 = unlabelled) is skipped and counted. Problems with
 root, no class folders, an empty class, a single class) are `GenLIPUserError`s that name what is wrong.
 
 Samples come out in a fixed, seeded shuffle rather than in class order, so a probe `budget` that reads only
-the first K samples still sees every class in proportion.
+the first K samples still sees every class in proportion. `reading_order` is that rule, and the one every
+evaluation view follows (`eval/data.py`: a run's own shards too), so `genlip probe`, `genlip eval` and the
+end-of-fit probe read the same samples of the same data.
 """
 
 from __future__ import annotations
@@ -69,8 +71,19 @@ def _check_batch_size(batch_size: int) -> None:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
 
 
-def _shuffled(n: int, seed: int) -> np.ndarray:
+READ_SEED = 0  # the shuffle of every labelled split and every run's held-out split (probe --seed: ImageFolders')
+
+
+def reading_order(n: int, seed: int = READ_SEED) -> np.ndarray:
+    """The order in which evaluations read a split of `n` samples: a seeded permutation, so the first K (a budget)
+    are a random draw whatever order the data was stored in (`genlip optimize --labels folders` stores class by
+    class); the same for every command, so one checkpoint on one data set gives one probe figure."""
     return np.random.default_rng(seed).permutation(n)
+
+
+def describe_order(seed: int = READ_SEED) -> str:
+    """How `reading_order` picks a budget's samples, for the settings line under probe tables."""
+    return f"a seeded shuffle (seed {seed})"
 
 
 # ---------------------------------------------------------------------------------------------- image folders
@@ -187,7 +200,7 @@ class ImageFolderSet:
     def samples(self, split: str = "train") -> list[tuple[str, int]]:
         """(path, class id) pairs of a split, in reading order (a fixed seeded shuffle)."""
         items = self._samples[self._check_split(split)]
-        return [items[i] for i in _shuffled(len(items), self.seed)]
+        return [items[i] for i in reading_order(len(items), self.seed)]
 
     def num_samples(self, split: str = "train") -> int:
         """Image files in a split (corrupt ones included until read)."""
@@ -239,7 +252,7 @@ class ShardLabelledSet:
     to `batches` for sequential chunk reads (cheaper for remote data streamed through a cache).
     """
 
-    def __init__(self, data_dir: str, split: str = "val", seed: int = 0) -> None:
+    def __init__(self, data_dir: str, split: str = "val", seed: int = READ_SEED) -> None:
         from genlip_lit.storage import paths as storage  # deferred: only shard users pay for litdata
 
         if storage.is_remote(data_dir):  # s3://...: streamed through litdata's cache
@@ -308,7 +321,7 @@ class ShardLabelledSet:
         return label
 
     def _order(self, shuffle: bool) -> Sequence[int]:
-        return _shuffled(len(self), self.seed) if shuffle else range(len(self))
+        return reading_order(len(self), self.seed) if shuffle else range(len(self))
 
     def batches(
         self, transform: FixedResTransform, batch_size: int, shuffle: bool = True

@@ -46,6 +46,16 @@ def test_no_zero_flops_line_in_the_model_summary(tmp_path) -> None:
     counted = logging.LogRecord("x", logging.INFO, "x", 1, "\n2.6 M     Total Flops", (), None)
     logs._NoZeroFlops().filter(counted)
     assert counted.getMessage() == "\n2.6 M     Total Flops"  # a real count stays
+    table = ("\n  | Name  | Type   | Params | Mode  | FLOPs\n------------------------------------------\n"
+             "0 | model | GenLIP | 1.4 M  | train | 0    \n------------------------------------------\n"
+             "1.4 M     Total params\n0         Total FLOPs")
+    zeros = logging.LogRecord("x", logging.INFO, "x", 1, table, (), None)
+    logs._NoZeroFlops().filter(zeros)  # Lightning 2.6's FLOPs column of zeros goes with the total
+    assert zeros.getMessage() == ("\n  | Name  | Type   | Params | Mode\n" + "-" * 35 + "\n"
+                                  "0 | model | GenLIP | 1.4 M  | train\n" + "-" * 35 + "\n1.4 M     Total params")
+    counted = logging.LogRecord("x", logging.INFO, "x", 1, table.replace("train | 0 ", "train | 9 "), (), None)
+    logs._NoZeroFlops().filter(counted)
+    assert "| FLOPs" in counted.getMessage()  # a counted column stays
 
     from helpers import tiny_fit_args
     from lightning.pytorch.callbacks import ModelSummary, RichModelSummary

@@ -70,3 +70,37 @@ def test_shard_view_names_classes_from_metadata(tmp_path) -> None:
     assert isinstance(view, ShardView) and view.class_names == ["x", "y", "z"]
     labels = torch.cat([y for _, y in view.labelled("val", budget=100)])
     assert sorted(labels.tolist()) == [0, 0, 1, 1, 2, 2]
+
+
+def _class_by_class_sample(i: int) -> dict:
+    """Stored class by class (as `genlip optimize --labels folders` writes a category tree): label i // 8."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(i).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return {"image": buf.getvalue(), "caption": "a thing", "label": i // 8, "key": str(i)}
+
+
+def test_a_runs_own_shards_and_probe_shards_read_the_same_samples(tmp_path) -> None:
+    """`genlip eval` and the end-of-fit probe (DataModuleView over the run's data) read a budget of a split by
+    the same rule as `genlip probe` on the same shards (ShardView): the same images, labels and order, so the
+    same checkpoint gives the same probe figure; and a budget is a draw over all classes, not the first ones."""
+    from genlip_lit.data.datamodule import GenLIPDataModule
+    from genlip_lit.data.shards import write_shards
+    from genlip_lit.data.tokenizer import CaptionEncoder, OpenCLIPTokenizer
+    from genlip_lit.eval.data import DataModuleView, ShardView
+
+    for split in ("train", "val"):
+        write_shards(_class_by_class_sample, 24, str(tmp_path / split))
+    (tmp_path / "genlip_meta.json").write_text(json.dumps({"source": "manifest", "class_names": ["x", "y", "z"]}))
+    dm = GenLIPDataModule(data_dir=str(tmp_path), image_size=8, batch_size=4, num_workers=0,
+                          caption_encoder=CaptionEncoder(OpenCLIPTokenizer(), max_len=8))
+    dm.prepare_data()
+    run_view, probe_view = DataModuleView(dm, "cpu"), labelled_view(str(tmp_path), Preprocessing(8))
+    assert isinstance(probe_view, ShardView) and run_view.sample_order == probe_view.sample_order
+    for split in ("train", "val"):
+        ours = list(run_view.labelled(split, budget=9, batch_size=4))
+        theirs = list(probe_view.labelled(split, budget=9, batch_size=4))
+        assert [len(y) for _, y in ours] == [len(y) for _, y in theirs] == [4, 4, 1]
+        assert torch.equal(torch.cat([x for x, _ in ours]), torch.cat([x for x, _ in theirs]))
+        labels = torch.cat([y for _, y in ours])
+        assert torch.equal(labels, torch.cat([y for _, y in theirs]))
+        assert set(labels.tolist()) == {0, 1, 2}  # stored order's first 9 would be 8 x class 0 and one class 1

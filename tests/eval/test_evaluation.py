@@ -4,6 +4,7 @@ labelled 10-class corpus (not the embedded scenes) probed during fit, through a 
 from __future__ import annotations
 
 import glob
+import json
 import os
 from pathlib import Path
 
@@ -191,11 +192,25 @@ def test_fit_on_a_ten_class_corpus_probes_its_classes_and_logs_through_csv(digit
     (last,) = glob.glob(f"{log_dir}/checkpoints/last.ckpt")
     capsys.readouterr()
     assert main(["probe", "--ckpt", last, "--data", str(tmp / "corpus"), "--budget", "120", "--test-budget", "60",
-                 "--attentive-epochs", "2", "--device", "cpu"]) == 0
+                 "--attentive-epochs", "2", "--device", "cpu", "--output", str(tmp / "probe")]) == 0
     printed = capsys.readouterr().out
     assert "| uniform chance (1/10) | 10.0% | 10.0% |" in printed
     assert all(row in printed for row in ("| encoder |", "| raw pixels (patch-grid means) |", "| random init |",
                                           "| majority class ("))
+    # ... and `genlip eval` with the fit's probe settings: one rule picks the samples (eval/labelled.py
+    # reading_order), so the end-of-fit line, eval's report and probe's table give the same figures
+    config = tmp / "probe_eval.yaml"
+    config.write_text("evaluations:\n  - class_path: LinearProbe\n    init_args: {budget: 120, test_budget: 60, "
+                      "attentive_epochs: 2}\n")
+    assert main(["eval", "--ckpt", last, "--config", str(config), "--output", str(tmp / "eval"), "--device", "cpu"]) == 0
+    report = json.loads((tmp / "eval" / "report.json").read_text())["evaluations"]["probe"]
+    settings = report["details"]["settings"]
+    probed = json.loads((tmp / "probe" / "probe.json").read_text())
+    assert settings == probed["settings"]  # the same settings line under both tables
+    for row in ("linear", "attentive", "random_init_linear", "pixels_linear", "majority"):
+        tag = f"probe/{row}_top1"
+        assert report["scalars"][tag] == pytest.approx(scalars[tag][-1][1]), tag  # eval == end of fit
+        assert probed[row]["top1"] == pytest.approx(report["scalars"][tag]), tag  # == genlip probe
 
 
 # ---------------------------------------------------------------------------------------------- progress lines

@@ -46,6 +46,8 @@ def test_class_folders_become_labels_classes_txt_and_meta(tmp_path, capsys) -> N
     meta = json.load(open(os.path.join(out, "genlip_meta.json")))
     assert meta["class_names"] == ["cat", "dog"]
     assert open(os.path.join(out, "classes.txt")).read() == "cat\ndog\n"
+    # optimize names the classes it found: a stray folder shows before any training
+    assert f"labels: 2 classes (cat, dog) -> {os.path.join(out, 'classes.txt')}" in capsys.readouterr().out
     by_key = {r["key"]: (r["label"], r["caption"]) for r in _records(out, "train")}
     # keys are the paths below the input root, so a result leads back to its file
     assert by_key == {os.path.join("cat", "img0"): (0, ""), os.path.join("dog", "img1"): (1, ""),

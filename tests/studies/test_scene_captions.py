@@ -24,3 +24,32 @@ def test_wrong_shape_or_colour_is_a_miss_and_mentions_are_used_once():
         ("blue", "star"),
         ("red", "circle"),
     ]
+
+
+def test_the_constant_caption_baseline_is_the_most_frequent_training_caption_scored_the_same_way():
+    from collections import Counter
+
+    import torch
+
+    from genlip_lit.data.transforms import FixedResTransform
+    from genlip_lit.studies.scene_captions import constant_caption, evaluate_scene_captions
+
+    config = SceneConfig(image_size=32, patch_size=8)
+    captions = [generate_scene(7, i, config).caption for i in range(60)]  # the training stream of seed 7
+    constant = constant_caption(config, train_seed=7, reads=60)
+    assert captions.count(constant) == max(Counter(captions).values()) > 1
+
+    class Constant:  # a "captioner" that answers the baseline for every image: it must score as the baseline
+        device = torch.device("cpu")
+
+        def generate_captions(self, pixels):
+            return [constant] * len(pixels)
+
+    res = evaluate_scene_captions(Constant(), FixedResTransform(32), config, num_objects=1, num_scenes=40,
+                                  seed=11, batch_size=16, constant=constant)
+    scenes = [generate_scene(11 + 1, i, SceneConfig(image_size=32, patch_size=8, min_objects=1, max_objects=1))
+              for i in range(40)]
+    expected = sum(score_caption(constant, s)[0] for s in scenes) / 40  # one object per scene
+    assert res["constant_caption"] == constant
+    assert res["constant_object_accuracy"] == res["object_accuracy"] == res["constant_scene_accuracy"] == expected
+    assert "constant_caption" not in evaluate_scene_captions(Constant(), FixedResTransform(32), config, 1, 4, seed=11)
