@@ -347,6 +347,9 @@ class TransferProbe(EvalCallback):
     module's image size and normalisation. The baselines are computed at the first run and reused.
     `attentive_epochs` > 0 adds the attentive probe (0: linear only; 10 epochs triples the cost: on 2 busy cores
     the linear probes of encoder, random init and pixels took about 2 minutes, the attentive ones 3 more).
+    `layer`: the hidden state of the image tower that the encoder and random-init rows read: "final" (default) the
+    final LayerNorm output (`encode_patches`, what export gives), -2 the penultimate block's output (in GenLIP the
+    last block's image outputs reach no loss), "mean" over blocks, or any index (`eval/features.py`).
     """
 
     name = "transfer"
@@ -354,7 +357,8 @@ class TransferProbe(EvalCallback):
     headline = ("linear_top1", "random_init_linear_top1", "margin_in_se")
 
     def __init__(self, every_n_steps: int = 0, at_fit_end: bool = True, dataset: str = "digits", folds: int = 5,
-                 attentive_epochs: int = 0, batch_size: int = 64, seed: int = 0):
+                 attentive_epochs: int = 0, batch_size: int = 64, seed: int = 0, layer: int | str = "final"):
+        from genlip_lit.eval.features import check_layer
         from genlip_lit.eval.real_images import REAL_SETS
 
         super().__init__(every_n_steps, at_fit_end, budget=1, batch_size=batch_size)
@@ -363,12 +367,14 @@ class TransferProbe(EvalCallback):
         if folds < 2 or attentive_epochs < 0:
             raise ValueError("TransferProbe: folds >= 2 and attentive_epochs >= 0 needed")
         self.dataset, self.folds, self.attentive_epochs, self.seed = dataset, folds, attentive_epochs, seed
+        self.layer = "final" if check_layer(layer) is None else layer  # a ValueError names what is accepted
         self.name = f"transfer_{dataset}"
         self.headline = tuple(f"{self.name}/{k}" for k in type(self).headline)
         self._baseline_rows: dict[str, Any] | None = None
 
     def _key_fields(self) -> dict[str, Any]:
-        return {"every_n_steps": self.every_n_steps, "dataset": self.dataset, "folds": self.folds}
+        return {"every_n_steps": self.every_n_steps, "dataset": self.dataset, "folds": self.folds,
+                "layer": self.layer}
 
     def data_view(self, view: EvalView) -> EvalView:
         if isinstance(view, DataModuleView):
@@ -388,7 +394,7 @@ class TransferProbe(EvalCallback):
         view = self.data_view(view)
         result = evaluations.transfer_evaluation(module, view, folds=self.folds, seed=self.seed,
                                                  attentive_epochs=self.attentive_epochs, batch_size=self.batch_size,
-                                                 cached_baselines=self._baseline_rows)
+                                                 cached_baselines=self._baseline_rows, layer=self.layer)
         if self._baseline_rows is None:
             self._baseline_rows = result.details.get("baselines") or None
         return result

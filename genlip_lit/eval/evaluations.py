@@ -84,14 +84,15 @@ def probe_settings(num_train: int, num_test: int, source: str, attentive_epochs:
 
 @torch.no_grad()
 def transfer_evaluation(module: Any, view: EvalView, *, folds: int = 5, seed: int = 0, attentive_epochs: int = 0,
-                        batch_size: int = 64, cached_baselines: dict[str, Any] | None = None) -> EvalResult:
+                        batch_size: int = 64, cached_baselines: dict[str, Any] | None = None,
+                        layer: int | str = "final") -> EvalResult:
     """k-fold linear and attentive probes on real labelled images the encoder never saw (a `RealImageView`:
     scikit-learn's digits), every image held out once, with binomial standard errors, beside random init, raw
-    pixels, majority class and chance (`eval/transfer.py`)."""
+    pixels, majority class and chance, at the tower's `layer` (`eval/transfer.py`)."""
     from genlip_lit.eval import transfer
 
     return transfer.transfer_evaluation(module, view, folds=folds, seed=seed, attentive_epochs=attentive_epochs,
-                                        batch_size=batch_size, cached_baselines=cached_baselines)
+                                        batch_size=batch_size, cached_baselines=cached_baselines, layer=layer)
 
 
 def _markdown(header: list[str], rows: list[list[Any]]) -> str:
