@@ -84,6 +84,11 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
                                   [f"{SYN}.glyph_prob=1.0", f"{SYN}.digit_prob=0.9", f"{SYN}.blur_prob=0.5",
                                    f"{SYN}.busy_prob=0.3", f"{SYN}.max_objects=1", f"{SYN}.fill_prob=0.8", *PX32,
                                    "--model.init_args.lr=0.0005", *_steps(4000)]),
+    "digits32_scan_lr2.5e-4_4000": ("every scene one glyph filling the frame (fill_prob 1.0), 80% blurry, 10% busy "
+                                    "backgrounds, peak lr 2.5e-4, 4,000 steps",
+                                    [f"{SYN}.glyph_prob=1.0", f"{SYN}.digit_prob=0.9", f"{SYN}.blur_prob=0.8",
+                                     f"{SYN}.busy_prob=0.1", f"{SYN}.max_objects=1", f"{SYN}.fill_prob=1.0", *PX32,
+                                     "--model.init_args.lr=0.00025", *_steps(4000)]),
     "digits32_1500": ("digit-heavy mixture, 32 px, up to 2 objects, 1,500 steps", [*DIGIT_HEAVY, *PX32, *SHORT,
                                                                                   *_steps(1500)]),
     "rich32_400": ("default rich mixture, 32 px, up to 2 objects, 400 steps", [*PX32, *SHORT, *_steps(400)]),
