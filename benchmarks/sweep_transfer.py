@@ -199,6 +199,12 @@ def table(path: Path) -> str:
                                "CPU s: eval counts every layer's probes.")
 
 
+def objective(name: str) -> str:
+    """The training objective of a recipe: the compare overlay it names, else GenLIP."""
+    overlay = next((o for o in RECIPES[name][1] if o.startswith("experiments/compare/")), "") if name in RECIPES else ""
+    return {"captioner": "captioner", "clip": "CLIP", "siglip": "SigLIP"}.get(Path(overlay).stem, "GenLIP")
+
+
 def summary(path: Path, names: list[str] | None = None) -> str:
     """Mean ± spread (sample standard deviation) over the seeds of each recipe and layer: encoder, random init and
     margin (points), beside raw pixels; `names` keeps those recipes, in that order."""
@@ -212,18 +218,18 @@ def summary(path: Path, names: list[str] | None = None) -> str:
             groups.setdefault((r["name"], layer), []).append(got["rows"])
     order = names or list(dict.fromkeys(n for n, _ in groups))
 
-    def ms(values: list[float]) -> str:
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.fmean(values):.1f} ± {spread:.1f}"
+    def ms(values: list[float]) -> str:  # one seed: no spread to show
+        spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
+        return f"{statistics.fmean(values):.1f}{spread}"
 
-    lines = ["| recipe | layer | seeds | encoder | random init | margin | raw pixels |", "|" + "---|" * 7]
+    lines = ["| recipe | objective | layer | seeds | encoder | random init | margin | raw pixels |", "|" + "---|" * 8]
     for name in order:
         for (n, layer), rows in groups.items():
             if n != name:
                 continue
             enc = [100 * r["encoder_linear"]["top1"] for r in rows]
             rnd = [100 * r["random_init_linear"]["top1"] for r in rows]
-            lines.append(f"| {name} | {layer} | {len(rows)} | {ms(enc)} | {ms(rnd)} | "
+            lines.append(f"| {name} | {objective(name)} | {layer} | {len(rows)} | {ms(enc)} | {ms(rnd)} | "
                          f"{ms([e - r for e, r in zip(enc, rnd)])} | {ms([100 * r['pixels_linear']['top1'] for r in rows])} |")
     return "\n".join(lines) + ("\n\nLinear probe top-1 (%) on scikit-learn's 1,797 digits (5-fold), mean ± standard "
                                "deviation over seeds (model init and batch order; same data).")
