@@ -130,7 +130,7 @@ def run(name: str, out: Path, threads: int, folds: int, layers: list[int | str],
     logs.sync_library_levels()
     _null_on_command_line()
     what, overrides = RECIPES[name]
-    overrides = [*overrides, f"--seed_everything={seed}"]  # model init and batch order; the data stay seed 0's
+    overrides = [*overrides, f"--seed_everything={seed}"]  # the global seed (model init); the data keep their own
     load0, wall0, cpu0 = os.getloadavg()[0], time.perf_counter(), _cpu_with_children()
     # after the overrides: an overlay config among them (the captioner's) names its own logger and callbacks
     fixed = ["--trainer.callbacks=[]", "--trainer.enable_progress_bar=false",
@@ -232,7 +232,7 @@ def summary(path: Path, names: list[str] | None = None) -> str:
             lines.append(f"| {name} | {objective(name)} | {layer} | {len(rows)} | {ms(enc)} | {ms(rnd)} | "
                          f"{ms([e - r for e, r in zip(enc, rnd)])} | {ms([100 * r['pixels_linear']['top1'] for r in rows])} |")
     return "\n".join(lines) + ("\n\nLinear probe top-1 (%) on scikit-learn's 1,797 digits (5-fold), mean ± standard "
-                               "deviation over seeds (model init and batch order; same data).")
+                               "deviation over seeds (seed_everything; the same data).")
 
 
 def main() -> int:
@@ -247,8 +247,8 @@ def main() -> int:
     parser.add_argument("--layers", default="final,-2", help="comma-separated layers the probes read, each beside "
                         "its own random init: final (the final LayerNorm output), mean, or a hidden-state index "
                         "(-2: the penultimate block's output)")
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds (model init and batch order; the "
-                        "data are the same for every seed)")
+    parser.add_argument("--seeds", default="0", help="comma-separated seed_everything values (the data are the "
+                        "same for every seed)")
     parser.add_argument("--table", action="store_true", help="print the results table and exit")
     parser.add_argument("--summary", action="store_true",
                         help="print mean ± spread over seeds per recipe and layer (the --recipe ones, if named)")
