@@ -75,6 +75,20 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
                                   [f"{SYN}.glyph_prob=1.0", f"{SYN}.digit_prob=0.9", f"{SYN}.blur_prob=0.5",
                                    f"{SYN}.busy_prob=0.3", f"{SYN}.max_objects=1", *PX32,
                                    "--model.init_args.lr=0.0005", *_steps(4000)]),
+    "digits32_1obj_lr5e-4_10000": ("as digits32_1obj_4000 with peak lr 5e-4, 10,000 steps",
+                                   [f"{SYN}.glyph_prob=1.0", f"{SYN}.digit_prob=0.9", f"{SYN}.blur_prob=0.5",
+                                    f"{SYN}.busy_prob=0.3", f"{SYN}.max_objects=1", *PX32,
+                                    "--model.init_args.lr=0.0005", *_steps(10000)]),
+    "digits32_fill_lr5e-4_4000": ("as digits32_1obj_lr5e-4_4000, 80% of the scenes one glyph filling the frame "
+                                  "(fill_prob 0.8), as a scanned digit does",
+                                  [f"{SYN}.glyph_prob=1.0", f"{SYN}.digit_prob=0.9", f"{SYN}.blur_prob=0.5",
+                                   f"{SYN}.busy_prob=0.3", f"{SYN}.max_objects=1", f"{SYN}.fill_prob=0.8", *PX32,
+                                   "--model.init_args.lr=0.0005", *_steps(4000)]),
+    "digits32_scan_lr2.5e-4_4000": ("every scene one glyph filling the frame (fill_prob 1.0), 80% blurry, 10% busy "
+                                    "backgrounds, peak lr 2.5e-4, 4,000 steps",
+                                    [f"{SYN}.glyph_prob=1.0", f"{SYN}.digit_prob=0.9", f"{SYN}.blur_prob=0.8",
+                                     f"{SYN}.busy_prob=0.1", f"{SYN}.max_objects=1", f"{SYN}.fill_prob=1.0", *PX32,
+                                     "--model.init_args.lr=0.00025", *_steps(4000)]),
     "digits32_1500": ("digit-heavy mixture, 32 px, up to 2 objects, 1,500 steps", [*DIGIT_HEAVY, *PX32, *SHORT,
                                                                                   *_steps(1500)]),
     "rich32_400": ("default rich mixture, 32 px, up to 2 objects, 400 steps", [*PX32, *SHORT, *_steps(400)]),
@@ -92,7 +106,17 @@ def _cpu_with_children() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def run(name: str, out: Path, threads: int, folds: int) -> dict[str, Any]:
+def parse_layer(text: str) -> int | str:
+    """A `--layers` entry: "final", "mean" or a hidden-state index such as -2."""
+    return text if text in ("final", "mean") else int(text)
+
+
+# (recipe, layer) -> the baseline rows of its first run: random init (always seed 0), raw pixels and majority do not
+# depend on the training seed, so the other seeds of a recipe probe only their encoder
+_BASELINES: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+def run(name: str, out: Path, threads: int, folds: int, layers: list[int | str], seed: int = 0) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(threads)
@@ -106,11 +130,12 @@ def run(name: str, out: Path, threads: int, folds: int) -> dict[str, Any]:
     logs.sync_library_levels()
     _null_on_command_line()
     what, overrides = RECIPES[name]
+    overrides = [*overrides, f"--seed_everything={seed}"]  # the global seed (model init); the data keep their own
     load0, wall0, cpu0 = os.getloadavg()[0], time.perf_counter(), _cpu_with_children()
     # after the overrides: an overlay config among them (the captioner's) names its own logger and callbacks
     fixed = ["--trainer.callbacks=[]", "--trainer.enable_progress_bar=false",
              "--checkpoint.every_n_train_steps=null", "--trainer.logger.init_args.save_dir", str(out),
-             "--trainer.logger.init_args.name", name, "--trainer.logger.init_args.version", "0"]
+             "--trainer.logger.init_args.name", name, "--trainer.logger.init_args.version", str(seed)]
     cli = GenLIPCLI(model_class=EncoderModule, subclass_mode_model=True, datamodule_class=None,
                     args=["--config", CONFIG, *overrides, *fixed], parser_class=GenLIPArgumentParser,
                     save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False, run=False)
@@ -124,17 +149,21 @@ def run(name: str, out: Path, threads: int, folds: int) -> dict[str, Any]:
     eval0 = _cpu_with_children()
     view = RealImageView("digits", Preprocessing(data.image_size, data.mean, data.std))
     model.eval()
-    result = transfer_evaluation(model, view, folds=folds)
+    by_layer = {}
+    for layer in layers:  # each layer with its own random-init row (pixels and majority do not depend on it)
+        result = transfer_evaluation(model, view, folds=folds, layer=layer,
+                                     cached_baselines=_BASELINES.get((name, str(layer))))
+        _BASELINES[(name, str(layer))] = result.details["baselines"]
+        by_layer[str(result.details["layer"])] = {
+            "rows": result.details["rows"], "margin_in_se": result.scalars.get("transfer_digits/margin_in_se")}
     eval_cpu = _cpu_with_children() - eval0
-    rows = result.details["rows"]
     return {
-        "name": name, "what": what, "overrides": overrides, "steps": int(trainer.global_step),
+        "name": name, "seed": seed, "what": what, "overrides": overrides, "steps": int(trainer.global_step),
         "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
         "data_cpu_s": round(data_cpu, 1), "fit_cpu_s": round(fit_cpu, 1), "eval_cpu_s": round(eval_cpu, 1),
         "wall_s": round(time.perf_counter() - wall0, 1), "load_start": round(load0, 1),
         "load_end": round(os.getloadavg()[0], 1), "threads": threads, "folds": folds,
-        "num_images": result.details["num_images"], "rows": rows,
-        "margin_in_se": result.scalars.get("transfer_digits/margin_in_se"),
+        "num_images": result.details["num_images"], "by_layer": by_layer,
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 
@@ -143,21 +172,67 @@ def _pct(row: dict[str, Any] | None) -> str:
     return "-" if row is None else f"{100 * row['top1']:.1f} ± {100 * row['se']:.1f}"
 
 
+def by_layer(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{layer: {"rows", "margin_in_se"}} of a record (records written before the layer option read "final")."""
+    if "by_layer" in record:
+        return record["by_layer"]
+    return {"final": {"rows": record["rows"], "margin_in_se": record["margin_in_se"]}}
+
+
 def table(path: Path) -> str:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    lines = ["| recipe | what it varies | params | CPU s: data / fit / eval | wall s (load) | encoder | random init "
-             "| margin (SE) | raw pixels | majority |", "|" + "---|" * 10]
-    for r in rows:
-        p = r["rows"]
-        margin = 100 * (p["encoder_linear"]["top1"] - p["random_init_linear"]["top1"])
-        lines.append(
-            f"| {r['name']} | {r['what']} | {r['params_M']}M | {r['data_cpu_s']:.0f} / {r['fit_cpu_s']:.0f} / "
-            f"{r['eval_cpu_s']:.0f} | {r['wall_s']:.0f} ({r['load_start']}-{r['load_end']}) | "
-            f"{_pct(p['encoder_linear'])} | {_pct(p['random_init_linear'])} | {margin:+.1f} "
-            f"({r['margin_in_se']:+.1f}) | {_pct(p['pixels_linear'])} | {_pct(p['majority'])} |")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = ["| recipe | seed | what it varies | params | CPU s: data / fit / eval | wall s (load) | layer | encoder "
+             "| random init | margin (SE) | raw pixels | majority |", "|" + "---|" * 12]
+    for r in records:
+        for layer, got in by_layer(r).items():
+            p = got["rows"]
+            margin = 100 * (p["encoder_linear"]["top1"] - p["random_init_linear"]["top1"])
+            lines.append(
+                f"| {r['name']} | {r.get('seed', 0)} | {r['what']} | {r['params_M']}M | {r['data_cpu_s']:.0f} / "
+                f"{r['fit_cpu_s']:.0f} / {r['eval_cpu_s']:.0f} | {r['wall_s']:.0f} ({r['load_start']}-"
+                f"{r['load_end']}) | {layer} | {_pct(p['encoder_linear'])} | {_pct(p['random_init_linear'])} | "
+                f"{margin:+.1f} ({got['margin_in_se']:+.1f}) | {_pct(p['pixels_linear'])} | {_pct(p['majority'])} |")
     return "\n".join(lines) + ("\n\nLinear probe top-1 (%) on scikit-learn's 1,797 digits, 5-fold (every image held "
-                               "out once), ± binomial SE; margin = encoder - random init, in units of the SE of "
-                               "the difference.")
+                               "out once), ± binomial SE; margin = encoder - random init (both read at the row's "
+                               "layer: final = the final LayerNorm output, -2 = the penultimate block's output, "
+                               "mean = the mean of every block's output), in units of the SE of the difference. "
+                               "CPU s: eval counts every layer's probes.")
+
+
+def objective(name: str) -> str:
+    """The training objective of a recipe: the compare overlay it names, else GenLIP."""
+    overlay = next((o for o in RECIPES[name][1] if o.startswith("experiments/compare/")), "") if name in RECIPES else ""
+    return {"captioner": "captioner", "clip": "CLIP", "siglip": "SigLIP"}.get(Path(overlay).stem, "GenLIP")
+
+
+def summary(path: Path, names: list[str] | None = None) -> str:
+    """Mean ± spread (sample standard deviation) over the seeds of each recipe and layer: encoder, random init and
+    margin (points), beside raw pixels; `names` keeps those recipes, in that order."""
+    import statistics
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    what: dict[str, str] = {}
+    for r in map(json.loads, path.read_text().splitlines()):
+        what[r["name"]] = r["what"]
+        for layer, got in by_layer(r).items():
+            groups.setdefault((r["name"], layer), []).append(got["rows"])
+    order = names or list(dict.fromkeys(n for n, _ in groups))
+
+    def ms(values: list[float]) -> str:  # one seed: no spread to show
+        spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
+        return f"{statistics.fmean(values):.1f}{spread}"
+
+    lines = ["| recipe | objective | layer | seeds | encoder | random init | margin | raw pixels |", "|" + "---|" * 8]
+    for name in order:
+        for (n, layer), rows in groups.items():
+            if n != name:
+                continue
+            enc = [100 * r["encoder_linear"]["top1"] for r in rows]
+            rnd = [100 * r["random_init_linear"]["top1"] for r in rows]
+            lines.append(f"| {name} | {objective(name)} | {layer} | {len(rows)} | {ms(enc)} | {ms(rnd)} | "
+                         f"{ms([e - r for e, r in zip(enc, rnd)])} | {ms([100 * r['pixels_linear']['top1'] for r in rows])} |")
+    return "\n".join(lines) + ("\n\nLinear probe top-1 (%) on scikit-learn's 1,797 digits (5-fold), mean ± standard "
+                               "deviation over seeds (seed_everything; the same data).")
 
 
 def main() -> int:
@@ -169,27 +244,40 @@ def main() -> int:
     parser.add_argument("--out", default="runs/sweep_transfer", help="where runs and results.jsonl go")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time ~ independent of load)")
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--layers", default="final,-2", help="comma-separated layers the probes read, each beside "
+                        "its own random init: final (the final LayerNorm output), mean, or a hidden-state index "
+                        "(-2: the penultimate block's output)")
+    parser.add_argument("--seeds", default="0", help="comma-separated seed_everything values (the data are the "
+                        "same for every seed)")
     parser.add_argument("--table", action="store_true", help="print the results table and exit")
+    parser.add_argument("--summary", action="store_true",
+                        help="print mean ± spread over seeds per recipe and layer (the --recipe ones, if named)")
     args = parser.parse_args()
     out = Path(args.out)
     results = out / "results.jsonl"
-    if args.table:
-        print(table(results))
+    if args.table or args.summary:
+        print(table(results) if args.table else summary(results, args.recipe or None))
         return 0
-    done = {json.loads(line)["name"] for line in results.read_text().splitlines()} if results.exists() else set()
-    names = args.recipe or ([n for n in RECIPES if n not in done] if args.all else [])
+    layers = [parse_layer(t) for t in args.layers.split(",")]
+    seeds = [int(t) for t in args.seeds.split(",")]
+    done = set()
+    if results.exists():
+        done = {(r["name"], r.get("seed", 0)) for r in map(json.loads, results.read_text().splitlines())}
+    names = args.recipe or (list(RECIPES) if args.all else [])
     if not names:
         parser.error("name recipes with --recipe, or --all (or --table)")
+    runs = [(n, s) for s in seeds for n in names if (n, s) not in done]  # delete a line to measure it again
     start = _cpu_with_children()
-    for name in names:
+    for name, seed in runs:
         if args.budget_cpu_s is not None and _cpu_with_children() - start >= args.budget_cpu_s:
-            print(f"CPU budget {args.budget_cpu_s:.0f} s spent: {name} and later recipes not run", file=sys.stderr)
+            print(f"CPU budget {args.budget_cpu_s:.0f} s spent: {name} (seed {seed}) and later runs not made",
+                  file=sys.stderr)
             break
-        record = run(name, out, args.threads, args.folds)
+        record = run(name, out, args.threads, args.folds, layers, seed)
         out.mkdir(parents=True, exist_ok=True)
         with results.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
-        print(table(results).splitlines()[-3], flush=True)  # this recipe's row (the note follows it)
+        print("\n".join(table(results).splitlines()[-2 - len(layers):-2]), flush=True)  # this run's rows
     print(table(results))
     return 0
 

@@ -70,6 +70,9 @@ class WorldConfig:
     digit_prob: float = 0.6  # a glyph is a digit (else a letter)
     blur_prob: float = 0.2  # the scene is drawn at 1/3-1/8 of its size and scaled back up
     busy_prob: float = 0.5  # the background is textured or cluttered (else plain)
+    # a one-object scene's object fills the frame (a "large" object of 80-100% of the side, in the center), as
+    # a scanned handwritten digit does; 0 draws the default scenes exactly as before (no random draw is taken)
+    fill_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size or self.image_size < 32:
@@ -77,7 +80,7 @@ class WorldConfig:
                              f"{self.image_size}")
         if not 1 <= self.min_objects <= self.max_objects <= 4:
             raise ValueError(f"need 1 <= min_objects <= max_objects <= 4, got {self.min_objects}, {self.max_objects}")
-        for name in ("glyph_prob", "digit_prob", "blur_prob", "busy_prob"):
+        for name in ("glyph_prob", "digit_prob", "blur_prob", "busy_prob", "fill_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -387,12 +390,20 @@ def generate_world_scene(seed: int, index: int, config: WorldConfig = WorldConfi
         specs.append((SIZES.index(size_name), int(rng.integers(round(lo * size), round(hi * size) + 1)),
                       kind, name, color, size_name, fill))
     specs.sort(key=lambda s: (s[0], s[1]), reverse=True)  # largest first: painted first, smaller ones on top
+    fills = n == 1 and cfg.fill_prob > 0 and rng.random() < cfg.fill_prob
+    if fills:  # "large" still: the caption grammar and vocabulary stay as they are
+        specs[0] = (SIZES.index("large"), int(rng.integers(round(0.8 * size), size + 1)), *specs[0][2:5], "large",
+                    specs[0][6])
 
     ids = np.zeros((size, size), dtype=np.uint8)
     objects: list[WorldObject] = []
     free = list(range(len(POSITIONS)))
     for k, (_, side, kind, name, color, size_name, fill) in enumerate(specs):
-        region, box = _place(rng, side, size, free, [o.box for o in objects])
+        if fills:
+            x0 = (size - side) // 2
+            region, box = POSITIONS.index("in the center"), (x0, x0, x0 + side, x0 + side)
+        else:
+            region, box = _place(rng, side, size, free, [o.box for o in objects])
         free.remove(region)
         alpha, cover = _coverage(rng, kind, name, fill, side)
         x0, y0, x1, y1 = box

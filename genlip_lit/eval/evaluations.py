@@ -151,6 +151,9 @@ def _check_transfer(options: dict[str, Any]) -> None:
         raise ValueError(f"TransferProbe: unknown dataset {options['dataset']!r}; known: {sorted(REAL_SETS)}")
     if options["folds"] < 2 or options["attentive_epochs"] < 0:
         raise ValueError("TransferProbe: folds >= 2 and attentive_epochs >= 0 needed")
+    from genlip_lit.eval.features import check_layer
+
+    check_layer(options["layer"])  # a ValueError names what is accepted
 
 
 def _plan_transfer(view: Any, options: dict[str, Any]) -> tuple[str, int, int, str]:
@@ -160,14 +163,14 @@ def _plan_transfer(view: Any, options: dict[str, Any]) -> tuple[str, int, int, s
 
 @evaluation(
     "transfer", title="transfer probe", prefix="transfer_{dataset}", view=real_image_view, plan=_plan_transfer,
-    check=_check_transfer, carries="cached_baselines", key=("dataset", "folds"),
+    check=_check_transfer, carries="cached_baselines", key=("dataset", "folds", "layer"),
     metrics=[Metric("linear_top1"), Metric("linear_se", headline=False), Metric("random_init_linear_top1"),
              Metric("pixels_linear_top1", headline=False), Metric("majority_top1", headline=False),
              Metric("chance", headline=False), Metric("margin_in_se")],
 )
 @torch.no_grad()
 def transfer_evaluation(module: Any, view: EvalView, *, dataset: str = "digits", folds: int = 5,
-                        attentive_epochs: int = 0, batch_size: int = 64, seed: int = 0,
+                        attentive_epochs: int = 0, batch_size: int = 64, seed: int = 0, layer: int | str = "final",
                         cached_baselines: dict[str, Any] | None = None) -> EvalResult:
     """Transfer to real images the encoder never saw: k-fold linear and attentive probes on a labelled set that
     an installed package ships (scikit-learn's 1,797 handwritten digits; `pip install 'genlip_lit[transfer]'`),
@@ -183,12 +186,13 @@ def transfer_evaluation(module: Any, view: EvalView, *, dataset: str = "digits",
         attentive_epochs: > 0 adds the attentive probe (about 3x the time); 0: linear only
         batch_size: images per forward pass
         seed: the folds and the random-init weights
+        layer: the image tower's hidden state the encoder and random-init rows read: final (the final LayerNorm output, what export gives), -2 (the penultimate block), mean (over blocks) or any index
     """
     from genlip_lit.eval import transfer
 
     view = real_image_view(view, {"dataset": dataset})
     return transfer.transfer_evaluation(module, view, folds=folds, seed=seed, attentive_epochs=attentive_epochs,
-                                        batch_size=batch_size, cached_baselines=cached_baselines)
+                                        batch_size=batch_size, cached_baselines=cached_baselines, layer=layer)
 
 
 def _markdown(header: list[str], rows: list[list[Any]]) -> str:

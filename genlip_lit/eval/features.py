@@ -1,11 +1,19 @@
 """Frozen features for probes: one pass over labelled batches through one or more encoders (and the raw pixels).
 
     feats, labels = extract_features(module, batches, budget=5000)       # [N, M, D] patches, [N] labels
+    patches = layer_patches(module, pixels, -2)                           # the penultimate layer's instead
 
 The pass runs under `torch.no_grad()` with every encoder in eval mode (each submodule gets its own mode back
 afterwards) and keeps CPU float32 tensors. Several encoders (an encoder and its random-init twin) and the raw
 pixels, average-pooled to the encoder's patch grid, can be collected in the same pass: batch iterators are read
 once, so every feature set describes exactly the same images. Plain torch, no Lightning.
+
+Which layer: by default the encoder contract's `encode_patches` (the final LayerNorm's output, what `genlip export`
+gives). `layer` picks another hidden state of the GenLIP image tower instead, numbered as Hugging Face's
+`hidden_states` (0: patch embeddings, i: the residual stream after block i; negative from the end: -1 the last
+block's output, -2 the penultimate, LLaVA's choice), or "mean", the mean over every block's output. In GenLIP the
+last block's image-position outputs reach no loss (text tokens read that block's keys and values, computed from
+its input), so the final features carry one block of updates the training never shaped.
 """
 
 from __future__ import annotations
@@ -99,6 +107,51 @@ def pixel_grid_features(pixels: Tensor, grid: tuple[int, int]) -> Tensor:
     return F.adaptive_avg_pool2d(pixels.float(), grid).flatten(1)
 
 
+Layer = int | str | None  # None / "final": encode_patches; an int: hidden_states[i]; "mean": mean over blocks
+
+
+def check_layer(layer: Layer) -> Layer:
+    """`layer` normalised ("final" -> None), or a ValueError naming the accepted values."""
+    if layer is None or layer == "final":
+        return None
+    if layer == "mean" or (isinstance(layer, int) and not isinstance(layer, bool)):
+        return layer
+    raise ValueError(f"feature layer must be 'final', 'mean' or a hidden-state index (e.g. -2), got {layer!r}")
+
+
+def layer_patches(module: Any, pixel_values: Tensor, layer: Layer) -> Tensor:
+    """Patch features [B, M, D] at `layer` (see the module docstring), registers dropped.
+
+    The hidden states are read with forward hooks on the image tower's blocks (`module.vision_tower()`) while
+    `encode_patches` runs, so every module that encodes through its GenLIP tower (GenLIP, the captioner, CLIP and
+    SigLIP on the same tower) is served the same way.
+    """
+    layer = check_layer(layer)
+    if layer is None:
+        return module.encode_patches(pixel_values)
+    tower = module.vision_tower() if callable(getattr(module, "vision_tower", None)) else None
+    blocks = getattr(tower, "blocks", None)
+    if blocks is None:
+        raise GenLIPUserError(f"{type(module).__name__}: feature layer {layer!r} needs a GenLIP image tower "
+                              "(blocks); use the final features (layer 'final')")
+    depth = len(blocks)
+    if layer != "mean" and not -depth - 1 <= layer <= depth:
+        raise GenLIPUserError(f"feature layer {layer} is out of range for a {depth}-block tower "
+                              f"(0..{depth}, or -{depth + 1}..-1)")
+    states: list[Tensor] = []
+    hooks = [blocks[0].register_forward_pre_hook(lambda _m, args: states.append(args[0]))]
+    hooks += [blk.register_forward_hook(lambda _m, _args, out: states.append(out[0])) for blk in blocks]
+    try:
+        module.encode_patches(pixel_values)
+    finally:
+        for h in hooks:
+            h.remove()
+    if len(states) != depth + 1:
+        raise RuntimeError(f"expected {depth + 1} hidden states from the tower, hooks saw {len(states)}")
+    hidden = torch.stack(states[1:]).mean(dim=0) if layer == "mean" else states[layer]
+    return hidden[:, getattr(tower.cfg, "num_registers", 0):]
+
+
 @dataclass
 class Features:
     """What one encoder gave for the extracted samples (None where not asked for)."""
@@ -129,13 +182,15 @@ def extract_many(
     pixels: bool = False,
     max_bytes: int | None = DEFAULT_MAX_BYTES,
     description: str = "extracting features",
+    layer: Layer = None,
 ) -> tuple[dict[str, Features], Tensor, Tensor | None]:
     """One pass over `batches` through every encoder: ({name: Features}, labels [N], pixel features or None).
 
     Samples labelled -1 are dropped; at most `budget` samples are kept, and no batch is pulled once it is reached
     (iterators may decode lazily). With `pixels`, each image is also average-pooled to the first encoder's patch
     grid (`pixel_grid_features`). `max_bytes` bounds the patch features kept, over all encoders. Progress (images
-    of `budget`) shows as `description`, a stage of the caller's progress when one is open.
+    of `budget`) shows as `description`, a stage of the caller's progress when one is open. `layer`: which hidden
+    state (`layer_patches`; pooled = their mean); None, the encoder contract's own features.
     """
     if budget is not None and budget < 1:
         raise ValueError(f"budget must be a positive number of samples or None, got {budget}")
@@ -143,7 +198,8 @@ def extract_many(
         raise ValueError("extract_many needs at least one encoder")
     first = next(iter(encoders.values()))
     device = torch.device(device) if device is not None else module_device(first)
-    derive = {name: _mean_pools(m) for name, m in encoders.items()}
+    layer = check_layer(layer)
+    derive = {name: layer is not None or _mean_pools(m) for name, m in encoders.items()}
     kept: dict[str, dict[str, list[Tensor]]] = {name: {"patches": [], "pooled": []} for name in encoders}
     labels, pixel_feats = [], []
     count = patch_bytes = 0
@@ -161,7 +217,7 @@ def extract_many(
             for name, module in encoders.items():
                 out = kept[name]
                 if want_patches or derive[name] or (pixels and grid is None):
-                    p = module.encode_patches(x)
+                    p = layer_patches(module, x, layer)
                     grid = grid or patch_grid(x.shape[-2], x.shape[-1], p.shape[1])
                     if want_patches:
                         patch_bytes += p.shape[0] * p.shape[1] * p.shape[2] * 4

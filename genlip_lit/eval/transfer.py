@@ -27,6 +27,14 @@ from torch import Tensor
 
 from genlip_lit.eval.result import EvalResult
 
+# The final LayerNorm's output: what the paper's MLLM reads and `genlip export` gives. The last block's image
+# outputs reach no loss in GenLIP (text tokens read that block's keys and values, computed from its input), so an
+# earlier layer (-2, LLaVA's choice) can be probed instead; measured, it is not better at the lengths swept
+# (README "A world that transfers?").
+DEFAULT_LAYER: int | str = "final"
+LAYER_WORDS = {"final": "final LayerNorm output", -1: "last block's output", -2: "penultimate block's output",
+               "mean": "mean of every block's output", 0: "patch embeddings"}
+
 ROWS = (("encoder", "encoder"), ("random_init", "random init (same architecture, seed 0)"),
         ("pixels", "raw pixels (patch-grid means)"))
 
@@ -95,11 +103,18 @@ def kfold_majority(y: np.ndarray, fold_of: np.ndarray) -> dict[str, Any]:
 
 @torch.no_grad()
 def transfer_evaluation(module: Any, view: Any, *, folds: int = 5, seed: int = 0, attentive_epochs: int = 0,
-                        batch_size: int = 64, cached_baselines: dict[str, Any] | None = None) -> EvalResult:
+                        batch_size: int = 64, cached_baselines: dict[str, Any] | None = None,
+                        layer: int | str | None = DEFAULT_LAYER) -> EvalResult:
     """k-fold linear (and, with `attentive_epochs` > 0, attentive) probes of every image of a `RealImageView`,
     beside random init, raw pixels, majority class and chance. `cached_baselines`: the `details["baselines"]`
-    of an earlier result on the same view and folds (they do not change while the encoder trains)."""
-    from genlip_lit.eval.features import extract_many
+    of an earlier result on the same view, folds and layer (they do not change while the encoder trains).
+    `layer`: which hidden state of the image tower the encoder and random-init rows read (`features.layer_patches`:
+    "final" the encoder contract's final-norm output, -2 the penultimate block's output, "mean", any index)."""
+    from genlip_lit.eval.features import check_layer, extract_many
+
+    layer_label = "final" if check_layer(layer) is None else layer
+    if cached_baselines is not None and cached_baselines.get("layer", layer_label) != layer_label:
+        raise ValueError(f"cached baselines were read at layer {cached_baselines['layer']!r}, not {layer_label!r}")
 
     name = f"transfer_{view.name}"
     fresh = cached_baselines is None
@@ -108,7 +123,7 @@ def transfer_evaluation(module: Any, view: Any, *, folds: int = 5, seed: int = 0
         encoders["random_init"] = module.fresh_copy(seed)
     features, labels, pixel_feats = extract_many(
         encoders, view.labelled("all", view.num_images, batch_size), view.device, want_patches=attentive_epochs > 0,
-        pixels=fresh, description=f"{name}: extracting features")
+        pixels=fresh, description=f"{name}: extracting features", layer=layer)
     fold_of = stratified_folds(labels.numpy(), folds, seed)
     num_classes = len(view.class_names)
     rows: dict[str, dict[str, Any]] = {}
@@ -122,8 +137,9 @@ def transfer_evaluation(module: Any, view: Any, *, folds: int = 5, seed: int = 0
         rows["pixels_linear"] = kfold_linear(pixel_feats, labels, num_classes, fold_of, view.device)
         rows["majority"] = kfold_majority(labels.numpy(), fold_of)
     else:
-        rows.update(cached_baselines)
-    baselines = {k: v for k, v in rows.items() if not k.startswith("encoder_")}
+        rows.update({k: v for k, v in cached_baselines.items() if k != "layer"})
+    baselines: dict[str, Any] = {k: v for k, v in rows.items() if not k.startswith("encoder_")}
+    baselines["layer"] = layer_label
     n = len(labels)
     scalars = {f"{name}/{k.removeprefix('encoder_')}_top1": r["top1"] for k, r in rows.items()}
     scalars.update({f"{name}/{k.removeprefix('encoder_')}_se": r["se"] for k, r in rows.items()})
@@ -135,12 +151,13 @@ def transfer_evaluation(module: Any, view: Any, *, folds: int = 5, seed: int = 0
                         f"{name}/margin_in_se": margin / margin_se if margin_se > 0 else float("nan")})
     header, shown, raw = _table(rows, num_classes)
     note = (f"{n:,} images of {view.data.origin}, {num_classes} classes; {folds}-fold stratified cross-validation "
-            f"(seed {seed}): every image held out once; ± is the binomial standard error sqrt(p(1-p)/{n:,})")
+            f"(seed {seed}): every image held out once; ± is the binomial standard error sqrt(p(1-p)/{n:,}); "
+            f"encoder and random init read at layer {layer_label!r} ({LAYER_WORDS.get(layer_label, 'hidden state')})")
     from genlip_lit.console.tables import markdown_table
 
     text = markdown_table(header, shown) + "\n\n" + note
     details = {"source": view.source, "origin": view.data.origin, "num_images": n, "num_classes": num_classes,
-               "folds": folds, "seed": seed, "rows": rows, "baselines": baselines}
+               "folds": folds, "seed": seed, "layer": layer_label, "rows": rows, "baselines": baselines}
     return EvalResult(scalars, texts={f"{name}/table": text}, tables={f"{name}/table": (header, raw)}, details=details)
 
 

@@ -70,6 +70,28 @@ def test_mixture_knobs_change_what_is_drawn() -> None:
         WorldConfig(glyph_prob=1.5)
 
 
+def test_fill_prob_draws_one_object_filling_the_frame() -> None:
+    import hashlib
+
+    # the default scenes do not move with the knob at 0 (no random draw is taken for it): pinned bytes of scene 3
+    assert hashlib.sha256(generate_world_scene(0, 3).image.tobytes()).hexdigest()[:16] == DEFAULT_SCENE_3
+    cfg = WorldConfig(image_size=32, max_objects=1, glyph_prob=1.0, fill_prob=1.0)
+    for i in range(12):
+        s = generate_world_scene(0, i, cfg)
+        (o,) = s.objects
+        x0, y0, x1, y1 = o.box
+        assert 0.8 * 32 - 1 <= x1 - x0 <= 32 and x0 == y0 and 32 - x1 in (x0, x0 + 1)  # centred, 80-100% of the side
+        assert (o.size, o.position) == ("large", "in the center")
+        assert parse_caption(s.caption) == s.description()
+    several = [generate_world_scene(0, i, WorldConfig(min_objects=2, fill_prob=1.0)) for i in range(5)]
+    assert all(o.box[2] - o.box[0] <= 0.62 * 64 + 1 for s in several for o in s.objects)  # one-object scenes only
+    with pytest.raises(ValueError, match="fill_prob"):
+        WorldConfig(fill_prob=-0.1)
+
+
+DEFAULT_SCENE_3 = "66908394a97072cc"  # at 9ec322b, before fill_prob existed
+
+
 def test_compact_tokenizer_spells_every_world_caption() -> None:
     from genlip_lit.data.tokenizer import OpenCLIPTokenizer
 

@@ -84,7 +84,9 @@ def test_transfer_evaluation_rows_figures_and_cached_baselines(small_digits, mod
     assert s["transfer_digits/margin_se"] == pytest.approx(math.hypot(rows["encoder_linear"]["se"],
                                                                       rows["random_init_linear"]["se"]))
     table = r.texts["transfer_digits/table"]
-    for label in ("encoder", "random init", "raw pixels", "majority class", "uniform chance", "± is the binomial"):
+    assert r.details["layer"] == r.details["baselines"]["layer"] == "final"  # the default: the encoder's output
+    for label in ("encoder", "random init", "raw pixels", "majority class", "uniform chance", "± is the binomial",
+                  "layer 'final' (final LayerNorm output)"):
         assert label in table
     # a second run with the baselines of the first gives the same figures without recomputing them
     again = transfer_evaluation(module, view, folds=3, cached_baselines=r.details["baselines"])
@@ -100,6 +102,9 @@ def test_callback_runs_under_genlip_eval_wiring(small_digits, module) -> None:
     assert isinstance(cb, TransferProbe) and cb.name == "transfer_digits"
     with pytest.raises(ValueError, match="unknown dataset"):
         TransferProbe(dataset="imagenet")
+    with pytest.raises(ValueError, match="feature layer must be"):
+        TransferProbe(layer="penultimate")
+    assert cb.layer == "final" and TransferProbe(layer=-2).layer == -2
 
     class FakeDataModule:  # what the callback reads from a data module: the model's preprocessing
         image_size, mean, std = 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -112,4 +117,63 @@ def test_callback_runs_under_genlip_eval_wiring(small_digits, module) -> None:
     assert isinstance(real, RealImageView) and real.num_images == 300
     assert cb.plan(real)[1] == 300
     result = cb.evaluate(module, view)
-    assert result.details["folds"] == 2 and cb._baseline_rows is not None
+    assert result.details["folds"] == 2 and result.details["layer"] == "final" and cb._baseline_rows is not None
+
+
+@pytest.fixture(scope="module")
+def two_block_module():
+    from genlip_lit.data.tokenizer import OpenCLIPTokenizer
+    from genlip_lit.modules import GenLIPModule
+
+    torch.manual_seed(0)
+    return GenLIPModule(arch="tiny", arch_overrides={"depth": 2, "width": 32, "ffn_hidden": 64, "num_registers": 1},
+                        tokenizer=OpenCLIPTokenizer(compact_corpus="synthetic")).eval()
+
+
+def test_feature_layers_are_the_towers_hidden_states(two_block_module) -> None:
+    from genlip_lit.errors import GenLIPUserError
+    from genlip_lit.eval.features import extract_many, layer_patches
+
+    m, x = two_block_module, torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        final = m.encode_patches(x)
+        last, penultimate = layer_patches(m, x, -1), layer_patches(m, x, -2)
+        embeddings, mean = layer_patches(m, x, 0), layer_patches(m, x, "mean")
+        # the reference: the final features are the final LayerNorm of the last block's output
+        assert torch.allclose(m.model.norm(last), final, atol=1e-6)
+        assert torch.equal(layer_patches(m, x, "final"), final) and torch.equal(layer_patches(m, x, 2), last)
+        assert torch.equal(layer_patches(m, x, 1), penultimate)
+        assert torch.allclose(embeddings, m.model.embed_image(x)[0], atol=1e-6)  # registers dropped
+        assert torch.allclose(mean, (penultimate + last) / 2, atol=1e-6)
+        assert penultimate.shape == final.shape == (3, 16, 32)
+        assert not torch.allclose(penultimate, last) and not torch.allclose(penultimate, final)
+        # extraction honours the layer: pooled = the mean of that layer's patches
+        feats, _, _ = extract_many({"encoder": m}, [(x, torch.arange(3))], layer=-2)
+        assert torch.allclose(feats["encoder"].pooled, penultimate.mean(dim=1), atol=1e-6)
+        assert torch.allclose(feats["encoder"].patches, penultimate, atol=1e-6)
+    assert not any(blk._forward_hooks or blk._forward_pre_hooks for blk in m.model.blocks)  # hooks removed
+    with pytest.raises(GenLIPUserError, match="out of range for a 2-block tower"):
+        layer_patches(m, x, 3)
+    with pytest.raises(ValueError, match="feature layer must be"):
+        layer_patches(m, x, "penultimate")
+
+
+def test_transfer_reads_the_layer_it_is_asked_for(small_digits, two_block_module, monkeypatch) -> None:
+    from genlip_lit.eval import features, transfer
+
+    assert transfer.DEFAULT_LAYER == "final"  # the encoder contract's features, what export gives
+    view = RealImageView("digits", Preprocessing(32))
+    asked = []
+
+    def spy(encoders, batches, device, **kwargs):  # what the evaluation asks the extraction for, then stop
+        asked.append((sorted(encoders), kwargs["layer"]))
+        raise StopIteration
+
+    monkeypatch.setattr(features, "extract_many", spy)
+    for layer, expected in ((None, "final"), ("mean", "mean"), (-2, -2)):
+        with pytest.raises(StopIteration):
+            transfer_evaluation(two_block_module, view, folds=2, **({} if layer is None else {"layer": layer}))
+        assert asked.pop() == (["encoder", "random_init"], expected)
+    with pytest.raises(ValueError, match="cached baselines were read at layer 'final', not -2"):
+        transfer_evaluation(two_block_module, view, folds=2, layer=-2,
+                            cached_baselines={"layer": "final", "majority": {}})
