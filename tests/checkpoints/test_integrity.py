@@ -78,7 +78,9 @@ def test_weights_digest_catches_any_change_and_nonfinite_weights_are_named() -> 
     verify_weights({"state_dict": state}, "legacy.ckpt")  # no digest (older checkpoints): finiteness only
 
 
-def test_registry_resolves_own_classes_and_registered_plugins_only() -> None:
+def test_registry_resolves_own_classes_and_registered_plugins_only(monkeypatch) -> None:
+    # the plug-in registered below is this test's own: later tests (the objective contract) see the registry as it was
+    monkeypatch.setattr(registry, "_PLUGINS", {kind: dict(classes) for kind, classes in registry._PLUGINS.items()})
     assert registry.resolve("module", "genlip_lit.modules.genlip.GenLIPModule", "f") is GenLIPModule
     assert registry.resolve("module", "genlip_lit.modules.GenLIPModule", "f") is GenLIPModule  # the config alias
     assert registry.resolve("module", "genlip_lit.modules.contrastive.ContrastiveModule", "f") is ContrastiveModule
