@@ -70,6 +70,7 @@ from genlip_lit.data.world import WorldConfig
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.storage.paths import isfile as storage_isfile
 from genlip_lit.storage.paths import join as storage_join
+from genlip_lit.storage.paths import whole_chunks
 
 log = logging.getLogger(__name__)
 # re-exported: callers import the loader helpers from here (eval/data.py, tests, benchmarks)
@@ -372,7 +373,7 @@ class GenLIPDataModule(L.LightningDataModule):
         """`eval_dataset(split)` of the first dataset read in `order(len(split))` (sample indices) and collated in
         batches of `batch_size`, in this process: an evaluation reads a seeded draw of the split
         (eval/labelled.py `reading_order`), not its stored order. Lazy: only the samples asked for are decoded."""
-        dataset = self.eval_dataset(split)
+        dataset = whole_chunks(self.eval_dataset(split))  # by index: from object storage whole chunks, not ranges
         collate = BatchCollator(self._encoder(), self.image_size, self.mean, self.std)
         items: list[Any] = []
         for index in order(len(dataset)):

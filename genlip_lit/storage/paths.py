@@ -297,5 +297,12 @@ def streaming_dataset(split_dir: str, **kwargs: Any) -> Any:
     allow_http_endpoint()
     with storage_errors(split_dir):
         dataset = litdata.StreamingDataset(split_dir, **kwargs)
-    dataset._on_demand_bytes = False  # read when the cache is created (the public setter needs it to exist)
+    return whole_chunks(dataset)
+
+
+def whole_chunks(dataset: Any) -> Any:
+    """`dataset` (a litdata StreamingDataset) set to download whole chunks when it is read by index from object
+    storage (see `streaming_dataset`); a local dataset is returned as it is."""
+    if getattr(getattr(dataset, "input_dir", None), "url", None):
+        dataset._on_demand_bytes = False  # read when the cache is created (the public setter needs it to exist)
     return dataset
