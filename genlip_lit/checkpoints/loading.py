@@ -42,17 +42,23 @@ def _init_kwargs(cls: type, hparams: dict[str, Any], path: str) -> dict[str, Any
     return hparams
 
 
-def _check_shapes(built: dict[str, Any], stored: dict[str, Any], path: str) -> None:
+def _mismatch(built: dict[str, Any], stored: dict[str, Any]) -> str:
+    """What keeps `stored` weights from loading into a module whose state dict is `built` ("" when they fit):
+    missing, unexpected and differently shaped names, the first few of each."""
     missing = sorted(set(built) - set(stored))
     unexpected = sorted(set(stored) - set(built))
     wrong = sorted(k for k in set(built) & set(stored)
                    if not isinstance(stored[k], torch.Tensor) or tuple(built[k].shape) != tuple(stored[k].shape))
-    if missing or unexpected or wrong:
-        details = "; ".join(
-            f"{what}: {names[:4]}{' ...' if len(names) > 4 else ''}"
-            for what, names in (("missing", missing), ("unexpected", unexpected), ("shape differs", wrong))
-            if names
-        )
+    return "; ".join(
+        f"{what}: {names[:4]}{' ...' if len(names) > 4 else ''}"
+        for what, names in (("missing", missing), ("unexpected", unexpected), ("shape differs", wrong))
+        if names
+    )
+
+
+def _check_shapes(built: dict[str, Any], stored: dict[str, Any], path: str) -> None:
+    details = _mismatch(built, stored)
+    if details:
         raise GenLIPUserError(f"{path}: the stored weights do not fit the architecture it describes ({details})")
 
 
@@ -206,16 +212,8 @@ def load_initial_weights(module: Any, path: str) -> str:
     ckpt = read_checkpoint(file, allow=own)
     verify_weights(ckpt, file)
     state = ckpt["state_dict"]
-    ours = module.state_dict()
-    missing = sorted(set(ours) - set(state))
-    unexpected = sorted(set(state) - set(ours))
-    wrong = sorted(k for k in set(ours) & set(state) if tuple(ours[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        details = "; ".join(
-            f"{what}: {names[:4]}{' ...' if len(names) > 4 else ''}"
-            for what, names in (("missing", missing), ("unexpected", unexpected), ("shape differs", wrong))
-            if names
-        )
+    details = _mismatch(module.state_dict(), state)
+    if details:
         raise GenLIPUserError(f"{file} does not fit this model ({details}): use the same arch and arch_overrides")
     spec = ckpt.get("genlip_tokenizer")
     if spec is not None and tokenizer is not None and spec["state"] != tokenizer.state_dict():
