@@ -31,6 +31,9 @@ SYN = "--data.init_args.synthetic"
 DIGIT_HEAVY = [f"{SYN}.glyph_prob=0.8", f"{SYN}.digit_prob=0.9", f"{SYN}.blur_prob=0.4", f"{SYN}.busy_prob=0.3"]
 PX32 = [f"{SYN}.image_size=32", "--data.init_args.image_size=32"]  # 16 patches of 8 px instead of 64
 SHORT = [f"{SYN}.max_objects=2"]  # shorter captions: text tokens are most of a step's cost at 32 px
+# scan-like scenes: one glyph filling the frame, nearly all digits, mostly blurry, mostly plain backgrounds
+SCAN = [f"{SYN}.glyph_prob=1.0", f"{SYN}.digit_prob=0.9", f"{SYN}.blur_prob=0.8", f"{SYN}.busy_prob=0.1",
+        f"{SYN}.max_objects=1", f"{SYN}.fill_prob=1.0", *PX32]
 
 
 def _steps(n: int) -> list[str]:
@@ -89,6 +92,10 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
                                     [f"{SYN}.glyph_prob=1.0", f"{SYN}.digit_prob=0.9", f"{SYN}.blur_prob=0.8",
                                      f"{SYN}.busy_prob=0.1", f"{SYN}.max_objects=1", f"{SYN}.fill_prob=1.0", *PX32,
                                      "--model.init_args.lr=0.00025", *_steps(4000)]),
+    "digits32_scan_lr2.5e-4_10000": ("as digits32_scan_lr2.5e-4_4000, 10,000 steps",
+                                     [*SCAN, "--model.init_args.lr=0.00025", *_steps(10000)]),
+    "digits32_scan_lr1e-4_4000": ("as digits32_scan_lr2.5e-4_4000 with peak lr 1e-4",
+                                  [*SCAN, "--model.init_args.lr=0.0001", *_steps(4000)]),
     "digits32_1500": ("digit-heavy mixture, 32 px, up to 2 objects, 1,500 steps", [*DIGIT_HEAVY, *PX32, *SHORT,
                                                                                   *_steps(1500)]),
     "rich32_400": ("default rich mixture, 32 px, up to 2 objects, 400 steps", [*PX32, *SHORT, *_steps(400)]),

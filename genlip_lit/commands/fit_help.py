@@ -123,9 +123,37 @@ def _section(title: str, rows: list[tuple[str, Any, str]], overrides: dict[str, 
     return lines + [""]
 
 
-def _config_values(config: dict[str, Any], section: str) -> tuple[str | None, dict[str, Any]]:
+def config_values(config: dict[str, Any], section: str) -> tuple[str | None, dict[str, Any]]:
+    """(class_path, values) of a config section: `init_args` under a class path, else the section's own keys."""
     block = config.get(section) if isinstance(config.get(section), dict) else {}
-    return block.get("class_path"), dict(block.get("init_args") or {})
+    if "class_path" in block or "init_args" in block:
+        return block.get("class_path"), dict(block.get("init_args") or {})
+    return None, dict(block)
+
+
+# What each LightningCLI command does, the help page's first sentence
+LEADS: dict[str, str] = {
+    "fit": "Trains a model from YAML configs",
+    "validate": "Runs the validation loop of a config on a trained model (--ckpt_path FILE)",
+    "test": "Runs the test loop of a config on a trained model (--ckpt_path FILE)",
+    "predict": "Runs the predict loop (captions) of a config on a trained model (--ckpt_path FILE)",
+}
+
+
+def key_page(command: str, lead: str, flags: tuple[tuple[str, str], ...],
+             sections: list[tuple[str, list[tuple[str, Any, str]], dict[str, Any]]], footer: list[str]) -> str:
+    """A command's short help: usage, what it does, its flags, then (title, rows, config values) key sections."""
+    lines = [f"usage: genlip {command} --config FILE [--config FILE ...] [--SECTION.KEY VALUE ...]", "",
+             f"{lead}; any key below can be set in a config or on the command line.", "",
+             "Options:", *[f"  {flag:<30}  {text}" for flag, text in flags], ""]
+    for title, rows, values in sections:
+        lines += _section(title, rows, values)
+    return "\n".join(lines + footer)
+
+
+def trainer_rows(config: dict[str, Any], keys: dict[str, str]) -> list[tuple[str, Any, str]]:
+    """(key, the config's value or Lightning's default, meaning) of the usual trainer keys."""
+    return [(key, _nested(config, key), text) for key, text in keys.items()]
 
 
 def short_help(config: dict[str, Any] | None = None, command: str = "fit") -> str:
@@ -133,27 +161,25 @@ def short_help(config: dict[str, Any] | None = None, command: str = "fit") -> st
     import importlib
 
     config = config or {}
-    model_path, model_values = _config_values(config, "model")
+    model_path, model_values = config_values(config, "model")
     model_path = resolve_short(model_path or DEFAULT_MODEL, "model")
     module_name, _, class_name = model_path.rpartition(".")
     model_cls = getattr(importlib.import_module(module_name), class_name)
     from genlip_lit.data.datamodule import GenLIPDataModule
 
-    _, data_values = _config_values(config, "data")
+    _, data_values = config_values(config, "data")
     data_rows = [(name, p.default, DATA_KEYS.get(name, ""))
                  for name, p in inspect.signature(GenLIPDataModule.__init__).parameters.items() if name != "self"]
-    lines = [f"usage: genlip {command} --config FILE [--config FILE ...] [--SECTION.KEY VALUE ...]", "",
-             "Trains a model from YAML configs; any key below can be set in a config or on the command line.", "",
-             "Options:", *[f"  {flag:<30}  {text}" for flag, text in PROJECT_FLAGS], ""]
     where = "values: the config's, else the class defaults" if config else "values: the class defaults"
-    lines += _section(f"Model keys: --model.init_args.KEY ({model_cls.__name__}; {where})", model_keys(model_cls),
-                      model_values)
-    lines += _section(f"Data keys: --data.init_args.KEY (GenLIPDataModule; {where})", data_rows, data_values)
-    trainer_rows = [(key, _nested(config, key), text) for key, text in TRAINER_KEYS.items()]
-    lines += _section("Trainer and checkpoint keys (the usual ones; all: genlip fit --help full)", trainer_rows, {})
-    lines += ["Configs: experiments/quickstart.yaml (embedded data, CPU), experiments/corpus_cpu.yaml (your shards,",
+    sections = [
+        (f"Model keys: --model.init_args.KEY ({model_cls.__name__}; {where})", model_keys(model_cls), model_values),
+        (f"Data keys: --data.init_args.KEY (GenLIPDataModule; {where})", data_rows, data_values),
+        ("Trainer and checkpoint keys (the usual ones; all: genlip fit --help full)", trainer_rows(config, TRAINER_KEYS),
+         {}),
+    ]
+    footer = ["Configs: experiments/quickstart.yaml (embedded data, CPU), experiments/corpus_cpu.yaml (your shards,",
               "CPU), experiments/stage1_corpus.yaml (GPU); docs/configs.md explains the sections."]
-    return "\n".join(lines)
+    return key_page(command, LEADS.get(command, LEADS["fit"]), PROJECT_FLAGS, sections, footer)
 
 
 def _nested(config: dict[str, Any], dotted: str) -> Any:

@@ -62,6 +62,44 @@ def result_line(trainer: Any) -> str:
             f"{predictions if os.path.isfile(predictions) else 'none'}; checkpoint: {ckpt or 'none'}")
 
 
+# The flags and trainer keys `genlip probe-full --help` shows (Lightning's complete list: --help full)
+HELP_FLAGS = (
+    ("--config FILE", "a YAML config (several compose, later ones win): experiments/probe_imagenet.yaml"),
+    ("--print_config", "print the merged config and stop"),
+    ("--ckpt_path FILE", "resume a probe run from its checkpoint (heads, optimizer, epoch, data position)"),
+    ("--help full", "Lightning's complete help: every trainer key"),
+)
+HELP_TRAINER_KEYS = {
+    "trainer.max_epochs": "passes over the training images",
+    "trainer.devices": "devices per node (or auto)",
+    "trainer.num_nodes": "nodes (DDP over all of them)",
+    "trainer.precision": "bf16-mixed on GPU, 32-true on CPU",
+    "trainer.check_val_every_n_epoch": "top-1 on the val images every N epochs",
+    "trainer.logger.init_args.save_dir": "where runs go (runs/probe/NAME/version_N)",
+    "seed_everything": "global seed (the heads and data have their own seeds)",
+}
+
+
+def short_help(config: dict[str, Any] | None = None) -> str:
+    """The page `genlip probe-full --help` prints: the probe's model and data keys with the config's values."""
+    from genlip_lit.commands.fit_help import config_values, key_page, model_keys, trainer_rows
+    from genlip_lit.studies.probe_data import ProbeDataModule
+    from genlip_lit.studies.probe_module import StreamedProbe
+
+    config = config or {}
+    where = "values: the config's, else the class defaults" if config else "values: the class defaults"
+    sections = [
+        (f"Model keys: --model.KEY (StreamedProbe; {where})", model_keys(StreamedProbe), config_values(config, "model")[1]),
+        (f"Data keys: --data.KEY (ProbeDataModule; {where})", model_keys(ProbeDataModule), config_values(config, "data")[1]),
+        ("Trainer keys (the usual ones; all: genlip probe-full --help full)", trainer_rows(config, HELP_TRAINER_KEYS),
+         {}),
+    ]
+    return key_page("probe-full", "Trains probe heads on a frozen encoder over a whole labelled set (ImageNet "
+                    "protocol)", HELP_FLAGS, sections,
+                    ["Config: experiments/probe_imagenet.yaml (the paper's attentive probe); `genlip probe` is the "
+                     "quick in-memory one."])
+
+
 def _name_the_file(message: str, args: list[str]) -> str:
     """`FILE: key: not an option` when the unknown key comes from a --config file (as every command says it)."""
     import yaml
@@ -102,6 +140,15 @@ def main(argv: list[str] | None = None) -> int:
                               "warmup + cosine; set model.attentive_lr, attentive_weight_decay, linear_lr, "
                               "linear_weight_decay, betas, warmup_epochs or min_lr_ratio instead")
     check_config_files(args)
+    asked = [i for i, token in enumerate(args) if token in ("--help", "-h")]
+    if asked:
+        if asked[0] + 1 < len(args) and args[asked[0] + 1] == "full":
+            args = args[: asked[0] + 1] + args[asked[0] + 2:]  # Lightning's own, complete help
+        else:
+            from genlip_lit.commands.fit_help import merged_configs
+
+            print(short_help(merged_configs(args)))
+            return 0
     _null_on_command_line()
     # the frozen encoder is in eval mode on purpose; Lightning's warning about it would only worry the user
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")

@@ -216,7 +216,22 @@ def is_shard_dir(path: str) -> bool:
 
 
 class ProbeDataModule(L.LightningDataModule):
-    """Labelled images for `genlip probe-full`. `batch_size` is the GLOBAL batch, split evenly over the ranks."""
+    """Labelled images for `genlip probe-full`. `batch_size` is the GLOBAL batch, split evenly over the ranks.
+
+    Args:
+        data: `genlip optimize --labels folders` shards (local or s3://...), or a local ImageFolder.
+        batch_size: the GLOBAL batch, split evenly over the processes (8 GPUs at 1024: 128 each).
+        val_batch_size: the global val batch (null: batch_size).
+        num_workers: decoding workers per process.
+        augment: train transform: random_resized_crop (+ flip), or none (val's at crop fraction 1).
+        crop_scale: RandomResizedCrop's area range.
+        crop_ratio: RandomResizedCrop's aspect-ratio range.
+        flip: horizontal flip probability.
+        val_crop_fraction: val: shorter side to image_size / this (256 for 224 at 0.875), then centre crop.
+        image_size: null: the encoder's.
+        test_fraction: an ImageFolder without val/: the share of each class held out.
+        seed: the order of every epoch and each image's crop and flip.
+    """
 
     def __init__(self, data: str, batch_size: int = 1024, val_batch_size: int | None = None, num_workers: int = 8,
                  augment: Literal["random_resized_crop", "none"] = "random_resized_crop",

@@ -100,7 +100,23 @@ class LinearHead(nn.Module):
 
 
 class StreamedProbe(L.LightningModule):
-    """Frozen encoder + probe heads; `connect()` (from the data: class count and names) builds the heads."""
+    """Frozen encoder + probe heads; `connect()` (from the data: class count and names) builds the heads.
+
+    Args:
+        encoder: a genlip checkpoint or run dir (its newest last.ckpt), e.g. from `genlip import`.
+        heads: the heads trained together on one encoder pass: attentive (patches) and/or linear (pooled).
+        attentive_lr: peak AdamW lr of the attentive head.
+        attentive_weight_decay: AdamW weight decay of the attentive head.
+        linear_lr: peak AdamW lr of the linear head (after a parameter-free batch norm).
+        linear_weight_decay: the linear head's weight decay.
+        betas: AdamW betas (both heads).
+        warmup_epochs: linear warmup epochs, then cosine decay to min_lr_ratio x lr at the last step.
+        min_lr_ratio: the cosine's floor as a fraction of the peak lr.
+        num_heads: attention heads of the attentive probe (null: the largest of <= 8 dividing the width).
+        num_classes: null: from the data (class_names in genlip_meta.json, or the folders).
+        seed: the heads' initialisation (the in-memory probe's with the same seed).
+        write_predictions: write val_predictions.csv in the run dir (key, label, each head's class).
+    """
 
     def __init__(
         self,

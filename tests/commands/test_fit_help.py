@@ -56,3 +56,32 @@ def test_short_class_names_for_model_and_data_help(capsys) -> None:
         main(["fit", "--model.help", "ContrastiveModule"])
     assert info.value.code == 0
     assert "--model.loss LOSS" in capsys.readouterr().out  # ContrastiveModule's own key
+
+
+@pytest.mark.parametrize(("command", "loop"), [("validate", "validation"), ("test", "test"), ("predict", "predict")])
+def test_each_lightning_command_says_what_it_does(command, loop, capsys) -> None:
+    assert main([command, "--help"]) in (0, None)
+    lead = capsys.readouterr().out.splitlines()[2]
+    assert lead.startswith(f"Runs the {loop} loop") and "--ckpt_path" in lead, lead
+
+
+def test_every_probe_full_argument_has_a_meaning() -> None:
+    from genlip_lit.commands.fit_help import model_keys
+    from genlip_lit.studies.probe_data import ProbeDataModule
+    from genlip_lit.studies.probe_module import StreamedProbe
+
+    for cls in (StreamedProbe, ProbeDataModule):
+        missing = [key for key, _, meaning in model_keys(cls) if not meaning]
+        assert not missing, f"{cls.__name__}: no meaning for {missing}"
+
+
+def test_probe_full_help_lists_its_keys_with_the_config_values(capsys) -> None:
+    os.chdir(REPO)
+    assert main(["probe-full", "--help", "--config", "experiments/probe_imagenet.yaml"]) in (0, None)
+    text = capsys.readouterr().out
+    assert text.startswith("usage: genlip probe-full --config FILE") and len(text.splitlines()) < 80
+    rows = _rows(text)
+    assert rows["encoder"].split()[1] == "runs/so16" and "checkpoint" in rows["encoder"]
+    assert rows["data"].split()[1] == "data/in1k" and rows["batch_size"].split()[1] == "1024"
+    assert rows["trainer.max_epochs"].split()[1] == "20"
+    assert "--help full" in text
