@@ -16,6 +16,9 @@ llm-probe, caption, caption-eval):
   it never wrote (kept with --overwrite) stay.
 - `claim_output` (reports written as a run goes): the checks above, then DIR is created and marked at once, so
   a rerun after a crash is recognised as the command's own.
+- A staging directory is named `.DIR.partial-HOST-PID-*`: one left behind by a process that was killed outright
+  (kill -9, a lost node) on this host is removed by the next `staged_output` of the same DIR, with a line saying
+  so; one of a live process, or of another host (a shared file system), is left alone.
 - Files get the usual permissions (0666 / 0777 minus the umask), also where a library wrote them 0600
   (safetensors does) or the staging directory was made 0700.
 """
@@ -23,15 +26,20 @@ llm-probe, caption, caption-eval):
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from typing import Any
 
 from genlip_lit.errors import GenLIPUserError
 from genlip_lit.storage.paths import write_json
+
+log = logging.getLogger(__name__)
 
 MARKER = ".genlip_output.json"
 
@@ -124,7 +132,9 @@ def staged_output(path: str, command: str, overwrite: bool = False) -> Iterator[
     parent = os.path.dirname(target)
     try:
         os.makedirs(parent, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.partial-", dir=parent)
+        remove_abandoned_staging(target)
+        staging = tempfile.mkdtemp(prefix=f"{_staging_prefix(target)}{socket.gethostname()}-{os.getpid()}-",
+                                   dir=parent)
     except OSError as err:
         raise GenLIPUserError(f"--output {path}: cannot create it ({err.strerror or err})") from None
     try:
@@ -136,6 +146,35 @@ def staged_output(path: str, command: str, overwrite: bool = False) -> Iterator[
     finally:
         if os.path.isdir(staging):
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _staging_prefix(target: str) -> str:
+    return os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.partial-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_abandoned_staging(target: str) -> list[str]:
+    """Remove the staging directories of `target` left by processes of this host that no longer run (a kill -9
+    during an export); returns their paths. Another host's (a shared file system) or a live process's stay."""
+    prefix = _staging_prefix(target)
+    here = f"{prefix}{socket.gethostname()}-"
+    removed = []
+    for path in sorted(glob.glob(glob.escape(here) + "*")):
+        pid = path[len(here):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)) and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+            log.warning("removed %s: the staging folder of an interrupted run (process %s is gone)", path, pid)
+    return removed
 
 
 def _publish(staging: str, target: str, command: str) -> None:
