@@ -117,7 +117,8 @@ def _headline(result: EvalResult, keys: tuple[str, ...]) -> str:
     if "skipped" in result.details:
         return f"skipped: {result.details['skipped']}"
     scalars = result.finite_scalars()
-    return ", ".join(f"{k} {scalars[k]:.4g}" for k in keys if k in scalars)
+    shown = ", ".join(f"{k} {scalars[k]:.4g}" for k in keys if k in scalars)
+    return shown or result.details.get("note", "")
 
 
 class EvalCallback(L.Callback):

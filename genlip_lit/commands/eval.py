@@ -182,5 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: skipped ({entry['details']['skipped']})")
         elif entry.get("held_out"):
             print(f"{name}: {entry['held_out']}")
+        if "note" in entry["details"]:  # why a figure is missing or how to read it
+            print(f"{name}: {entry['details']['note']}")
     print(f"wrote {os.path.join(output, 'report.json')} and report.md")
     return 0

@@ -256,6 +256,8 @@ def readout_evaluation(
         grid_words = top_words(all_scores, words, (side, side))
         result.scalars.update(dict.fromkeys(("readout/accuracy", "readout/chance_uniform", "readout/chance_permuted"),
                                             float("nan")))
+        result.details["note"] = ("not scored: these images carry no per-patch labels (the embedded scenes do), so "
+                                  "the readout only draws each patch's top word (readout/top_word_per_patch)")
     result.details["num_images"] = int(all_scores.shape[0])
     patch = pictures[0].shape[0] // side if pictures else 1
     tiles = [label_patches(p, grid_words[i], patch) for i, p in enumerate(pictures)]

@@ -73,6 +73,8 @@ def _run_one(module: Any, ev: Any, view: EvalView, output: str, report: dict[str
     shown = {k: v for k, v in result.scalars.items() if not k.startswith("sink/") or k.endswith("_mean")}
     md.append(metric_table(shown))
     md.append("")
+    if "note" in result.details:
+        md += [f"Note: {result.details['note']}.", ""]
     md += [f"![{tag}]({name})" for tag, name in images.items()]
     for tag, text in result.texts.items():
         md += ["", f"**{tag}**", "", text]

@@ -21,7 +21,8 @@ class EvalResult:
     images: dict[str, np.ndarray] = field(default_factory=dict)  # HWC uint8
     texts: dict[str, str] = field(default_factory=dict)  # markdown
     tables: dict[str, tuple[list[str], list[list[Any]]]] = field(default_factory=dict)  # (header, rows)
-    details: dict[str, Any] = field(default_factory=dict)  # JSON-able extras for report.json
+    details: dict[str, Any] = field(default_factory=dict)  # JSON-able extras for report.json; "note": one sentence
+    # printed beside the figures (why one is missing, how to read it)
 
     def finite_scalars(self) -> dict[str, float]:
         """The scalars a metrics logger can plot (NaN marks "does not apply")."""

@@ -68,3 +68,23 @@ def test_any_label_maps_work_and_one_map_means_one_target() -> None:
     assert result.num_patches == 3 and result.accuracy == pytest.approx(2 / 3)
     assert math.isclose(result.chance_uniform, uniform_chance(4, 1, num_targets=1)) and result.chance_uniform == 0.25
     assert result.top_words == [[["cat", "dog"], ["sky", "sky"]]]
+
+
+def test_images_without_patch_labels_get_a_note_not_a_bare_nan() -> None:
+    """A corpus without per-patch label maps: the top-word picture is still drawn, the scores are NaN (no logger
+    plots them) and a sentence says why, for `genlip eval`'s lines, report.md and the callback's closing line."""
+    from helpers import tiny_objective
+
+    from genlip_lit.callbacks.evaluation import _headline
+    from genlip_lit.eval.data import EvalBatch, EvalView, Vocabulary
+    from genlip_lit.eval.evaluations import readout_evaluation
+
+    class Unlabelled(EvalView):
+        def _batches(self, split, batch_size):
+            yield EvalBatch(torch.randn(4, 3, 32, 32))
+
+    view = Unlabelled(Vocabulary(words=["red", "blue", "circle", "square"]))
+    result = readout_evaluation(tiny_objective(seed=0).eval(), view, budget=4, grid_images=2)
+    assert math.isnan(result.scalars["readout/accuracy"]) and "readout/top_word_per_patch" in result.images
+    assert "no per-patch labels" in result.details["note"]
+    assert _headline(result, ("readout/accuracy",)) == result.details["note"]
