@@ -94,6 +94,8 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
                                      "--model.init_args.lr=0.00025", *_steps(4000)]),
     "digits32_scan_lr2.5e-4_10000": ("as digits32_scan_lr2.5e-4_4000, 10,000 steps",
                                      [*SCAN, "--model.init_args.lr=0.00025", *_steps(10000)]),
+    "digits32_scan_lr5e-4_10000": ("as digits32_scan_lr2.5e-4_4000 with peak lr 5e-4, 10,000 steps",
+                                   [*SCAN, "--model.init_args.lr=0.0005", *_steps(10000)]),
     "digits32_scan_lr1e-4_4000": ("as digits32_scan_lr2.5e-4_4000 with peak lr 1e-4",
                                   [*SCAN, "--model.init_args.lr=0.0001", *_steps(4000)]),
     "digits32_1500": ("digit-heavy mixture, 32 px, up to 2 objects, 1,500 steps", [*DIGIT_HEAVY, *PX32, *SHORT,

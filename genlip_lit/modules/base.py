@@ -104,6 +104,12 @@ class _AppliesInitFrom(type):
         return module
 
 
+def packed_refusal(module_class: type) -> str:
+    """The one line for an objective that cannot train on packed native-resolution batches (fit and plan say it)."""
+    return (f"{module_class.__name__} trains on fixed-resolution batches: use data.resolution: fixed (packed "
+            "native-resolution sequences are a GenLIPModule feature)")
+
+
 class EncoderModule(TrainingSafety, L.LightningModule, metaclass=_AppliesInitFrom):
     """Base LightningModule: AdamW + warmup/cosine from one set of arguments, `init_from`, the encoder contract.
 
@@ -124,6 +130,9 @@ class EncoderModule(TrainingSafety, L.LightningModule, metaclass=_AppliesInitFro
 
     # hyper-parameters naming weight files: a fresh copy (`fresh_copy`) starts without them
     weight_sources: tuple[str, ...] = ("init_from",)
+    # trains on packed native-resolution batches (data.resolution: native, stage 2); fit and plan refuse the
+    # others such data before anything loads
+    trains_packed: bool = False
 
     def __init__(
         self,
@@ -320,11 +329,8 @@ class EncoderModule(TrainingSafety, L.LightningModule, metaclass=_AppliesInitFro
 
     def require_unpacked(self, batch: object) -> None:
         """Packed native-resolution batches (data.resolution: native) are for GenLIPModule only."""
-        if getattr(batch, "segment_ids", None) is not None:
-            raise GenLIPUserError(
-                f"{type(self).__name__} trains on fixed-resolution batches: use data.resolution: fixed (packed "
-                "native-resolution sequences are a GenLIPModule feature)"
-            )
+        if getattr(batch, "segment_ids", None) is not None and not self.trains_packed:
+            raise GenLIPUserError(packed_refusal(type(self)))
 
     def fresh_copy(self, seed: int = 0) -> EncoderModule:
         """The same class and hyper-parameters at a seeded random init (no weight files read), in eval mode on

@@ -35,6 +35,8 @@ class CaptionerModule(GenLIPModule):
             mask (CapPa: 0.75); 0 = a plain autoregressive captioner (Cap).
     """
 
+    trains_packed = False  # its decoder takes fixed-resolution batches (require_unpacked)
+
     def __init__(
         self,
         arch: str = "tiny",

@@ -43,6 +43,8 @@ class GenLIPModule(EncoderModule):
             betas, warmup_ratio, warmup_steps, init_from).
     """
 
+    trains_packed = True  # stage 2: packed native-resolution rows
+
     def __init__(
         self,
         arch: str = "tiny",

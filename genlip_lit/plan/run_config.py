@@ -243,6 +243,10 @@ def run_config_of(raw: dict[str, Any], sources: list[str] | None = None) -> RunC
     run = RunConfig(module_class, model, data, trainer, list(sources or []))
     if run.resolution not in ("fixed", "native"):
         raise GenLIPUserError(f"data.resolution must be 'fixed' or 'native', got {run.resolution!r}")
+    if run.resolution == "native" and not getattr(module_class, "trains_packed", False):
+        from genlip_lit.modules.base import packed_refusal
+
+        raise GenLIPUserError(f"{source}: {packed_refusal(module_class)}")  # as fit would say it
     if run.batch_size < 1:
         raise GenLIPUserError(f"data.batch_size must be >= 1, got {run.batch_size}")
     return run

@@ -299,3 +299,15 @@ def test_a_prefix_of_an_option_is_an_unknown_option_never_the_option(tmp_path, c
     flag = typo[0].split("=")[0]
     full = {"--trainer.max_step": "--trainer.max_steps", "--checkpoint.save_las": "--checkpoint.save_last"}[flag]
     assert _error_lines(err)[0].startswith(f"genlip: error: {flag}") and f"did you mean '{full}'?" in err
+
+
+def test_native_resolution_for_a_fixed_resolution_objective_is_refused_before_any_data(tmp_path, capsys):
+    """CLIP on packed native-resolution rows: one line at start-up, before any synthetic data is generated."""
+    argv = tiny_fit_args(tmp_path, extra=["--config", "experiments/compare/clip.yaml",
+                                          "--data.init_args.resolution=native",
+                                          f"--data.init_args.cache_dir={tmp_path / 'cache'}"])
+    err = _error(capsys, argv)
+    assert _error_lines(err) == ["genlip: error: ContrastiveModule trains on fixed-resolution batches: use "
+                                 "data.resolution: fixed (packed native-resolution sequences are a GenLIPModule "
+                                 "feature)"]
+    assert not (tmp_path / "cache").exists()

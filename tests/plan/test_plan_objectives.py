@@ -112,3 +112,16 @@ def test_arguments_the_objective_does_not_take_are_refused(tmp_path) -> None:
     config = write_config(tmp_path, class_path(ColourObjective), {"prompt": "x"})
     with pytest.raises(GenLIPUserError, match="ColourObjective takes no argument 'prompt'"):
         read_run_config([config])
+
+
+@pytest.mark.parametrize("objective", ["genlip_lit.modules.ContrastiveModule", "genlip_lit.modules.CaptionerModule"])
+def test_native_resolution_is_refused_for_objectives_that_train_on_fixed_batches(objective, tmp_path) -> None:
+    """As `genlip fit` refuses it (test_fit.py): plan says the same line rather than pricing a run that cannot
+    start."""
+    from genlip_lit.errors import GenLIPUserError
+
+    config = write_config(tmp_path, objective, {"arch_overrides": TINY}, {"resolution": "native"})
+    with pytest.raises(GenLIPUserError, match="trains on fixed-resolution batches: use data.resolution: fixed"):
+        read_run_config([config])
+    assert read_run_config([write_config(tmp_path, "genlip_lit.modules.GenLIPModule", {"arch_overrides": TINY},
+                                         {"resolution": "native"})]).resolution == "native"
