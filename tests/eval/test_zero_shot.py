@@ -37,3 +37,16 @@ def test_embedded_templates_cover_sizes_and_colours() -> None:
     templates = zero_shot_templates()  # what a view of the embedded scenes hands the zero-shot evaluation
     assert len(templates) == 12 and all("{}" in t for t in templates)
     assert "a large red {}" in templates
+
+
+def test_a_figure_below_chance_gets_a_note_naming_class_names_the_captions_do_not_use() -> None:
+    from genlip_lit.eval.evaluations import below_chance_note
+
+    words = ["a", "red", "circle", "square", "digit"]
+    note = below_chance_note(0.05, 500, ["circle", "Hexagonal nut", "sprocket", "square"], words)
+    assert note.startswith("below chance (5.0% vs 25.0%)") and "2 of the 4 class names are not caption words" in note
+    assert "Hexagonal nut" in note
+    assert below_chance_note(0.20, 500, ["circle", "a", "b", "square"], words) is not None  # 2.6 SE below: not noise
+    assert below_chance_note(0.24, 500, ["circle", "a", "b", "square"], words) is None  # within noise
+    assert below_chance_note(0.60, 500, ["circle", "square"], words) is None
+    assert "may be words the captions rarely use" in below_chance_note(0.05, 500, ["circle", "square"], None)
