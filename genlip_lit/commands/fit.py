@@ -101,6 +101,8 @@ class GenLIPCLI(LightningCLI):
         parser.add_lightning_class_args(ProcessGroupGuard, "distributed")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        if isinstance(args, list):
+            args = merge_synthetic_blocks(args)
         super().parse_arguments(parser, args)
         # A missing --ckpt_path fails here, before the model is built, instead of deep inside fit.
         subcommand = self.config.get("subcommand")
@@ -330,6 +332,58 @@ def check_accelerator(config: Any) -> None:
         "experiments/corpus_cpu.yaml (or the embedded data with experiments/quickstart.yaml), or pass "
         "--trainer.accelerator cpu"
     )
+
+
+SYNTHETIC_FLAG = "--data.init_args.synthetic"
+
+
+def _synthetic_block(path: str) -> tuple[bool, Any]:
+    """(whether the config file sets data's `synthetic`, its value)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            content = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError):
+        return False, None  # named by check_config_files / the parser
+    data = content.get("data") if isinstance(content, dict) else None
+    if not isinstance(data, dict):
+        return False, None
+    block = data.get("init_args") if isinstance(data.get("init_args"), dict) else data
+    return ("synthetic" in block), block.get("synthetic")
+
+
+def merge_synthetic_blocks(argv: list[str]) -> list[str]:
+    """`data.init_args.synthetic` is a plain dict, which jsonargparse replaces whole when a later --config sets it:
+    an overlay giving `{glyph_prob: 1.0}` would silently drop the world and every other key of the first config.
+    Merge it key by key as every other config section merges (later files win per key; a file setting it null,
+    or naming another `world`, starts afresh), passed as one `--data.init_args.synthetic=JSON` right after the
+    last of those files, so command-line keys after it still apply."""
+    import json
+
+    from genlip_lit.commands.common import config_files
+
+    positions = {}
+    for i, arg in enumerate(argv):
+        for flag in ("--config", "-c"):
+            if arg == flag and i + 1 < len(argv):
+                positions.setdefault(argv[i + 1], i + 1)
+            elif arg.startswith(flag + "="):
+                positions.setdefault(arg.split("=", 1)[1], i)
+    merged: Any = None
+    setters: list[str] = []
+    for path in [p for p in config_files(argv) + config_files(argv, "-c") if p in positions]:
+        sets, value = _synthetic_block(path)
+        if not sets:
+            continue
+        setters.append(path)
+        fresh = not isinstance(value, dict) or not isinstance(merged, dict) or \
+            ("world" in value and (value["world"] or "shapes") != (merged.get("world") or "shapes"))
+        merged = value if fresh else {**merged, **value}
+    if len(setters) < 2 or not isinstance(merged, dict):
+        return argv
+    at = max(positions[p] for p in setters) + 1
+    return [*argv[:at], f"{SYNTHETIC_FLAG}={json.dumps(merged)}", *argv[at:]]
 
 
 def check_data_dirs(config: Any) -> None:

@@ -311,3 +311,35 @@ def test_native_resolution_for_a_fixed_resolution_objective_is_refused_before_an
                                  "data.resolution: fixed (packed native-resolution sequences are a GenLIPModule "
                                  "feature)"]
     assert not (tmp_path / "cache").exists()
+
+
+def _merged_synthetic(tmp_path, capsys, *argv: str) -> dict:
+    import yaml
+
+    with pytest.raises(SystemExit):
+        main(["fit", *argv, "--print_config"])
+    return yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]["synthetic"]
+
+
+def test_a_later_config_setting_some_synthetic_keys_keeps_the_others(tmp_path, capsys):
+    """`synthetic` is a plain dict: jsonargparse alone replaced it whole, so an overlay changing one key silently
+    fell back to the default (shapes) world. It merges key by key now, as every other section does."""
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("data:\n  init_args:\n    synthetic: {glyph_prob: 1.0, image_size: 32}\n")
+    got = _merged_synthetic(tmp_path, capsys, "--config", "experiments/quickstart_transfer.yaml", "--config",
+                            str(overlay), "--data.init_args.synthetic.seed=3")
+    assert got["world"] == "rich" and got["num_train"] == 20000 and got["blur_prob"] == 0.2  # kept
+    assert got["glyph_prob"] == 1.0 and got["image_size"] == 32  # the overlay's
+    assert str(got["seed"]) == "3"  # a command-line key after the files still wins
+
+
+def test_a_config_naming_another_world_or_null_starts_the_synthetic_block_afresh(tmp_path, capsys):
+    other = tmp_path / "shapes.yaml"
+    other.write_text("data:\n  init_args:\n    synthetic: {world: shapes, num_train: 64}\n")
+    got = _merged_synthetic(tmp_path, capsys, "--config", "experiments/quickstart_transfer.yaml", "--config",
+                            str(other))
+    assert got == {"world": "shapes", "num_train": 64}  # no rich-world key carried into the shapes world
+    from genlip_lit.commands.fit import merge_synthetic_blocks
+
+    argv = ["fit", "--config", "experiments/quickstart.yaml", "--config", "experiments/corpus_cpu.yaml"]
+    assert merge_synthetic_blocks(argv) == argv  # corpus_cpu sets it null: nothing to merge
