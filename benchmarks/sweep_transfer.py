@@ -35,7 +35,7 @@ SHORT = [f"{SYN}.max_objects=2"]  # shorter captions: text tokens are most of a 
 SCAN = [f"{SYN}.glyph_prob=1.0", f"{SYN}.digit_prob=0.9", f"{SYN}.blur_prob=0.8", f"{SYN}.busy_prob=0.1",
         f"{SYN}.max_objects=1", f"{SYN}.fill_prob=1.0", *PX32]
 # the recipe that transfers, as a config overlay (after a compare overlay: its model keys apply to that objective)
-SCAN_P4 = ["--config", "experiments/transfer_scan.yaml"]
+SCAN_P4 = ["--config", "experiments/transfer/scan.yaml"]
 WORLD_TEXT = ["--model.init_args.tokenizer.init_args.compact_corpus=world", "--model.init_args.max_text_len=64"]
 
 
@@ -100,14 +100,14 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "digits32_scan_lr5e-4_10000": ("as digits32_scan_lr2.5e-4_4000 with peak lr 5e-4, 10,000 steps",
                                    [*SCAN, "--model.init_args.lr=0.0005", *_steps(10000)]),
     "digits32_p4_scan_lr2.5e-4_4000": ("as digits32_scan_lr2.5e-4_4000 with 4-px patches (64 patches: one per "
-                                       "pixel of an 8 x 8 scan): experiments/transfer_scan.yaml",
-                                       ["--config", "experiments/transfer_scan.yaml"]),
-    "captioner32_p4_scan_4000": ("the captioner on experiments/transfer_scan.yaml (same tower, data, steps, lr)",
+                                       "pixel of an 8 x 8 scan): experiments/transfer/scan.yaml",
+                                       ["--config", "experiments/transfer/scan.yaml"]),
+    "captioner32_p4_scan_4000": ("the captioner on experiments/transfer/scan.yaml (same tower, data, steps, lr)",
                                  ["--config", "experiments/compare/captioner.yaml", *SCAN_P4, *WORLD_TEXT,
                                   "--model.init_args.caption_max_new_tokens=64"]),
-    "clip32_p4_scan_4000": ("CLIP on experiments/transfer_scan.yaml (same tower, data, steps, lr; batch 8)",
+    "clip32_p4_scan_4000": ("CLIP on experiments/transfer/scan.yaml (same tower, data, steps, lr; batch 8)",
                             ["--config", "experiments/compare/clip.yaml", *SCAN_P4, *WORLD_TEXT]),
-    "siglip32_p4_scan_4000": ("SigLIP on experiments/transfer_scan.yaml (same tower, data, steps, lr; batch 8)",
+    "siglip32_p4_scan_4000": ("SigLIP on experiments/transfer/scan.yaml (same tower, data, steps, lr; batch 8)",
                               ["--config", "experiments/compare/siglip.yaml", *SCAN_P4, *WORLD_TEXT]),
     "digits32_scan_lr1e-4_4000": ("as digits32_scan_lr2.5e-4_4000 with peak lr 1e-4",
                                   [*SCAN, "--model.init_args.lr=0.0001", *_steps(4000)]),

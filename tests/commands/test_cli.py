@@ -161,6 +161,32 @@ def test_every_experiment_config_parses(config, capsys):
     assert info.value.code == 0 and "model:" in capsys.readouterr().out
 
 
+TRANSFER_OVERLAYS = sorted(glob.glob(os.path.join(REPO, "experiments", "transfer", "*.yaml")))
+
+
+@pytest.mark.parametrize("overlay", TRANSFER_OVERLAYS, ids=[os.path.basename(p) for p in TRANSFER_OVERLAYS])
+def test_every_transfer_recipe_composes_after_the_rich_world_and_trains(overlay, tmp_path, capsys):
+    """experiments/transfer/*.yaml are overlays on quickstart_transfer.yaml: composed, the model's patch size and
+    the data's label maps agree, the world stays rich, and two steps train."""
+    import yaml
+
+    base = ["fit", "--config", os.path.join(REPO, "experiments", "quickstart_transfer.yaml"), "--config", overlay]
+    with pytest.raises(SystemExit) as info:
+        main([*base, "--print_config"])
+    assert info.value.code == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    model, synthetic = config["model"]["init_args"], config["data"]["init_args"]["synthetic"]
+    assert synthetic["world"] == "rich"
+    assert (model["arch_overrides"] or {}).get("patch_size", 8) == synthetic["patch_size"]
+    assert config["data"]["init_args"]["image_size"] == synthetic["image_size"]
+    assert main([*base, "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1",
+                 "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false",
+                 f"--trainer.logger.init_args.save_dir={tmp_path}/runs", f"--data.init_args.cache_dir={tmp_path}/c",
+                 "--data.init_args.synthetic.num_train=16", "--data.init_args.synthetic.num_val=8"]) in (0, None)
+    (last,) = glob.glob(f"{tmp_path}/runs/*/version_*/checkpoints/last.ckpt")
+    assert torch.load(last, weights_only=True)["global_step"] == 2
+
+
 # ------------------------------------------------------------------ the top level: help, version, typos, imports
 # every command the top-level help must list: read from cli's command table, so a registered command needs no edit
 ALL_COMMANDS = list(command_table())
