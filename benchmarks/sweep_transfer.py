@@ -102,6 +102,9 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "digits32_p4_scan_lr2.5e-4_4000": ("as digits32_scan_lr2.5e-4_4000 with 4-px patches (64 patches: one per "
                                        "pixel of an 8 x 8 scan): experiments/transfer/scan.yaml",
                                        ["--config", "experiments/transfer/scan.yaml"]),
+    "digits32_p4_scan_lr2.5e-4_2000": ("experiments/transfer/scan.yaml at half the steps (2,000; each scene seen "
+                                       "once): the 5-minute budget",
+                                       [*SCAN_P4, *_steps(2000)]),
     "captioner32_p4_scan_4000": ("the captioner on experiments/transfer/scan.yaml (same tower, data, steps, lr)",
                                  ["--config", "experiments/compare/captioner.yaml", *SCAN_P4, *WORLD_TEXT,
                                   "--model.init_args.caption_max_new_tokens=64"]),
@@ -257,6 +260,31 @@ def summary(path: Path, names: list[str] | None = None) -> str:
                                "deviation over seeds (seed_everything; the same data).")
 
 
+def picture(path: str, count: int = 16) -> None:
+    """docs/transfer_scan.png: the first scenes of experiments/transfer/scan.yaml's world (top) above as many of
+    scikit-learn's real digits as the transfer probe draws them (bottom), at 32 px, shown twice the size."""
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    from genlip_lit.data.datamodule import scene_config, synthetic_params
+    from genlip_lit.data.world import contact_sheet
+    from genlip_lit.eval.real_images import load_real_set
+
+    recipe = yaml.safe_load(Path("experiments/transfer/scan.yaml").read_text())["data"]["init_args"]["synthetic"]
+    config = scene_config(synthetic_params(recipe))
+    side = config.image_size
+    scenes = contact_sheet(0, count, count, config)
+    real = Image.new("RGB", (count * side, side))
+    for i, image in enumerate(load_real_set("digits").images[:count]):
+        real.paste(Image.fromarray(np.asarray(image)).convert("RGB").resize((side, side), Image.Resampling.BICUBIC),
+                   (i * side, 0))
+    sheet = Image.new("RGB", (count * side, 2 * side + 4), (255, 255, 255))
+    sheet.paste(scenes, (0, 0))
+    sheet.paste(real, (0, side + 4))
+    sheet.resize((sheet.width * 2, sheet.height * 2), Image.Resampling.NEAREST).save(path)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", nargs="*", default=[], choices=sorted(RECIPES), help="recipes to run")
@@ -272,11 +300,16 @@ def main() -> int:
     parser.add_argument("--seeds", default="0", help="comma-separated seed_everything values (the data are the "
                         "same for every seed)")
     parser.add_argument("--table", action="store_true", help="print the results table and exit")
+    parser.add_argument("--picture", metavar="PNG", help="draw the recipe's scenes above real digits and exit "
+                        "(docs/transfer_scan.png)")
     parser.add_argument("--summary", action="store_true",
                         help="print mean ± spread over seeds per recipe and layer (the --recipe ones, if named)")
     args = parser.parse_args()
     out = Path(args.out)
     results = out / "results.jsonl"
+    if args.picture:
+        picture(args.picture)
+        return 0
     if args.table or args.summary:
         print(table(results) if args.table else summary(results, args.recipe or None))
         return 0
