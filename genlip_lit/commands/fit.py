@@ -361,28 +361,26 @@ def merge_synthetic_blocks(argv: list[str]) -> list[str]:
     last of those files, so command-line keys after it still apply."""
     import json
 
-    from genlip_lit.commands.common import config_files
-
-    positions = {}
+    files = []  # (index of the path in argv, path) of every config file, in the order jsonargparse applies them
     for i, arg in enumerate(argv):
         for flag in ("--config", "-c"):
             if arg == flag and i + 1 < len(argv):
-                positions.setdefault(argv[i + 1], i + 1)
+                files.append((i + 1, argv[i + 1]))
             elif arg.startswith(flag + "="):
-                positions.setdefault(arg.split("=", 1)[1], i)
+                files.append((i, arg.split("=", 1)[1]))
     merged: Any = None
-    setters: list[str] = []
-    for path in [p for p in config_files(argv) + config_files(argv, "-c") if p in positions]:
-        sets, value = _synthetic_block(path)
+    setters: list[int] = []
+    for at, path in files:
+        sets, value = _synthetic_block(path) if not path.lstrip().startswith("{") else (False, None)
         if not sets:
             continue
-        setters.append(path)
+        setters.append(at)
         fresh = not isinstance(value, dict) or not isinstance(merged, dict) or \
             ("world" in value and (value["world"] or "shapes") != (merged.get("world") or "shapes"))
         merged = value if fresh else {**merged, **value}
     if len(setters) < 2 or not isinstance(merged, dict):
         return argv
-    at = max(positions[p] for p in setters) + 1
+    at = max(setters) + 1
     return [*argv[:at], f"{SYNTHETIC_FLAG}={json.dumps(merged)}", *argv[at:]]
 
 
