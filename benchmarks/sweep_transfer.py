@@ -232,30 +232,34 @@ def objective(name: str) -> str:
 
 def summary(path: Path, names: list[str] | None = None) -> str:
     """Mean ± spread (sample standard deviation) over the seeds of each recipe and layer: encoder, random init and
-    margin (points), beside raw pixels; `names` keeps those recipes, in that order."""
+    margin (points), each seed's margin in standard errors of the difference, beside raw pixels; `names` keeps
+    those recipes, in that order."""
     import statistics
 
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    what: dict[str, str] = {}
-    for r in map(json.loads, path.read_text().splitlines()):
-        what[r["name"]] = r["what"]
+    records = sorted(map(json.loads, path.read_text().splitlines()), key=lambda r: r.get("seed", 0))  # seed order
+    for r in records:
         for layer, got in by_layer(r).items():
-            groups.setdefault((r["name"], layer), []).append(got["rows"])
+            groups.setdefault((r["name"], layer), []).append(got)
     order = names or list(dict.fromkeys(n for n, _ in groups))
 
-    def ms(values: list[float]) -> str:  # one seed: no spread to show
+    def ms(values: list[float], sign: str = "") -> str:  # one seed: no spread to show
         spread = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
-        return f"{statistics.fmean(values):.1f}{spread}"
+        return f"{statistics.fmean(values):{sign}.1f}{spread}"
 
-    lines = ["| recipe | objective | layer | seeds | encoder | random init | margin | raw pixels |", "|" + "---|" * 8]
+    lines = ["| recipe | objective | layer | seeds | encoder | random init | margin | margin in SE, per seed | "
+             "raw pixels |", "|" + "---|" * 9]
     for name in order:
-        for (n, layer), rows in groups.items():
+        for (n, layer), runs in groups.items():
             if n != name:
                 continue
+            rows = [got["rows"] for got in runs]
             enc = [100 * r["encoder_linear"]["top1"] for r in rows]
             rnd = [100 * r["random_init_linear"]["top1"] for r in rows]
+            in_se = " / ".join(f"{got['margin_in_se']:+.1f}" for got in runs)
+            pixels = ms([100 * r["pixels_linear"]["top1"] for r in rows])
             lines.append(f"| {name} | {objective(name)} | {layer} | {len(rows)} | {ms(enc)} | {ms(rnd)} | "
-                         f"{ms([e - r for e, r in zip(enc, rnd)])} | {ms([100 * r['pixels_linear']['top1'] for r in rows])} |")
+                         f"{ms([e - r for e, r in zip(enc, rnd)], '+')} | {in_se} | {pixels} |")
     return "\n".join(lines) + ("\n\nLinear probe top-1 (%) on scikit-learn's 1,797 digits (5-fold), mean ± standard "
                                "deviation over seeds (seed_everything; the same data).")
 
