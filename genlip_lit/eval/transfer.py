@@ -30,7 +30,7 @@ from genlip_lit.eval.result import EvalResult
 # The final LayerNorm's output: what the paper's MLLM reads and `genlip export` gives. The last block's image
 # outputs reach no loss in GenLIP (text tokens read that block's keys and values, computed from its input), so an
 # earlier layer (-2, LLaVA's choice) can be probed instead; measured, it is not better at the lengths swept
-# (README "A world that transfers?").
+# (docs/transfer.md).
 DEFAULT_LAYER: int | str = "final"
 LAYER_WORDS = {"final": "final LayerNorm output", -1: "last block's output", -2: "penultimate block's output",
                "mean": "mean of every block's output", 0: "patch embeddings"}
