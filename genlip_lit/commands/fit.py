@@ -137,12 +137,12 @@ class GenLIPCLI(LightningCLI):
             if message is None:
                 raise
             raise GenLIPUserError(message) from err
-        # The one handshake: the model's settings (text format, patch size, registers) go to the data.
         if getattr(self.datamodule, "resolution", "fixed") == "native" and isinstance(self.model, EncoderModule) \
                 and not self.model.trains_packed:
             from genlip_lit.modules.base import packed_refusal
 
             raise GenLIPUserError(packed_refusal(type(self.model)))  # before any data is prepared
+        # The one handshake: the model's settings (text format, patch size, registers) go to the data.
         connect = getattr(self.datamodule, "connect", None)
         if callable(connect) and isinstance(self.model, EncoderModule):
             connect(**self.model.data_settings())

@@ -310,9 +310,9 @@ def zero_shot_evaluation(
 
 
 def below_chance_note(top1: float, n: int, names: list[str], caption_words: list[str] | None) -> str | None:
-    """Why a zero-shot figure sits below uniform chance (more than 2 standard errors: not noise), or None: it reads
-    a class by how likely its prompt is as a caption, so class names that the captions never use rank by their
-    spelling, not the image."""
+    """Why a zero-shot figure sits below uniform chance (more than 2 standard errors: not noise), or None: a class
+    is scored by a prompt with its name read as a caption (its likelihood, or its text embedding's similarity), so
+    class names that the captions never use rank by their spelling, not the image."""
     chance = 1.0 / len(names)
     if n == 0 or top1 >= chance - 2 * math.sqrt(chance * (1 - chance) / n):
         return None
@@ -320,8 +320,8 @@ def below_chance_note(top1: float, n: int, names: list[str], caption_words: list
     unused = [name for name in names if known and not set(name.lower().split()) <= known]
     which = (f"{len(unused)} of the {len(names)} class names are not caption words (e.g. {', '.join(unused[:3])})"
              if unused else "the class names may be words the captions rarely use")
-    return (f"below chance ({100 * top1:.1f}% vs {100 * chance:.1f}%): {which}; zero-shot ranks classes by how "
-            "likely a prompt with the name is as a caption: set class_names (and templates) to the captions' words")
+    return (f"below chance ({100 * top1:.1f}% vs {100 * chance:.1f}%): {which}; zero-shot scores each class by a "
+            "prompt with its name read as a caption: set class_names (and templates) to the captions' words")
 
 
 @evaluation("captions", title="captions", metrics=[
