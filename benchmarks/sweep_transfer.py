@@ -158,7 +158,9 @@ def run(name: str, out: Path, threads: int, folds: int, layers: list[int | str],
     overrides = [*overrides, f"--seed_everything={seed}"]  # the global seed (model init); the data keep their own
     load0, wall0, cpu0 = os.getloadavg()[0], time.perf_counter(), _cpu_with_children()
     # after the overrides: an overlay config among them (the captioner's) names its own logger and callbacks
-    fixed = ["--trainer.callbacks=[]", "--trainer.enable_progress_bar=false",
+    # --threads: fit's default (auto) would adapt torch's threads to the load while training, and the figures with
+    # them (float rounding differs by thread count): a run is reproducible only at a fixed count
+    fixed = [f"--threads={threads}", "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false",
              "--checkpoint.every_n_train_steps=null", "--trainer.logger.init_args.save_dir", str(out),
              "--trainer.logger.init_args.name", name, "--trainer.logger.init_args.version", str(seed)]
     cli = GenLIPCLI(model_class=EncoderModule, subclass_mode_model=True, datamodule_class=None,
