@@ -471,13 +471,10 @@ def main(argv: list[str]) -> int:
     command = argv[0] if argv else "fit"
     from genlip_lit.commands import fit_help
 
-    asked = [i for i, token in enumerate(argv) if token in ("--help", "-h")]
-    if asked:
-        if asked[0] + 1 < len(argv) and argv[asked[0] + 1] == "full":
-            argv = argv[: asked[0] + 1] + argv[asked[0] + 2:]  # Lightning's own, complete help
-        else:
-            print(fit_help.short_help(fit_help.merged_configs(argv), command))
-            return 0
+    wanted, argv = fit_help.help_request(argv)  # "full": Lightning's own, complete help
+    if wanted == "short":
+        print(fit_help.short_help(fit_help.merged_configs(argv), command))
+        return 0
     argv = fit_help.expand_help_names(argv)
     try:
         GenLIPCLI(

@@ -224,6 +224,18 @@ def resolve_short(name: str, section: str) -> str:
     return max(matches, key=len) if matches else name  # a public alias and its full path: the full one
 
 
+def help_request(argv: list[str]) -> tuple[str | None, list[str]]:
+    """What `--help` asks for: ("short", argv) for the project's page, ("full", argv without the word `full`) for
+    Lightning's complete help, or (None, argv) when no help is asked."""
+    asked = [i for i, token in enumerate(argv) if token in ("--help", "-h")]
+    if not asked:
+        return None, argv
+    at = asked[0] + 1
+    if at < len(argv) and argv[at] == "full":
+        return "full", argv[:at] + argv[at + 1:]
+    return "short", argv
+
+
 def expand_help_names(argv: list[str]) -> list[str]:
     """`--model.help GenLIPModule` -> `--model.help genlip_lit.modules.genlip.GenLIPModule` (and the `=` form)."""
     out = list(argv)

@@ -140,15 +140,12 @@ def main(argv: list[str] | None = None) -> int:
                               "warmup + cosine; set model.attentive_lr, attentive_weight_decay, linear_lr, "
                               "linear_weight_decay, betas, warmup_epochs or min_lr_ratio instead")
     check_config_files(args)
-    asked = [i for i, token in enumerate(args) if token in ("--help", "-h")]
-    if asked:
-        if asked[0] + 1 < len(args) and args[asked[0] + 1] == "full":
-            args = args[: asked[0] + 1] + args[asked[0] + 2:]  # Lightning's own, complete help
-        else:
-            from genlip_lit.commands.fit_help import merged_configs
+    from genlip_lit.commands.fit_help import help_request, merged_configs
 
-            print(short_help(merged_configs(args)))
-            return 0
+    wanted, args = help_request(args)  # "full": Lightning's own, complete help
+    if wanted == "short":
+        print(short_help(merged_configs(args)))
+        return 0
     _null_on_command_line()
     # the frozen encoder is in eval mode on purpose; Lightning's warning about it would only worry the user
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")

@@ -85,3 +85,11 @@ def test_probe_full_help_lists_its_keys_with_the_config_values(capsys) -> None:
     assert rows["data"].split()[1] == "data/in1k" and rows["batch_size"].split()[1] == "1024"
     assert rows["trainer.max_epochs"].split()[1] == "20"
     assert "--help full" in text
+
+
+def test_help_request_tells_the_short_page_from_lightnings_full_help() -> None:
+    from genlip_lit.commands.fit_help import help_request
+
+    assert help_request(["fit", "--config", "a.yaml"]) == (None, ["fit", "--config", "a.yaml"])
+    assert help_request(["fit", "-h", "--config", "a.yaml"]) == ("short", ["fit", "-h", "--config", "a.yaml"])
+    assert help_request(["--help", "full", "--config", "a.yaml"]) == ("full", ["--help", "--config", "a.yaml"])
